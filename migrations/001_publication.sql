@@ -1,0 +1,26 @@
+-- deriver migration 001: the publication deriver streams from.
+-- Creates it when missing and adds every table a pipeline reads, unless the publication already
+-- covers it (FOR ALL TABLES, FOR TABLES IN SCHEMA, or an earlier run). Idempotent.
+-- Placeholders filled in by `deriver setup`: {{publication}} (a string literal) and
+-- {{tables}} (a text[] literal of quoted, schema-qualified table names).
+DO $deriver$
+DECLARE
+  pub    text   := {{publication}};
+  tables text[] := {{tables}};
+  t      text;
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = pub) THEN
+    EXECUTE format('CREATE PUBLICATION %I WITH (publish = %L)', pub, 'insert, update, delete, truncate');
+    RAISE NOTICE 'created publication %', pub;
+  END IF;
+  FOREACH t IN ARRAY tables LOOP
+    IF NOT EXISTS (
+      SELECT 1 FROM pg_publication_tables pt
+      WHERE pt.pubname = pub AND format('%I.%I', pt.schemaname, pt.tablename)::regclass = t::regclass
+    ) THEN
+      EXECUTE format('ALTER PUBLICATION %I ADD TABLE %s', pub, t);
+      RAISE NOTICE 'added % to publication %', t, pub;
+    END IF;
+  END LOOP;
+END
+$deriver$;

@@ -1,0 +1,67 @@
+//! The `deriver` command line.
+
+pub mod setup;
+pub mod status;
+pub mod validate;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "deriver",
+    version,
+    about = "Derive search indexes and Redis cache views from Postgres logical replication",
+    long_about = "deriver tails a Postgres logical replication slot and keeps derived state in step: an embedded \
+full-text index served over HTTP, and cache views in Redis. Pipelines are YAML files in the pipelines \
+directory. Configuration: --config FILE, else $DERIVER_CONFIG, else ./deriver.toml, overlaid by \
+DERIVER__<SECTION>__<KEY> environment variables (e.g. DERIVER__POSTGRES__URL)."
+)]
+pub struct Cli {
+    /// Configuration file (TOML). Default: $DERIVER_CONFIG, else ./deriver.toml when present.
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create or extend the publication for the pipelines' tables and check the source (wal_level, rights, replica identity).
+    Setup(SetupArgs),
+    /// Run the daemon: initial snapshot on first start, then stream changes; serves HTTP. Stops cleanly on SIGINT/SIGTERM.
+    Run(RunArgs),
+    /// Show per pipeline: state, applied LSN per target, lag, generation, definition hash.
+    Status(StatusArgs),
+    /// Check every pipeline file and report all problems with file:line:col.
+    Validate(ValidateArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SetupArgs {
+    /// Also grant a role the least privilege deriver needs (REPLICATION, SELECT on the pipeline tables).
+    #[arg(long, value_name = "ROLE")]
+    pub grant_to: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Drop the replication slot (if any) and re-derive every record from a new one. Use after a lost slot.
+    #[arg(long)]
+    pub resnapshot: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {
+    /// Print the status document as JSON (the same as GET /v1/status).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ValidateArgs {
+    /// Only parse and check the files; do not connect to Postgres.
+    #[arg(long)]
+    pub no_environment: bool,
+}

@@ -1,0 +1,136 @@
+//! `deriver status`: from the running daemon (GET /v1/status), else from the sinks' own
+//! checkpoints and the slot.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::runtime::status::{PipelineStatus, SlotStatus, StatusDoc};
+use crate::sink::redis as rsink;
+use crate::sink::tantivy;
+use crate::source::postgres as pg;
+
+/// A minimal HTTP/1.1 GET against the daemon's own API (loopback, no TLS). `None` when nothing
+/// listens there.
+pub async fn daemon_get(listen: &str, path: &str, token: Option<&str>) -> Option<(u16, String)> {
+    let addr = listen.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]");
+    let mut stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&addr)).await.ok()?.ok()?;
+    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.ok()?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf)).await.ok()?.ok()?;
+    let text = String::from_utf8_lossy(&buf);
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let code: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
+    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
+    Some((code, body))
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
+        if n == 0 || tail.len() < n {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = tail[n..].trim_start_matches("\r\n");
+    }
+    out
+}
+
+pub async fn collect(cfg: &Config) -> Result<StatusDoc> {
+    if let Some((200, body)) = daemon_get(&cfg.http.listen, "/v1/status", cfg.http.token.as_deref()).await {
+        if let Ok(doc) = serde_json::from_str::<StatusDoc>(&body) {
+            return Ok(doc);
+        }
+    }
+    offline(cfg).await
+}
+
+/// Status without a daemon: read each sink's stored checkpoint.
+async fn offline(cfg: &Config) -> Result<StatusDoc> {
+    let client = pg::connect(cfg.postgres_url()?).await?;
+    let server_lsn = pg::current_wal_lsn(&client).await.ok();
+    let slot = pg::slot_info(&client, &cfg.postgres.slot).await?.map(|s| SlotStatus {
+        name: cfg.postgres.slot.clone(),
+        confirmed_flush_lsn: s.confirmed_flush_lsn,
+        wal_status: s.wal_status,
+    });
+    let defs = crate::pipeline::load_dir(&cfg.pipelines.dir).map_err(|d| {
+        Error::config("the pipeline files have problems (run `deriver validate`)").with_detail(d.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("\n"))
+    })?;
+    let mut redis = None;
+    let mut pipelines = Vec::new();
+    for def in defs {
+        let mut targets = BTreeMap::new();
+        let mut generation = None;
+        for t in &def.search {
+            let cp = tantivy::read_checkpoint(&cfg.index.dir, &t.index).ok().flatten();
+            generation = cp.as_ref().map(|(g, _)| *g).or(generation);
+            targets.insert(format!("search:{}", t.index), cp.map(|(_, c)| c.lsn));
+        }
+        if !def.redis.is_empty() {
+            if redis.is_none() {
+                redis = Some(rsink::connect(cfg.redis_url()?).await?);
+            }
+            let conn = redis.as_mut().expect("connected");
+            let cp = rsink::read_checkpoint(conn, &rsink::Keys::new(&cfg.redis.prefix, &def.name)).await?;
+            for t in &def.redis {
+                targets.insert(t.label(), cp.as_ref().map(|c| c.lsn));
+            }
+        }
+        let mut p = PipelineStatus {
+            name: def.name.clone(),
+            state: "stopped".into(),
+            generation,
+            definition_hash: def.hash.clone(),
+            applied_lsn: None,
+            targets,
+            lag_bytes: None,
+            dead_letters: 0,
+            description: def.description.clone(),
+            owner: def.owner.clone(),
+            error: None,
+        };
+        p.refresh(server_lsn);
+        pipelines.push(p);
+    }
+    Ok(StatusDoc { server_lsn, slot, pipelines })
+}
+
+pub fn print_table(doc: &StatusDoc) {
+    let lsn = |l: Option<crate::source::Lsn>| l.map(|l| l.to_string()).unwrap_or_else(|| "-".into());
+    println!("server LSN {}", lsn(doc.server_lsn));
+    match &doc.slot {
+        Some(s) => println!(
+            "slot {}: confirmed_flush_lsn {}, wal_status {}",
+            s.name,
+            lsn(s.confirmed_flush_lsn),
+            s.wal_status.as_deref().unwrap_or("-")
+        ),
+        None => println!("slot: none yet"),
+    }
+    println!();
+    println!("{:<20} {:<12} {:>4} {:<14} {:>12} {:>6}  {}", "PIPELINE", "STATE", "GEN", "APPLIED", "LAG(bytes)", "DEAD", "HASH");
+    for p in &doc.pipelines {
+        println!(
+            "{:<20} {:<12} {:>4} {:<14} {:>12} {:>6}  {}",
+            p.name,
+            p.state,
+            p.generation.map(|g| g.to_string()).unwrap_or_else(|| "-".into()),
+            lsn(p.applied_lsn),
+            p.lag_bytes.map(|l| l.to_string()).unwrap_or_else(|| "-".into()),
+            p.dead_letters,
+            &p.definition_hash[..12.min(p.definition_hash.len())]
+        );
+        for (t, l) in &p.targets {
+            println!("    {:<40} {}", t, lsn(*l));
+        }
+    }
+}

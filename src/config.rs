@@ -1,0 +1,256 @@
+//! Configuration: a TOML file overlaid by `DERIVER__<SECTION>__<KEY>` environment variables
+//! (see `../shared/spec/cli-and-config.md`). Environment variables alone are enough.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub postgres: PostgresConfig,
+    #[serde(default)]
+    pub redis: RedisConfig,
+    #[serde(default)]
+    pub index: IndexConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub pipelines: PipelinesConfig,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresConfig {
+    pub url: Option<String>,
+    #[serde(default = "default_name")]
+    pub slot: String,
+    #[serde(default = "default_name")]
+    pub publication: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: Option<String>,
+    #[serde(default = "default_name")]
+    pub prefix: String,
+    /// How long after a write Redis is trusted to have made it durable (AOF `everysec` needs ~1 s).
+    /// `auto` (default) reads `appendonly`/`appendfsync` from the server.
+    #[serde(default)]
+    pub durability_delay_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IndexConfig {
+    #[serde(default = "default_index_dir")]
+    pub dir: PathBuf,
+    /// Memory budget of each tantivy writer.
+    #[serde(default = "default_writer_mb")]
+    pub writer_memory_mb: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    pub token: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelinesConfig {
+    #[serde(default = "default_pipelines_dir")]
+    pub dir: PathBuf,
+}
+
+/// Tuning knobs of the apply loop (an addition to the spec; all optional).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Flush a batch once it holds this many changed rows …
+    #[serde(default = "default_batch_changes")]
+    pub batch_max_changes: usize,
+    /// … or once its oldest transaction waited this long.
+    #[serde(default = "default_batch_ms")]
+    pub batch_max_ms: u64,
+    /// Keys re-derived per SQL round trip.
+    #[serde(default = "default_derive_chunk")]
+    pub derive_chunk: usize,
+    /// When nothing arrives for this long, advance the applied LSN on keepalives.
+    #[serde(default = "default_idle_ms")]
+    pub idle_ms: u64,
+}
+
+fn default_name() -> String {
+    "deriver".into()
+}
+fn default_index_dir() -> PathBuf {
+    "data/index".into()
+}
+fn default_writer_mb() -> usize {
+    128
+}
+fn default_listen() -> String {
+    "127.0.0.1:7700".into()
+}
+fn default_pipelines_dir() -> PathBuf {
+    "pipelines".into()
+}
+fn default_batch_changes() -> usize {
+    5000
+}
+fn default_batch_ms() -> u64 {
+    50
+}
+fn default_derive_chunk() -> usize {
+    1000
+}
+fn default_idle_ms() -> u64 {
+    1000
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig { url: None, prefix: default_name(), durability_delay_ms: None }
+    }
+}
+impl Default for IndexConfig {
+    fn default() -> Self {
+        IndexConfig { dir: default_index_dir(), writer_memory_mb: default_writer_mb() }
+    }
+}
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig { listen: default_listen(), token: None }
+    }
+}
+impl Default for PipelinesConfig {
+    fn default() -> Self {
+        PipelinesConfig { dir: default_pipelines_dir() }
+    }
+}
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            batch_max_changes: default_batch_changes(),
+            batch_max_ms: default_batch_ms(),
+            derive_chunk: default_derive_chunk(),
+            idle_ms: default_idle_ms(),
+        }
+    }
+}
+
+impl RuntimeConfig {
+    pub fn batch_max_wait(&self) -> Duration {
+        Duration::from_millis(self.batch_max_ms)
+    }
+}
+
+impl Config {
+    /// `--config PATH`, else `$DERIVER_CONFIG`, else `./deriver.toml` when present; then the
+    /// environment on top.
+    pub fn load(explicit: Option<&Path>) -> Result<Config> {
+        let file = explicit
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os("DERIVER_CONFIG").map(PathBuf::from))
+            .or_else(|| Some(PathBuf::from("deriver.toml")).filter(|p| p.exists()));
+        let mut builder = config::Config::builder();
+        if let Some(path) = &file {
+            if !path.exists() {
+                return Err(Error::config(format!("configuration file {} does not exist", path.display())));
+            }
+            builder = builder.add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("DERIVER")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let raw = builder.build().map_err(|e| {
+            Error::config("could not read the configuration").with_detail(redact(&e.to_string()))
+        })?;
+        let cfg: Config = raw.try_deserialize().map_err(|e| {
+            let detail = redact(&e.to_string());
+            let hint = if detail.contains("postgres") { " (set postgres.url or DERIVER__POSTGRES__URL)" } else { "" };
+            Error::config(format!("invalid configuration{hint}")).with_detail(detail)
+        })?;
+        Ok(cfg)
+    }
+
+    pub fn postgres_url(&self) -> Result<&str> {
+        self.postgres.url.as_deref().ok_or_else(|| {
+            Error::config("postgres.url is not set (set it in deriver.toml or DERIVER__POSTGRES__URL)")
+        })
+    }
+
+    pub fn redis_url(&self) -> Result<&str> {
+        self.redis.url.as_deref().ok_or_else(|| {
+            Error::config("a pipeline has a redis target but redis.url is not set (set it in deriver.toml or DERIVER__REDIS__URL)")
+        })
+    }
+}
+
+/// Removes passwords from URLs (`scheme://user:secret@host` → `scheme://user:***@host`) and
+/// `password=…` conninfo pairs, so no secret reaches a log line or an error message.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find("://") {
+        let (head, tail) = rest.split_at(pos + 3);
+        out.push_str(head);
+        let end = tail.find(|c: char| c.is_whitespace() || c == '"' || c == '\'' || c == '/').unwrap_or(tail.len());
+        let authority = &tail[..end];
+        if let Some(at) = authority.rfind('@') {
+            let userinfo = &authority[..at];
+            if let Some(colon) = userinfo.find(':') {
+                out.push_str(&userinfo[..colon]);
+                out.push_str(":***");
+            } else {
+                out.push_str(userinfo);
+            }
+            out.push_str(&authority[at..]);
+        } else {
+            out.push_str(authority);
+        }
+        rest = &tail[end..];
+    }
+    out.push_str(rest);
+    // conninfo style: password=secret
+    let mut result = String::with_capacity(out.len());
+    let mut s = out.as_str();
+    while let Some(pos) = s.find("password=") {
+        result.push_str(&s[..pos + 9]);
+        result.push_str("***");
+        let tail = &s[pos + 9..];
+        let end = tail.find(|c: char| c.is_whitespace() || c == '&').unwrap_or(tail.len());
+        s = &tail[end..];
+    }
+    result.push_str(s);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn redacts_url_passwords() {
+        assert_eq!(
+            redact("cannot connect to postgres://app:s3cr3t@db:5432/x now"),
+            "cannot connect to postgres://app:***@db:5432/x now"
+        );
+        assert_eq!(redact("redis://:pw@localhost:6379/"), "redis://:***@localhost:6379/");
+        assert_eq!(redact("postgres://app@db/x"), "postgres://app@db/x");
+        assert_eq!(redact("host=x password=hunter2 user=y"), "host=x password=*** user=y");
+        assert_eq!(redact("postgres://u:p@h/db?password=zz&sslmode=require"), "postgres://u:***@h/db?password=***&sslmode=require");
+    }
+}

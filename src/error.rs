@@ -1,0 +1,112 @@
+//! One error type for the whole daemon. Its [`ErrorKind`] decides what the runtime does:
+//! `Transient` errors are retried with backoff, everything else stops the daemon (or the command)
+//! with a clear message.
+
+use std::fmt;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A dependency hiccup (connection reset, timeout): retry with backoff.
+    Transient,
+    /// Bad configuration or pipeline files: fix and restart.
+    Config,
+    /// The source is in a state deriver must not paper over (lost slot, missing publication, …).
+    Fatal,
+    /// A single record could not be derived or written; the rest goes on.
+    Record,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub struct Error {
+    pub kind: ErrorKind,
+    /// One clear sentence.
+    pub message: String,
+    /// Optional detail (the underlying error, a hint).
+    pub detail: Option<String>,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(d) = &self.detail {
+            write!(f, "\n  {d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Error {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        Error { kind, message: message.into(), detail: None }
+    }
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Transient, message)
+    }
+    pub fn config(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Config, message)
+    }
+    pub fn fatal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Fatal, message)
+    }
+    pub fn record(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Record, message)
+    }
+    pub fn with_detail(mut self, detail: impl fmt::Display) -> Self {
+        self.detail = Some(crate::config::redact(&detail.to_string()));
+        self
+    }
+    pub fn is_transient(&self) -> bool {
+        self.kind == ErrorKind::Transient
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Postgres errors: connection-level failures are transient, SQL errors are not.
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Self {
+        if let Some(db) = e.as_db_error() {
+            let code = db.code().code();
+            // Class 08 (connection), 57P01..03 (admin shutdown / cannot connect now), 40001/40P01.
+            let transient = code.starts_with("08")
+                || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "53300");
+            let mut msg = format!("Postgres error {code}: {}", db.message());
+            if let Some(h) = db.hint() {
+                msg.push_str(&format!(" (hint: {h})"));
+            }
+            Error::new(if transient { ErrorKind::Transient } else { ErrorKind::Fatal }, msg)
+        } else {
+            Error::transient("lost the connection to Postgres").with_detail(&e)
+        }
+    }
+}
+
+impl From<redis::RedisError> for Error {
+    fn from(e: redis::RedisError) -> Self {
+        let transient = e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_timeout()
+            || matches!(e.kind(), redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading) | redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain));
+        let kind = if transient { ErrorKind::Transient } else { ErrorKind::Fatal };
+        Error::new(kind, "Redis error").with_detail(&e)
+    }
+}
+
+impl From<tantivy::TantivyError> for Error {
+    fn from(e: tantivy::TantivyError) -> Self {
+        Error::fatal("search index error").with_detail(&e)
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::transient("I/O error").with_detail(&e)
+    }
+}
+
+impl From<pg_walstream::ReplicationError> for Error {
+    fn from(e: pg_walstream::ReplicationError) -> Self {
+        crate::source::walstream::classify(e)
+    }
+}

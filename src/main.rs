@@ -1,0 +1,113 @@
+//! deriver: derive search indexes and Redis views from Postgres logical replication.
+
+mod cli;
+mod config;
+mod error;
+mod http;
+mod pipeline;
+mod runtime;
+mod sink;
+mod source;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+use cli::{Cli, Command};
+use config::Config;
+use error::{ErrorKind, Result};
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("DERIVER_LOG").or_else(|_| EnvFilter::try_from_default_env()).unwrap_or_else(|_| EnvFilter::new("info,tantivy=warn,pg_walstream=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if std::env::var("DERIVER_LOG_FORMAT").as_deref() == Ok("json") {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn shutdown_signal(cancel: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("stopping: finishing the current batch");
+        cancel.cancel();
+    });
+}
+
+async fn run_daemon(cfg: Config, resnapshot: bool) -> Result<()> {
+    let cancel = CancellationToken::new();
+    shutdown_signal(cancel.clone());
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|e| error::Error::fatal("cannot install the metrics recorder").with_detail(e))?;
+    let shared = Arc::new(runtime::status::Shared::default());
+    if resnapshot {
+        let client = source::postgres::connect(cfg.postgres_url()?).await?;
+        if source::postgres::slot_info(&client, &cfg.postgres.slot).await?.is_some() {
+            tracing::warn!(slot = %cfg.postgres.slot, "dropping the replication slot to re-derive everything");
+            client.execute("SELECT pg_drop_replication_slot($1)", &[&cfg.postgres.slot]).await?;
+        }
+    }
+    let daemon = runtime::Daemon::prepare(cfg.clone(), shared.clone(), cancel.clone(), resnapshot).await?;
+    http::serve(&cfg.http.listen, http::router(shared.clone(), handle, cfg.http.token.clone()), cancel.clone()).await?;
+    let result = daemon.run().await;
+    cancel.cancel();
+    result
+}
+
+async fn dispatch(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Validate(args) => cli::validate::run(cli.config.as_deref(), args.no_environment).await,
+        Command::Setup(args) => {
+            let cfg = Config::load(cli.config.as_deref())?;
+            cli::setup::run(&cfg, args.grant_to.as_deref()).await
+        }
+        Command::Status(args) => {
+            let cfg = Config::load(cli.config.as_deref())?;
+            let doc = cli::status::collect(&cfg).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&doc).expect("status serializes"));
+            } else {
+                cli::status::print_table(&doc);
+            }
+            Ok(0)
+        }
+        Command::Run(args) => {
+            let cfg = Config::load(cli.config.as_deref())?;
+            run_daemon(cfg, args.resnapshot).await?;
+            Ok(0)
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(dispatch(cli)) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(match e.kind {
+                ErrorKind::Config => 2,
+                _ => 1,
+            })
+        }
+    }
+}

@@ -1,0 +1,703 @@
+//! Turns a pipeline file into a [`Pipeline`], collecting every problem with `file:line:col`.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use super::model::*;
+use super::yaml::{self, Key, Node, Pos, Value};
+use crate::source::TableName;
+
+/// One problem in a pipeline file.
+#[derive(Debug, Clone)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    pub pos: Pos,
+    pub message: String,
+    /// The offending source line, for a caret snippet.
+    pub line_text: Option<String>,
+    pub warning: bool,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let level = if self.warning { "warning" } else { "error" };
+        write!(f, "{}:{}:{}: {level}: {}", self.file.display(), self.pos.line, self.pos.col, self.message)?;
+        if let Some(line) = &self.line_text {
+            let pad = " ".repeat(self.pos.col.saturating_sub(1) as usize);
+            write!(f, "\n    | {line}\n    | {pad}^")?;
+        }
+        Ok(())
+    }
+}
+
+struct Checker<'a> {
+    file: &'a Path,
+    text: &'a str,
+    errors: Vec<Diagnostic>,
+}
+
+impl<'a> Checker<'a> {
+    fn err(&mut self, pos: Pos, message: impl Into<String>) {
+        let line_text = self.text.lines().nth(pos.line.saturating_sub(1) as usize).map(str::to_string);
+        self.errors.push(Diagnostic { file: self.file.to_path_buf(), pos, message: message.into(), line_text, warning: false });
+    }
+
+    /// Reads a mapping, reporting keys outside `allowed`.
+    fn map<'n>(&mut self, node: &'n Node, what: &str, allowed: &[&str]) -> Option<&'n [(Key, Node)]> {
+        match &node.value {
+            Value::Map(entries) => {
+                for (k, _) in entries {
+                    if !allowed.contains(&k.name.as_str()) {
+                        self.err(k.pos, format!("unknown key `{}` in {what} (expected one of: {})", k.name, allowed.join(", ")));
+                    }
+                }
+                Some(entries)
+            }
+            other => {
+                self.err(node.pos, format!("{what} must be a mapping, found {}", other.type_name()));
+                None
+            }
+        }
+    }
+
+    fn string(&mut self, node: &Node, what: &str) -> Option<String> {
+        match &node.value {
+            Value::Str(s) if !s.trim().is_empty() => Some(s.clone()),
+            Value::Str(_) => {
+                self.err(node.pos, format!("{what} must not be empty"));
+                None
+            }
+            // SQL fragments like `1` or `true` are fine as expressions.
+            Value::Int(i) => Some(i.to_string()),
+            Value::Float(f) => Some(f.to_string()),
+            Value::Bool(b) => Some(b.to_string()),
+            other => {
+                self.err(node.pos, format!("{what} must be a string, found {}", other.type_name()));
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, node: &Node, what: &str) -> Option<bool> {
+        match node.value {
+            Value::Bool(b) => Some(b),
+            ref other => {
+                self.err(node.pos, format!("{what} must be true or false, found {}", other.type_name()));
+                None
+            }
+        }
+    }
+
+    fn string_list(&mut self, node: &Node, what: &str) -> Option<Vec<(String, Pos)>> {
+        match &node.value {
+            Value::Seq(items) => {
+                let mut out = Vec::new();
+                for item in items {
+                    if let Some(s) = self.string(item, what) {
+                        out.push((s, item.pos));
+                    }
+                }
+                Some(out)
+            }
+            other => {
+                self.err(node.pos, format!("{what} must be a list, found {}", other.type_name()));
+                None
+            }
+        }
+    }
+}
+
+fn get<'n>(entries: &'n [(Key, Node)], key: &str) -> Option<&'n Node> {
+    entries.iter().find(|(k, _)| k.name == key).map(|(_, v)| v)
+}
+
+/// Parses `schema.table`, `table`, `"Quoted Name"`; unquoted names fold to lower case.
+pub fn parse_table_name(text: &str) -> Result<TableName, String> {
+    let mut parts = Vec::new();
+    let mut chars = text.trim().chars().peekable();
+    loop {
+        let mut ident = String::new();
+        if chars.peek() == Some(&'"') {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('"') if chars.peek() == Some(&'"') => {
+                        chars.next();
+                        ident.push('"');
+                    }
+                    Some('"') => break,
+                    Some(c) => ident.push(c),
+                    None => return Err(format!("unclosed quote in table name `{text}`")),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c == '.' {
+                    break;
+                }
+                if !(c.is_alphanumeric() || c == '_' || c == '$') {
+                    return Err(format!("`{text}` is not a table name (quote names with spaces or symbols: \"My Table\")"));
+                }
+                ident.push(c.to_ascii_lowercase());
+                chars.next();
+            }
+        }
+        if ident.is_empty() {
+            return Err(format!("`{text}` is not a table name"));
+        }
+        parts.push(ident);
+        match chars.next() {
+            None => break,
+            Some('.') => continue,
+            Some(_) => return Err(format!("`{text}` is not a table name")),
+        }
+    }
+    match parts.len() {
+        1 => Ok(TableName::new("public", parts.remove(0))),
+        2 => {
+            let name = parts.remove(1);
+            Ok(TableName::new(parts.remove(0), name))
+        }
+        _ => Err(format!("`{text}` is not a table name (use schema.table)")),
+    }
+}
+
+fn valid_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase()) && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// Checks one pipeline file's text. `Err` carries every problem found.
+pub fn check(file: &Path, text: &str) -> Result<Pipeline, Vec<Diagnostic>> {
+    let mut c = Checker { file, text, errors: Vec::new() };
+    let root = match yaml::parse(text) {
+        Ok(n) => n,
+        Err(e) => {
+            c.err(e.pos, format!("invalid YAML: {}", e.message));
+            return Err(c.errors);
+        }
+    };
+    let top_keys = [
+        "version", "pipeline", "description", "owner", "source", "lookups", "children", "fields", "targets", "tests", "on_error",
+    ];
+    let Some(top) = c.map(&root, "the pipeline file", &top_keys) else {
+        return Err(c.errors);
+    };
+
+    // version
+    match get(top, "version") {
+        None => c.err(root.pos, "missing required key `version` (use `version: 1`)"),
+        Some(n) if matches!(n.value, Value::Int(1)) => {}
+        Some(n) => c.err(n.pos, "unsupported `version` (this deriver reads `version: 1`)"),
+    }
+
+    // pipeline name = file stem
+    let stem = file.file_stem().and_then(|s| s.to_str()).unwrap_or_default().to_string();
+    let name = match get(top, "pipeline") {
+        None => {
+            c.err(root.pos, "missing required key `pipeline`");
+            stem.clone()
+        }
+        Some(n) => match c.string(n, "`pipeline`") {
+            Some(name) => {
+                if !valid_name(&name) {
+                    c.err(n.pos, format!("pipeline name `{name}` must match [a-z][a-z0-9_]*"));
+                } else if name != stem {
+                    c.err(n.pos, format!("pipeline name `{name}` must equal the file name `{stem}`"));
+                }
+                name
+            }
+            None => stem.clone(),
+        },
+    };
+    let description = get(top, "description").and_then(|n| c.string(n, "`description`"));
+    let owner = get(top, "owner").and_then(|n| c.string(n, "`owner`"));
+
+    for unsupported in ["lookups", "children"] {
+        if let Some((k, _)) = top.iter().find(|(k, _)| k.name == unsupported) {
+            c.err(k.pos, format!("`{unsupported}` is not supported by this version of deriver yet"));
+        }
+    }
+
+    // source
+    let source = match get(top, "source") {
+        None => {
+            c.err(root.pos, "missing required key `source`");
+            None
+        }
+        Some(n) => check_source(&mut c, n),
+    };
+
+    // fields
+    let mut fields: Vec<Field> = Vec::new();
+    match get(top, "fields") {
+        None => c.err(root.pos, "missing required key `fields`"),
+        Some(n) => match &n.value {
+            Value::Map(entries) if !entries.is_empty() => {
+                for (k, v) in entries {
+                    if !valid_name(&k.name) {
+                        c.err(k.pos, format!("field name `{}` must match [a-z][a-z0-9_]*", k.name));
+                    }
+                    if let Some(f) = check_field(&mut c, k, v) {
+                        fields.push(f);
+                    }
+                }
+            }
+            Value::Map(_) => c.err(n.pos, "`fields` must list at least one field"),
+            other => c.err(n.pos, format!("`fields` must be a mapping of name → SQL, found {}", other.type_name())),
+        },
+    }
+    let field_names: HashSet<String> = fields.iter().map(|f| f.name.clone()).collect();
+
+    // targets
+    let mut search = Vec::new();
+    let mut redis = Vec::new();
+    match get(top, "targets") {
+        None => c.err(root.pos, "missing required key `targets`"),
+        Some(n) => match &n.value {
+            Value::Seq(items) if !items.is_empty() => {
+                for item in items {
+                    let Some(entries) = c.map(item, "a target", &["search", "redis"]) else { continue };
+                    if entries.len() != 1 {
+                        c.err(item.pos, "each target is either `search:` or `redis:`");
+                        continue;
+                    }
+                    let (k, v) = &entries[0];
+                    match k.name.as_str() {
+                        "search" => {
+                            if let Some(t) = check_search(&mut c, v, &name, &field_names) {
+                                search.push(t);
+                            }
+                        }
+                        "redis" => {
+                            if let Some(t) = check_redis(&mut c, v, &field_names) {
+                                redis.push(t);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            Value::Seq(_) => c.err(n.pos, "`targets` must list at least one target"),
+            other => c.err(n.pos, format!("`targets` must be a list, found {}", other.type_name())),
+        },
+    }
+    let mut seen_index = HashSet::new();
+    for t in &search {
+        if !seen_index.insert(t.index.clone()) {
+            c.err(root.pos, format!("two search targets write the index `{}`", t.index));
+        }
+    }
+    let mut seen_keys = HashSet::new();
+    for t in &redis {
+        if !seen_keys.insert(t.key.raw.clone()) {
+            c.err(root.pos, format!("two redis targets use the key template `{}`", t.key.raw));
+        }
+    }
+
+    let on_error = match get(top, "on_error") {
+        None => OnError::DeadLetter,
+        Some(n) => match c.string(n, "`on_error`").as_deref() {
+            Some("dead_letter") | None => OnError::DeadLetter,
+            Some("stop") => OnError::Stop,
+            Some(other) => {
+                c.err(n.pos, format!("`on_error` must be `dead_letter` or `stop`, not `{other}`"));
+                OnError::DeadLetter
+            }
+        },
+    };
+
+    if let Some(n) = get(top, "tests") {
+        if !matches!(n.value, Value::Seq(_)) {
+            c.err(n.pos, format!("`tests` must be a list, found {}", n.value.type_name()));
+        }
+    }
+
+    if !c.errors.is_empty() {
+        return Err(c.errors);
+    }
+    let mut pipeline = Pipeline {
+        name,
+        file: file.to_path_buf(),
+        description,
+        owner,
+        source: source.expect("no errors means a source"),
+        fields,
+        search,
+        redis,
+        on_error,
+        hash: String::new(),
+    };
+    pipeline.hash = definition_hash(&pipeline);
+    Ok(pipeline)
+}
+
+/// sha256 over the normalized definition (serde form skips description, owner, tests, file).
+pub fn definition_hash(p: &Pipeline) -> String {
+    let json = serde_json::to_string(p).expect("a pipeline serializes");
+    hex::encode(Sha256::digest(json.as_bytes()))
+}
+
+fn check_source(c: &mut Checker, node: &Node) -> Option<Source> {
+    let entries = c.map(node, "`source`", &["table", "key", "filter", "as"])?;
+    let table = match get(entries, "table") {
+        None => {
+            c.err(node.pos, "`source` needs a `table`");
+            None
+        }
+        Some(n) => c.string(n, "`source.table`").and_then(|t| match parse_table_name(&t) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                c.err(n.pos, e);
+                None
+            }
+        }),
+    };
+    let key = match get(entries, "key") {
+        None => None,
+        Some(n) => match &n.value {
+            Value::Seq(_) => c.string_list(n, "`source.key` columns").map(|v| v.into_iter().map(|(s, _)| s).collect::<Vec<_>>()),
+            _ => c.string(n, "`source.key`").map(|s| vec![s]),
+        }
+        .map(|cols| cols.into_iter().map(|col| unquote_column(&col)).collect::<Vec<_>>()),
+    };
+    if let Some(k) = &key {
+        if k.is_empty() {
+            c.err(node.pos, "`source.key` must name at least one column");
+        }
+    }
+    let filter = get(entries, "filter").and_then(|n| c.string(n, "`source.filter`"));
+    let alias = get(entries, "as").and_then(|n| c.string(n, "`source.as`"));
+    let table = table?;
+    let alias = alias.unwrap_or_else(|| table.name.clone());
+    Some(Source { table, alias, key, filter })
+}
+
+/// `film_id` → `film_id`; `"Order ID"` → `Order ID`; unquoted names fold to lower case.
+fn unquote_column(col: &str) -> String {
+    let col = col.trim();
+    if col.len() >= 2 && col.starts_with('"') && col.ends_with('"') {
+        col[1..col.len() - 1].replace("\"\"", "\"")
+    } else {
+        col.to_ascii_lowercase()
+    }
+}
+
+fn check_field(c: &mut Checker, key: &Key, node: &Node) -> Option<Field> {
+    match &node.value {
+        Value::Map(_) => {
+            let entries = c.map(node, &format!("field `{}`", key.name), &["sql", "type", "child", "agg", "default"])?;
+            if let Some((k, _)) = entries.iter().find(|(k, _)| matches!(k.name.as_str(), "child" | "agg" | "default")) {
+                c.err(k.pos, "aggregate fields (`child`/`agg`/`default`) are not supported by this version of deriver yet");
+                return None;
+            }
+            let sql = match get(entries, "sql") {
+                Some(n) => c.string(n, &format!("`{}.sql`", key.name))?,
+                None => {
+                    c.err(node.pos, format!("field `{}` needs `sql`", key.name));
+                    return None;
+                }
+            };
+            let ty = match get(entries, "type") {
+                None => None,
+                Some(n) => {
+                    let t = c.string(n, "`type`")?;
+                    if SearchType::parse(&t).is_none() && !matches!(t.as_str(), "json" | "string") {
+                        c.err(n.pos, format!("unknown type `{t}` (expected text, keyword, i64, u64, f64, bool, date, json)"));
+                    }
+                    Some(t)
+                }
+            };
+            Some(Field { name: key.name.clone(), sql, ty })
+        }
+        _ => {
+            let sql = c.string(node, &format!("field `{}`", key.name))?;
+            Some(Field { name: key.name.clone(), sql, ty: None })
+        }
+    }
+}
+
+fn check_search(c: &mut Checker, node: &Node, pipeline: &str, field_names: &HashSet<String>) -> Option<SearchTarget> {
+    let entries = c.map(node, "a search target", &["index", "id", "fields", "default_search_fields"])?;
+    let index = match get(entries, "index") {
+        None => pipeline.to_string(),
+        Some(n) => {
+            let s = c.string(n, "`index`")?;
+            if !valid_name(&s) {
+                c.err(n.pos, format!("index name `{s}` must match [a-z][a-z0-9_]*"));
+            }
+            s
+        }
+    };
+    let id = match get(entries, "id") {
+        None => {
+            c.err(node.pos, "a search target needs `id` (the output field that identifies the document)");
+            return None;
+        }
+        Some(n) => {
+            let id = c.string(n, "`id`")?;
+            if !field_names.contains(&id) {
+                c.err(n.pos, format!("`id` names `{id}`, which is not an output field"));
+            }
+            id
+        }
+    };
+    let mut fields = Vec::new();
+    match get(entries, "fields") {
+        None => c.err(node.pos, "a search target needs `fields`"),
+        Some(n) => {
+            if let Value::Map(fentries) = &n.value {
+                for (k, v) in fentries {
+                    if !field_names.contains(&k.name) {
+                        c.err(k.pos, format!("search field `{}` is not an output field", k.name));
+                    }
+                    if let Some(f) = check_search_field(c, k, v) {
+                        fields.push(f);
+                    }
+                }
+            } else {
+                c.err(n.pos, format!("search `fields` must be a mapping, found {}", n.value.type_name()));
+            }
+        }
+    }
+    let default_search_fields = match get(entries, "default_search_fields") {
+        None => fields.iter().filter(|f| f.ty == SearchType::Text).map(|f| f.name.clone()).collect(),
+        Some(n) => {
+            let list = c.string_list(n, "`default_search_fields`")?;
+            for (name, pos) in &list {
+                match fields.iter().find(|f| &f.name == name) {
+                    Some(f) if matches!(f.ty, SearchType::Text | SearchType::Keyword) => {}
+                    Some(_) => c.err(*pos, format!("`{name}` is not a text or keyword field, so it cannot be searched by default")),
+                    None => c.err(*pos, format!("`{name}` is not a field of this search target")),
+                }
+            }
+            list.into_iter().map(|(s, _)| s).collect()
+        }
+    };
+    Some(SearchTarget { index, id, fields, default_search_fields })
+}
+
+fn check_search_field(c: &mut Checker, key: &Key, node: &Node) -> Option<SearchField> {
+    let what = format!("search field `{}`", key.name);
+    let entries = c.map(
+        node,
+        &what,
+        &["type", "analyzer", "stored", "facet", "filterable", "sortable", "boost", "highlight", "fuzzy"],
+    )?;
+    let ty = match get(entries, "type") {
+        None => {
+            c.err(node.pos, format!("{what} needs a `type`"));
+            return None;
+        }
+        Some(n) => {
+            let t = c.string(n, "`type`")?;
+            match SearchType::parse(&t) {
+                Some(ty) => ty,
+                None => {
+                    c.err(n.pos, format!("unknown search type `{t}` (expected text, keyword, i64, u64, f64, bool, date, stored_only)"));
+                    return None;
+                }
+            }
+        }
+    };
+    let flag = |c: &mut Checker, name: &str| get(entries, name).and_then(|n| c.boolean(n, &format!("`{name}`"))).unwrap_or(false);
+    let stored = flag(c, "stored");
+    let facet = flag(c, "facet");
+    let filterable = flag(c, "filterable");
+    let sortable = flag(c, "sortable");
+    let highlight = flag(c, "highlight");
+    let analyzer = match get(entries, "analyzer") {
+        None => "default".to_string(),
+        Some(n) => {
+            let a = c.string(n, "`analyzer`")?;
+            if ty != SearchType::Text {
+                c.err(n.pos, "`analyzer` applies to `text` fields only");
+            }
+            if !crate::sink::tantivy::schema::analyzer_known(&a) {
+                c.err(n.pos, format!("unknown analyzer `{a}` (default, en_stem, whitespace, raw, or a stemmer language such as french)"));
+            }
+            a
+        }
+    };
+    let boost = match get(entries, "boost") {
+        None => 1.0,
+        Some(n) => match n.value {
+            Value::Float(f) if f > 0.0 => f as f32,
+            Value::Int(i) if i > 0 => i as f32,
+            _ => {
+                c.err(n.pos, "`boost` must be a positive number");
+                1.0
+            }
+        },
+    };
+    let fuzzy = match get(entries, "fuzzy") {
+        None => 0,
+        Some(n) => match n.value {
+            Value::Int(i @ 0..=2) => i as u8,
+            _ => {
+                c.err(n.pos, "`fuzzy` is a maximum edit distance: 0, 1 or 2");
+                0
+            }
+        },
+    };
+    if facet && ty != SearchType::Keyword {
+        c.err(key.pos, format!("{what}: `facet` needs `type: keyword`"));
+    }
+    if (sortable || filterable) && matches!(ty, SearchType::Text | SearchType::StoredOnly) {
+        c.err(key.pos, format!("{what}: a `{}` field cannot be filterable or sortable (use keyword or a numeric type)", if ty == SearchType::Text { "text" } else { "stored_only" }));
+    }
+    if highlight && ty != SearchType::Text {
+        c.err(key.pos, format!("{what}: `highlight` needs `type: text`"));
+    }
+    if highlight && !stored {
+        c.err(key.pos, format!("{what}: `highlight` needs `stored: true`"));
+    }
+    if fuzzy > 0 && ty != SearchType::Text {
+        c.err(key.pos, format!("{what}: `fuzzy` needs `type: text`"));
+    }
+    Some(SearchField { name: key.name.clone(), ty, analyzer, stored, facet, filterable, sortable, boost, highlight, fuzzy })
+}
+
+fn check_redis(c: &mut Checker, node: &Node, field_names: &HashSet<String>) -> Option<RedisTarget> {
+    let entries = c.map(node, "a redis target", &["key", "type", "fields", "notify", "member", "score"])?;
+    let key = match get(entries, "key") {
+        None => {
+            c.err(node.pos, "a redis target needs `key` (a template such as \"film:{film_id}\")");
+            None
+        }
+        Some(n) => c.string(n, "`key`").and_then(|raw| match KeyTemplate::parse(&raw) {
+            Ok(t) => {
+                for f in t.fields() {
+                    if !field_names.contains(f) {
+                        c.err(n.pos, format!("key template uses `{{{f}}}`, which is not an output field"));
+                    }
+                }
+                Some(t)
+            }
+            Err(e) => {
+                c.err(n.pos, e);
+                None
+            }
+        }),
+    };
+    let ty = match get(entries, "type") {
+        None => RedisType::Json,
+        Some(n) => match c.string(n, "`type`").as_deref() {
+            Some("json") => RedisType::Json,
+            Some("hash") => RedisType::Hash,
+            Some("set") | Some("zset") => {
+                c.err(n.pos, "redis `set` and `zset` views are not supported by this version of deriver yet");
+                return None;
+            }
+            Some(other) => {
+                c.err(n.pos, format!("unknown redis type `{other}` (expected json, hash, set, zset)"));
+                return None;
+            }
+            None => return None,
+        },
+    };
+    for k in ["member", "score"] {
+        if let Some((key, _)) = entries.iter().find(|(e, _)| e.name == k) {
+            c.err(key.pos, format!("`{k}` applies to set and zset targets only"));
+        }
+    }
+    let fields = match get(entries, "fields") {
+        None => None,
+        Some(n) => {
+            let list = c.string_list(n, "`fields`")?;
+            for (f, pos) in &list {
+                if !field_names.contains(f) {
+                    c.err(*pos, format!("`{f}` is not an output field"));
+                }
+            }
+            Some(list.into_iter().map(|(s, _)| s).collect())
+        }
+    };
+    let notify = get(entries, "notify").and_then(|n| c.boolean(n, "`notify`")).unwrap_or(false);
+    Some(RedisTarget { key: key?, ty, fields, notify })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILMS: &str = r#"version: 1
+pipeline: films
+description: Films for search
+source:
+  table: public.film
+  key: film_id
+  filter: film.rating <> 'NC-17'
+fields:
+  film_id: film.film_id
+  title: film.title
+  rate: { sql: film.rental_rate, type: f64 }
+targets:
+  - search:
+      id: film_id
+      fields:
+        title: { type: text, stored: true, highlight: true }
+        rate: { type: f64, sortable: true, stored: true }
+  - redis:
+      key: "film:{film_id}"
+      type: json
+"#;
+
+    #[test]
+    fn a_good_file_checks() {
+        let p = check(Path::new("pipelines/films.yaml"), FILMS).unwrap();
+        assert_eq!(p.name, "films");
+        assert_eq!(p.source.table, TableName::new("public", "film"));
+        assert_eq!(p.source.key, Some(vec!["film_id".to_string()]));
+        assert_eq!(p.fields.len(), 3);
+        assert_eq!(p.search[0].index, "films");
+        assert_eq!(p.search[0].default_search_fields, vec!["title".to_string()]);
+        assert_eq!(p.redis[0].key.raw, "film:{film_id}");
+        assert_eq!(p.hash.len(), 64);
+    }
+
+    #[test]
+    fn hash_ignores_description_but_not_fields() {
+        let a = check(Path::new("films.yaml"), FILMS).unwrap();
+        let b = check(Path::new("films.yaml"), &FILMS.replace("Films for search", "Other words")).unwrap();
+        let c = check(Path::new("films.yaml"), &FILMS.replace("title: film.title", "title: upper(film.title)")).unwrap();
+        assert_eq!(a.hash, b.hash);
+        assert_ne!(a.hash, c.hash);
+    }
+
+    #[test]
+    fn every_error_is_reported_with_its_position() {
+        let bad = FILMS
+            .replace("  key: film_id\n", "  key: film_id\n  colour: red\n")
+            .replace("id: film_id", "id: nope")
+            .replace("type: json", "type: list");
+        let errs = check(Path::new("pipelines/films.yaml"), &bad).unwrap_err();
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errs.len(), 3, "{text:#?}");
+        assert!(text[0].starts_with("pipelines/films.yaml:7:3: error: unknown key `colour`"), "{}", text[0]);
+        assert!(text[1].starts_with("pipelines/films.yaml:15:11: error: `id` names `nope`"), "{}", text[1]);
+        assert!(text[2].contains("unknown redis type `list`"), "{}", text[2]);
+        assert!(text[0].contains("\n    |   colour: red\n    |   ^"), "{}", text[0]);
+    }
+
+    #[test]
+    fn name_must_match_file() {
+        let errs = check(Path::new("pipelines/movies.yaml"), FILMS).unwrap_err();
+        assert!(errs[0].to_string().contains("must equal the file name `movies`"));
+        assert_eq!(errs[0].pos.line, 2);
+    }
+
+    #[test]
+    fn table_names() {
+        assert_eq!(parse_table_name("film").unwrap(), TableName::new("public", "film"));
+        assert_eq!(parse_table_name("Sales.Orders").unwrap(), TableName::new("sales", "orders"));
+        assert_eq!(parse_table_name("\"Order Details\"").unwrap(), TableName::new("public", "Order Details"));
+        assert_eq!(parse_table_name("s.\"x; drop table y\"").unwrap(), TableName::new("s", "x; drop table y"));
+        assert!(parse_table_name("a.b.c").is_err());
+        assert!(parse_table_name("a b").is_err());
+        assert!(parse_table_name("\"open").is_err());
+    }
+}

@@ -1,0 +1,246 @@
+//! The checked, in-memory form of a pipeline file.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::source::TableName;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Pipeline {
+    pub name: String,
+    #[serde(skip)]
+    pub file: PathBuf,
+    #[serde(skip)]
+    pub description: Option<String>,
+    #[serde(skip)]
+    pub owner: Option<String>,
+    pub source: Source,
+    pub fields: Vec<Field>,
+    pub search: Vec<SearchTarget>,
+    pub redis: Vec<RedisTarget>,
+    pub on_error: OnError,
+    /// sha256 of the normalized definition (everything but description, owner and tests).
+    #[serde(skip)]
+    pub hash: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Source {
+    pub table: TableName,
+    /// How SQL expressions refer to the source table (`source.as`, default: the table name).
+    pub alias: String,
+    /// Key columns; `None` means the table's primary key (resolved against the catalog).
+    pub key: Option<Vec<String>>,
+    pub filter: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Field {
+    pub name: String,
+    pub sql: String,
+    /// Optional declared type (`i64`, `f64`, `text`, …) from the long form.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ty: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    DeadLetter,
+    Stop,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchTarget {
+    pub index: String,
+    pub id: String,
+    pub fields: Vec<SearchField>,
+    pub default_search_fields: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SearchType {
+    Text,
+    Keyword,
+    I64,
+    U64,
+    F64,
+    Bool,
+    Date,
+    StoredOnly,
+}
+
+impl SearchType {
+    pub fn parse(s: &str) -> Option<SearchType> {
+        Some(match s {
+            "text" => SearchType::Text,
+            "keyword" => SearchType::Keyword,
+            "i64" => SearchType::I64,
+            "u64" => SearchType::U64,
+            "f64" => SearchType::F64,
+            "bool" => SearchType::Bool,
+            "date" => SearchType::Date,
+            "stored_only" => SearchType::StoredOnly,
+            _ => return None,
+        })
+    }
+    pub fn is_numeric_like(self) -> bool {
+        matches!(self, SearchType::I64 | SearchType::U64 | SearchType::F64 | SearchType::Bool | SearchType::Date)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SearchField {
+    pub name: String,
+    pub ty: SearchType,
+    pub analyzer: String,
+    pub stored: bool,
+    pub facet: bool,
+    pub filterable: bool,
+    pub sortable: bool,
+    pub boost: f32,
+    pub highlight: bool,
+    pub fuzzy: u8,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedisType {
+    Json,
+    Hash,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RedisTarget {
+    pub key: KeyTemplate,
+    pub ty: RedisType,
+    /// Output fields written; `None` = all.
+    pub fields: Option<Vec<String>>,
+    pub notify: bool,
+}
+
+impl RedisTarget {
+    /// The name `status` shows for this target: `redis:<template>`.
+    pub fn label(&self) -> String {
+        format!("redis:{}", self.key.raw)
+    }
+}
+
+/// A Redis key template such as `film:{film_id}`.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyTemplate {
+    pub raw: String,
+    #[serde(skip)]
+    pub parts: Vec<TemplatePart>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TemplatePart {
+    Literal(String),
+    Field(String),
+}
+
+impl KeyTemplate {
+    pub fn parse(raw: &str) -> Result<KeyTemplate, String> {
+        let mut parts = Vec::new();
+        let mut rest = raw;
+        while !rest.is_empty() {
+            match rest.find('{') {
+                Some(0) => {
+                    let close = rest.find('}').ok_or_else(|| format!("unclosed `{{` in key template `{raw}`"))?;
+                    let name = &rest[1..close];
+                    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                        return Err(format!("`{{{name}}}` in key template `{raw}` is not a field name"));
+                    }
+                    parts.push(TemplatePart::Field(name.to_string()));
+                    rest = &rest[close + 1..];
+                }
+                Some(open) => {
+                    parts.push(TemplatePart::Literal(rest[..open].to_string()));
+                    rest = &rest[open..];
+                }
+                None => {
+                    if rest.contains('}') {
+                        return Err(format!("unmatched `}}` in key template `{raw}`"));
+                    }
+                    parts.push(TemplatePart::Literal(rest.to_string()));
+                    rest = "";
+                }
+            }
+        }
+        if !parts.iter().any(|p| matches!(p, TemplatePart::Field(_))) {
+            return Err(format!("key template `{raw}` has no {{field}}: every record would write the same key"));
+        }
+        if raw.starts_with('_') {
+            return Err(format!("key template `{raw}` starts with `_`, which is reserved for deriver's bookkeeping keys"));
+        }
+        Ok(KeyTemplate { raw: raw.to_string(), parts })
+    }
+
+    pub fn fields(&self) -> impl Iterator<Item = &str> {
+        self.parts.iter().filter_map(|p| match p {
+            TemplatePart::Field(f) => Some(f.as_str()),
+            TemplatePart::Literal(_) => None,
+        })
+    }
+
+    /// Renders the key from the text form of the fields (`None` when a field is NULL: no key).
+    pub fn render(&self, text_of: impl Fn(&str) -> Option<String>) -> Option<String> {
+        let mut out = String::new();
+        for part in &self.parts {
+            match part {
+                TemplatePart::Literal(l) => out.push_str(l),
+                TemplatePart::Field(f) => out.push_str(&text_of(f)?),
+            }
+        }
+        Some(out)
+    }
+}
+
+impl Pipeline {
+    /// Output fields whose text form is needed (search id, Redis key templates).
+    pub fn text_fields(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        let mut push = |f: &str| {
+            if !out.iter().any(|o| o == f) {
+                out.push(f.to_string());
+            }
+        };
+        for s in &self.search {
+            push(&s.id);
+        }
+        for r in &self.redis {
+            for f in r.key.fields() {
+                push(f);
+            }
+        }
+        out
+    }
+
+    pub fn tables(&self) -> Vec<TableName> {
+        vec![self.source.table.clone()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_templates_parse_and_render() {
+        let t = KeyTemplate::parse("film:{film_id}:x").unwrap();
+        assert_eq!(t.parts, vec![
+            TemplatePart::Literal("film:".into()),
+            TemplatePart::Field("film_id".into()),
+            TemplatePart::Literal(":x".into()),
+        ]);
+        assert_eq!(t.render(|f| (f == "film_id").then(|| "7".to_string())).as_deref(), Some("film:7:x"));
+        assert_eq!(t.render(|_| None), None);
+        assert!(KeyTemplate::parse("film:{film_id").is_err());
+        assert!(KeyTemplate::parse("film").is_err());
+        assert!(KeyTemplate::parse("film:{a b}").is_err());
+        assert!(KeyTemplate::parse("_meta:{a}").is_err());
+    }
+}

@@ -1,0 +1,786 @@
+//! The daemon: start-up checks, initial snapshot, the apply loop, checkpoints and acks.
+//!
+//! Path of one change (see ARCHITECTURE.md): the replication adapter delivers `Begin`, row
+//! changes and `Commit`; row changes mark source keys dirty in the open batch; at a transaction
+//! boundary, once the batch is big or old enough, every pipeline re-derives its dirty keys from
+//! Postgres and each sink commits the records together with the batch's end LSN; the slot is
+//! acknowledged up to the minimum LSN every sink has made durable.
+
+pub mod derive;
+pub mod status;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{pin_mut, TryStreamExt};
+use tokio::sync::mpsc;
+use tokio_postgres::{Client, Statement};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::pipeline::sql::{compile, DerivationSql, KeyColumn};
+use crate::pipeline::{OnError, Pipeline};
+use crate::sink::redis::RedisSink;
+use crate::sink::tantivy::SearchSink;
+use crate::sink::{AnySink, BatchMode, Rejected, Sink, Write};
+use crate::source::postgres::{self as pg, TableInfo};
+use crate::source::walstream::{self, Acker};
+use crate::source::{ChangeKind, Interest, Lsn, RowChange, SourceEvent, TableName};
+use derive::{derive_keys, row_to_record, KeyTuple};
+use status::{PipelineStatus, Shared, SlotStatus, StatusDoc};
+
+/// A pipeline with its compiled SQL and open sinks.
+pub struct PipelineRt {
+    pub def: Pipeline,
+    pub sql: DerivationSql,
+    pub key: Vec<KeyColumn>,
+    pub table: TableInfo,
+    stmt: Option<Statement>,
+    pub sinks: Vec<AnySink>,
+    dead_letters: u64,
+    /// Positions of the key columns in the source table's interest list.
+    key_pos: Vec<usize>,
+}
+
+impl PipelineRt {
+    fn generation(&self) -> Option<u64> {
+        self.sinks.iter().find_map(|s| match s {
+            AnySink::Search(s) => Some(s.index().generation),
+            _ => None,
+        })
+    }
+}
+
+/// Loads pipelines, checks the source and resolves every table against the catalog.
+pub async fn load_pipelines(cfg: &Config, client: &Client) -> Result<Vec<(Pipeline, TableInfo, DerivationSql)>> {
+    let defs = crate::pipeline::load_dir(&cfg.pipelines.dir).map_err(|diags| {
+        let text: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
+        Error::config(format!("{} problem(s) in the pipeline files", diags.len())).with_detail(text.join("\n"))
+    })?;
+    let mut out = Vec::new();
+    for def in defs {
+        let info = pg::table_info(client, &def.source.table, def.source.key.as_deref())
+            .await
+            .map_err(|e| Error::config(format!("pipeline `{}`: {}", def.name, e.message)))?;
+        let sql = compile(&def, &info.key);
+        out.push((def, info, sql));
+    }
+    Ok(out)
+}
+
+/// Checks that deletes and key changes of a source table carry the pipeline's key columns.
+pub fn replica_identity_problem(def: &Pipeline, info: &TableInfo) -> Option<String> {
+    let table = &def.source.table;
+    match info.replica_identity {
+        'n' => Some(format!(
+            "table {table} has REPLICA IDENTITY NOTHING, so deletes carry no key; run ALTER TABLE {} REPLICA IDENTITY DEFAULT (or FULL)",
+            table.quoted()
+        )),
+        'f' => None,
+        _ => {
+            let missing: Vec<&str> =
+                info.key.iter().map(|k| k.name.as_str()).filter(|k| !info.identity_columns.iter().any(|c| c == k)).collect();
+            (!missing.is_empty()).then(|| {
+                format!(
+                    "pipeline `{}` keys {table} by {}, which its replica identity does not include, so deletes would not say which record to remove; run ALTER TABLE {} REPLICA IDENTITY FULL, or key the pipeline by the primary key",
+                    def.name,
+                    missing.join(", "),
+                    table.quoted()
+                )
+            })
+        }
+    }
+}
+
+pub struct Daemon {
+    cfg: Config,
+    pipelines: Vec<PipelineRt>,
+    pg: Client,
+    interest: Interest,
+    /// For each table: (pipeline index) for pipelines whose source it is.
+    routes: HashMap<TableName, Vec<usize>>,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+    /// Ignore the sinks' checkpoints and re-derive everything from a new slot.
+    resnapshot: bool,
+}
+
+#[derive(Default)]
+struct Batch {
+    started: Option<Instant>,
+    changes: usize,
+    end_lsn: Option<Lsn>,
+    dirty: Vec<Dirty>,
+}
+
+#[derive(Default, Clone)]
+struct Dirty {
+    truncate: bool,
+    keys: HashSet<KeyTuple>,
+}
+
+impl Batch {
+    fn new(n: usize) -> Batch {
+        Batch { dirty: vec![Dirty::default(); n], ..Default::default() }
+    }
+    fn has_work(&self) -> bool {
+        self.dirty.iter().any(|d| d.truncate || !d.keys.is_empty())
+    }
+}
+
+impl Daemon {
+    /// Start-up checks (loud on anything wrong), then opens every sink.
+    pub async fn prepare(cfg: Config, shared: Arc<Shared>, cancel: CancellationToken, resnapshot: bool) -> Result<Daemon> {
+        let url = cfg.postgres_url()?.to_string();
+        let client = pg::connect(&url).await.map_err(|e| Error::fatal(e.message.clone()).with_detail(e.detail.unwrap_or_default()))?;
+        let level = pg::wal_level(&client).await?;
+        if level != "logical" {
+            return Err(Error::fatal(format!(
+                "Postgres runs with wal_level={level}; deriver needs wal_level=logical (set it in postgresql.conf and restart Postgres)"
+            )));
+        }
+        let loaded = load_pipelines(&cfg, &client).await?;
+        let published = pg::publication_tables(&client, &cfg.postgres.publication).await?.ok_or_else(|| {
+            Error::fatal(format!("publication `{}` does not exist; run `deriver setup` to create it", cfg.postgres.publication))
+        })?;
+        let mut interest = Interest::default();
+        let mut routes: HashMap<TableName, Vec<usize>> = HashMap::new();
+        let mut pipelines = Vec::new();
+        for (idx, (def, info, sql)) in loaded.into_iter().enumerate() {
+            let table = def.source.table.clone();
+            let Some((_, columns)) = published.iter().find(|(t, _)| *t == table) else {
+                return Err(Error::fatal(format!(
+                    "publication `{}` does not cover table {table}, which pipeline `{}` reads; run `deriver setup`",
+                    cfg.postgres.publication, def.name
+                )));
+            };
+            if let Some(cols) = columns {
+                if let Some(k) = info.key.iter().find(|k| !cols.contains(&k.name)) {
+                    return Err(Error::fatal(format!(
+                        "publication `{}` does not publish column {table}.{}, which pipeline `{}` needs as its key",
+                        cfg.postgres.publication, k.name, def.name
+                    )));
+                }
+            }
+            if let Some(problem) = replica_identity_problem(&def, &info) {
+                return Err(Error::fatal(problem));
+            }
+            let wanted = interest.tables.entry(table.clone()).or_default();
+            let key_pos = info
+                .key
+                .iter()
+                .map(|k| match wanted.iter().position(|c| c == &k.name) {
+                    Some(p) => p,
+                    None => {
+                        wanted.push(k.name.clone());
+                        wanted.len() - 1
+                    }
+                })
+                .collect();
+            routes.entry(table).or_default().push(idx);
+            let stmt = client.prepare(&sql.keyed).await.map_err(|e| {
+                Error::config(format!("pipeline `{}` ({}): its SQL does not compile", def.name, def.file.display()))
+                    .with_detail(Error::from(e).message)
+            })?;
+            let mut sinks = Vec::new();
+            for t in &def.search {
+                let sink = SearchSink::open(&cfg.index.dir, &def, t, cfg.index.writer_memory_mb)?;
+                shared.indexes.write().expect("lock").insert(t.index.clone(), sink.index());
+                sinks.push(AnySink::Search(sink));
+            }
+            if !def.redis.is_empty() {
+                let url = cfg.redis_url()?;
+                let sink = RedisSink::open(url, &cfg.redis.prefix, &def, cfg.redis.durability_delay_ms)
+                    .await
+                    .map_err(|e| Error::fatal(e.message.clone()).with_detail(e.detail.unwrap_or_default()))?;
+                sinks.push(AnySink::Redis(sink));
+            }
+            pipelines.push(PipelineRt { key: info.key.clone(), table: info, def, sql, stmt: Some(stmt), sinks, dead_letters: 0, key_pos });
+        }
+        let daemon = Daemon { cfg, pipelines, pg: client, interest, routes, shared, cancel, resnapshot };
+        daemon.publish_status("snapshotting").await;
+        Ok(daemon)
+    }
+
+    async fn publish_status(&self, state: &str) {
+        let mut pipelines = Vec::new();
+        for p in &self.pipelines {
+            let mut targets = BTreeMap::new();
+            for s in &p.sinks {
+                let cp = match s {
+                    AnySink::Search(s) => s.current_checkpoint(),
+                    AnySink::Redis(s) => s.current_checkpoint(),
+                };
+                for label in s.labels() {
+                    targets.insert(label, cp.as_ref().map(|c| c.lsn));
+                }
+            }
+            pipelines.push(PipelineStatus {
+                name: p.def.name.clone(),
+                state: state.to_string(),
+                generation: p.generation(),
+                definition_hash: p.def.hash.clone(),
+                applied_lsn: None,
+                targets,
+                lag_bytes: None,
+                dead_letters: p.dead_letters,
+                description: p.def.description.clone(),
+                owner: p.def.owner.clone(),
+                error: None,
+            });
+        }
+        let server_lsn = pg::current_wal_lsn(&self.pg).await.ok();
+        let slot = pg::slot_info(&self.pg, &self.cfg.postgres.slot).await.ok().flatten().map(|s| SlotStatus {
+            name: self.cfg.postgres.slot.clone(),
+            confirmed_flush_lsn: s.confirmed_flush_lsn,
+            wal_status: s.wal_status,
+        });
+        let mut doc = StatusDoc { server_lsn, slot, pipelines };
+        for p in &mut doc.pipelines {
+            p.refresh(server_lsn);
+        }
+        *self.shared.status.write().expect("status lock") = Some(doc);
+    }
+
+    /// Runs until cancelled (Ok) or a fatal condition (Err).
+    pub async fn run(mut self) -> Result<()> {
+        let url = self.cfg.postgres_url()?.to_string();
+        let conninfo = pg::replication_conninfo(&url)?;
+        let slot = self.cfg.postgres.slot.clone();
+        let publication = self.cfg.postgres.publication.clone();
+
+        let mut checkpoints = Vec::new();
+        for p in &mut self.pipelines {
+            for s in &mut p.sinks {
+                checkpoints.push(s.checkpoint().await?);
+            }
+        }
+        let any_checkpoint = checkpoints.iter().any(Option::is_some) && !self.resnapshot;
+        let info = pg::slot_info(&self.pg, &slot).await?;
+        let replication = match info {
+            Some(info) => {
+                if info.wal_status.as_deref() == Some("lost") {
+                    return Err(Error::fatal(format!(
+                        "replication slot `{slot}` was invalidated (wal_status=lost): Postgres removed WAL deriver had not yet applied; drop the slot and start again to re-derive everything (`SELECT pg_drop_replication_slot('{slot}')`)"
+                    )));
+                }
+                if info.plugin.as_deref() != Some("pgoutput") {
+                    return Err(Error::fatal(format!("replication slot `{slot}` exists but does not use pgoutput")));
+                }
+                let confirmed = info.confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
+                self.resync_behind(confirmed).await?;
+                walstream::open(&conninfo, &slot, &publication).await?
+            }
+            None if any_checkpoint => {
+                return Err(Error::fatal(format!(
+                    "replication slot `{slot}` is missing but the sinks hold checkpoints: changes since then are lost to deriver; run `deriver run --resnapshot` to re-derive everything from a new slot"
+                )));
+            }
+            None => self.initial_snapshot(&conninfo, &slot, &publication).await?,
+        };
+        let start = self.min_checkpoint().await?;
+        self.publish_status("streaming").await;
+        info!(%start, "streaming from the replication slot");
+        self.stream_loop(replication, start, &conninfo, &slot, &publication).await
+    }
+
+    async fn min_checkpoint(&mut self) -> Result<Lsn> {
+        let mut min: Option<Lsn> = None;
+        for p in &mut self.pipelines {
+            for s in &mut p.sinks {
+                let cp = s.checkpoint().await?.map(|c| c.lsn).unwrap_or(Lsn::ZERO);
+                min = Some(min.map_or(cp, |m| m.min(cp)));
+            }
+        }
+        Ok(min.unwrap_or(Lsn::ZERO))
+    }
+
+    /// First start: create the slot with an exported snapshot, derive every record from that
+    /// snapshot, store the slot's consistent point as every sink's checkpoint.
+    async fn initial_snapshot(&mut self, conninfo: &str, slot: &str, publication: &str) -> Result<walstream::Replication> {
+        info!(slot, "creating the replication slot with an exported snapshot");
+        let created = walstream::create_slot(conninfo, slot, publication).await?;
+        let consistent = pg::slot_info(&self.pg, slot)
+            .await?
+            .and_then(|s| s.confirmed_flush_lsn)
+            .ok_or_else(|| Error::fatal("the new replication slot has no consistent point"))?;
+        let client = pg::connect(self.cfg.postgres_url()?).await?;
+        client
+            .batch_execute(&format!(
+                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+                crate::source::quote_literal(&created.snapshot_name)
+            ))
+            .await?;
+        let all: Vec<usize> = (0..self.pipelines.len()).collect();
+        self.bulk_derive(&client, &all, consistent).await?;
+        client.batch_execute("COMMIT").await?;
+        Ok(created.replication)
+    }
+
+    /// Pipelines whose sinks lack a checkpoint, lag behind the slot (the sink lost writes) or
+    /// hold another definition are re-derived from a fresh snapshot, checkpointed at the slot's
+    /// confirmed position: the stream replays everything after it, and replays only re-derive.
+    async fn resync_behind(&mut self, confirmed: Lsn) -> Result<()> {
+        let mut todo = Vec::new();
+        for (i, p) in self.pipelines.iter_mut().enumerate() {
+            let hash = p.def.hash.clone();
+            let mut stale = false;
+            for s in &mut p.sinks {
+                match s.checkpoint().await? {
+                    None => stale = true,
+                    Some(cp) if cp.lsn < confirmed => {
+                        warn!(pipeline = %p.def.name, sink = ?s.labels(), checkpoint = %cp.lsn, slot = %confirmed,
+                            "a sink is behind the replication slot (it lost acknowledged writes); re-deriving the pipeline");
+                        stale = true;
+                    }
+                    Some(cp) if cp.definition_hash.as_deref().is_some_and(|h| h != hash) => stale = true,
+                    Some(_) => {}
+                }
+            }
+            if stale {
+                todo.push(i);
+            }
+        }
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let client = pg::connect(self.cfg.postgres_url()?).await?;
+        client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+        self.bulk_derive(&client, &todo, confirmed).await?;
+        client.batch_execute("COMMIT").await?;
+        Ok(())
+    }
+
+    /// Derives every record of the given pipelines in `client`'s open transaction and replaces
+    /// their sinks' content, checkpointed at `lsn`.
+    async fn bulk_derive(&mut self, client: &Client, which: &[usize], lsn: Lsn) -> Result<()> {
+        let chunk = self.cfg.runtime.derive_chunk.max(1);
+        for &i in which {
+            let p = &mut self.pipelines[i];
+            let name = p.def.name.clone();
+            info!(pipeline = %name, %lsn, "deriving every record");
+            let started = Instant::now();
+            for s in &mut p.sinks {
+                s.begin(lsn, BatchMode::Replace).await?;
+            }
+            let stream = client.query_raw(p.sql.bulk.as_str(), std::iter::empty::<&str>()).await.map_err(Error::from)?;
+            pin_mut!(stream);
+            let mut buf = Vec::with_capacity(chunk);
+            let mut total = 0u64;
+            let mut last_log = Instant::now();
+            loop {
+                let row = stream.try_next().await.map_err(Error::from)?;
+                let done = row.is_none();
+                if let Some(row) = row {
+                    match row_to_record(&row) {
+                        Ok(r) => buf.push(Write::Upsert(r)),
+                        Err(e) => p.dead_letters += reject(&name, &[Rejected { key: "?".into(), reason: e.to_string() }]),
+                    }
+                    total += 1;
+                }
+                if buf.len() >= chunk || (done && !buf.is_empty()) {
+                    for s in &mut p.sinks {
+                        let rejected = s.write(&buf).await?;
+                        p.dead_letters += reject(&name, &rejected);
+                    }
+                    buf.clear();
+                }
+                if last_log.elapsed() > Duration::from_secs(10) {
+                    info!(pipeline = %name, rows = total, "still deriving");
+                    last_log = Instant::now();
+                }
+                if done {
+                    break;
+                }
+            }
+            for s in &mut p.sinks {
+                s.commit().await?;
+            }
+            if p.def.on_error == OnError::Stop && p.dead_letters > 0 {
+                return Err(Error::fatal(format!("pipeline `{name}` rejected records and says `on_error: stop`")));
+            }
+            info!(pipeline = %name, rows = total, secs = started.elapsed().as_secs_f64(), "derived every record");
+        }
+        Ok(())
+    }
+
+    async fn stream_loop(
+        &mut self,
+        first: walstream::Replication,
+        start: Lsn,
+        conninfo: &str,
+        slot: &str,
+        publication: &str,
+    ) -> Result<()> {
+        let idle = Duration::from_millis(self.cfg.runtime.idle_ms.max(100));
+        let mut replication = Some(first);
+        let mut start = start;
+        let mut backoff = Duration::from_millis(500);
+        loop {
+            let repl = match replication.take() {
+                Some(r) => r,
+                None => match walstream::open(conninfo, slot, publication).await {
+                    Ok(r) => r,
+                    Err(e) if e.is_transient() => {
+                        warn!(error = %e, "cannot reopen the replication connection; retrying");
+                        if self.sleep_or_cancel(backoff).await {
+                            return Ok(());
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
+            };
+            let stream_cancel = self.cancel.child_token();
+            let (rx, acker) = match repl.start(start, self.interest.clone(), idle, stream_cancel.clone()).await {
+                Ok(x) => x,
+                Err(e) if e.is_transient() => {
+                    warn!(error = %e, "cannot start streaming; retrying");
+                    if self.sleep_or_cancel(backoff).await {
+                        return Ok(());
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let result = self.apply_loop(rx, &acker, start).await;
+            stream_cancel.cancel();
+            match result {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_transient() => {
+                    warn!(error = %e, "replication interrupted; resuming from the sinks' checkpoints");
+                    if self.sleep_or_cancel(backoff).await {
+                        return Ok(());
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    start = self.min_checkpoint().await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// true when cancelled during the sleep.
+    async fn sleep_or_cancel(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = self.cancel.cancelled() => true,
+            _ = tokio::time::sleep(d) => false,
+        }
+    }
+
+    async fn apply_loop(&mut self, mut rx: mpsc::Receiver<Result<SourceEvent>>, acker: &Acker, start: Lsn) -> Result<()> {
+        let mut batch = Batch::new(self.pipelines.len());
+        let mut in_txn = false;
+        let mut applied = start;
+        let max_wait = self.cfg.runtime.batch_max_wait();
+        let max_changes = self.cfg.runtime.batch_max_changes.max(1);
+        let mut flush_tick = tokio::time::interval(max_wait.max(Duration::from_millis(5)));
+        let mut cp_tick = tokio::time::interval(Duration::from_millis(self.cfg.runtime.idle_ms.max(100)));
+        flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        cp_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => {
+                    if !in_txn {
+                        applied = self.flush(&mut batch, applied).await?;
+                        self.checkpoint_idle_sinks(applied).await?;
+                    }
+                    self.ack(acker, true).await;
+                    return Ok(());
+                }
+                ev = rx.recv() => {
+                    let Some(ev) = ev else { return Err(Error::transient("the replication stream ended")) };
+                    match ev? {
+                        SourceEvent::Begin { .. } => in_txn = true,
+                        SourceEvent::Change(change) => {
+                            self.route(&change, &mut batch)?;
+                        }
+                        SourceEvent::Truncate { tables } => {
+                            for t in tables {
+                                for &i in self.routes.get(&t).into_iter().flatten() {
+                                    batch.dirty[i].truncate = true;
+                                    batch.changes += 1;
+                                }
+                            }
+                        }
+                        SourceEvent::Commit { end_lsn, .. } => {
+                            in_txn = false;
+                            batch.end_lsn = Some(end_lsn);
+                            batch.started.get_or_insert_with(Instant::now);
+                            if batch.changes >= max_changes {
+                                applied = self.flush(&mut batch, applied).await?;
+                                self.ack(acker, false).await;
+                            }
+                        }
+                        SourceEvent::Idle { lsn } => {
+                            if !in_txn && !batch.has_work() {
+                                applied = applied.max(lsn).max(batch.end_lsn.unwrap_or(Lsn::ZERO));
+                                batch = Batch::new(self.pipelines.len());
+                            }
+                        }
+                    }
+                }
+                _ = flush_tick.tick() => {
+                    if !in_txn && batch.started.is_some_and(|t| t.elapsed() >= max_wait) {
+                        applied = self.flush(&mut batch, applied).await?;
+                        self.ack(acker, false).await;
+                    }
+                }
+                _ = cp_tick.tick() => {
+                    if !in_txn {
+                        if !batch.has_work() {
+                            applied = applied.max(batch.end_lsn.unwrap_or(Lsn::ZERO));
+                            batch = Batch::new(self.pipelines.len());
+                        }
+                        self.checkpoint_idle_sinks(applied).await?;
+                    }
+                    self.ack(acker, false).await;
+                    self.refresh_server_status().await;
+                }
+            }
+        }
+    }
+
+    fn route(&self, change: &RowChange, batch: &mut Batch) -> Result<()> {
+        let Some(targets) = self.routes.get(&*change.table) else { return Ok(()) };
+        for &i in targets {
+            let p = &self.pipelines[i];
+            let key_of = |texts: &Option<Vec<Option<String>>>| -> Option<KeyTuple> {
+                let texts = texts.as_ref()?;
+                p.key_pos.iter().map(|&pos| texts.get(pos).cloned().flatten()).collect()
+            };
+            let new = key_of(&change.new);
+            let old = key_of(&change.old);
+            let mut any = false;
+            for k in [new, old].into_iter().flatten() {
+                batch.dirty[i].keys.insert(k);
+                any = true;
+            }
+            if !any {
+                return Err(Error::fatal(format!(
+                    "a {:?} on {} carried no value for the key of pipeline `{}`; check the table's replica identity",
+                    change.kind, change.table, p.def.name
+                )));
+            }
+            if change.kind == ChangeKind::Update && change.old.is_none() && change.new.is_none() {
+                unreachable!("an update has a new row");
+            }
+            batch.changes += 1;
+        }
+        Ok(())
+    }
+
+    /// Re-derives the batch's dirty keys and commits them to every sink at the batch's end LSN.
+    /// Transient failures are retried with backoff; the batch stays whole.
+    async fn flush(&mut self, batch: &mut Batch, applied: Lsn) -> Result<Lsn> {
+        let Some(lsn) = batch.end_lsn else { return Ok(applied) };
+        if !batch.has_work() {
+            *batch = Batch::new(self.pipelines.len());
+            return Ok(applied.max(lsn));
+        }
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            match self.try_flush(batch, lsn).await {
+                Ok(()) => break,
+                Err(e) if e.is_transient() => {
+                    for p in &mut self.pipelines {
+                        for s in &mut p.sinks {
+                            s.abort().await;
+                        }
+                    }
+                    warn!(error = %e, "applying a batch failed; retrying");
+                    if self.cancel.is_cancelled() {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    if let Err(e2) = self.reconnect_pg().await {
+                        warn!(error = %e2, "reconnecting to Postgres failed");
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let n = batch.changes;
+        let elapsed = batch.started.map(|t| t.elapsed());
+        *batch = Batch::new(self.pipelines.len());
+        metrics::counter!("deriver_changes_applied_total").increment(n as u64);
+        if let Some(e) = elapsed {
+            metrics::histogram!("deriver_batch_latency_seconds").record(e.as_secs_f64());
+        }
+        self.update_targets(lsn);
+        Ok(applied.max(lsn))
+    }
+
+    async fn try_flush(&mut self, batch: &Batch, lsn: Lsn) -> Result<()> {
+        let chunk = self.cfg.runtime.derive_chunk.max(1);
+        for (i, dirty) in batch.dirty.iter().enumerate() {
+            if !dirty.truncate && dirty.keys.is_empty() {
+                continue;
+            }
+            let p = &mut self.pipelines[i];
+            let mode = BatchMode::Incremental { clear_all: dirty.truncate };
+            let mut active = Vec::new();
+            for (j, s) in p.sinks.iter_mut().enumerate() {
+                if s.begin(lsn, mode).await? {
+                    active.push(j);
+                }
+            }
+            if active.is_empty() {
+                continue;
+            }
+            let keys: Vec<KeyTuple> = dirty.keys.iter().cloned().collect();
+            let stmt = p.stmt.clone().ok_or_else(|| Error::transient("no prepared statement"))?;
+            for part in keys.chunks(chunk) {
+                let (writes, rejected) = derive_keys(&self.pg, &stmt, p.key.len(), part).await?;
+                p.dead_letters += reject(&p.def.name, &rejected);
+                for &j in &active {
+                    let rejected = p.sinks[j].write(&writes).await?;
+                    p.dead_letters += reject(&p.def.name, &rejected);
+                }
+            }
+            if p.def.on_error == OnError::Stop && p.dead_letters > 0 {
+                return Err(Error::fatal(format!("pipeline `{}` rejected records and says `on_error: stop`", p.def.name)));
+            }
+            let started = Instant::now();
+            for &j in &active {
+                p.sinks[j].commit().await?;
+            }
+            metrics::histogram!("deriver_commit_latency_seconds", "pipeline" => p.def.name.clone()).record(started.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    async fn reconnect_pg(&mut self) -> Result<()> {
+        if !self.pg.is_closed() {
+            return Ok(());
+        }
+        let client = pg::connect(self.cfg.postgres_url()?).await?;
+        for p in &mut self.pipelines {
+            p.stmt = Some(client.prepare(&p.sql.keyed).await?);
+        }
+        self.pg = client;
+        Ok(())
+    }
+
+    /// Sinks with nothing to write still advance their stored checkpoint, so the slot can be
+    /// acknowledged while their tables are quiet.
+    async fn checkpoint_idle_sinks(&mut self, applied: Lsn) -> Result<()> {
+        let mut changed = false;
+        for p in &mut self.pipelines {
+            for s in &mut p.sinks {
+                let behind = s.checkpoint().await?.is_none_or(|c| c.lsn < applied);
+                if behind && applied > Lsn::ZERO {
+                    let result = async {
+                        if s.begin(applied, BatchMode::Incremental { clear_all: false }).await? {
+                            s.commit().await?;
+                        }
+                        Ok::<(), Error>(())
+                    }
+                    .await;
+                    match result {
+                        Ok(()) => changed = true,
+                        Err(e) if e.is_transient() => {
+                            s.abort().await;
+                            warn!(error = %e, "could not store an idle checkpoint; will retry");
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        if changed {
+            self.update_targets(applied);
+        }
+        Ok(())
+    }
+
+    /// Acknowledges the slot up to what every sink has made durable.
+    async fn ack(&mut self, acker: &Acker, final_ack: bool) {
+        let mut min: Option<Lsn> = None;
+        for p in &mut self.pipelines {
+            for s in &mut p.sinks {
+                let durable = match s {
+                    AnySink::Search(s) => s.current_checkpoint().map(|c| c.lsn),
+                    AnySink::Redis(s) => s.durable_lsn(),
+                };
+                let Some(d) = durable else { return };
+                min = Some(min.map_or(d, |m| m.min(d)));
+            }
+        }
+        if let Some(m) = min {
+            acker.ack(m);
+            metrics::gauge!("deriver_acked_lsn").set(m.0 as f64);
+            if final_ack {
+                info!(lsn = %m, "acknowledged");
+            }
+        }
+    }
+
+    fn update_targets(&mut self, _lsn: Lsn) {
+        let mut per: Vec<(String, Vec<(String, Option<Lsn>)>, u64)> = Vec::new();
+        for p in &self.pipelines {
+            let mut t = Vec::new();
+            for s in &p.sinks {
+                let cp = match s {
+                    AnySink::Search(s) => s.current_checkpoint(),
+                    AnySink::Redis(s) => s.current_checkpoint(),
+                };
+                for l in s.labels() {
+                    t.push((l, cp.as_ref().map(|c| c.lsn)));
+                }
+            }
+            per.push((p.def.name.clone(), t, p.dead_letters));
+        }
+        self.shared.update(|doc| {
+            for (name, targets, dead) in per {
+                if let Some(ps) = doc.pipelines.iter_mut().find(|p| p.name == name) {
+                    for (label, lsn) in targets {
+                        ps.targets.insert(label, lsn);
+                    }
+                    ps.dead_letters = dead;
+                    ps.state = "streaming".into();
+                }
+            }
+        });
+        if let Some(doc) = self.shared.snapshot() {
+            for p in &doc.pipelines {
+                if let Some(a) = p.applied_lsn {
+                    metrics::gauge!("deriver_applied_lsn", "pipeline" => p.name.clone()).set(a.0 as f64);
+                }
+                if let Some(l) = p.lag_bytes {
+                    metrics::gauge!("deriver_lag_bytes", "pipeline" => p.name.clone()).set(l as f64);
+                }
+                metrics::gauge!("deriver_dead_letters", "pipeline" => p.name.clone()).set(p.dead_letters as f64);
+            }
+        }
+    }
+
+    async fn refresh_server_status(&self) {
+        let server = pg::current_wal_lsn(&self.pg).await.ok();
+        let slot = pg::slot_info(&self.pg, &self.cfg.postgres.slot).await.ok().flatten();
+        let name = self.cfg.postgres.slot.clone();
+        self.shared.update(|doc| {
+            if server.is_some() {
+                doc.server_lsn = server;
+            }
+            if let Some(s) = slot {
+                doc.slot = Some(SlotStatus { name, confirmed_flush_lsn: s.confirmed_flush_lsn, wal_status: s.wal_status });
+            }
+        });
+    }
+}
+
+fn reject(pipeline: &str, rejected: &[Rejected]) -> u64 {
+    for r in rejected {
+        error!(pipeline, key = %r.key, reason = %r.reason, "record rejected (dead letter)");
+        metrics::counter!("deriver_dead_letters_total", "pipeline" => pipeline.to_string()).increment(1);
+    }
+    rejected.len() as u64
+}

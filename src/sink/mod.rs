@@ -1,0 +1,119 @@
+//! Sinks: where derived records go. Every sink has the same shape ([`Sink`]): it reports the
+//! checkpoint stored *with* its data, and applies a batch as `begin` → `write`… → `commit`, where
+//! `commit` makes the data and the batch's LSN durable in one atomic step. `begin` returns `false`
+//! when the sink already holds that LSN, so replays after a crash are skipped per sink.
+
+pub mod redis;
+pub mod tantivy;
+
+use serde_json::{Map, Value};
+
+use crate::error::Result;
+use crate::source::Lsn;
+
+/// One derived record, as Postgres built it.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// The source key's text (`key::text`, composite keys joined with `:`).
+    pub key: String,
+    /// The record JSON text exactly as Postgres produced it.
+    pub json: String,
+    /// The parsed record (field order kept).
+    pub value: Map<String, Value>,
+    /// `::text` of each field in `Pipeline::text_fields()` (None = NULL).
+    pub texts: Vec<Option<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub enum Write {
+    Upsert(Record),
+    /// The source row is gone or no longer passes the filter.
+    Delete { key: String },
+}
+
+impl Write {
+    pub fn key(&self) -> &str {
+        match self {
+            Write::Upsert(r) => &r.key,
+            Write::Delete { key } => key,
+        }
+    }
+}
+
+/// What a sink stored beside its data at its last commit.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    pub lsn: Lsn,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub definition_hash: Option<String>,
+}
+
+/// How a batch relates to what the sink holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchMode {
+    /// Changes on top of the current content; `clear_all` first removes every record (TRUNCATE).
+    Incremental { clear_all: bool },
+    /// The batch is the pipeline's entire content (initial snapshot, resync): records it does not
+    /// mention are removed at commit. Readers keep the old content until then where the sink can
+    /// (search); Redis views are rewritten in place.
+    Replace,
+}
+
+/// A record a sink could not take (value does not fit, too large, …); the rest of the batch goes on.
+#[derive(Debug, Clone)]
+pub struct Rejected {
+    pub key: String,
+    pub reason: String,
+}
+
+#[allow(async_fn_in_trait)]
+pub trait Sink {
+    /// `search:<index>` or `redis:<template>` — the name `status` shows.
+    fn labels(&self) -> Vec<String>;
+    /// The checkpoint committed with the sink's data (`None`: never committed).
+    async fn checkpoint(&mut self) -> Result<Option<Checkpoint>>;
+    /// Opens a batch ending at `lsn`. `false`: the sink already has it; skip the batch.
+    async fn begin(&mut self, lsn: Lsn, mode: BatchMode) -> Result<bool>;
+    /// Adds writes to the open batch. Nothing is visible before `commit`.
+    async fn write(&mut self, writes: &[Write]) -> Result<Vec<Rejected>>;
+    /// Makes the batch and its LSN durable and visible together.
+    async fn commit(&mut self) -> Result<()>;
+    /// Drops the open batch.
+    async fn abort(&mut self);
+}
+
+/// The sinks of one pipeline, dispatched without `dyn`.
+pub enum AnySink {
+    Search(tantivy::SearchSink),
+    Redis(redis::RedisSink),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $s:ident => $e:expr) => {
+        match $self {
+            AnySink::Search($s) => $e,
+            AnySink::Redis($s) => $e,
+        }
+    };
+}
+
+impl Sink for AnySink {
+    fn labels(&self) -> Vec<String> {
+        dispatch!(self, s => s.labels())
+    }
+    async fn checkpoint(&mut self) -> Result<Option<Checkpoint>> {
+        dispatch!(self, s => s.checkpoint().await)
+    }
+    async fn begin(&mut self, lsn: Lsn, mode: BatchMode) -> Result<bool> {
+        dispatch!(self, s => s.begin(lsn, mode).await)
+    }
+    async fn write(&mut self, writes: &[Write]) -> Result<Vec<Rejected>> {
+        dispatch!(self, s => s.write(writes).await)
+    }
+    async fn commit(&mut self) -> Result<()> {
+        dispatch!(self, s => s.commit().await)
+    }
+    async fn abort(&mut self) {
+        dispatch!(self, s => s.abort().await)
+    }
+}

@@ -1,0 +1,81 @@
+-- deriver: apply one chunk of a pipeline batch to Redis views, atomically with its checkpoint.
+-- KEYS[1] checkpoint key (<prefix>:_meta:<pipeline>:applied_lsn)
+-- KEYS[2] ledger hash (<prefix>:_ledger:<pipeline>): source key -> JSON list of view keys it wrote
+-- KEYS[3] definition hash key (<prefix>:_meta:<pipeline>:definition_hash)
+-- ARGV[1], ARGV[2]: batch LSN high and low 32 bits (decimal); ARGV[3]: batch LSN text
+-- ARGV[4]: '1' to store the checkpoint (last chunk); ARGV[5]: '1' to remove every view first
+-- ARGV[6]: '1' to return deleted view keys; ARGV[7]: definition hash
+-- ARGV[8..]: ops. Per source key: key, n views, then per view: view key, type, m, m values.
+--            n = 0 means the record is gone.
+-- Returns {1, deleted...} when applied, {0} when the stored checkpoint already covers the batch.
+local cp = redis.call('GET', KEYS[1])
+if cp then
+  local h, l = string.match(cp, '^(%x+)/(%x+)$')
+  if h then
+    h = tonumber(h, 16); l = tonumber(l, 16)
+    local bh, bl = tonumber(ARGV[1]), tonumber(ARGV[2])
+    if h > bh or (h == bh and l >= bl) then return {0} end
+  end
+end
+local want_deleted = ARGV[6] == '1'
+local deleted = {}
+if ARGV[5] == '1' then
+  local cursor = '0'
+  repeat
+    local res = redis.call('HSCAN', KEYS[2], cursor, 'COUNT', 1000)
+    cursor = res[1]
+    local items = res[2]
+    for i = 1, #items, 2 do
+      for _, k in ipairs(cjson.decode(items[i + 1])) do
+        redis.call('DEL', k)
+        if want_deleted then deleted[#deleted + 1] = k end
+      end
+    end
+  until cursor == '0'
+  redis.call('DEL', KEYS[2])
+end
+local i = 8
+local n_args = #ARGV
+while i <= n_args do
+  local src = ARGV[i]
+  local n = tonumber(ARGV[i + 1])
+  i = i + 2
+  local new = {}
+  local list = {}
+  for _ = 1, n do
+    local key, typ, m = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+    i = i + 3
+    if not new[key] then
+      new[key] = true
+      list[#list + 1] = key
+    end
+    if typ == 'json' then
+      redis.call('SET', key, ARGV[i])
+    elseif typ == 'hash' then
+      redis.call('DEL', key)
+      if m > 0 then redis.call('HSET', key, unpack(ARGV, i, i + m - 1)) end
+    end
+    i = i + m
+  end
+  local old = redis.call('HGET', KEYS[2], src)
+  if old then
+    for _, k in ipairs(cjson.decode(old)) do
+      if not new[k] then
+        redis.call('DEL', k)
+        if want_deleted then deleted[#deleted + 1] = k end
+      end
+    end
+  end
+  if #list > 0 then
+    redis.call('HSET', KEYS[2], src, cjson.encode(list))
+  elseif old then
+    redis.call('HDEL', KEYS[2], src)
+  end
+end
+if ARGV[4] == '1' then
+  redis.call('SET', KEYS[1], ARGV[3])
+  redis.call('SET', KEYS[3], ARGV[7])
+end
+local out = {1}
+for _, k in ipairs(deleted) do out[#out + 1] = k end
+return out

@@ -1,0 +1,452 @@
+//! The Redis sink: all Redis views of one pipeline. Each batch is applied by a Lua script that
+//! checks the stored checkpoint, writes absolute values, deletes keys a record no longer produces
+//! (from a per-pipeline ledger of emitted keys) and stores the batch LSN, all in one atomic step.
+//! A batch too large for one script call is queued as several script calls inside MULTI/EXEC, so
+//! deriver's memory stays bounded while Redis still applies the batch atomically.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+use redis::{Client, Value as RValue};
+use serde_json::Value;
+
+use super::{BatchMode, Checkpoint, Record, Rejected, Sink, Write};
+use std::collections::HashSet;
+use crate::config::redact;
+use crate::error::{Error, Result};
+use crate::pipeline::{Pipeline, RedisTarget, RedisType};
+use crate::source::Lsn;
+
+const SCRIPT: &str = include_str!("apply.lua");
+/// Above this many argument bytes a chunk is flushed into a MULTI transaction.
+const CHUNK_BYTES: usize = 4 << 20;
+/// Values above this size are refused (Redis's own limit is 512 MiB; views that big are a bug).
+const MAX_VALUE_BYTES: usize = 64 << 20;
+
+/// Key layout of one pipeline's bookkeeping.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    pub checkpoint: String,
+    pub ledger: String,
+    pub hash: String,
+    pub changes: String,
+}
+
+impl Keys {
+    pub fn new(prefix: &str, pipeline: &str) -> Keys {
+        Keys {
+            checkpoint: format!("{prefix}:_meta:{pipeline}:applied_lsn"),
+            ledger: format!("{prefix}:_ledger:{pipeline}"),
+            hash: format!("{prefix}:_meta:{pipeline}:definition_hash"),
+            changes: format!("{prefix}:_changes:{pipeline}"),
+        }
+    }
+}
+
+pub async fn connect(url: &str) -> Result<MultiplexedConnection> {
+    let client = Client::open(url).map_err(|e| Error::config("redis.url is not a valid Redis URL").with_detail(e))?;
+    let conn = tokio::time::timeout(Duration::from_secs(10), client.get_multiplexed_async_connection())
+        .await
+        .map_err(|_| Error::transient(format!("cannot connect to Redis at {}: timed out", redact(url))))?
+        .map_err(|e| Error::transient(format!("cannot connect to Redis at {}", redact(url))).with_detail(e))?;
+    Ok(conn)
+}
+
+/// Reads a pipeline's Redis checkpoint (for `status` and start-up).
+pub async fn read_checkpoint(conn: &mut MultiplexedConnection, keys: &Keys) -> Result<Option<Checkpoint>> {
+    let (lsn, hash): (Option<String>, Option<String>) =
+        redis::pipe().get(&keys.checkpoint).get(&keys.hash).query_async(conn).await?;
+    match lsn {
+        None => Ok(None),
+        Some(text) => {
+            let lsn = text.parse().map_err(|e: String| Error::fatal(format!("{} holds a bad LSN", keys.checkpoint)).with_detail(e))?;
+            Ok(Some(Checkpoint { lsn, definition_hash: hash }))
+        }
+    }
+}
+
+/// How long after a write Redis is trusted to have it on disk, from its persistence settings.
+pub async fn durability_delay(conn: &mut MultiplexedConnection, configured: Option<u64>) -> Result<Duration> {
+    if let Some(ms) = configured {
+        return Ok(Duration::from_millis(ms));
+    }
+    let aof: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("appendonly").query_async(conn).await.unwrap_or_default();
+    let fsync: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("appendfsync").query_async(conn).await.unwrap_or_default();
+    let aof_on = aof.get(1).map(|v| v == "yes").unwrap_or(false);
+    let policy = fsync.get(1).cloned().unwrap_or_default();
+    Ok(match (aof_on, policy.as_str()) {
+        (true, "always") => Duration::ZERO,
+        (true, "everysec") => Duration::from_millis(1500),
+        _ => {
+            tracing::warn!(
+                "Redis runs without appendfsync everysec/always: a Redis crash can lose recent view writes \
+                 together with their checkpoint; deriver then re-derives the affected pipeline on the next start"
+            );
+            Duration::from_millis(1500)
+        }
+    })
+}
+
+struct View {
+    target: RedisTarget,
+    /// Positions of the template's fields in `Pipeline::text_fields()`.
+    field_pos: Vec<(String, usize)>,
+}
+
+pub struct RedisSink {
+    pipeline: String,
+    hash: String,
+    prefix: String,
+    keys: Keys,
+    url: String,
+    conn: Option<MultiplexedConnection>,
+    views: Vec<View>,
+    notify: bool,
+    open: Option<OpenBatch>,
+    checkpoint: Option<Checkpoint>,
+    /// Commits not yet trusted durable: (when, lsn).
+    recent: VecDeque<(Instant, Lsn)>,
+    durable: Option<Lsn>,
+    delay: Duration,
+}
+
+struct OpenBatch {
+    lsn: Lsn,
+    clear_all: bool,
+    args: Vec<Vec<u8>>,
+    bytes: usize,
+    /// MULTI has been sent and chunks queued.
+    in_multi: bool,
+    /// Replace mode: chunks are applied as they fill (not atomically), source keys seen are kept
+    /// so the keys of records that no longer exist are removed at commit.
+    replace: Option<HashSet<String>>,
+    written: Vec<String>,
+    deleted: Vec<String>,
+}
+
+impl RedisSink {
+    pub async fn open(url: &str, prefix: &str, pipeline: &Pipeline, delay_ms: Option<u64>) -> Result<RedisSink> {
+        let mut conn = connect(url).await?;
+        let keys = Keys::new(prefix, &pipeline.name);
+        let checkpoint = read_checkpoint(&mut conn, &keys).await?;
+        let delay = durability_delay(&mut conn, delay_ms).await?;
+        let text_fields = pipeline.text_fields();
+        let views = pipeline
+            .redis
+            .iter()
+            .map(|t| View {
+                target: t.clone(),
+                field_pos: t
+                    .key
+                    .fields()
+                    .map(|f| (f.to_string(), text_fields.iter().position(|x| x == f).expect("template fields are text fields")))
+                    .collect(),
+            })
+            .collect();
+        Ok(RedisSink {
+            pipeline: pipeline.name.clone(),
+            hash: pipeline.hash.clone(),
+            prefix: prefix.to_string(),
+            durable: checkpoint.as_ref().map(|c| c.lsn),
+            checkpoint,
+            keys,
+            url: url.to_string(),
+            conn: Some(conn),
+            views,
+            notify: pipeline.redis.iter().any(|t| t.notify),
+            open: None,
+            recent: VecDeque::new(),
+            delay,
+        })
+    }
+
+    /// The newest LSN Redis is trusted to have made durable.
+    pub fn durable_lsn(&mut self) -> Option<Lsn> {
+        let now = Instant::now();
+        while let Some(&(at, lsn)) = self.recent.front() {
+            if now.duration_since(at) >= self.delay {
+                self.durable = Some(lsn);
+                self.recent.pop_front();
+            } else {
+                break;
+            }
+        }
+        self.durable
+    }
+
+    async fn conn(&mut self) -> Result<&mut MultiplexedConnection> {
+        if self.conn.is_none() {
+            self.conn = Some(connect(&self.url).await?);
+        }
+        Ok(self.conn.as_mut().expect("just connected"))
+    }
+
+    /// Encodes one record's views into script arguments.
+    fn encode(&self, record: &Record, args: &mut Vec<Vec<u8>>, written: &mut Vec<String>) -> std::result::Result<usize, String> {
+        let mut out: Vec<Vec<u8>> = vec![record.key.clone().into_bytes(), Vec::new()];
+        let mut n = 0usize;
+        for view in &self.views {
+            let Some(rendered) = view.target.key.render(|f| {
+                let pos = view.field_pos.iter().find(|(name, _)| name == f).map(|(_, p)| *p)?;
+                record.texts.get(pos).cloned().flatten()
+            }) else {
+                // A NULL field in the template: this record has no key for this view.
+                continue;
+            };
+            let key = format!("{}:{}", self.prefix, rendered);
+            let fields: Vec<(&String, &Value)> = match &view.target.fields {
+                None => record.value.iter().collect(),
+                Some(list) => list.iter().filter_map(|f| record.value.get_key_value(f)).collect(),
+            };
+            match view.target.ty {
+                RedisType::Json => {
+                    let payload = if view.target.fields.is_none() {
+                        record.json.clone()
+                    } else {
+                        let obj: serde_json::Map<String, Value> = fields.into_iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                        serde_json::to_string(&obj).expect("JSON serializes")
+                    };
+                    if payload.len() > MAX_VALUE_BYTES {
+                        return Err(format!("the JSON view {key} would be {} bytes (limit {MAX_VALUE_BYTES})", payload.len()));
+                    }
+                    out.extend([key.clone().into_bytes(), b"json".to_vec(), b"1".to_vec(), payload.into_bytes()]);
+                }
+                RedisType::Hash => {
+                    let mut pairs: Vec<Vec<u8>> = Vec::new();
+                    for (name, value) in fields {
+                        let text = match value {
+                            Value::Null => continue,
+                            Value::String(s) => s.clone(),
+                            other => other.to_string(),
+                        };
+                        pairs.push(name.clone().into_bytes());
+                        pairs.push(text.into_bytes());
+                    }
+                    out.extend([key.clone().into_bytes(), b"hash".to_vec(), pairs.len().to_string().into_bytes()]);
+                    out.extend(pairs);
+                }
+            }
+            written.push(key);
+            n += 1;
+        }
+        out[1] = n.to_string().into_bytes();
+        let bytes = out.iter().map(Vec::len).sum();
+        args.extend(out);
+        Ok(bytes)
+    }
+
+    fn header(&self, lsn: Lsn, last: bool, clear_all: bool) -> Vec<Vec<u8>> {
+        vec![
+            (lsn.0 >> 32).to_string().into_bytes(),
+            (lsn.0 & 0xFFFF_FFFF).to_string().into_bytes(),
+            lsn.to_string().into_bytes(),
+            if last { b"1".to_vec() } else { b"0".to_vec() },
+            if clear_all { b"1".to_vec() } else { b"0".to_vec() },
+            if self.notify { b"1".to_vec() } else { b"0".to_vec() },
+            self.hash.clone().into_bytes(),
+        ]
+    }
+
+    fn eval_cmd(&self, header: Vec<Vec<u8>>, args: &[Vec<u8>]) -> redis::Cmd {
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(SCRIPT).arg(3).arg(&self.keys.checkpoint).arg(&self.keys.ledger).arg(&self.keys.hash);
+        for a in header.iter().chain(args) {
+            cmd.arg(a.as_slice());
+        }
+        cmd
+    }
+
+    /// Queues the buffered chunk inside MULTI (sending MULTI first if needed).
+    async fn spill(&mut self) -> Result<()> {
+        let mut open = self.open.take().expect("a batch is open");
+        let header = self.header(open.lsn, false, open.clear_all);
+        let cmd = self.eval_cmd(header, &open.args);
+        let atomic = open.replace.is_none();
+        let result: Result<()> = async {
+            let conn = self.conn().await?;
+            if atomic && !open.in_multi {
+                redis::cmd("MULTI").query_async::<()>(conn).await?;
+            }
+            let reply: RValue = cmd.query_async(conn).await?;
+            if !atomic {
+                Self::deleted_from(&reply, &mut open.deleted)?;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = result {
+            self.conn = None;
+            return Err(e);
+        }
+        open.in_multi = atomic;
+        open.clear_all = false;
+        open.args.clear();
+        open.bytes = 0;
+        self.open = Some(open);
+        Ok(())
+    }
+
+    fn deleted_from(value: &RValue, into: &mut Vec<String>) -> Result<bool> {
+        match value {
+            RValue::Array(items) => {
+                let applied = matches!(items.first(), Some(RValue::Int(1)));
+                for item in items.iter().skip(1) {
+                    if let RValue::BulkString(b) = item {
+                        into.push(String::from_utf8_lossy(b).into_owned());
+                    }
+                }
+                Ok(applied)
+            }
+            RValue::ServerError(e) => Err(Error::fatal("the Redis apply script failed").with_detail(format!("{e:?}"))),
+            other => Err(Error::fatal("the Redis apply script returned an unexpected value").with_detail(format!("{other:?}"))),
+        }
+    }
+}
+
+impl Sink for RedisSink {
+    fn labels(&self) -> Vec<String> {
+        self.views.iter().map(|v| v.target.label()).collect()
+    }
+
+    async fn checkpoint(&mut self) -> Result<Option<Checkpoint>> {
+        Ok(self.checkpoint.clone())
+    }
+
+    async fn begin(&mut self, lsn: Lsn, mode: BatchMode) -> Result<bool> {
+        let replace = mode == BatchMode::Replace;
+        if !replace && self.checkpoint.as_ref().is_some_and(|c| c.lsn >= lsn) {
+            return Ok(false);
+        }
+        if replace {
+            // A replace runs chunk by chunk; the stored checkpoint must not claim anything until
+            // the last chunk lands, so a crash in between leads to a new replace.
+            let keys = self.keys.clone();
+            let conn = self.conn().await?;
+            redis::pipe().del(&keys.checkpoint).del(&keys.hash).query_async::<()>(conn).await?;
+            self.checkpoint = None;
+            self.recent.clear();
+            self.durable = None;
+        }
+        self.open = Some(OpenBatch {
+            lsn,
+            clear_all: mode == BatchMode::Incremental { clear_all: true },
+            args: Vec::new(),
+            bytes: 0,
+            in_multi: false,
+            replace: replace.then(HashSet::new),
+            written: Vec::new(),
+            deleted: Vec::new(),
+        });
+        Ok(true)
+    }
+
+    async fn write(&mut self, writes: &[Write]) -> Result<Vec<Rejected>> {
+        let mut rejected = Vec::new();
+        let mut open = self.open.take().expect("write after begin");
+        if let Some(seen) = open.replace.as_mut() {
+            seen.extend(writes.iter().map(|w| w.key().to_string()));
+        }
+        for w in writes {
+            match w {
+                Write::Delete { key } => {
+                    open.args.push(key.clone().into_bytes());
+                    open.args.push(b"0".to_vec());
+                    open.bytes += key.len() + 1;
+                }
+                Write::Upsert(r) => {
+                    let mut args = Vec::new();
+                    let mut written = Vec::new();
+                    match self.encode(r, &mut args, &mut written) {
+                        Ok(bytes) => {
+                            open.args.extend(args);
+                            open.bytes += bytes;
+                            if self.notify {
+                                open.written.extend(written);
+                            }
+                        }
+                        Err(reason) => rejected.push(Rejected { key: r.key.clone(), reason }),
+                    }
+                }
+            }
+        }
+        let spill = open.bytes > CHUNK_BYTES;
+        self.open = Some(open);
+        if spill {
+            self.spill().await?;
+        }
+        Ok(rejected)
+    }
+
+    async fn commit(&mut self) -> Result<()> {
+        let Some(mut open) = self.open.take() else { return Ok(()) };
+        if let Some(seen) = open.replace.take() {
+            // Records the replace did not produce: their views go.
+            let ledger = self.keys.ledger.clone();
+            let known: Vec<String> = {
+                let conn = self.conn().await?;
+                redis::cmd("HKEYS").arg(&ledger).query_async(conn).await?
+            };
+            for key in known.into_iter().filter(|k| !seen.contains(k)) {
+                open.bytes += key.len() + 1;
+                open.args.push(key.into_bytes());
+                open.args.push(b"0".to_vec());
+            }
+        }
+        let header = self.header(open.lsn, true, open.clear_all);
+        let cmd = self.eval_cmd(header, &open.args);
+        let in_multi = open.in_multi;
+        let result: Result<bool> = async {
+            let conn = self.conn().await?;
+            if in_multi {
+                let _: RValue = cmd.query_async(conn).await?;
+                let replies: Vec<RValue> = redis::cmd("EXEC").query_async(conn).await?;
+                let mut applied = true;
+                for r in &replies {
+                    applied &= Self::deleted_from(r, &mut open.deleted)?;
+                }
+                Ok(applied)
+            } else {
+                let reply: RValue = cmd.query_async(conn).await?;
+                Self::deleted_from(&reply, &mut open.deleted)
+            }
+        }
+        .await;
+        match result {
+            Err(e) => {
+                self.conn = None;
+                Err(e)
+            }
+            Ok(applied) => {
+                if applied && self.notify && (!open.written.is_empty() || !open.deleted.is_empty()) {
+                    let notice = serde_json::json!({ "lsn": open.lsn, "keys": open.written, "deleted": open.deleted }).to_string();
+                    let channel = self.keys.changes.clone();
+                    let conn = self.conn().await?;
+                    if let Err(e) = redis::cmd("PUBLISH").arg(&channel).arg(notice).query_async::<i64>(conn).await {
+                        tracing::warn!(pipeline = %self.pipeline, error = %e, "could not publish the change notice");
+                    }
+                }
+                self.checkpoint = Some(Checkpoint { lsn: open.lsn, definition_hash: Some(self.hash.clone()) });
+                self.recent.push_back((Instant::now(), open.lsn));
+                Ok(())
+            }
+        }
+    }
+
+    async fn abort(&mut self) {
+        if let Some(open) = self.open.take() {
+            if open.in_multi {
+                if let Ok(conn) = self.conn().await {
+                    let _ = redis::cmd("DISCARD").query_async::<()>(conn).await;
+                }
+            }
+        }
+    }
+}
+
+impl RedisSink {
+    /// The checkpoint of the last commit (no I/O).
+    pub fn current_checkpoint(&self) -> Option<Checkpoint> {
+        self.checkpoint.clone()
+    }
+}

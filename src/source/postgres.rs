@@ -1,0 +1,183 @@
+//! Plain (non-replication) Postgres connections with pinned session settings, and the catalog
+//! questions deriver asks at start.
+
+use std::str::FromStr;
+
+use tokio_postgres::{Client, NoTls};
+
+use super::{Lsn, TableName};
+use crate::config::redact;
+use crate::error::{Error, Result};
+use crate::pipeline::sql::KeyColumn;
+
+/// Session settings pinned on every connection deriver opens (see `values.md`): role or database
+/// defaults on the server must not change what deriver stores.
+pub const SESSION_OPTIONS: &str = "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 \
+-c bytea_output=hex -c timezone=UTC -c client_encoding=UTF8";
+
+pub async fn connect(url: &str) -> Result<Client> {
+    let mut cfg = tokio_postgres::Config::from_str(url)
+        .map_err(|e| Error::config("postgres.url is not a valid connection string").with_detail(e))?;
+    cfg.options(SESSION_OPTIONS);
+    cfg.application_name("deriver");
+    if cfg.get_connect_timeout().is_none() {
+        cfg.connect_timeout(std::time::Duration::from_secs(10));
+    }
+    let (client, connection) = cfg.connect(NoTls).await.map_err(|e| {
+        Error::transient(format!("cannot connect to Postgres at {}", redact(url))).with_detail(e)
+    })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "postgres connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// The replication connection string: the configured URL plus `replication=database` and the
+/// pinned session settings as startup `options`.
+pub fn replication_conninfo(url: &str) -> Result<String> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        let mut parsed = url::Url::parse(url)
+            .map_err(|e| Error::config("postgres.url is not a valid URL").with_detail(e))?;
+        let kept: Vec<(String, String)> = parsed
+            .query_pairs()
+            .filter(|(k, _)| k != "replication" && k != "options")
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(kept).append_pair("replication", "database").append_pair("options", SESSION_OPTIONS);
+        Ok(parsed.to_string())
+    } else {
+        Ok(format!("{url} replication=database options='{SESSION_OPTIONS}'"))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SlotInfo {
+    pub plugin: Option<String>,
+    pub confirmed_flush_lsn: Option<Lsn>,
+    pub wal_status: Option<String>,
+    pub active_pid: Option<i32>,
+}
+
+pub async fn slot_info(client: &Client, slot: &str) -> Result<Option<SlotInfo>> {
+    let row = client
+        .query_opt(
+            "SELECT plugin::text, confirmed_flush_lsn::text, wal_status, active_pid \
+             FROM pg_replication_slots WHERE slot_name = $1 AND database = current_database()",
+            &[&slot],
+        )
+        .await?;
+    Ok(row.map(|r| SlotInfo {
+        plugin: r.get(0),
+        confirmed_flush_lsn: r.get::<_, Option<String>>(1).and_then(|s| s.parse().ok()),
+        wal_status: r.get(2),
+        active_pid: r.get(3),
+    }))
+}
+
+pub async fn wal_level(client: &Client) -> Result<String> {
+    Ok(client.query_one("SHOW wal_level", &[]).await?.get(0))
+}
+
+pub async fn current_wal_lsn(client: &Client) -> Result<Lsn> {
+    let s: String = client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?.get(0);
+    s.parse().map_err(|e: String| Error::fatal(e))
+}
+
+/// The tables a publication covers (`None` when the publication does not exist), with the
+/// published column list of each (`None` = all columns).
+pub async fn publication_tables(client: &Client, publication: &str) -> Result<Option<Vec<(TableName, Option<Vec<String>>)>>> {
+    let exists = client.query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication]).await?;
+    if exists.is_none() {
+        return Ok(None);
+    }
+    let rows = client
+        .query(
+            "SELECT schemaname::text, tablename::text, attnames::text[] FROM pg_publication_tables WHERE pubname = $1",
+            &[&publication],
+        )
+        .await?;
+    Ok(Some(rows.iter().map(|r| (TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)), r.get(2))).collect()))
+}
+
+/// What deriver needs to know about a source table.
+#[derive(Debug, Clone)]
+pub struct TableInfo {
+    pub key: Vec<KeyColumn>,
+    /// `d` default (primary key), `f` full, `i` index, `n` nothing.
+    pub replica_identity: char,
+    /// Columns the old row image carries on update/delete.
+    pub identity_columns: Vec<String>,
+}
+
+pub async fn table_info(client: &Client, table: &TableName, key: Option<&[String]>) -> Result<TableInfo> {
+    let rel = client
+        .query_opt(
+            "SELECT c.oid, c.relreplident::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')",
+            &[&table.schema, &table.name],
+        )
+        .await?;
+    let Some(rel) = rel else {
+        return Err(Error::config(format!("table {table} does not exist")));
+    };
+    let oid: u32 = rel.get(0);
+    let ident: String = rel.get(1);
+    let replica_identity = ident.chars().next().unwrap_or('d');
+    let pk: Vec<String> = client
+        .query(
+            "SELECT a.attname::text FROM pg_index i JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+             WHERE i.indrelid = $1 AND i.indisprimary ORDER BY k.ord",
+            &[&oid],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let identity_columns: Vec<String> = match replica_identity {
+        'd' => pk.clone(),
+        'i' => client
+            .query(
+                "SELECT a.attname::text FROM pg_index i JOIN LATERAL unnest(i.indkey) AS k(attnum) ON true \
+                 JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+                 WHERE i.indrelid = $1 AND i.indisreplident",
+                &[&oid],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect(),
+        'f' => client
+            .query("SELECT attname::text FROM pg_attribute WHERE attrelid = $1 AND attnum > 0 AND NOT attisdropped", &[&oid])
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect(),
+        _ => Vec::new(),
+    };
+    let key_names: Vec<String> = match key {
+        Some(k) => k.to_vec(),
+        None if !pk.is_empty() => pk.clone(),
+        None => {
+            return Err(Error::config(format!(
+                "table {table} has no primary key; set `source.key` to the column(s) that identify a row"
+            )))
+        }
+    };
+    let mut cols = Vec::new();
+    for name in &key_names {
+        let row = client
+            .query_opt(
+                "SELECT format_type(atttypid, NULL) FROM pg_attribute WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped",
+                &[&oid, name],
+            )
+            .await?;
+        match row {
+            Some(r) => cols.push(KeyColumn { name: name.clone(), type_name: r.get(0) }),
+            None => return Err(Error::config(format!("key column `{name}` does not exist in table {table}"))),
+        }
+    }
+    Ok(TableInfo { key: cols, replica_identity, identity_columns })
+}

@@ -1,0 +1,264 @@
+//! The adapter that owns `pg_walstream`: slot creation with an exported snapshot, streaming from
+//! a position, keepalive-driven idle positions and acknowledgements. It maps the crate's events to
+//! deriver's [`SourceEvent`]s; no other module touches the replication crate.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pg_walstream::{
+    ChangeEvent, ColumnValue, EventType, LogicalReplicationStream, ReplicationError, ReplicationSlotOptions,
+    ReplicationStreamConfig, RowData, SharedLsnFeedback, StreamingMode,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{ChangeKind, ColumnTexts, Interest, Lsn, RowChange, SourceEvent, TableName};
+use crate::error::{Error, ErrorKind, Result};
+
+/// Maps a replication error to deriver's kinds: connection trouble is retried, the rest stops.
+pub fn classify(e: ReplicationError) -> Error {
+    let text = crate::config::redact(&e.to_string());
+    let lower = text.to_lowercase();
+    if lower.contains("does not exist") && lower.contains("slot") {
+        return Error::fatal("the replication slot is missing").with_detail(text);
+    }
+    if lower.contains("publication") && lower.contains("does not exist") {
+        return Error::fatal("the publication is missing (run `deriver setup`)").with_detail(text);
+    }
+    if lower.contains("can no longer get changes") || lower.contains("invalidated") {
+        return Error::fatal("the replication slot was invalidated: Postgres removed WAL it still needed").with_detail(text);
+    }
+    if lower.contains("is active for pid") {
+        return Error::transient("the replication slot is in use by another process").with_detail(text);
+    }
+    let kind = if e.is_transient() || matches!(e, ReplicationError::Io(_) | ReplicationError::Timeout(_)) {
+        ErrorKind::Transient
+    } else if matches!(e, ReplicationError::Authentication(_) | ReplicationError::Config(_)) {
+        ErrorKind::Config
+    } else {
+        // Connection-level failures while streaming are worth retrying; protocol errors are not.
+        match e {
+            ReplicationError::PermanentConnection(_) | ReplicationError::ReplicationConnection(_) => ErrorKind::Transient,
+            _ => ErrorKind::Fatal,
+        }
+    };
+    Error::new(kind, "replication stream error").with_detail(text)
+}
+
+fn stream_config(slot: &str, publication: &str) -> ReplicationStreamConfig {
+    ReplicationStreamConfig::builder(slot, publication)
+        .with_protocol_version(2)
+        .with_streaming_mode(StreamingMode::Off)
+        .with_feedback_interval(Duration::from_secs(1))
+}
+
+/// A freshly created slot whose snapshot is exported and still alive. Read the snapshot on a
+/// separate connection (`SET TRANSACTION SNAPSHOT`) before calling [`Replication::start`].
+pub struct CreatedSlot {
+    pub snapshot_name: String,
+    pub replication: Replication,
+}
+
+/// A replication connection, not yet streaming.
+pub struct Replication {
+    stream: LogicalReplicationStream,
+}
+
+/// Creates the logical slot with `EXPORT_SNAPSHOT`.
+pub async fn create_slot(conninfo: &str, slot: &str, publication: &str) -> Result<CreatedSlot> {
+    let options = ReplicationSlotOptions { snapshot: Some("export".to_string()), ..Default::default() };
+    let config = stream_config(slot, publication).with_slot_options(options);
+    let mut stream = LogicalReplicationStream::new(conninfo, config).await.map_err(classify)?;
+    stream.ensure_replication_slot().await.map_err(classify)?;
+    let Some(name) = stream.exported_snapshot_name().map(str::to_string) else {
+        return Err(Error::fatal(format!(
+            "replication slot `{slot}` appeared while deriver was creating it; is another deriver running?"
+        )));
+    };
+    Ok(CreatedSlot { snapshot_name: name, replication: Replication { stream } })
+}
+
+/// Opens a replication connection for an existing slot.
+pub async fn open(conninfo: &str, slot: &str, publication: &str) -> Result<Replication> {
+    let config = stream_config(slot, publication).with_existing_slot_required(true);
+    let stream = LogicalReplicationStream::new(conninfo, config).await.map_err(classify)?;
+    Ok(Replication { stream })
+}
+
+/// Acknowledges positions to the slot. Call it only with positions every sink has made durable.
+#[derive(Clone)]
+pub struct Acker {
+    feedback: Arc<SharedLsnFeedback>,
+}
+
+impl Acker {
+    pub fn ack(&self, lsn: Lsn) {
+        self.feedback.update_flushed_lsn(lsn.0);
+        self.feedback.update_applied_lsn(lsn.0);
+    }
+}
+
+impl Replication {
+    /// Starts streaming at `start` and spawns the reader task. Events arrive on the returned
+    /// channel (bounded: the reader waits, sending keepalive feedback, when the consumer lags).
+    pub async fn start(
+        mut self,
+        start: Lsn,
+        interest: Interest,
+        idle: Duration,
+        cancel: CancellationToken,
+    ) -> Result<(mpsc::Receiver<Result<SourceEvent>>, Acker)> {
+        self.stream.start(Some(start.0)).await.map_err(classify)?;
+        let acker = Acker { feedback: self.stream.shared_lsn_feedback.clone() };
+        let (tx, rx) = mpsc::channel(4096);
+        let reader = Reader { stream: self.stream, interest, relations: HashMap::new(), in_txn: false, tx };
+        tokio::spawn(reader.run(idle, cancel));
+        Ok((rx, acker))
+    }
+}
+
+type RelationEntry = Option<(Arc<TableName>, Arc<[String]>)>;
+
+struct Reader {
+    stream: LogicalReplicationStream,
+    interest: Interest,
+    relations: HashMap<u32, RelationEntry>,
+    in_txn: bool,
+    tx: mpsc::Sender<Result<SourceEvent>>,
+}
+
+impl Reader {
+    async fn run(mut self, idle: Duration, cancel: CancellationToken) {
+        let token = CancellationToken::new();
+        loop {
+            let next = tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = tokio::time::timeout(idle, self.stream.next_event(&token)) => r,
+            };
+            let event = match next {
+                Err(_elapsed) => {
+                    if self.in_txn {
+                        continue;
+                    }
+                    SourceEvent::Idle { lsn: Lsn(self.stream.current_lsn()) }
+                }
+                Ok(Ok(ev)) => match self.map(ev) {
+                    Ok(Some(ev)) => ev,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        let _ = self.tx.send(Err(e)).await;
+                        break;
+                    }
+                },
+                Ok(Err(e)) => {
+                    let _ = self.tx.send(Err(classify(e))).await;
+                    break;
+                }
+            };
+            if !self.deliver(event, &cancel).await {
+                break;
+            }
+        }
+        let _ = self.stream.stop().await;
+    }
+
+    /// Sends one event, keeping the walsender happy with status updates while the consumer is busy.
+    async fn deliver(&mut self, event: SourceEvent, cancel: &CancellationToken) -> bool {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return false,
+                permit = self.tx.reserve() => match permit {
+                    Ok(p) => { p.send(Ok(event)); return true; }
+                    Err(_) => return false,
+                },
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {
+                    if let Err(e) = self.stream.send_feedback().await {
+                        tracing::warn!(error = %crate::config::redact(&e.to_string()), "could not send feedback while the apply loop was busy");
+                    }
+                }
+            }
+        }
+    }
+
+    fn relation(&mut self, oid: u32, schema: &str, table: &str) -> RelationEntry {
+        if let Some(entry) = self.relations.get(&oid) {
+            return entry.clone();
+        }
+        let name = TableName::new(schema, table);
+        let entry = self.interest.tables.get(&name).map(|cols| (Arc::new(name.clone()), Arc::from(cols.clone())));
+        self.relations.insert(oid, entry.clone());
+        entry
+    }
+
+    fn map(&mut self, ev: ChangeEvent) -> Result<Option<SourceEvent>> {
+        Ok(Some(match ev.event_type {
+            EventType::Begin { transaction_id, .. } => {
+                self.in_txn = true;
+                SourceEvent::Begin { xid: transaction_id }
+            }
+            EventType::Commit { commit_lsn, end_lsn, .. } => {
+                self.in_txn = false;
+                SourceEvent::Commit { commit_lsn: Lsn(commit_lsn.value()), end_lsn: Lsn(end_lsn.value()) }
+            }
+            EventType::Insert { schema, table, relation_oid, data } => {
+                let Some((name, cols)) = self.relation(relation_oid, &schema, &table) else { return Ok(None) };
+                SourceEvent::Change(RowChange { table: name, kind: ChangeKind::Insert, new: Some(texts(&data, &cols)), old: None })
+            }
+            EventType::Update { schema, table, relation_oid, old_data, new_data, .. } => {
+                let Some((name, cols)) = self.relation(relation_oid, &schema, &table) else { return Ok(None) };
+                SourceEvent::Change(RowChange {
+                    table: name,
+                    kind: ChangeKind::Update,
+                    new: Some(texts(&new_data, &cols)),
+                    old: old_data.as_ref().map(|d| texts(d, &cols)),
+                })
+            }
+            EventType::Delete { schema, table, relation_oid, old_data, .. } => {
+                let Some((name, cols)) = self.relation(relation_oid, &schema, &table) else { return Ok(None) };
+                SourceEvent::Change(RowChange { table: name, kind: ChangeKind::Delete, new: None, old: Some(texts(&old_data, &cols)) })
+            }
+            EventType::Truncate { tables, .. } => {
+                let hit: Vec<Arc<TableName>> = self
+                    .interest
+                    .tables
+                    .keys()
+                    .filter(|t| tables.iter().any(|q| **q == *format!("{}.{}", t.schema, t.name)))
+                    .map(|t| Arc::new(t.clone()))
+                    .collect();
+                if hit.is_empty() {
+                    return Ok(None);
+                }
+                SourceEvent::Truncate { tables: hit }
+            }
+            EventType::Relation { relation_id, .. } => {
+                // Schema changed or first sighting: forget the cached mapping.
+                self.relations.remove(&relation_id);
+                return Ok(None);
+            }
+            EventType::StreamStart { .. }
+            | EventType::StreamStop
+            | EventType::StreamCommit { .. }
+            | EventType::StreamAbort { .. }
+            | EventType::BeginPrepare { .. }
+            | EventType::Prepare { .. }
+            | EventType::CommitPrepared { .. }
+            | EventType::RollbackPrepared { .. }
+            | EventType::StreamPrepare { .. } => {
+                return Err(Error::fatal("the server sent a streamed or two-phase transaction, which this deriver did not ask for"))
+            }
+            _ => return Ok(None),
+        }))
+    }
+}
+
+/// The text of the wanted columns of a row image. A column the image does not carry (not part of
+/// the replica identity, or unchanged TOAST) is `None`.
+fn texts(row: &RowData, cols: &[String]) -> ColumnTexts {
+    cols.iter()
+        .map(|c| match row.get(c) {
+            Some(ColumnValue::Text(b)) | Some(ColumnValue::Binary(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+            Some(ColumnValue::Null) | None => None,
+        })
+        .collect()
+}
