@@ -1,13 +1,6 @@
 //! deriver: derive search indexes and Redis views from Postgres logical replication.
 
-mod cli;
-mod config;
-mod error;
-mod http;
-mod pipeline;
-mod runtime;
-mod sink;
-mod source;
+use deriver::{cli, config, error, http, runtime, source};
 
 use std::process::ExitCode;
 use std::sync::Arc;

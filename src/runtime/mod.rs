@@ -510,6 +510,7 @@ impl Daemon {
                             }
                         }
                         SourceEvent::Commit { end_lsn, .. } => {
+                            tracing::debug!(%end_lsn, changes = batch.changes, "commit");
                             in_txn = false;
                             batch.end_lsn = Some(end_lsn);
                             batch.started.get_or_insert_with(Instant::now);
@@ -519,6 +520,7 @@ impl Daemon {
                             }
                         }
                         SourceEvent::Idle { lsn } => {
+                            tracing::trace!(%lsn, "idle");
                             if !in_txn && !batch.has_work() {
                                 applied = applied.max(lsn).max(batch.end_lsn.unwrap_or(Lsn::ZERO));
                                 batch = Batch::new(self.pipelines.len());
@@ -619,6 +621,7 @@ impl Daemon {
     }
 
     async fn try_flush(&mut self, batch: &Batch, lsn: Lsn) -> Result<()> {
+        tracing::debug!(%lsn, changes = batch.changes, "flushing a batch");
         let chunk = self.cfg.runtime.derive_chunk.max(1);
         for (i, dirty) in batch.dirty.iter().enumerate() {
             if !dirty.truncate && dirty.keys.is_empty() {
@@ -639,6 +642,7 @@ impl Daemon {
             let stmt = p.stmt.clone().ok_or_else(|| Error::transient("no prepared statement"))?;
             for part in keys.chunks(chunk) {
                 let (writes, rejected) = derive_keys(&self.pg, &stmt, p.key.len(), part).await?;
+                tracing::debug!(pipeline = %p.def.name, keys = part.len(), writes = ?writes.iter().map(|w| match w { Write::Upsert(r) => format!("+{}:{}", r.key, r.json.len()), Write::Delete { key } => format!("-{key}") }).collect::<Vec<_>>(), "derived");
                 p.dead_letters += reject(&p.def.name, &rejected);
                 for &j in &active {
                     let rejected = p.sinks[j].write(&writes).await?;

@@ -38,17 +38,45 @@ pub async fn connect(url: &str) -> Result<Client> {
 /// pinned session settings as startup `options`.
 pub fn replication_conninfo(url: &str) -> Result<String> {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let mut parsed = url::Url::parse(url)
-            .map_err(|e| Error::config("postgres.url is not a valid URL").with_detail(e))?;
-        let kept: Vec<(String, String)> = parsed
+        let parsed = url::Url::parse(url).map_err(|e| Error::config("postgres.url is not a valid URL").with_detail(e))?;
+        // libpq percent-decodes URI parameters but does not read `+` as a space, so encode by hand.
+        let mut query: Vec<String> = parsed
             .query_pairs()
             .filter(|(k, _)| k != "replication" && k != "options")
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .map(|(k, v)| format!("{}={}", percent(&k), percent(&v)))
             .collect();
-        parsed.query_pairs_mut().clear().extend_pairs(kept).append_pair("replication", "database").append_pair("options", SESSION_OPTIONS);
-        Ok(parsed.to_string())
+        query.push("replication=database".into());
+        query.push(format!("options={}", percent(SESSION_OPTIONS)));
+        let base = url.split('?').next().unwrap_or(url);
+        Ok(format!("{base}?{}", query.join("&")))
     } else {
         Ok(format!("{url} replication=database options='{SESSION_OPTIONS}'"))
+    }
+}
+
+fn percent(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replication_conninfo_keeps_parameters_and_pins_settings() {
+        let c = replication_conninfo("postgres://u:p@h:5432/db?sslmode=disable&application_name=x y").unwrap();
+        assert!(c.starts_with("postgres://u:p@h:5432/db?sslmode=disable&application_name=x%20y&replication=database&options=-c%20datestyle%3DISO"), "{c}");
+        assert!(!c.contains('+'));
+        let kv = replication_conninfo("host=h dbname=db").unwrap();
+        assert!(kv.ends_with("replication=database options='-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 -c bytea_output=hex -c timezone=UTC -c client_encoding=UTF8'"), "{kv}");
     }
 }
 

@@ -1,0 +1,13 @@
+//! deriver: derive search indexes and Redis views from Postgres logical replication.
+//!
+//! The binary (`src/main.rs`) is a thin CLI over these modules; integration tests use them to
+//! read what the daemon wrote.
+
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod pipeline;
+pub mod runtime;
+pub mod sink;
+pub mod source;

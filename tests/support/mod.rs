@@ -1,0 +1,481 @@
+//! Test harness: a real PostgreSQL 15 (initdb on a free loopback port, wal_level=logical) and a
+//! real redis-server, started once per test binary and stopped when it exits; one database (a
+//! copy of pagila), Redis prefix, index directory and HTTP port per test; the `deriver` binary run
+//! as a child process exactly as users run it.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+pub use deriver::source::Lsn;
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+pub fn shared_dir() -> PathBuf {
+    if let Ok(d) = std::env::var("DERIVER_SHARED_DIR") {
+        return PathBuf::from(d);
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared")
+}
+
+fn pg_bin() -> PathBuf {
+    if let Ok(b) = std::env::var("PG_BIN") {
+        return PathBuf::from(b);
+    }
+    for v in ["15", "16", "17"] {
+        let p = PathBuf::from(format!("/usr/lib/postgresql/{v}/bin"));
+        if p.join("initdb").exists() {
+            return p;
+        }
+    }
+    panic!("PostgreSQL server binaries not found: set PG_BIN or install postgresql-15 (scripts/dev-stack.sh install)");
+}
+
+/// Runs a server command as the `postgres` user when we are root (Postgres refuses root).
+fn pg_command(bin: &str) -> Command {
+    let path = pg_bin().join(bin);
+    if is_root() {
+        let mut c = Command::new("runuser");
+        c.arg("-u").arg("postgres").arg("--").arg(path);
+        c
+    } else {
+        Command::new(path)
+    }
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub port: u16,
+}
+
+impl Cluster {
+    /// Starts a throw-away cluster. `extra_conf` lines go to postgresql.conf.
+    pub fn start(extra_conf: &str) -> Cluster {
+        let dir = tempfile::Builder::new().prefix("deriver-pg-").tempdir().unwrap().keep();
+        let data = dir.join("data");
+        if is_root() {
+            let st = Command::new("chown").arg("-R").arg("postgres:postgres").arg(&dir).status().unwrap();
+            assert!(st.success());
+        }
+        let out = pg_command("initdb")
+            .arg("-D")
+            .arg(&data)
+            .args(["-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"])
+            .output()
+            .expect("initdb runs");
+        assert!(out.status.success(), "initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        let port = free_port();
+        let conf = format!(
+            "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nwal_level = logical\n\
+             max_replication_slots = 40\nmax_wal_senders = 40\nfsync = off\nfull_page_writes = off\n\
+             shared_buffers = 64MB\nlogical_decoding_work_mem = 4MB\nmax_connections = 200\n{extra_conf}\n",
+            dir.display()
+        );
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(data.join("postgresql.conf"))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, conf.as_bytes()))
+            .unwrap();
+        let out = pg_command("pg_ctl")
+            .arg("-D")
+            .arg(&data)
+            .arg("-l")
+            .arg(dir.join("log"))
+            .args(["-w", "-t", "60", "start"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pg_ctl start failed: {} {}", String::from_utf8_lossy(&out.stderr), std::fs::read_to_string(dir.join("log")).unwrap_or_default());
+        let cluster = Cluster { dir, port };
+        register_cleanup(Cleanup::Pg(cluster.dir.clone()));
+        cluster
+    }
+
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    pub fn psql(&self, db: &str, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"])
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-d")
+            .arg(db)
+            .arg("-c")
+            .arg(sql)
+            .output()
+            .expect("psql runs");
+        assert!(out.status.success(), "psql failed on {sql}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    pub fn psql_file(&self, db: &str, file: &Path) {
+        let out = Command::new("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"])
+            .arg("-p")
+            .arg(self.port.to_string())
+            .arg("-d")
+            .arg(db)
+            .arg("-f")
+            .arg(file)
+            .output()
+            .expect("psql runs");
+        assert!(out.status.success(), "psql -f {} failed: {}", file.display(), String::from_utf8_lossy(&out.stderr));
+    }
+
+    pub fn stop(&self) {
+        let _ = pg_command("pg_ctl").arg("-D").arg(self.dir.join("data")).args(["-m", "immediate", "stop"]).output();
+    }
+}
+
+pub struct RedisServer {
+    pub port: u16,
+    pub dir: PathBuf,
+    pub pid: u32,
+}
+
+impl RedisServer {
+    pub fn start() -> RedisServer {
+        let dir = tempfile::Builder::new().prefix("deriver-redis-").tempdir().unwrap().keep();
+        let port = free_port();
+        let mut child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "everysec"])
+            .arg("--port")
+            .arg(port.to_string())
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server runs (install redis-server: scripts/dev-stack.sh install)");
+        let pid = child.id();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(st)) = child.try_wait() {
+                panic!("redis-server exited: {st}");
+            }
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::mem::forget(child);
+        register_cleanup(Cleanup::Pid(pid));
+        RedisServer { port, dir, pid }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(self.url()).unwrap().get_connection().unwrap()
+    }
+}
+
+enum Cleanup {
+    Pg(PathBuf),
+    Pid(u32),
+}
+
+static CLEANUP: Mutex<Vec<Cleanup>> = Mutex::new(Vec::new());
+
+extern "C" fn cleanup_at_exit() {
+    if let Ok(list) = CLEANUP.lock() {
+        for c in list.iter() {
+            match c {
+                Cleanup::Pg(dir) => {
+                    let _ = pg_command("pg_ctl").arg("-D").arg(dir.join("data")).args(["-m", "immediate", "stop"]).output();
+                    let _ = std::fs::remove_dir_all(dir);
+                }
+                Cleanup::Pid(pid) => unsafe {
+                    libc::kill(*pid as i32, libc::SIGKILL);
+                },
+            }
+        }
+    }
+}
+
+fn register_cleanup(c: Cleanup) {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| unsafe {
+        libc::atexit(cleanup_at_exit);
+    });
+    CLEANUP.lock().unwrap().push(c);
+}
+
+/// The cluster and Redis shared by the tests of one binary, with pagila loaded as a template.
+pub struct Env {
+    pub pg: Cluster,
+    pub redis: RedisServer,
+}
+
+pub fn env() -> &'static Env {
+    static ENV: OnceLock<Env> = OnceLock::new();
+    ENV.get_or_init(|| {
+        let pg = Cluster::start("");
+        let redis = RedisServer::start();
+        let pagila = shared_dir().join("data/pagila");
+        assert!(pagila.exists(), "../shared/data/pagila is missing (set DERIVER_SHARED_DIR)");
+        pg.psql("postgres", "CREATE DATABASE pagila_template");
+        pg.psql_file("pagila_template", &pagila.join("pagila-schema.sql"));
+        pg.psql_file("pagila_template", &pagila.join("pagila-data.sql"));
+        Env { pg, redis }
+    })
+}
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+/// One test's world: its own database (a copy of pagila), slot, Redis prefix, index dir, port.
+pub struct World {
+    pub name: String,
+    pub db: String,
+    pub dir: PathBuf,
+    pub pipelines: PathBuf,
+    pub http_port: u16,
+    pub daemon: Option<Child>,
+    pub log: PathBuf,
+}
+
+impl World {
+    pub fn new(name: &str) -> World {
+        let env = env();
+        let n = SEQ.fetch_add(1, Ordering::SeqCst);
+        let db = format!("t_{name}_{}_{n}", std::process::id());
+        env.pg.psql("postgres", &format!("CREATE DATABASE {db} TEMPLATE pagila_template"));
+        let dir = tempfile::Builder::new().prefix(&format!("deriver-{name}-")).tempdir().unwrap().keep();
+        let pipelines = dir.join("pipelines");
+        std::fs::create_dir_all(&pipelines).unwrap();
+        World { name: name.to_string(), log: dir.join("deriver.log"), db, dir, pipelines, http_port: free_port(), daemon: None }
+    }
+
+    pub fn prefix(&self) -> String {
+        format!("t:{}", self.db)
+    }
+
+    pub fn sql(&self, sql: &str) -> String {
+        env().pg.psql(&self.db, sql)
+    }
+
+    pub fn add_pipeline(&self, name: &str, yaml: &str) {
+        std::fs::write(self.pipelines.join(format!("{name}.yaml")), yaml).unwrap();
+    }
+
+    /// Copies a pipeline from the repository's `pipelines/`.
+    pub fn add_repo_pipeline(&self, name: &str) {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines").join(format!("{name}.yaml"));
+        std::fs::copy(src, self.pipelines.join(format!("{name}.yaml"))).unwrap();
+    }
+
+    pub fn index_dir(&self) -> PathBuf {
+        self.dir.join("index")
+    }
+
+    pub fn command(&self) -> Command {
+        let env = env();
+        let mut c = Command::new(env!("CARGO_BIN_EXE_deriver"));
+        c.current_dir(&self.dir)
+            .env_remove("DERIVER_CONFIG")
+            .env("DERIVER__POSTGRES__URL", env.pg.url(&self.db))
+            .env("DERIVER__POSTGRES__SLOT", &self.db)
+            .env("DERIVER__POSTGRES__PUBLICATION", "deriver")
+            .env("DERIVER__REDIS__URL", env.redis.url())
+            .env("DERIVER__REDIS__PREFIX", self.prefix())
+            .env("DERIVER__INDEX__DIR", self.index_dir())
+            .env("DERIVER__HTTP__LISTEN", format!("127.0.0.1:{}", self.http_port))
+            .env("DERIVER__PIPELINES__DIR", &self.pipelines)
+            .env("DERIVER__RUNTIME__IDLE_MS", "200")
+            .env("DERIVER_LOG", "info,deriver=debug");
+        c
+    }
+
+    /// Runs a short command (setup, validate, status) and returns (exit code, stdout, stderr).
+    pub fn run_cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = self.command().args(args).output().unwrap();
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
+    }
+
+    pub fn setup(&self) {
+        let (code, out, err) = self.run_cli(&["setup"]);
+        assert_eq!(code, 0, "deriver setup failed:\n{out}\n{err}");
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.daemon.is_none(), "daemon already running");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
+        let child = self.command().arg("run").stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap();
+        self.daemon = Some(child);
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.daemon.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit; returns the exit code.
+    pub fn stop(&mut self) -> i32 {
+        let Some(mut c) = self.daemon.take() else { return 0 };
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return st.code().unwrap_or(-1);
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("deriver did not stop on SIGTERM; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the daemon to exit by itself and returns (code, log).
+    pub fn wait_exit(&mut self, timeout: Duration) -> (i32, String) {
+        let mut c = self.daemon.take().expect("daemon running");
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(st) = c.try_wait().unwrap() {
+                return (st.code().unwrap_or(-1), self.log_text());
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("deriver did not exit; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn current_lsn(&self) -> Lsn {
+        self.sql("SELECT pg_current_wal_insert_lsn()").parse().unwrap()
+    }
+
+    /// The Redis checkpoint of a pipeline.
+    pub fn redis_applied(&self, pipeline: &str) -> Option<Lsn> {
+        let mut c = env().redis.conn();
+        let v: Option<String> = redis::cmd("GET").arg(format!("{}:_meta:{pipeline}:applied_lsn", self.prefix())).query(&mut c).unwrap();
+        v.map(|s| s.parse().unwrap())
+    }
+
+    /// The search index checkpoint of an index.
+    pub fn index_applied(&self, index: &str) -> Option<Lsn> {
+        deriver::sink::tantivy::read_checkpoint(&self.index_dir(), index).ok().flatten().map(|(_, c)| c.lsn)
+    }
+
+    /// Waits until every named pipeline's Redis views and every named index have applied `lsn`.
+    pub fn wait_applied(&mut self, redis_pipelines: &[&str], indexes: &[&str], lsn: Lsn, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r_ok = redis_pipelines.iter().all(|p| self.redis_applied(p).is_some_and(|a| a >= lsn));
+            let i_ok = indexes.iter().all(|i| self.index_applied(i).is_some_and(|a| a >= lsn));
+            if r_ok && i_ok {
+                return;
+            }
+            if let Some(c) = self.daemon.as_mut() {
+                if let Some(st) = c.try_wait().unwrap() {
+                    panic!("deriver exited ({st}) while waiting for {lsn}; log:\n{}", self.log_text());
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "timed out waiting for {lsn}: redis {:?}, index {:?}; log:\n{}",
+                    redis_pipelines.iter().map(|p| self.redis_applied(p)).collect::<Vec<_>>(),
+                    indexes.iter().map(|i| self.index_applied(i)).collect::<Vec<_>>(),
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the sinks have applied everything committed so far.
+    pub fn catch_up(&mut self, redis_pipelines: &[&str], indexes: &[&str]) {
+        let lsn = self.current_lsn();
+        self.wait_applied(redis_pipelines, indexes, lsn, Duration::from_secs(60));
+    }
+
+    pub fn redis_get(&self, key: &str) -> Option<String> {
+        let mut c = env().redis.conn();
+        redis::cmd("GET").arg(format!("{}:{key}", self.prefix())).query(&mut c).unwrap()
+    }
+
+    pub fn redis_hgetall(&self, key: &str) -> std::collections::BTreeMap<String, String> {
+        let mut c = env().redis.conn();
+        redis::cmd("HGETALL").arg(format!("{}:{key}", self.prefix())).query(&mut c).unwrap()
+    }
+
+    /// Every view key under this world's prefix, without the prefix (bookkeeping keys excluded).
+    pub fn redis_keys(&self, pattern: &str) -> Vec<String> {
+        let mut c = env().redis.conn();
+        let prefix = self.prefix();
+        let mut keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:{pattern}")).query(&mut c).unwrap();
+        keys.retain(|k| !k[prefix.len() + 1..].starts_with('_'));
+        let mut keys: Vec<String> = keys.into_iter().map(|k| k[prefix.len() + 1..].to_string()).collect();
+        keys.sort();
+        keys
+    }
+
+    /// Every document of an index: source key → stored `_source` JSON.
+    pub fn index_docs(&self, index: &str) -> std::collections::BTreeMap<String, serde_json::Value> {
+        use tantivy::schema::Value as _;
+        let dir = self.index_dir().join(index);
+        let gen: u64 = std::fs::read_to_string(dir.join("CURRENT")).unwrap().trim().parse().unwrap();
+        let idx = tantivy::Index::open_in_dir(dir.join(format!("gen-{gen:06}"))).unwrap();
+        let reader = idx.reader().unwrap();
+        let searcher = reader.searcher();
+        let schema = idx.schema();
+        let key_f = schema.get_field("_key").unwrap();
+        let src_f = schema.get_field("_source").unwrap();
+        let mut out = std::collections::BTreeMap::new();
+        for seg in searcher.segment_readers() {
+            let store = seg.get_store_reader(16).unwrap();
+            for doc_id in 0..seg.max_doc() {
+                if seg.is_deleted(doc_id) {
+                    continue;
+                }
+                let doc: tantivy::TantivyDocument = store.get(doc_id).unwrap();
+                let key = doc.get_first(key_f).and_then(|v| v.as_str()).unwrap().to_string();
+                let src: serde_json::Value = serde_json::from_str(doc.get_first(src_f).and_then(|v| v.as_str()).unwrap()).unwrap();
+                assert!(out.insert(key.clone(), src).is_none(), "two documents for key {key}");
+            }
+        }
+        out
+    }
+
+    /// Rows of a query returning (key text, JSON text), as a map.
+    pub fn expected(&self, sql: &str) -> std::collections::BTreeMap<String, serde_json::Value> {
+        let out = self.sql(&format!("SELECT coalesce(json_object_agg(k, v), '{{}}')::text FROM ({sql}) AS q(k, v)"));
+        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&out).unwrap().into_iter().collect()
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Waits for a condition with a timeout, panicking with `what` on failure.
+pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
