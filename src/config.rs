@@ -87,6 +87,9 @@ pub struct RuntimeConfig {
     /// When nothing arrives for this long, advance the applied LSN on keepalives.
     #[serde(default = "default_idle_ms")]
     pub idle_ms: u64,
+    /// Dirty keys per pipeline kept in memory before a large transaction spills them to disk.
+    #[serde(default = "default_dirty_keys")]
+    pub dirty_keys_in_memory: usize,
 }
 
 fn default_name() -> String {
@@ -116,6 +119,9 @@ fn default_derive_chunk() -> usize {
 fn default_idle_ms() -> u64 {
     1000
 }
+fn default_dirty_keys() -> usize {
+    100_000
+}
 
 impl Default for RedisConfig {
     fn default() -> Self {
@@ -144,6 +150,7 @@ impl Default for RuntimeConfig {
             batch_max_ms: default_batch_ms(),
             derive_chunk: default_derive_chunk(),
             idle_ms: default_idle_ms(),
+            dirty_keys_in_memory: default_dirty_keys(),
         }
     }
 }

@@ -104,3 +104,41 @@ fn idle_publication_advances_the_slot() {
     w.wait_applied(&["actors"], &["actors"], target, Duration::from_secs(10));
     assert_eq!(w.stop(), 0);
 }
+
+#[test]
+fn a_large_transaction_spills_and_applies_whole() {
+    let mut w = World::new("bigtx");
+    w.sql("CREATE TABLE doc (id int PRIMARY KEY, body text)");
+    w.add_pipeline(
+        "docs",
+        "version: 1\npipeline: docs\nsource: { table: doc }\nfields: { id: doc.id, body: doc.body }\ntargets:\n  - search: { id: id, fields: { body: { type: text } } }\n  - redis: { key: \"doc:{id}\" }\n",
+    );
+    w.setup();
+    // Keep very few dirty keys in memory so the transaction below spills to disk.
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&w.log).unwrap();
+    w.daemon = Some(
+        w.command()
+            .env("DERIVER__RUNTIME__DIRTY_KEYS_IN_MEMORY", "500")
+            .arg("run")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    w.catch_up(&["docs"], &["docs"]);
+    w.sql("BEGIN; INSERT INTO doc SELECT g, 'body ' || g FROM generate_series(1, 20000) g; UPDATE doc SET body = 'updated' WHERE id % 1000 = 0; DELETE FROM doc WHERE id % 777 = 0; COMMIT;");
+    w.catch_up(&["docs"], &["docs"]);
+    let expected = w.expected("SELECT id::text, jsonb_build_object('id', id, 'body', body) FROM doc");
+    assert_eq!(expected.len(), 20000 - 20000 / 777);
+    let docs = w.index_docs("docs");
+    assert_eq!(docs.len(), expected.len());
+    let keys = w.redis_keys("doc:*");
+    assert_eq!(keys.len(), expected.len());
+    for id in ["1000", "1", "20000"] {
+        let got: serde_json::Value = serde_json::from_str(&w.redis_get(&format!("doc:{id}")).unwrap()).unwrap();
+        assert_eq!(got, expected[id]);
+    }
+    assert!(w.redis_get("doc:777").is_none());
+    assert!(w.log_text().contains("spilling dirty keys to a temporary file"), "the spill path ran");
+    assert_eq!(w.stop(), 0);
+}

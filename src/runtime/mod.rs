@@ -7,9 +7,10 @@
 //! acknowledged up to the minimum LSN every sink has made durable.
 
 pub mod derive;
+pub mod dirty;
 pub mod status;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,7 @@ use crate::source::postgres::{self as pg, TableInfo};
 use crate::source::walstream::{self, Acker};
 use crate::source::{ChangeKind, Interest, Lsn, RowChange, SourceEvent, TableName};
 use derive::{derive_keys, row_to_record, KeyTuple};
+use dirty::DirtyKeys;
 use status::{PipelineStatus, Shared, SlotStatus, StatusDoc};
 
 /// A pipeline with its compiled SQL and open sinks.
@@ -116,15 +118,17 @@ struct Batch {
     dirty: Vec<Dirty>,
 }
 
-#[derive(Default, Clone)]
 struct Dirty {
     truncate: bool,
-    keys: HashSet<KeyTuple>,
+    keys: DirtyKeys,
 }
 
 impl Batch {
-    fn new(n: usize) -> Batch {
-        Batch { dirty: vec![Dirty::default(); n], ..Default::default() }
+    fn new(n: usize, in_memory: usize) -> Batch {
+        Batch {
+            dirty: (0..n).map(|_| Dirty { truncate: false, keys: DirtyKeys::new(in_memory) }).collect(),
+            ..Default::default()
+        }
     }
     fn has_work(&self) -> bool {
         self.dirty.iter().any(|d| d.truncate || !d.keys.is_empty())
@@ -203,6 +207,10 @@ impl Daemon {
         let daemon = Daemon { cfg, pipelines, pg: client, interest, routes, shared, cancel, resnapshot };
         daemon.publish_status("snapshotting").await;
         Ok(daemon)
+    }
+
+    fn new_batch(&self) -> Batch {
+        Batch::new(self.pipelines.len(), self.cfg.runtime.dirty_keys_in_memory)
     }
 
     async fn publish_status(&self, state: &str) {
@@ -474,7 +482,7 @@ impl Daemon {
     }
 
     async fn apply_loop(&mut self, mut rx: mpsc::Receiver<Result<SourceEvent>>, acker: &Acker, start: Lsn) -> Result<()> {
-        let mut batch = Batch::new(self.pipelines.len());
+        let mut batch = self.new_batch();
         let mut in_txn = false;
         let mut applied = start;
         let max_wait = self.cfg.runtime.batch_max_wait();
@@ -523,7 +531,7 @@ impl Daemon {
                             tracing::trace!(%lsn, "idle");
                             if !in_txn && !batch.has_work() {
                                 applied = applied.max(lsn).max(batch.end_lsn.unwrap_or(Lsn::ZERO));
-                                batch = Batch::new(self.pipelines.len());
+                                batch = self.new_batch();
                             }
                         }
                     }
@@ -538,7 +546,7 @@ impl Daemon {
                     if !in_txn {
                         if !batch.has_work() {
                             applied = applied.max(batch.end_lsn.unwrap_or(Lsn::ZERO));
-                            batch = Batch::new(self.pipelines.len());
+                            batch = self.new_batch();
                         }
                         self.checkpoint_idle_sinks(applied).await?;
                     }
@@ -549,7 +557,7 @@ impl Daemon {
         }
     }
 
-    fn route(&self, change: &RowChange, batch: &mut Batch) -> Result<()> {
+    fn route(&mut self, change: &RowChange, batch: &mut Batch) -> Result<()> {
         let Some(targets) = self.routes.get(&*change.table) else { return Ok(()) };
         for &i in targets {
             let p = &self.pipelines[i];
@@ -561,7 +569,7 @@ impl Daemon {
             let old = key_of(&change.old);
             let mut any = false;
             for k in [new, old].into_iter().flatten() {
-                batch.dirty[i].keys.insert(k);
+                batch.dirty[i].keys.insert(k)?;
                 any = true;
             }
             if !any {
@@ -583,12 +591,12 @@ impl Daemon {
     async fn flush(&mut self, batch: &mut Batch, applied: Lsn) -> Result<Lsn> {
         let Some(lsn) = batch.end_lsn else { return Ok(applied) };
         if !batch.has_work() {
-            *batch = Batch::new(self.pipelines.len());
+            *batch = self.new_batch();
             return Ok(applied.max(lsn));
         }
         let mut backoff = Duration::from_millis(200);
         loop {
-            match self.try_flush(batch, lsn).await {
+            match self.try_flush(&mut batch.dirty, lsn, batch.changes).await {
                 Ok(()) => break,
                 Err(e) if e.is_transient() => {
                     for p in &mut self.pipelines {
@@ -611,7 +619,7 @@ impl Daemon {
         }
         let n = batch.changes;
         let elapsed = batch.started.map(|t| t.elapsed());
-        *batch = Batch::new(self.pipelines.len());
+        *batch = self.new_batch();
         metrics::counter!("deriver_changes_applied_total").increment(n as u64);
         if let Some(e) = elapsed {
             metrics::histogram!("deriver_batch_latency_seconds").record(e.as_secs_f64());
@@ -620,10 +628,10 @@ impl Daemon {
         Ok(applied.max(lsn))
     }
 
-    async fn try_flush(&mut self, batch: &Batch, lsn: Lsn) -> Result<()> {
-        tracing::debug!(%lsn, changes = batch.changes, "flushing a batch");
+    async fn try_flush(&mut self, dirty_all: &mut [Dirty], lsn: Lsn, changes: usize) -> Result<()> {
+        tracing::debug!(%lsn, changes, "flushing a batch");
         let chunk = self.cfg.runtime.derive_chunk.max(1);
-        for (i, dirty) in batch.dirty.iter().enumerate() {
+        for (i, dirty) in dirty_all.iter_mut().enumerate() {
             if !dirty.truncate && dirty.keys.is_empty() {
                 continue;
             }
@@ -638,11 +646,11 @@ impl Daemon {
             if active.is_empty() {
                 continue;
             }
-            let keys: Vec<KeyTuple> = dirty.keys.iter().cloned().collect();
             let stmt = p.stmt.clone().ok_or_else(|| Error::transient("no prepared statement"))?;
-            for part in keys.chunks(chunk) {
-                let (writes, rejected) = derive_keys(&self.pg, &stmt, p.key.len(), part).await?;
-                tracing::debug!(pipeline = %p.def.name, keys = part.len(), writes = ?writes.iter().map(|w| match w { Write::Upsert(r) => format!("+{}:{}", r.key, r.json.len()), Write::Delete { key } => format!("-{key}") }).collect::<Vec<_>>(), "derived");
+            let mut chunks = dirty.keys.chunks(chunk)?;
+            while let Some(part) = chunks.next_chunk()? {
+                let (writes, rejected) = derive_keys(&self.pg, &stmt, p.key.len(), &part).await?;
+                tracing::trace!(pipeline = %p.def.name, keys = part.len(), writes = writes.len(), "derived");
                 p.dead_letters += reject(&p.def.name, &rejected);
                 for &j in &active {
                     let rejected = p.sinks[j].write(&writes).await?;

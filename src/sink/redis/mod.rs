@@ -408,7 +408,6 @@ impl Sink for RedisSink {
                 Ok(applied)
             } else {
                 let reply: RValue = cmd.query_async(conn).await?;
-                tracing::debug!(reply = ?reply, "redis apply");
                 Self::deleted_from(&reply, &mut open.deleted)
             }
         }
