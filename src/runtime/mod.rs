@@ -123,6 +123,9 @@ struct Dirty {
     keys: DirtyKeys,
 }
 
+/// Change notices list at most this many keys; bigger batches say `"*"` (re-read everything).
+const NOTICE_KEYS: usize = 10_000;
+
 impl Batch {
     fn new(n: usize, in_memory: usize) -> Batch {
         Batch {
@@ -647,10 +650,24 @@ impl Daemon {
                 continue;
             }
             let stmt = p.stmt.clone().ok_or_else(|| Error::transient("no prepared statement"))?;
+            // Keys for the change notice, kept only up to a bound (a huge batch says so).
+            let mut upserted: Vec<String> = Vec::new();
+            let mut deleted: Vec<String> = Vec::new();
+            let mut truncated_notice = dirty.truncate;
             let mut chunks = dirty.keys.chunks(chunk)?;
             while let Some(part) = chunks.next_chunk()? {
                 let (writes, rejected) = derive_keys(&self.pg, &stmt, p.key.len(), &part).await?;
                 tracing::trace!(pipeline = %p.def.name, keys = part.len(), writes = writes.len(), "derived");
+                if upserted.len() + deleted.len() < NOTICE_KEYS {
+                    for w in &writes {
+                        match w {
+                            Write::Upsert(r) => upserted.push(r.key.clone()),
+                            Write::Delete { key } => deleted.push(key.clone()),
+                        }
+                    }
+                } else {
+                    truncated_notice = true;
+                }
                 p.dead_letters += reject(&p.def.name, &rejected);
                 for &j in &active {
                     let rejected = p.sinks[j].write(&writes).await?;
@@ -665,6 +682,13 @@ impl Daemon {
                 p.sinks[j].commit().await?;
             }
             metrics::histogram!("deriver_commit_latency_seconds", "pipeline" => p.def.name.clone()).record(started.elapsed().as_secs_f64());
+            if truncated_notice {
+                // Too many keys (or a TRUNCATE) to list: an empty notice with `keys: ["*"]` tells
+                // readers to re-read everything.
+                upserted = vec!["*".to_string()];
+                deleted.clear();
+            }
+            self.shared.notify_change(status::ChangeNotice { pipeline: p.def.name.clone(), lsn, keys: upserted, deleted });
         }
         Ok(())
     }

@@ -55,10 +55,40 @@ impl PipelineStatus {
     }
 }
 
-#[derive(Default)]
+/// One applied batch of one pipeline: the source keys whose records were written or removed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChangeNotice {
+    pub pipeline: String,
+    pub lsn: Lsn,
+    pub keys: Vec<String>,
+    pub deleted: Vec<String>,
+}
+
+/// How many recent change notices are kept for `changes?since=` resumption.
+pub const CHANGE_HISTORY: usize = 10_000;
+
 pub struct Shared {
     pub status: RwLock<Option<StatusDoc>>,
+    /// Live search index generations by index name.
     pub indexes: RwLock<BTreeMap<String, Arc<SearchIndex>>>,
+    /// Bumped whenever any applied LSN moves; wait on it to read your writes.
+    pub progress: tokio::sync::watch::Sender<u64>,
+    /// Applied batches, as they happen.
+    pub changes: tokio::sync::broadcast::Sender<Arc<ChangeNotice>>,
+    /// The most recent notices (bounded), oldest first.
+    pub history: RwLock<std::collections::VecDeque<Arc<ChangeNotice>>>,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            status: RwLock::new(None),
+            indexes: RwLock::new(BTreeMap::new()),
+            progress: tokio::sync::watch::channel(0).0,
+            changes: tokio::sync::broadcast::channel(1024).0,
+            history: RwLock::new(std::collections::VecDeque::new()),
+        }
+    }
 }
 
 impl Shared {
@@ -71,6 +101,34 @@ impl Shared {
                 p.refresh(server);
             }
         }
+        drop(guard);
+        self.progress.send_modify(|v| *v += 1);
+    }
+
+    /// Records and broadcasts an applied batch.
+    pub fn notify_change(&self, notice: ChangeNotice) {
+        let notice = Arc::new(notice);
+        {
+            let mut h = self.history.write().expect("history lock");
+            if h.len() >= CHANGE_HISTORY {
+                h.pop_front();
+            }
+            h.push_back(notice.clone());
+        }
+        let _ = self.changes.send(notice);
+    }
+
+    /// The applied LSN of a pipeline (`None` when unknown or not yet applied).
+    pub fn pipeline_applied(&self, pipeline: &str) -> Option<Lsn> {
+        let guard = self.status.read().expect("status lock");
+        guard.as_ref()?.pipelines.iter().find(|p| p.name == pipeline)?.applied_lsn
+    }
+
+    /// The applied LSN of a search index (its `search:<index>` target).
+    pub fn index_applied(&self, index: &str) -> Option<Lsn> {
+        let guard = self.status.read().expect("status lock");
+        let label = format!("search:{index}");
+        guard.as_ref()?.pipelines.iter().find_map(|p| p.targets.get(&label).copied().flatten())
     }
 
     pub fn snapshot(&self) -> Option<StatusDoc> {
