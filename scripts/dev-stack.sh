@@ -19,7 +19,7 @@ REPO_HASH=$(printf '%s' "$ROOT" | sha256sum | cut -c1-10)
 SOCK_FALLBACK="/tmp/deriver-pg-$REPO_HASH"
 PG_FALLBACK="/var/tmp/deriver-dev-$REPO_HASH"
 
-APT_PACKAGES=(postgresql-15 postgresql-contrib-15 redis-server libpq-dev pkg-config build-essential curl)
+APT_PACKAGES=(postgresql-15 postgresql-contrib-15 redis-server libpq-dev pkg-config build-essential curl chromium chromium-driver)
 
 usage() {
   cat <<EOF
