@@ -10,8 +10,12 @@ DECLARE
   t      text;
 BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = pub) THEN
-    EXECUTE format('CREATE PUBLICATION %I WITH (publish = %L)', pub, 'insert, update, delete, truncate');
+    EXECUTE format('CREATE PUBLICATION %I WITH (publish = %L, publish_via_partition_root = true)', pub, 'insert, update, delete, truncate');
     RAISE NOTICE 'created publication %', pub;
+  ELSIF NOT (SELECT pubviaroot FROM pg_publication WHERE pubname = pub) THEN
+    -- Changes of a partitioned table must arrive under the table's own name, not its partitions'.
+    EXECUTE format('ALTER PUBLICATION %I SET (publish_via_partition_root = true)', pub);
+    RAISE NOTICE 'publication % now publishes partitioned tables via their root', pub;
   END IF;
   FOREACH t IN ARRAY tables LOOP
     IF NOT EXISTS (

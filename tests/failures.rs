@@ -202,10 +202,14 @@ fn status_reads_checkpoints_without_a_daemon() {
     w.setup();
     w.start();
     w.catch_up(&["films"], &["films"]);
-    // From the daemon over HTTP.
-    let (code, out, _) = w.run_cli(&["status", "--json"]);
-    assert_eq!(code, 0);
-    let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
+    // From the daemon over HTTP (it reports `streaming` once the snapshot is done).
+    let mut doc = serde_json::Value::Null;
+    wait_for("the daemon to report streaming", Duration::from_secs(20), || {
+        let (code, out, _) = w.run_cli(&["status", "--json"]);
+        assert_eq!(code, 0);
+        doc = serde_json::from_str(&out).unwrap();
+        doc["pipelines"][0]["state"] == "streaming"
+    });
     assert_eq!(doc["pipelines"][0]["name"], "films");
     assert_eq!(doc["pipelines"][0]["state"], "streaming");
     assert!(doc["pipelines"][0]["targets"]["search:films"].is_string());

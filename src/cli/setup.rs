@@ -23,7 +23,7 @@ pub async fn run(cfg: &Config, grant_to: Option<&str>) -> Result<i32> {
         problems.push("the configured role lacks the REPLICATION attribute (ALTER ROLE … WITH REPLICATION)".into());
     }
     let loaded = load_pipelines(cfg, &client).await?;
-    let mut tables: Vec<String> = loaded.iter().map(|(d, _, _)| d.source.table.quoted()).collect();
+    let mut tables: Vec<String> = loaded.iter().flat_map(|(d, _, _)| d.tables()).map(|t| t.quoted()).collect();
     tables.sort();
     tables.dedup();
     let array = format!("ARRAY[{}]::text[]", tables.iter().map(|t| quote_literal(t)).collect::<Vec<_>>().join(", "));
@@ -38,6 +38,9 @@ pub async fn run(cfg: &Config, grant_to: Option<&str>) -> Result<i32> {
     for (def, info, sql) in &loaded {
         if let Some(p) = replica_identity_problem(def, info) {
             problems.push(p);
+        }
+        if let Err(e) = crate::runtime::deps::resolve(&client, def, &info.key).await {
+            problems.push(e.message);
         }
         if let Err(e) = client.prepare(&sql.keyed).await {
             problems.push(format!("pipeline `{}`: its SQL does not compile: {}", def.name, crate::error::Error::from(e).message));

@@ -216,12 +216,6 @@ pub fn check(file: &Path, text: &str) -> Result<Pipeline, Vec<Diagnostic>> {
     let description = get(top, "description").and_then(|n| c.string(n, "`description`"));
     let owner = get(top, "owner").and_then(|n| c.string(n, "`owner`"));
 
-    for unsupported in ["lookups", "children"] {
-        if let Some((k, _)) = top.iter().find(|(k, _)| k.name == unsupported) {
-            c.err(k.pos, format!("`{unsupported}` is not supported by this version of deriver yet"));
-        }
-    }
-
     // source
     let source = match get(top, "source") {
         None => {
@@ -230,6 +224,61 @@ pub fn check(file: &Path, text: &str) -> Result<Pipeline, Vec<Diagnostic>> {
         }
         Some(n) => check_source(&mut c, n),
     };
+    let source_names: Vec<String> = source
+        .as_ref()
+        .map(|s| {
+            let mut v = vec![s.alias.clone()];
+            if s.table.name != s.alias {
+                v.push(s.table.name.clone());
+            }
+            v
+        })
+        .unwrap_or_default();
+    let source_alias = source.as_ref().map(|s| s.alias.clone()).unwrap_or_default();
+
+    // lookups, in order: each may join the source or an earlier lookup
+    let mut lookups: Vec<Lookup> = Vec::new();
+    if let Some(n) = get(top, "lookups") {
+        match &n.value {
+            Value::Map(entries) => {
+                for (k, v) in entries {
+                    if !valid_name(&k.name) {
+                        c.err(k.pos, format!("lookup alias `{}` must match [a-z][a-z0-9_]*", k.name));
+                    }
+                    if source_names.contains(&k.name) || lookups.iter().any(|l| l.alias == k.name) {
+                        c.err(k.pos, format!("alias `{}` is already used", k.name));
+                    }
+                    let mut parents: Vec<(String, String)> = source_names.iter().map(|n| (n.clone(), source_alias.clone())).collect();
+                    parents.extend(lookups.iter().map(|l| (l.alias.clone(), l.alias.clone())));
+                    if let Some(l) = check_lookup(&mut c, k, v, &parents) {
+                        lookups.push(l);
+                    }
+                }
+            }
+            other => c.err(n.pos, format!("`lookups` must be a mapping of alias → {{table, on}}, found {}", other.type_name())),
+        }
+    }
+
+    let mut children: Vec<Child> = Vec::new();
+    if let Some(n) = get(top, "children") {
+        match &n.value {
+            Value::Map(entries) => {
+                for (k, v) in entries {
+                    if !valid_name(&k.name) {
+                        c.err(k.pos, format!("child alias `{}` must match [a-z][a-z0-9_]*", k.name));
+                    }
+                    if source_names.contains(&k.name) || lookups.iter().any(|l| l.alias == k.name) || children.iter().any(|x| x.alias == k.name) {
+                        c.err(k.pos, format!("alias `{}` is already used", k.name));
+                    }
+                    let parents: Vec<(String, String)> = source_names.iter().map(|n| (n.clone(), source_alias.clone())).collect();
+                    if let Some(ch) = check_child(&mut c, k, v, &parents) {
+                        children.push(ch);
+                    }
+                }
+            }
+            other => c.err(n.pos, format!("`children` must be a mapping of alias → {{table, on}}, found {}", other.type_name())),
+        }
+    }
 
     // fields
     let mut fields: Vec<Field> = Vec::new();
@@ -241,7 +290,7 @@ pub fn check(file: &Path, text: &str) -> Result<Pipeline, Vec<Diagnostic>> {
                     if !valid_name(&k.name) {
                         c.err(k.pos, format!("field name `{}` must match [a-z][a-z0-9_]*", k.name));
                     }
-                    if let Some(f) = check_field(&mut c, k, v) {
+                    if let Some(f) = check_field(&mut c, k, v, &children) {
                         fields.push(f);
                     }
                 }
@@ -325,6 +374,8 @@ pub fn check(file: &Path, text: &str) -> Result<Pipeline, Vec<Diagnostic>> {
         description,
         owner,
         source: source.expect("no errors means a source"),
+        lookups,
+        children,
         fields,
         search,
         redis,
@@ -386,21 +437,10 @@ fn unquote_column(col: &str) -> String {
     }
 }
 
-fn check_field(c: &mut Checker, key: &Key, node: &Node) -> Option<Field> {
+fn check_field(c: &mut Checker, key: &Key, node: &Node, children: &[Child]) -> Option<Field> {
     match &node.value {
         Value::Map(_) => {
             let entries = c.map(node, &format!("field `{}`", key.name), &["sql", "type", "child", "agg", "default"])?;
-            if let Some((k, _)) = entries.iter().find(|(k, _)| matches!(k.name.as_str(), "child" | "agg" | "default")) {
-                c.err(k.pos, "aggregate fields (`child`/`agg`/`default`) are not supported by this version of deriver yet");
-                return None;
-            }
-            let sql = match get(entries, "sql") {
-                Some(n) => c.string(n, &format!("`{}.sql`", key.name))?,
-                None => {
-                    c.err(node.pos, format!("field `{}` needs `sql`", key.name));
-                    return None;
-                }
-            };
             let ty = match get(entries, "type") {
                 None => None,
                 Some(n) => {
@@ -411,13 +451,259 @@ fn check_field(c: &mut Checker, key: &Key, node: &Node) -> Option<Field> {
                     Some(t)
                 }
             };
-            Some(Field { name: key.name.clone(), sql, ty })
+            if let Some(child_node) = get(entries, "child") {
+                let child = c.string(child_node, "`child`")?;
+                if !children.iter().any(|ch| ch.alias == child) {
+                    c.err(child_node.pos, format!("`child` names `{child}`, which is not declared under `children`"));
+                }
+                if let Some(n) = get(entries, "sql") {
+                    c.err(n.pos, "an aggregate field has `agg`, not `sql`");
+                }
+                let agg = match get(entries, "agg") {
+                    Some(n) => c.string(n, "`agg`")?,
+                    None => {
+                        c.err(node.pos, format!("aggregate field `{}` needs `agg` (e.g. \"count(*)\")", key.name));
+                        return None;
+                    }
+                };
+                let default = get(entries, "default").and_then(|n| c.string(n, "`default`"));
+                return Some(Field { name: key.name.clone(), sql: String::new(), ty, agg: Some(Aggregate { child, agg, default }) });
+            }
+            for k in ["agg", "default"] {
+                if let Some((kk, _)) = entries.iter().find(|(e, _)| e.name == k) {
+                    c.err(kk.pos, format!("`{k}` needs `child` (the child relation to aggregate)"));
+                }
+            }
+            let sql = match get(entries, "sql") {
+                Some(n) => c.string(n, &format!("`{}.sql`", key.name))?,
+                None => {
+                    c.err(node.pos, format!("field `{}` needs `sql`", key.name));
+                    return None;
+                }
+            };
+            Some(Field { name: key.name.clone(), sql, ty, agg: None })
         }
         _ => {
             let sql = c.string(node, &format!("field `{}`", key.name))?;
-            Some(Field { name: key.name.clone(), sql, ty: None })
+            Some(Field { name: key.name.clone(), sql, ty: None, agg: None })
         }
     }
+}
+
+/// Splits an `on` condition into `rel.col = rel.col` terms joined by AND.
+pub fn parse_on(text: &str) -> Result<Vec<((String, String), (String, String))>, String> {
+    #[derive(Debug, PartialEq)]
+    enum Tok {
+        Ident(String),
+        Dot,
+        Eq,
+        And,
+        Open,
+        Close,
+    }
+    let mut toks = Vec::new();
+    let chars: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let ch = chars[i];
+        if ch.is_whitespace() {
+            i += 1;
+        } else if ch == '.' {
+            toks.push(Tok::Dot);
+            i += 1;
+        } else if ch == '=' {
+            toks.push(Tok::Eq);
+            i += 1;
+        } else if ch == '(' {
+            toks.push(Tok::Open);
+            i += 1;
+        } else if ch == ')' {
+            toks.push(Tok::Close);
+            i += 1;
+        } else if ch == '"' {
+            let mut id = String::new();
+            i += 1;
+            loop {
+                match chars.get(i) {
+                    Some('"') if chars.get(i + 1) == Some(&'"') => {
+                        id.push('"');
+                        i += 2;
+                    }
+                    Some('"') => {
+                        i += 1;
+                        break;
+                    }
+                    Some(&c) => {
+                        id.push(c);
+                        i += 1;
+                    }
+                    None => return Err("unclosed quote".into()),
+                }
+            }
+            toks.push(Tok::Ident(id));
+        } else if ch.is_alphanumeric() || ch == '_' {
+            let start = i;
+            while i < chars.len() && (chars[i].is_alphanumeric() || chars[i] == '_' || chars[i] == '$') {
+                i += 1;
+            }
+            let word: String = chars[start..i].iter().collect();
+            if word.eq_ignore_ascii_case("and") {
+                toks.push(Tok::And);
+            } else {
+                toks.push(Tok::Ident(word.to_lowercase()));
+            }
+        } else {
+            return Err(format!("unexpected `{ch}`: `on` must be column equalities (`a.x = b.y AND …`)"));
+        }
+    }
+    let toks: Vec<Tok> = toks.into_iter().filter(|t| *t != Tok::Open && *t != Tok::Close).collect();
+    let mut out = Vec::new();
+    let mut pos = 0;
+    let col = |pos: &mut usize| -> Result<(String, String), String> {
+        match (toks.get(*pos), toks.get(*pos + 1), toks.get(*pos + 2)) {
+            (Some(Tok::Ident(r)), Some(Tok::Dot), Some(Tok::Ident(c))) => {
+                *pos += 3;
+                Ok((r.clone(), c.clone()))
+            }
+            _ => Err("`on` must be column equalities of the form `relation.column = relation.column`, joined by AND".into()),
+        }
+    };
+    loop {
+        let a = col(&mut pos)?;
+        if toks.get(pos) != Some(&Tok::Eq) {
+            return Err("`on` must be column equalities of the form `relation.column = relation.column`, joined by AND".into());
+        }
+        pos += 1;
+        let b = col(&mut pos)?;
+        out.push((a, b));
+        match toks.get(pos) {
+            None => break,
+            Some(Tok::And) => pos += 1,
+            Some(_) => return Err("`on` must be column equalities joined by AND".into()),
+        }
+    }
+    Ok(out)
+}
+
+/// Resolves an `on` against `this` relation's names and its possible parents `(name, canonical)`.
+fn resolve_on(
+    c: &mut Checker,
+    node: &Node,
+    text: &str,
+    this_names: &[String],
+    parents: &[(String, String)],
+    what: &str,
+) -> Option<Vec<Equality>> {
+    let terms = match parse_on(text) {
+        Ok(t) => t,
+        Err(e) => {
+            c.err(node.pos, format!("{what}: {e}"));
+            return None;
+        }
+    };
+    let mut out = Vec::new();
+    for (a, b) in terms {
+        let side = |r: &(String, String)| {
+            if this_names.contains(&r.0) {
+                Some(None)
+            } else {
+                parents.iter().find(|(n, _)| *n == r.0).map(|(_, canon)| Some(canon.clone()))
+            }
+        };
+        match (side(&a), side(&b)) {
+            (Some(None), Some(Some(p))) => out.push(Equality { this: a.1, parent: p, parent_column: b.1 }),
+            (Some(Some(p)), Some(None)) => out.push(Equality { this: b.1, parent: p, parent_column: a.1 }),
+            _ => {
+                let known: Vec<&str> = this_names.iter().map(String::as_str).chain(parents.iter().map(|(n, _)| n.as_str())).collect();
+                c.err(
+                    node.pos,
+                    format!(
+                        "{what}: `{}.{} = {}.{}` must join {} to one of {} (known names: {})",
+                        a.0,
+                        a.1,
+                        b.0,
+                        b.1,
+                        this_names[0],
+                        parents.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>().join(", "),
+                        known.join(", ")
+                    ),
+                );
+                return None;
+            }
+        }
+    }
+    Some(out)
+}
+
+fn table_of(c: &mut Checker, entries: &[(Key, Node)], node: &Node, what: &str) -> Option<TableName> {
+    match get(entries, "table") {
+        None => {
+            c.err(node.pos, format!("{what} needs a `table`"));
+            None
+        }
+        Some(n) => c.string(n, "`table`").and_then(|t| match parse_table_name(&t) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                c.err(n.pos, e);
+                None
+            }
+        }),
+    }
+}
+
+fn check_lookup(c: &mut Checker, key: &Key, node: &Node, parents: &[(String, String)]) -> Option<Lookup> {
+    let what = format!("lookup `{}`", key.name);
+    let entries = c.map(node, &what, &["table", "on"])?;
+    let table = table_of(c, entries, node, &what);
+    let on_node = match get(entries, "on") {
+        Some(n) => n,
+        None => {
+            c.err(node.pos, format!("{what} needs `on` (e.g. \"film.language_id = language.language_id\")"));
+            return None;
+        }
+    };
+    let on_text = c.string(on_node, "`on`")?;
+    let on = resolve_on(c, on_node, &on_text, &[key.name.clone()], parents, &format!("{what} `on`"))?;
+    Some(Lookup { alias: key.name.clone(), table: table?, on })
+}
+
+fn check_child(c: &mut Checker, key: &Key, node: &Node, source: &[(String, String)]) -> Option<Child> {
+    let what = format!("child `{}`", key.name);
+    let entries = c.map(node, &what, &["table", "on", "via", "filter"])?;
+    let table = table_of(c, entries, node, &what)?;
+    let filter = get(entries, "filter").and_then(|n| c.string(n, "`filter`"));
+    let via = match get(entries, "via") {
+        None => None,
+        Some(vn) => {
+            let ventries = c.map(vn, &format!("{what} `via`"), &["table", "on"])?;
+            let vtable = table_of(c, ventries, vn, &format!("{what} `via`"))?;
+            let von_node = match get(ventries, "on") {
+                Some(n) => n,
+                None => {
+                    c.err(vn.pos, format!("{what} `via` needs `on` joining the link table to the source"));
+                    return None;
+                }
+            };
+            let text = c.string(von_node, "`on`")?;
+            let on = resolve_on(c, von_node, &text, &[vtable.name.clone()], source, &format!("{what} `via.on`"))?;
+            Some(Via { alias: vtable.name.clone(), table: vtable, on })
+        }
+    };
+    let on_node = match get(entries, "on") {
+        Some(n) => n,
+        None => {
+            c.err(node.pos, format!("{what} needs `on`"));
+            return None;
+        }
+    };
+    let text = c.string(on_node, "`on`")?;
+    let this_names = vec![key.name.clone(), table.name.clone()];
+    let parents: Vec<(String, String)> = match &via {
+        Some(v) => vec![(v.alias.clone(), v.alias.clone())],
+        None => source.to_vec(),
+    };
+    let on = resolve_on(c, on_node, &text, &this_names, &parents, &format!("{what} `on`"))?;
+    Some(Child { alias: key.name.clone(), sql_alias: table.name.clone(), table, on, via, filter })
 }
 
 fn check_search(c: &mut Checker, node: &Node, pipeline: &str, field_names: &HashSet<String>) -> Option<SearchTarget> {
@@ -588,10 +874,8 @@ fn check_redis(c: &mut Checker, node: &Node, field_names: &HashSet<String>) -> O
         Some(n) => match c.string(n, "`type`").as_deref() {
             Some("json") => RedisType::Json,
             Some("hash") => RedisType::Hash,
-            Some("set") | Some("zset") => {
-                c.err(n.pos, "redis `set` and `zset` views are not supported by this version of deriver yet");
-                return None;
-            }
+            Some("set") => RedisType::Set,
+            Some("zset") => RedisType::Zset,
             Some(other) => {
                 c.err(n.pos, format!("unknown redis type `{other}` (expected json, hash, set, zset)"));
                 return None;
@@ -599,9 +883,37 @@ fn check_redis(c: &mut Checker, node: &Node, field_names: &HashSet<String>) -> O
             None => return None,
         },
     };
-    for k in ["member", "score"] {
-        if let Some((key, _)) = entries.iter().find(|(e, _)| e.name == k) {
-            c.err(key.pos, format!("`{k}` applies to set and zset targets only"));
+    let field_ref = |c: &mut Checker, name: &str| -> Option<String> {
+        let n = get(entries, name)?;
+        let f = c.string(n, &format!("`{name}`"))?;
+        if !field_names.contains(&f) {
+            c.err(n.pos, format!("`{name}` names `{f}`, which is not an output field"));
+        }
+        Some(f)
+    };
+    let member = field_ref(c, "member");
+    let score = field_ref(c, "score");
+    match ty {
+        RedisType::Set | RedisType::Zset => {
+            if member.is_none() {
+                c.err(node.pos, "a set or zset target needs `member` (the output field whose text is the member)");
+            }
+            if ty == RedisType::Zset && score.is_none() {
+                c.err(node.pos, "a zset target needs `score` (a numeric output field)");
+            }
+            if ty == RedisType::Set && score.is_some() {
+                c.err(node.pos, "`score` applies to zset targets only");
+            }
+            if let Some((k, _)) = entries.iter().find(|(e, _)| e.name == "fields") {
+                c.err(k.pos, "`fields` applies to json and hash targets only");
+            }
+        }
+        _ => {
+            for k in ["member", "score"] {
+                if let Some((key, _)) = entries.iter().find(|(e, _)| e.name == k) {
+                    c.err(key.pos, format!("`{k}` applies to set and zset targets only"));
+                }
+            }
         }
     }
     let fields = match get(entries, "fields") {
@@ -617,7 +929,7 @@ fn check_redis(c: &mut Checker, node: &Node, field_names: &HashSet<String>) -> O
         }
     };
     let notify = get(entries, "notify").and_then(|n| c.boolean(n, "`notify`")).unwrap_or(false);
-    Some(RedisTarget { key: key?, ty, fields, notify })
+    Some(RedisTarget { key: key?, ty, fields, notify, member, score })
 }
 
 #[cfg(test)]

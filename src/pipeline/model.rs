@@ -16,6 +16,8 @@ pub struct Pipeline {
     #[serde(skip)]
     pub owner: Option<String>,
     pub source: Source,
+    pub lookups: Vec<Lookup>,
+    pub children: Vec<Child>,
     pub fields: Vec<Field>,
     pub search: Vec<SearchTarget>,
     pub redis: Vec<RedisTarget>,
@@ -35,6 +37,47 @@ pub struct Source {
     pub filter: Option<String>,
 }
 
+/// One `a.x = b.y` term of an `on` condition, resolved to relation names.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Equality {
+    /// Column of the relation that owns the `on` (the lookup, child or link table).
+    pub this: String,
+    /// The relation it joins to (the source alias, a lookup alias or the link table).
+    pub parent: String,
+    pub parent_column: String,
+}
+
+/// `lookups.<alias>`: at most one row per source row (N:1).
+#[derive(Debug, Clone, Serialize)]
+pub struct Lookup {
+    pub alias: String,
+    pub table: TableName,
+    pub on: Vec<Equality>,
+}
+
+/// The link table of a child relation (`via`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Via {
+    pub table: TableName,
+    /// How SQL refers to the link table (its table name).
+    pub alias: String,
+    /// Equalities between the link table and the source.
+    pub on: Vec<Equality>,
+}
+
+/// `children.<alias>`: many rows per source row (1:N), optionally through a link table.
+#[derive(Debug, Clone, Serialize)]
+pub struct Child {
+    pub alias: String,
+    pub table: TableName,
+    /// How SQL (`agg`, `filter`) refers to the child table inside its subquery (its table name).
+    pub sql_alias: String,
+    /// Equalities between the child and its parent (the source, or the link table with `via`).
+    pub on: Vec<Equality>,
+    pub via: Option<Via>,
+    pub filter: Option<String>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Field {
     pub name: String,
@@ -42,6 +85,16 @@ pub struct Field {
     /// Optional declared type (`i64`, `f64`, `text`, …) from the long form.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ty: Option<String>,
+    /// An aggregate over one child relation (`child`, `agg`, `default`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agg: Option<Aggregate>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Aggregate {
+    pub child: String,
+    pub agg: String,
+    pub default: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -110,6 +163,8 @@ pub struct SearchField {
 pub enum RedisType {
     Json,
     Hash,
+    Set,
+    Zset,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -119,6 +174,12 @@ pub struct RedisTarget {
     /// Output fields written; `None` = all.
     pub fields: Option<Vec<String>>,
     pub notify: bool,
+    /// set/zset: the output field whose text is the member.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+    /// zset: the output field holding the score (a number).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub score: Option<String>,
 }
 
 impl RedisTarget {
@@ -215,12 +276,31 @@ impl Pipeline {
             for f in r.key.fields() {
                 push(f);
             }
+            if let Some(m) = &r.member {
+                push(m);
+            }
+            if let Some(s) = &r.score {
+                push(s);
+            }
         }
         out
     }
 
+    /// Every table the pipeline reads: the source, lookups, link tables and children.
     pub fn tables(&self) -> Vec<TableName> {
-        vec![self.source.table.clone()]
+        let mut out = vec![self.source.table.clone()];
+        for l in &self.lookups {
+            out.push(l.table.clone());
+        }
+        for c in &self.children {
+            if let Some(v) = &c.via {
+                out.push(v.table.clone());
+            }
+            out.push(c.table.clone());
+        }
+        out.sort();
+        out.dedup();
+        out
     }
 }
 

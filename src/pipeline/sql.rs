@@ -16,12 +16,186 @@ pub struct KeyColumn {
     pub type_name: String,
 }
 
+/// A relation a pipeline reads besides its source: a change to one of its rows re-derives the
+/// source keys it is joined to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DepRef {
+    Lookup(usize),
+    /// A child relation (`children[i]`).
+    Child(usize),
+    /// The link table of `children[i]` (`via`).
+    Link(usize),
+}
+
+impl DepRef {
+    pub fn all(p: &Pipeline) -> Vec<DepRef> {
+        let mut out: Vec<DepRef> = (0..p.lookups.len()).map(DepRef::Lookup).collect();
+        for (i, c) in p.children.iter().enumerate() {
+            if c.via.is_some() {
+                out.push(DepRef::Link(i));
+            }
+            out.push(DepRef::Child(i));
+        }
+        out
+    }
+
+    pub fn table<'a>(&self, p: &'a Pipeline) -> &'a crate::source::TableName {
+        match *self {
+            DepRef::Lookup(i) => &p.lookups[i].table,
+            DepRef::Child(i) => &p.children[i].table,
+            DepRef::Link(i) => &p.children[i].via.as_ref().expect("link").table,
+        }
+    }
+
+    pub fn name(&self, p: &Pipeline) -> String {
+        match *self {
+            DepRef::Lookup(i) => format!("lookup {}", p.lookups[i].alias),
+            DepRef::Child(i) => format!("child {}", p.children[i].alias),
+            DepRef::Link(i) => format!("link table of child {}", p.children[i].alias),
+        }
+    }
+
+    /// The equalities joining this relation to its parent.
+    pub fn on<'a>(&self, p: &'a Pipeline) -> &'a [crate::pipeline::model::Equality] {
+        match *self {
+            DepRef::Lookup(i) => &p.lookups[i].on,
+            DepRef::Child(i) => &p.children[i].on,
+            DepRef::Link(i) => &p.children[i].via.as_ref().expect("link").on,
+        }
+    }
+
+    /// The relation's own columns in its `on` (the values a change of one of its rows carries).
+    pub fn this_columns(&self, p: &Pipeline) -> Vec<String> {
+        self.on(p).iter().map(|e| e.this.clone()).collect()
+    }
+}
+
+/// The query that finds the source keys joined to rows of `dep` whose join columns hold the
+/// given values: one `text[]` parameter per equality, result columns = key columns as text.
+/// `parent_type(relation, column)` gives a parent column's SQL type for the casts.
+pub fn reverse_sql(p: &Pipeline, dep: DepRef, key: &[KeyColumn], parent_type: &dyn Fn(&str, &str) -> String) -> String {
+    let src = quote_ident(&p.source.alias);
+    let mut joins: Vec<String> = Vec::new();
+    // Lookups the parent chain goes through, in declaration order.
+    let mut needed: Vec<String> = dep.on(p).iter().map(|e| e.parent.clone()).collect();
+    if let DepRef::Child(i) = dep {
+        if let Some(v) = &p.children[i].via {
+            joins.push(format!("JOIN {} AS {} ON {}", v.table.quoted(), quote_ident(&v.alias), eq_sql(&v.alias, &v.on)));
+            needed.retain(|n| n != &v.alias);
+        }
+    }
+    let mut lookup_joins = Vec::new();
+    for l in p.lookups.iter().rev() {
+        if needed.contains(&l.alias) {
+            needed.extend(l.on.iter().map(|e| e.parent.clone()));
+            lookup_joins.push(format!("JOIN {} AS {} ON {}", l.table.quoted(), quote_ident(&l.alias), eq_sql(&l.alias, &l.on)));
+        }
+    }
+    lookup_joins.reverse();
+    lookup_joins.extend(joins);
+    let eqs = dep.on(p);
+    let matcher = if eqs.len() == 1 {
+        let e = &eqs[0];
+        format!("{}.{} = ANY($1::text[]::{}[])", quote_ident(&e.parent), quote_ident(&e.parent_column), parent_type(&e.parent, &e.parent_column))
+    } else {
+        let params: Vec<String> = (1..=eqs.len()).map(|i| format!("${i}::text[]")).collect();
+        let cols: Vec<String> = (0..eqs.len()).map(|i| format!("__v{i}")).collect();
+        let conds: Vec<String> = eqs
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                format!("{}.{} = __v.__v{i}::{}", quote_ident(&e.parent), quote_ident(&e.parent_column), parent_type(&e.parent, &e.parent_column))
+            })
+            .collect();
+        format!("EXISTS (SELECT 1 FROM unnest({}) AS __v({}) WHERE {})", params.join(", "), cols.join(", "), conds.join(" AND "))
+    };
+    let keys: Vec<String> = key.iter().map(|k| format!("{src}.{}::text", quote_ident(&k.name))).collect();
+    format!(
+        "SELECT DISTINCT {}\nFROM {} AS {src}{}\nWHERE {matcher}",
+        keys.join(", "),
+        p.source.table.quoted(),
+        lookup_joins.iter().map(|j| format!("\n{j}")).collect::<String>()
+    )
+}
+
 #[derive(Debug, Clone)]
 pub struct DerivationSql {
     /// Derives the records of a batch of keys: one `text[]` parameter per key column.
     pub keyed: String,
     /// Derives every record (initial snapshot, full reprocess), ordered by key.
     pub bulk: String,
+}
+
+/// The SQL of one output field's value (an aggregate reads its child's lateral subquery).
+pub fn field_sql(p: &Pipeline, name: &str) -> String {
+    let f = p.fields.iter().find(|f| f.name == name).expect("an output field");
+    match &f.agg {
+        None => format!("({})", f.sql),
+        Some(a) => {
+            let ci = p.children.iter().position(|c| c.alias == a.child).expect("checked child");
+            let fi = agg_index(p, &f.name);
+            let col = format!("{}.{}", quote_ident(&format!("__c_{ci}")), quote_ident(&format!("__a{fi}")));
+            match &a.default {
+                Some(d) => format!("coalesce({col}, ({d}))"),
+                None => col,
+            }
+        }
+    }
+}
+
+/// Position of an aggregate field among all aggregate fields (their column names `__a<i>`).
+fn agg_index(p: &Pipeline, name: &str) -> usize {
+    p.fields.iter().filter(|f| f.agg.is_some()).position(|f| f.name == name).expect("an aggregate field")
+}
+
+fn eq_sql(this_alias: &str, eqs: &[crate::pipeline::model::Equality]) -> String {
+    eqs.iter()
+        .map(|e| format!("{}.{} = {}.{}", quote_ident(this_alias), quote_ident(&e.this), quote_ident(&e.parent), quote_ident(&e.parent_column)))
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// `FROM source LEFT JOIN LATERAL (lookup) … LEFT JOIN LATERAL (child aggregates) …`
+fn from_clause(p: &Pipeline) -> String {
+    let mut out = format!("{} AS {}", p.source.table.quoted(), quote_ident(&p.source.alias));
+    for l in &p.lookups {
+        let a = quote_ident(&l.alias);
+        out.push_str(&format!(
+            "\nLEFT JOIN LATERAL (SELECT {a}.* FROM {} AS {a} WHERE {} LIMIT 1) AS {a} ON true",
+            l.table.quoted(),
+            eq_sql(&l.alias, &l.on)
+        ));
+    }
+    for (ci, c) in p.children.iter().enumerate() {
+        let aggs: Vec<String> = p
+            .fields
+            .iter()
+            .filter_map(|f| f.agg.as_ref().map(|a| (f, a)))
+            .filter(|(_, a)| a.child == c.alias)
+            .map(|(f, a)| format!("({}) AS {}", a.agg, quote_ident(&format!("__a{}", agg_index(p, &f.name)))))
+            .collect();
+        if aggs.is_empty() {
+            continue;
+        }
+        let ca = quote_ident(&c.sql_alias);
+        let (from, mut conds) = match &c.via {
+            Some(v) => (
+                format!("{} AS {} JOIN {} AS {ca} ON {}", v.table.quoted(), quote_ident(&v.alias), c.table.quoted(), eq_sql(&c.sql_alias, &c.on)),
+                vec![eq_sql(&v.alias, &v.on)],
+            ),
+            None => (format!("{} AS {ca}", c.table.quoted()), vec![eq_sql(&c.sql_alias, &c.on)]),
+        };
+        if let Some(f) = &c.filter {
+            conds.push(format!("({f})"));
+        }
+        out.push_str(&format!(
+            "\nLEFT JOIN LATERAL (SELECT {} FROM {from} WHERE {}) AS {} ON true",
+            aggs.join(", "),
+            conds.join(" AND "),
+            quote_ident(&format!("__c_{ci}"))
+        ));
+    }
+    out
 }
 
 fn select_list(p: &Pipeline, key: &[KeyColumn]) -> String {
@@ -34,7 +208,7 @@ fn select_list(p: &Pipeline, key: &[KeyColumn]) -> String {
     };
     let record = if p.fields.len() <= 50 {
         let args: Vec<String> =
-            p.fields.iter().map(|f| format!("{}, to_jsonb(({}))", quote_literal(&f.name), f.sql)).collect();
+            p.fields.iter().map(|f| format!("{}, to_jsonb({})", quote_literal(&f.name), field_sql(p, &f.name))).collect();
         format!("json_build_object({})::text", args.join(", "))
     } else {
         // json_build_object takes at most 100 arguments; json_object_agg keeps the order too.
@@ -42,7 +216,7 @@ fn select_list(p: &Pipeline, key: &[KeyColumn]) -> String {
             .fields
             .iter()
             .enumerate()
-            .map(|(i, f)| format!("({i}, {}, to_jsonb(({})))", quote_literal(&f.name), f.sql))
+            .map(|(i, f)| format!("({i}, {}, to_jsonb({}))", quote_literal(&f.name), field_sql(p, &f.name)))
             .collect();
         format!(
             "(SELECT json_object_agg(__f.k, __f.v ORDER BY __f.o) FROM (VALUES {}) AS __f(o, k, v))::text",
@@ -51,14 +225,9 @@ fn select_list(p: &Pipeline, key: &[KeyColumn]) -> String {
     };
     let mut cols = vec![format!("{key_text} AS __key"), format!("{record} AS __record")];
     for (i, name) in p.text_fields().iter().enumerate() {
-        let field = p.fields.iter().find(|f| &f.name == name).expect("text fields are output fields");
-        cols.push(format!("({})::text AS __t{i}", field.sql));
+        cols.push(format!("{}::text AS __t{i}", field_sql(p, name)));
     }
     cols.join(",\n       ")
-}
-
-fn from_clause(p: &Pipeline) -> String {
-    format!("{} AS {}", p.source.table.quoted(), quote_ident(&p.source.alias))
 }
 
 pub fn compile(p: &Pipeline, key: &[KeyColumn]) -> DerivationSql {
@@ -116,7 +285,7 @@ mod tests {
     fn single_key_uses_any() {
         let sql = compile(&films(), &[KeyColumn { name: "film_id".into(), type_name: "integer".into() }]);
         assert!(sql.keyed.contains("\"film\".\"film_id\" = ANY($1::text[]::integer[])"), "{}", sql.keyed);
-        assert!(sql.keyed.contains("json_build_object('film_id', to_jsonb((film.film_id)), 'title', to_jsonb((film.title)))::text"));
+        assert!(sql.keyed.contains("json_build_object('film_id', to_jsonb((film.film_id)), 'title', to_jsonb((film.title)))::text"), "{}", sql.keyed);
         assert!(sql.keyed.contains("(film.film_id)::text AS __t0"));
         assert!(sql.keyed.contains("AND (film.rating <> 'NC-17')"));
         assert!(sql.bulk.ends_with("ORDER BY \"film\".\"film_id\""), "{}", sql.bulk);
@@ -131,5 +300,95 @@ mod tests {
         let sql = compile(&films(), &key);
         assert!(sql.keyed.contains("unnest($1::text[], $2::text[]) AS __k(__c0, __c1)"), "{}", sql.keyed);
         assert!(sql.keyed.contains("concat_ws(':', \"film\".\"film_id\"::text, \"film\".\"category_id\"::text)"));
+    }
+}
+
+#[cfg(test)]
+mod join_tests {
+    use super::*;
+    use crate::pipeline::check::check;
+    use std::path::Path;
+
+    #[test]
+    fn lookups_and_children_become_laterals() {
+        let p = check(
+            Path::new("films.yaml"),
+            r#"version: 1
+pipeline: films
+source: { table: film }
+lookups:
+  language: { table: language, on: "film.language_id = language.language_id" }
+children:
+  actors:
+    table: actor
+    via: { table: film_actor, on: "film_actor.film_id = film.film_id" }
+    on: "actor.actor_id = film_actor.actor_id"
+fields:
+  film_id: film.film_id
+  language: language.name
+  actors: { child: actors, agg: "array_agg(actor.last_name ORDER BY actor.last_name)", default: "'{}'::text[]" }
+  actor_count: { child: actors, agg: "count(*)" }
+targets:
+  - redis: { key: "film:{film_id}" }
+"#,
+        )
+        .unwrap();
+        let sql = compile(&p, &[KeyColumn { name: "film_id".into(), type_name: "integer".into() }]);
+        assert!(sql.keyed.contains(r#"LEFT JOIN LATERAL (SELECT "language".* FROM "public"."language" AS "language" WHERE "language"."language_id" = "film"."language_id" LIMIT 1) AS "language" ON true"#), "{}", sql.keyed);
+        assert!(sql.keyed.contains(r#"LEFT JOIN LATERAL (SELECT (array_agg(actor.last_name ORDER BY actor.last_name)) AS "__a0", (count(*)) AS "__a1" FROM "public"."film_actor" AS "film_actor" JOIN "public"."actor" AS "actor" ON "actor"."actor_id" = "film_actor"."actor_id" WHERE "film_actor"."film_id" = "film"."film_id") AS "__c_0" ON true"#), "{}", sql.keyed);
+        assert!(sql.keyed.contains(r#"'actors', to_jsonb(coalesce("__c_0"."__a0", ('{}'::text[])))"#), "{}", sql.keyed);
+    }
+
+    #[test]
+    fn reverse_queries_walk_back_to_the_source() {
+        let p = check(
+            Path::new("addresses.yaml"),
+            r#"version: 1
+pipeline: addresses
+source: { table: address }
+lookups:
+  city: { table: city, on: "address.city_id = city.city_id" }
+  country: { table: country, on: "city.country_id = country.country_id" }
+children:
+  actors:
+    table: actor
+    via: { table: film_actor, on: "film_actor.film_id = address.address_id" }
+    on: "actor.actor_id = film_actor.actor_id"
+fields: { id: address.address_id }
+targets:
+  - redis: { key: "a:{id}" }
+"#,
+        )
+        .unwrap();
+        let key = [KeyColumn { name: "address_id".into(), type_name: "integer".into() }];
+        let ty = |_: &str, _: &str| "integer".to_string();
+        let country = reverse_sql(&p, DepRef::Lookup(1), &key, &ty);
+        assert_eq!(
+            country,
+            "SELECT DISTINCT \"address\".\"address_id\"::text\nFROM \"public\".\"address\" AS \"address\"\nJOIN \"public\".\"city\" AS \"city\" ON \"city\".\"city_id\" = \"address\".\"city_id\"\nWHERE \"city\".\"country_id\" = ANY($1::text[]::integer[])"
+        );
+        let city = reverse_sql(&p, DepRef::Lookup(0), &key, &ty);
+        assert!(city.ends_with("AS \"address\"\nWHERE \"address\".\"city_id\" = ANY($1::text[]::integer[])"), "{city}");
+        let actor = reverse_sql(&p, DepRef::Child(0), &key, &ty);
+        assert!(actor.contains("JOIN \"public\".\"film_actor\" AS \"film_actor\" ON \"film_actor\".\"film_id\" = \"address\".\"address_id\"\nWHERE \"film_actor\".\"actor_id\" = ANY("), "{actor}");
+        let link = reverse_sql(&p, DepRef::Link(0), &key, &ty);
+        assert!(link.ends_with("WHERE \"address\".\"address_id\" = ANY($1::text[]::integer[])"), "{link}");
+        assert_eq!(DepRef::all(&p), vec![DepRef::Lookup(0), DepRef::Lookup(1), DepRef::Link(0), DepRef::Child(0)]);
+    }
+
+    #[test]
+    fn on_must_be_equalities_between_known_relations() {
+        let base = "version: 1\npipeline: p\nsource: { table: film }\nlookups:\n  language: { table: language, on: \"ON\" }\nfields: { id: film.film_id }\ntargets:\n  - redis: { key: \"f:{id}\" }\n";
+        for (on, msg) in [
+            ("film.language_id > language.language_id", "must be column equalities"),
+            ("film.language_id = other.language_id", "must join language to one of"),
+            ("language_id = language_id", "must be column equalities"),
+            ("film.a = language.b OR film.c = language.d", "joined by AND"),
+        ] {
+            let errs = check(Path::new("p.yaml"), &base.replace("ON", on)).unwrap_err();
+            assert!(errs[0].message.contains(msg), "{on}: {}", errs[0].message);
+            assert_eq!(errs[0].pos.line, 5);
+        }
+        assert!(check(Path::new("p.yaml"), &base.replace("ON", "(film.language_id = language.language_id) and film.x = \\\"language\\\".y")).is_ok());
     }
 }

@@ -6,6 +6,7 @@
 //! Postgres and each sink commits the records together with the batch's end LSN; the slot is
 //! acknowledged up to the minimum LSN every sink has made durable.
 
+pub mod deps;
 pub mod derive;
 pub mod dirty;
 pub mod status;
@@ -29,7 +30,7 @@ use crate::sink::tantivy::SearchSink;
 use crate::sink::{AnySink, BatchMode, Rejected, Sink, Write};
 use crate::source::postgres::{self as pg, TableInfo};
 use crate::source::walstream::{self, Acker};
-use crate::source::{ChangeKind, Interest, Lsn, RowChange, SourceEvent, TableName};
+use crate::source::{Interest, Lsn, RowChange, SourceEvent, TableName};
 use derive::{derive_keys, row_to_record, KeyTuple};
 use dirty::DirtyKeys;
 use status::{PipelineStatus, Shared, SlotStatus, StatusDoc};
@@ -45,9 +46,18 @@ pub struct PipelineRt {
     dead_letters: u64,
     /// Positions of the key columns in the source table's interest list.
     key_pos: Vec<usize>,
+    /// Lookup, child and link tables: changes there re-derive joined source keys.
+    deps: Vec<deps::Dep>,
 }
 
 impl PipelineRt {
+    fn ledger(&mut self) -> Option<&mut crate::sink::ledger::Ledger> {
+        self.sinks.iter_mut().find_map(|s| match s {
+            AnySink::Ledger(l) => Some(l),
+            _ => None,
+        })
+    }
+
     fn generation(&self) -> Option<u64> {
         self.sinks.iter().find_map(|s| match s {
             AnySink::Search(s) => Some(s.index().generation),
@@ -102,12 +112,33 @@ pub struct Daemon {
     pipelines: Vec<PipelineRt>,
     pg: Client,
     interest: Interest,
-    /// For each table: (pipeline index) for pipelines whose source it is.
-    routes: HashMap<TableName, Vec<usize>>,
+    /// For each table, the pipelines that read it (as source or dependency).
+    routes: HashMap<TableName, Vec<Route>>,
     shared: Arc<Shared>,
     cancel: CancellationToken,
     /// Ignore the sinks' checkpoints and re-derive everything from a new slot.
     resnapshot: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Route {
+    Source(usize),
+    /// (pipeline, index into its `deps`)
+    Dep(usize, usize),
+}
+
+/// Positions of `cols` in a table's interest list, adding the missing ones.
+fn interest_positions(interest: &mut Interest, table: &TableName, cols: &[String]) -> Vec<usize> {
+    let wanted = interest.tables.entry(table.clone()).or_default();
+    cols.iter()
+        .map(|c| match wanted.iter().position(|w| w == c) {
+            Some(p) => p,
+            None => {
+                wanted.push(c.clone());
+                wanted.len() - 1
+            }
+        })
+        .collect()
 }
 
 #[derive(Default)]
@@ -120,21 +151,39 @@ struct Batch {
 
 struct Dirty {
     truncate: bool,
+    /// A dependency table was truncated: re-derive every record.
+    rederive_all: bool,
     keys: DirtyKeys,
+    /// Per dependency relation: join values whose source keys must be re-derived.
+    probes: Vec<DirtyKeys>,
+}
+
+impl Dirty {
+    fn has_work(&self) -> bool {
+        self.truncate || self.rederive_all || !self.keys.is_empty() || self.probes.iter().any(|p| !p.is_empty())
+    }
 }
 
 /// Change notices list at most this many keys; bigger batches say `"*"` (re-read everything).
 const NOTICE_KEYS: usize = 10_000;
 
 impl Batch {
-    fn new(n: usize, in_memory: usize) -> Batch {
+    fn new(deps_per_pipeline: &[usize], in_memory: usize) -> Batch {
         Batch {
-            dirty: (0..n).map(|_| Dirty { truncate: false, keys: DirtyKeys::new(in_memory) }).collect(),
+            dirty: deps_per_pipeline
+                .iter()
+                .map(|&n| Dirty {
+                    truncate: false,
+                    rederive_all: false,
+                    keys: DirtyKeys::new(in_memory),
+                    probes: (0..n).map(|_| DirtyKeys::new(in_memory)).collect(),
+                })
+                .collect(),
             ..Default::default()
         }
     }
     fn has_work(&self) -> bool {
-        self.dirty.iter().any(|d| d.truncate || !d.keys.is_empty())
+        self.dirty.iter().any(Dirty::has_work)
     }
 }
 
@@ -154,40 +203,53 @@ impl Daemon {
             Error::fatal(format!("publication `{}` does not exist; run `deriver setup` to create it", cfg.postgres.publication))
         })?;
         let mut interest = Interest::default();
-        let mut routes: HashMap<TableName, Vec<usize>> = HashMap::new();
+        let mut routes: HashMap<TableName, Vec<Route>> = HashMap::new();
         let mut pipelines = Vec::new();
         for (idx, (def, info, sql)) in loaded.into_iter().enumerate() {
             let table = def.source.table.clone();
-            let Some((_, columns)) = published.iter().find(|(t, _)| *t == table) else {
-                return Err(Error::fatal(format!(
-                    "publication `{}` does not cover table {table}, which pipeline `{}` reads; run `deriver setup`",
-                    cfg.postgres.publication, def.name
-                )));
-            };
-            if let Some(cols) = columns {
-                if let Some(k) = info.key.iter().find(|k| !cols.contains(&k.name)) {
+            let mut deps = deps::resolve(&client, &def, &info.key).await?;
+            // Every table the pipeline reads must be published, with the columns deriver needs.
+            let mut needed: Vec<(TableName, Vec<String>)> = vec![(table.clone(), info.key.iter().map(|k| k.name.clone()).collect())];
+            for d in &deps {
+                let mut cols = d.this_cols.clone();
+                if d.needs_ledger {
+                    cols.extend(d.identity.iter().cloned());
+                }
+                needed.push((d.table.clone(), cols));
+            }
+            for (t, cols) in &needed {
+                let Some((_, published_cols)) = published.iter().find(|(p, _)| p == t) else {
                     return Err(Error::fatal(format!(
-                        "publication `{}` does not publish column {table}.{}, which pipeline `{}` needs as its key",
-                        cfg.postgres.publication, k.name, def.name
+                        "publication `{}` does not cover table {t}, which pipeline `{}` reads; run `deriver setup`",
+                        cfg.postgres.publication, def.name
                     )));
+                };
+                if let Some(pc) = published_cols {
+                    if let Some(c) = cols.iter().find(|c| !pc.contains(c)) {
+                        return Err(Error::fatal(format!(
+                            "publication `{}` does not publish column {t}.{c}, which pipeline `{}` needs",
+                            cfg.postgres.publication, def.name
+                        )));
+                    }
                 }
             }
             if let Some(problem) = replica_identity_problem(&def, &info) {
                 return Err(Error::fatal(problem));
             }
-            let wanted = interest.tables.entry(table.clone()).or_default();
-            let key_pos = info
-                .key
-                .iter()
-                .map(|k| match wanted.iter().position(|c| c == &k.name) {
-                    Some(p) => p,
-                    None => {
-                        wanted.push(k.name.clone());
-                        wanted.len() - 1
-                    }
-                })
-                .collect();
-            routes.entry(table).or_default().push(idx);
+            let key_names: Vec<String> = info.key.iter().map(|k| k.name.clone()).collect();
+            let key_pos = interest_positions(&mut interest, &table, &key_names);
+            routes.entry(table).or_default().push(Route::Source(idx));
+            for (di, d) in deps.iter_mut().enumerate() {
+                d.this_pos = interest_positions(&mut interest, &d.table, &d.this_cols);
+                if d.needs_ledger {
+                    d.ident_pos = interest_positions(&mut interest, &d.table, &d.identity);
+                }
+                d.stmt = Some(client.prepare(&d.reverse_sql).await.map_err(|e| {
+                    Error::config(format!("pipeline `{}`: the reverse query of its {} does not compile", def.name, d.dep.name(&def)))
+                        .with_detail(Error::from(e).message)
+                })?);
+                routes.entry(d.table.clone()).or_default().push(Route::Dep(idx, di));
+            }
             let stmt = client.prepare(&sql.keyed).await.map_err(|e| {
                 Error::config(format!("pipeline `{}` ({}): its SQL does not compile", def.name, def.file.display()))
                     .with_detail(Error::from(e).message)
@@ -205,7 +267,11 @@ impl Daemon {
                     .map_err(|e| Error::fatal(e.message.clone()).with_detail(e.detail.unwrap_or_default()))?;
                 sinks.push(AnySink::Redis(sink));
             }
-            pipelines.push(PipelineRt { key: info.key.clone(), table: info, def, sql, stmt: Some(stmt), sinks, dead_letters: 0, key_pos });
+            if deps.iter().any(|d| d.needs_ledger) {
+                // Last, so it commits after the pipeline's other sinks.
+                sinks.push(AnySink::Ledger(crate::sink::ledger::Ledger::open(&cfg.index.dir.join("_ledger"), &def.name, &def.hash)?));
+            }
+            pipelines.push(PipelineRt { key: info.key.clone(), table: info, def, sql, stmt: Some(stmt), sinks, dead_letters: 0, key_pos, deps });
         }
         let daemon = Daemon { cfg, pipelines, pg: client, interest, routes, shared, cancel, resnapshot };
         daemon.publish_status("snapshotting").await;
@@ -213,7 +279,8 @@ impl Daemon {
     }
 
     fn new_batch(&self) -> Batch {
-        Batch::new(self.pipelines.len(), self.cfg.runtime.dirty_keys_in_memory)
+        let deps: Vec<usize> = self.pipelines.iter().map(|p| p.deps.len()).collect();
+        Batch::new(&deps, self.cfg.runtime.dirty_keys_in_memory)
     }
 
     async fn publish_status(&self, state: &str) {
@@ -221,10 +288,7 @@ impl Daemon {
         for p in &self.pipelines {
             let mut targets = BTreeMap::new();
             for s in &p.sinks {
-                let cp = match s {
-                    AnySink::Search(s) => s.current_checkpoint(),
-                    AnySink::Redis(s) => s.current_checkpoint(),
-                };
+                let cp = s.current_checkpoint();
                 for label in s.labels() {
                     targets.insert(label, cp.as_ref().map(|c| c.lsn));
                 }
@@ -377,6 +441,21 @@ impl Daemon {
             for s in &mut p.sinks {
                 s.begin(lsn, BatchMode::Replace).await?;
             }
+            // The ledger's rows come from the same snapshot.
+            let ledger_sql: Vec<(usize, usize, String)> =
+                p.deps.iter().enumerate().filter(|(_, d)| d.needs_ledger).map(|(di, d)| (di, d.identity.len(), d.ledger_sql())).collect();
+            for (di, n_ident, sql) in ledger_sql {
+                let rows = client.query(sql.as_str(), &[]).await.map_err(Error::from)?;
+                let ledger = p.ledger().ok_or_else(|| Error::fatal("the ledger is not open"))?;
+                for r in rows {
+                    let vals: Vec<Option<String>> = (0..r.len()).map(|c| r.get(c)).collect();
+                    let ident: Option<Vec<String>> = vals[..n_ident].iter().cloned().collect();
+                    let this: Option<Vec<String>> = vals[n_ident..].iter().cloned().collect();
+                    if let (Some(ident), Some(this)) = (ident, this) {
+                        ledger.load(di, ident, this);
+                    }
+                }
+            }
             let stream = client.query_raw(p.sql.bulk.as_str(), std::iter::empty::<&str>()).await.map_err(Error::from)?;
             pin_mut!(stream);
             let mut buf = Vec::with_capacity(chunk);
@@ -465,6 +544,11 @@ impl Daemon {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_transient() => {
                     warn!(error = %e, "replication interrupted; resuming from the sinks' checkpoints");
+                    for p in &mut self.pipelines {
+                        if let Some(l) = p.ledger() {
+                            l.discard_staged();
+                        }
+                    }
                     if self.sleep_or_cancel(backoff).await {
                         return Ok(());
                     }
@@ -514,8 +598,17 @@ impl Daemon {
                         }
                         SourceEvent::Truncate { tables } => {
                             for t in tables {
-                                for &i in self.routes.get(&t).into_iter().flatten() {
-                                    batch.dirty[i].truncate = true;
+                                let routes = self.routes.get(&*t).cloned().unwrap_or_default();
+                                for r in routes {
+                                    match r {
+                                        Route::Source(i) => batch.dirty[i].truncate = true,
+                                        Route::Dep(i, di) => {
+                                            batch.dirty[i].rederive_all = true;
+                                            if let Some(l) = self.pipelines[i].ledger() {
+                                                l.clear_relation(di);
+                                            }
+                                        }
+                                    }
                                     batch.changes += 1;
                                 }
                             }
@@ -561,28 +654,35 @@ impl Daemon {
     }
 
     fn route(&mut self, change: &RowChange, batch: &mut Batch) -> Result<()> {
-        let Some(targets) = self.routes.get(&*change.table) else { return Ok(()) };
-        for &i in targets {
-            let p = &self.pipelines[i];
-            let key_of = |texts: &Option<Vec<Option<String>>>| -> Option<KeyTuple> {
-                let texts = texts.as_ref()?;
-                p.key_pos.iter().map(|&pos| texts.get(pos).cloned().flatten()).collect()
-            };
-            let new = key_of(&change.new);
-            let old = key_of(&change.old);
-            let mut any = false;
-            for k in [new, old].into_iter().flatten() {
-                batch.dirty[i].keys.insert(k)?;
-                any = true;
-            }
-            if !any {
-                return Err(Error::fatal(format!(
-                    "a {:?} on {} carried no value for the key of pipeline `{}`; check the table's replica identity",
-                    change.kind, change.table, p.def.name
-                )));
-            }
-            if change.kind == ChangeKind::Update && change.old.is_none() && change.new.is_none() {
-                unreachable!("an update has a new row");
+        let Some(routes) = self.routes.get(&*change.table).cloned() else { return Ok(()) };
+        for r in routes {
+            match r {
+                Route::Source(i) => {
+                    let p = &self.pipelines[i];
+                    let key_of = |texts: &Option<Vec<Option<String>>>| -> Option<KeyTuple> {
+                        let texts = texts.as_ref()?;
+                        p.key_pos.iter().map(|&pos| texts.get(pos).cloned().flatten()).collect()
+                    };
+                    let new = key_of(&change.new);
+                    let old = key_of(&change.old);
+                    if new.is_none() && old.is_none() {
+                        return Err(Error::fatal(format!(
+                            "a {:?} on {} carried no value for the key of pipeline `{}`; check the table's replica identity",
+                            change.kind, change.table, p.def.name
+                        )));
+                    }
+                    for k in [new, old].into_iter().flatten() {
+                        batch.dirty[i].keys.insert(k)?;
+                    }
+                }
+                Route::Dep(i, di) => {
+                    let p = &mut self.pipelines[i];
+                    let ledger = p.sinks.iter_mut().find_map(|s| match s {
+                        AnySink::Ledger(l) => Some(l),
+                        _ => None,
+                    });
+                    p.deps[di].probe(di, change, &mut batch.dirty[i].probes[di], ledger)?;
+                }
             }
             batch.changes += 1;
         }
@@ -635,8 +735,36 @@ impl Daemon {
         tracing::debug!(%lsn, changes, "flushing a batch");
         let chunk = self.cfg.runtime.derive_chunk.max(1);
         for (i, dirty) in dirty_all.iter_mut().enumerate() {
-            if !dirty.truncate && dirty.keys.is_empty() {
+            if !dirty.has_work() {
                 continue;
+            }
+            if dirty.rederive_all {
+                // A dependency table was truncated: every record may change.
+                info!(pipeline = %self.pipelines[i].def.name, "a table this pipeline joins was truncated: re-deriving every record");
+                let client = pg::connect(self.cfg.postgres_url()?).await?;
+                client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+                self.bulk_derive(&client, &[i], lsn).await?;
+                client.batch_execute("COMMIT").await?;
+                self.shared.notify_change(status::ChangeNotice {
+                    pipeline: self.pipelines[i].def.name.clone(),
+                    lsn,
+                    keys: vec!["*".into()],
+                    deleted: Vec::new(),
+                });
+                continue;
+            }
+            // Changes to lookup, child and link tables: find the source keys they reach.
+            for di in 0..self.pipelines[i].deps.len() {
+                if dirty.probes[di].is_empty() {
+                    continue;
+                }
+                let mut chunks = dirty.probes[di].chunks(chunk)?;
+                while let Some(part) = chunks.next_chunk()? {
+                    let keys = self.pipelines[i].deps[di].source_keys(&self.pg, &part).await?;
+                    for k in keys {
+                        dirty.keys.insert(k)?;
+                    }
+                }
             }
             let p = &mut self.pipelines[i];
             let mode = BatchMode::Incremental { clear_all: dirty.truncate };
@@ -647,6 +775,13 @@ impl Daemon {
                 }
             }
             if active.is_empty() {
+                continue;
+            }
+            if dirty.keys.is_empty() && !dirty.truncate {
+                // Probes reached no source key: only the ledger (if any) moves.
+                for &j in &active {
+                    p.sinks[j].commit().await?;
+                }
                 continue;
             }
             let stmt = p.stmt.clone().ok_or_else(|| Error::transient("no prepared statement"))?;
@@ -700,6 +835,9 @@ impl Daemon {
         let client = pg::connect(self.cfg.postgres_url()?).await?;
         for p in &mut self.pipelines {
             p.stmt = Some(client.prepare(&p.sql.keyed).await?);
+            for d in &mut p.deps {
+                d.stmt = Some(client.prepare(&d.reverse_sql).await?);
+            }
         }
         self.pg = client;
         Ok(())
@@ -742,10 +880,7 @@ impl Daemon {
         let mut min: Option<Lsn> = None;
         for p in &mut self.pipelines {
             for s in &mut p.sinks {
-                let durable = match s {
-                    AnySink::Search(s) => s.current_checkpoint().map(|c| c.lsn),
-                    AnySink::Redis(s) => s.durable_lsn(),
-                };
+                let durable = s.durable_lsn();
                 let Some(d) = durable else { return };
                 min = Some(min.map_or(d, |m| m.min(d)));
             }
@@ -764,10 +899,7 @@ impl Daemon {
         for p in &self.pipelines {
             let mut t = Vec::new();
             for s in &p.sinks {
-                let cp = match s {
-                    AnySink::Search(s) => s.current_checkpoint(),
-                    AnySink::Redis(s) => s.current_checkpoint(),
-                };
+                let cp = s.current_checkpoint();
                 for l in s.labels() {
                     t.push((l, cp.as_ref().map(|c| c.lsn)));
                 }

@@ -3,6 +3,7 @@
 //! `commit` makes the data and the batch's LSN durable in one atomic step. `begin` returns `false`
 //! when the sink already holds that LSN, so replays after a crash are skipped per sink.
 
+pub mod ledger;
 pub mod redis;
 pub mod tantivy;
 
@@ -86,6 +87,8 @@ pub trait Sink {
 pub enum AnySink {
     Search(tantivy::SearchSink),
     Redis(redis::RedisSink),
+    /// Internal: the pipeline's dependency ledger (always last, so it commits last).
+    Ledger(ledger::Ledger),
 }
 
 macro_rules! dispatch {
@@ -93,8 +96,28 @@ macro_rules! dispatch {
         match $self {
             AnySink::Search($s) => $e,
             AnySink::Redis($s) => $e,
+            AnySink::Ledger($s) => $e,
         }
     };
+}
+
+impl AnySink {
+    /// The checkpoint of the last commit (no I/O).
+    pub fn current_checkpoint(&self) -> Option<Checkpoint> {
+        match self {
+            AnySink::Search(s) => s.current_checkpoint(),
+            AnySink::Redis(s) => s.current_checkpoint(),
+            AnySink::Ledger(s) => s.current_checkpoint(),
+        }
+    }
+
+    /// The newest LSN the sink holds durably (Redis trails its fsync window).
+    pub fn durable_lsn(&mut self) -> Option<Lsn> {
+        match self {
+            AnySink::Redis(s) => s.durable_lsn(),
+            other => other.current_checkpoint().map(|c| c.lsn),
+        }
+    }
 }
 
 impl Sink for AnySink {

@@ -209,3 +209,19 @@ pub async fn table_info(client: &Client, table: &TableName, key: Option<&[String
     }
     Ok(TableInfo { key: cols, replica_identity, identity_columns })
 }
+
+/// The SQL type (`format_type(atttypid, NULL)`) of every column of a table.
+pub async fn column_types(client: &Client, table: &TableName) -> Result<std::collections::HashMap<String, String>> {
+    let rows = client
+        .query(
+            "SELECT a.attname::text, format_type(a.atttypid, NULL) FROM pg_attribute a \
+             JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&table.schema, &table.name],
+        )
+        .await?;
+    if rows.is_empty() {
+        return Err(Error::config(format!("table {table} does not exist")));
+    }
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}

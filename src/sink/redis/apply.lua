@@ -6,7 +6,9 @@
 -- ARGV[4]: '1' to store the checkpoint (last chunk); ARGV[5]: '1' to remove every view first
 -- ARGV[6]: '1' to return deleted view keys; ARGV[7]: definition hash
 -- ARGV[8..]: ops. Per source key: key, n views, then per view: view key, type, m, m values.
---            n = 0 means the record is gone.
+--            n = 0 means the record is gone. json: m=1 (the JSON text); hash: field/value pairs;
+--            set: m=1 (member); zset: m=2 (member, score).
+-- Ledger entries: a view key (json, hash) or {key, member, 's'|'z'} (a set/zset contribution).
 -- Returns {1, deleted...} when applied, {0} when the stored checkpoint already covers the batch.
 local cp = redis.call('GET', KEYS[1])
 if cp then
@@ -19,6 +21,19 @@ if cp then
 end
 local want_deleted = ARGV[6] == '1'
 local deleted = {}
+local function entry_id(e)
+  if type(e) == 'table' then return e[1] .. '\0' .. e[2] end
+  return e
+end
+local function remove(e)
+  if type(e) == 'table' then
+    if e[3] == 'z' then redis.call('ZREM', e[1], e[2]) else redis.call('SREM', e[1], e[2]) end
+    if want_deleted then deleted[#deleted + 1] = e[1] end
+  else
+    redis.call('DEL', e)
+    if want_deleted then deleted[#deleted + 1] = e end
+  end
+end
 if ARGV[5] == '1' then
   local cursor = '0'
   repeat
@@ -26,10 +41,7 @@ if ARGV[5] == '1' then
     cursor = res[1]
     local items = res[2]
     for i = 1, #items, 2 do
-      for _, k in ipairs(cjson.decode(items[i + 1])) do
-        redis.call('DEL', k)
-        if want_deleted then deleted[#deleted + 1] = k end
-      end
+      for _, e in ipairs(cjson.decode(items[i + 1])) do remove(e) end
     end
   until cursor == '0'
   redis.call('DEL', KEYS[2])
@@ -45,25 +57,30 @@ while i <= n_args do
   for _ = 1, n do
     local key, typ, m = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
     i = i + 3
-    if not new[key] then
-      new[key] = true
-      list[#list + 1] = key
-    end
+    local e = key
     if typ == 'json' then
       redis.call('SET', key, ARGV[i])
     elseif typ == 'hash' then
       redis.call('DEL', key)
       if m > 0 then redis.call('HSET', key, unpack(ARGV, i, i + m - 1)) end
+    elseif typ == 'set' then
+      redis.call('SADD', key, ARGV[i])
+      e = {key, ARGV[i], 's'}
+    elseif typ == 'zset' then
+      redis.call('ZADD', key, ARGV[i + 1], ARGV[i])
+      e = {key, ARGV[i], 'z'}
+    end
+    local id = entry_id(e)
+    if not new[id] then
+      new[id] = true
+      list[#list + 1] = e
     end
     i = i + m
   end
   local old = redis.call('HGET', KEYS[2], src)
   if old then
-    for _, k in ipairs(cjson.decode(old)) do
-      if not new[k] then
-        redis.call('DEL', k)
-        if want_deleted then deleted[#deleted + 1] = k end
-      end
+    for _, e in ipairs(cjson.decode(old)) do
+      if not new[entry_id(e)] then remove(e) end
     end
   end
   if #list > 0 then

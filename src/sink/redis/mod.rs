@@ -92,6 +92,9 @@ struct View {
     target: RedisTarget,
     /// Positions of the template's fields in `Pipeline::text_fields()`.
     field_pos: Vec<(String, usize)>,
+    /// set/zset: positions of the member and score fields in `Pipeline::text_fields()`.
+    member_pos: Option<usize>,
+    score_pos: Option<usize>,
 }
 
 pub struct RedisSink {
@@ -142,6 +145,8 @@ impl RedisSink {
                     .fields()
                     .map(|f| (f.to_string(), text_fields.iter().position(|x| x == f).expect("template fields are text fields")))
                     .collect(),
+                member_pos: t.member.as_ref().and_then(|m| text_fields.iter().position(|x| x == m)),
+                score_pos: t.score.as_ref().and_then(|m| text_fields.iter().position(|x| x == m)),
             })
             .collect();
         Ok(RedisSink {
@@ -211,6 +216,19 @@ impl RedisSink {
                         return Err(format!("the JSON view {key} would be {} bytes (limit {MAX_VALUE_BYTES})", payload.len()));
                     }
                     out.extend([key.clone().into_bytes(), b"json".to_vec(), b"1".to_vec(), payload.into_bytes()]);
+                }
+                RedisType::Set | RedisType::Zset => {
+                    // NULL member (or score): this record contributes nothing to the view.
+                    let Some(member) = view.member_pos.and_then(|p| record.texts.get(p).cloned().flatten()) else { continue };
+                    if view.target.ty == RedisType::Set {
+                        out.extend([key.clone().into_bytes(), b"set".to_vec(), b"1".to_vec(), member.into_bytes()]);
+                    } else {
+                        let Some(score) = view.score_pos.and_then(|p| record.texts.get(p).cloned().flatten()) else { continue };
+                        if score.trim().parse::<f64>().is_err() {
+                            return Err(format!("zset score `{score}` for {key} is not a number"));
+                        }
+                        out.extend([key.clone().into_bytes(), b"zset".to_vec(), b"2".to_vec(), member.into_bytes(), score.into_bytes()]);
+                    }
                 }
                 RedisType::Hash => {
                     let mut pairs: Vec<Vec<u8>> = Vec::new();

@@ -1,0 +1,233 @@
+//! The dependency ledger of one pipeline: for the rows of its lookup, child and link tables whose
+//! join columns are not in their replica identity, the join values last seen, keyed by the row's
+//! identity. A delete (or an update that keeps the identity) carries only the identity, so this is
+//! how deriver knows the *old* parent of a child row without `REPLICA IDENTITY FULL`.
+//!
+//! It has the shape of a sink and its own checkpoint (a redb file, one atomic write transaction per
+//! batch), and commits *after* the pipeline's other sinks: after a crash it is never ahead of
+//! them, so a replay still finds the old join values it needs.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, TableDefinition};
+
+use super::{BatchMode, Checkpoint, Rejected, Sink, Write};
+use crate::error::{Error, Result};
+use crate::source::Lsn;
+
+const ROWS: TableDefinition<&str, &str> = TableDefinition::new("rows");
+const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+const SEP: char = '\u{1f}';
+
+fn row_key(rel: usize, identity: &[String]) -> String {
+    let mut k = rel.to_string();
+    for v in identity {
+        k.push(SEP);
+        k.push_str(v);
+    }
+    k
+}
+
+fn io(e: impl std::fmt::Display) -> Error {
+    Error::fatal("the dependency ledger failed").with_detail(e)
+}
+
+pub struct Ledger {
+    path: PathBuf,
+    db: Database,
+    hash: String,
+    checkpoint: Option<Checkpoint>,
+    /// Changes of the open batch: (relation, identity) → join values (None = row gone).
+    overlay: HashMap<(usize, Vec<String>), Option<Vec<String>>>,
+    /// Rows loaded by a replace (snapshot) for the open batch.
+    loaded: Vec<(usize, Vec<String>, Vec<String>)>,
+    open: Option<(Lsn, BatchMode)>,
+    /// Relations emptied by a TRUNCATE in the open batch.
+    cleared: Vec<usize>,
+}
+
+impl Ledger {
+    pub fn open(dir: &Path, pipeline: &str, hash: &str) -> Result<Ledger> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::fatal(format!("cannot create {}", dir.display())).with_detail(e))?;
+        let path = dir.join(format!("{pipeline}.redb"));
+        let db = Database::create(&path).map_err(|e| {
+            Error::fatal(format!("cannot open the dependency ledger {} (is another deriver using it?)", path.display())).with_detail(e)
+        })?;
+        let checkpoint = {
+            let r = db.begin_read().map_err(io)?;
+            match r.open_table(META) {
+                Ok(t) => {
+                    let lsn = t.get("lsn").map_err(io)?.map(|v| v.value().to_string());
+                    let h = t.get("hash").map_err(io)?.map(|v| v.value().to_string());
+                    match lsn {
+                        Some(l) => Some(Checkpoint { lsn: l.parse().map_err(|e: String| io(e))?, definition_hash: h }),
+                        None => None,
+                    }
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(io(e)),
+            }
+        };
+        Ok(Ledger { path, db, hash: hash.to_string(), checkpoint, overlay: HashMap::new(), loaded: Vec::new(), open: None, cleared: Vec::new() })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The join values last seen for a row (the open batch first, then the committed state).
+    pub fn lookup(&self, rel: usize, identity: &[String]) -> Result<Option<Vec<String>>> {
+        if let Some(v) = self.overlay.get(&(rel, identity.to_vec())) {
+            return Ok(v.clone());
+        }
+        if self.cleared.contains(&rel) {
+            return Ok(None);
+        }
+        let r = self.db.begin_read().map_err(io)?;
+        let t = match r.open_table(ROWS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(io(e)),
+        };
+        match t.get(row_key(rel, identity).as_str()).map_err(io)? {
+            Some(v) => Ok(Some(serde_json::from_str(v.value()).map_err(io)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Records a row's current join values (None: the row is gone) for the next commit.
+    pub fn stage(&mut self, rel: usize, identity: Vec<String>, values: Option<Vec<String>>) {
+        self.overlay.insert((rel, identity), values);
+    }
+
+    /// Forgets every row of a relation (TRUNCATE) at the next commit.
+    pub fn clear_relation(&mut self, rel: usize) {
+        self.overlay.retain(|(r, _), _| *r != rel);
+        if !self.cleared.contains(&rel) {
+            self.cleared.push(rel);
+        }
+    }
+
+    /// Adds rows read by a snapshot (replace batches).
+    pub fn load(&mut self, rel: usize, identity: Vec<String>, values: Vec<String>) {
+        self.loaded.push((rel, identity, values));
+    }
+
+    /// Drops what the open batch staged (the stream restarts and will deliver it again).
+    pub fn discard_staged(&mut self) {
+        self.overlay.clear();
+        self.cleared.clear();
+        self.loaded.clear();
+    }
+
+    fn commit_blocking(&mut self, lsn: Lsn, replace: bool) -> Result<()> {
+        if replace {
+            // The snapshot already reflects every staged change.
+            self.overlay.clear();
+            self.cleared.clear();
+        }
+        let w = self.db.begin_write().map_err(io)?;
+        {
+            let mut rows = w.open_table(ROWS).map_err(io)?;
+            if replace {
+                rows.retain(|_, _| false).map_err(io)?;
+            }
+            for rel in &self.cleared {
+                let prefix = format!("{rel}{SEP}");
+                rows.retain(|k, _| !k.starts_with(&prefix)).map_err(io)?;
+            }
+            for (rel, identity, values) in self.loaded.drain(..) {
+                rows.insert(row_key(rel, &identity).as_str(), serde_json::to_string(&values).map_err(io)?.as_str()).map_err(io)?;
+            }
+            for ((rel, identity), values) in self.overlay.drain() {
+                let k = row_key(rel, &identity);
+                match values {
+                    Some(v) => {
+                        rows.insert(k.as_str(), serde_json::to_string(&v).map_err(io)?.as_str()).map_err(io)?;
+                    }
+                    None => {
+                        rows.remove(k.as_str()).map_err(io)?;
+                    }
+                }
+            }
+            let mut meta = w.open_table(META).map_err(io)?;
+            meta.insert("lsn", lsn.to_string().as_str()).map_err(io)?;
+            meta.insert("hash", self.hash.as_str()).map_err(io)?;
+        }
+        w.commit().map_err(io)?;
+        self.cleared.clear();
+        self.checkpoint = Some(Checkpoint { lsn, definition_hash: Some(self.hash.clone()) });
+        Ok(())
+    }
+
+    pub fn current_checkpoint(&self) -> Option<Checkpoint> {
+        self.checkpoint.clone()
+    }
+}
+
+impl Sink for Ledger {
+    fn labels(&self) -> Vec<String> {
+        Vec::new()
+    }
+
+    async fn checkpoint(&mut self) -> Result<Option<Checkpoint>> {
+        Ok(self.checkpoint.clone())
+    }
+
+    async fn begin(&mut self, lsn: Lsn, mode: BatchMode) -> Result<bool> {
+        if mode != BatchMode::Replace && self.checkpoint.as_ref().is_some_and(|c| c.lsn >= lsn) {
+            // Already has it: drop what the batch staged.
+            self.overlay.clear();
+            self.cleared.clear();
+            return Ok(false);
+        }
+        self.open = Some((lsn, mode));
+        Ok(true)
+    }
+
+    async fn write(&mut self, _writes: &[Write]) -> Result<Vec<Rejected>> {
+        Ok(Vec::new())
+    }
+
+    async fn commit(&mut self) -> Result<()> {
+        let Some((lsn, mode)) = self.open.take() else { return Ok(()) };
+        tokio::task::block_in_place(|| self.commit_blocking(lsn, mode == BatchMode::Replace))
+    }
+
+    async fn abort(&mut self) {
+        // The staged overlay stays: a retried batch stages the same changes again on replay, and
+        // keeping them lets a retry of the same batch commit them.
+        self.open = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn stages_commits_and_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = Ledger::open(dir.path(), "p", "h1").unwrap();
+        assert!(l.checkpoint().await.unwrap().is_none());
+        l.stage(0, vec!["7".into()], Some(vec!["42".into()]));
+        assert_eq!(l.lookup(0, &["7".to_string()]).unwrap(), Some(vec!["42".to_string()]));
+        assert!(l.begin(Lsn(100), BatchMode::Incremental { clear_all: false }).await.unwrap());
+        l.commit().await.unwrap();
+        drop(l);
+        let mut l = Ledger::open(dir.path(), "p", "h1").unwrap();
+        assert_eq!(l.checkpoint().await.unwrap().unwrap().lsn, Lsn(100));
+        assert_eq!(l.lookup(0, &["7".to_string()]).unwrap(), Some(vec!["42".to_string()]));
+        assert_eq!(l.lookup(1, &["7".to_string()]).unwrap(), None);
+        // Replays at or below the checkpoint are skipped.
+        l.stage(0, vec!["7".into()], None);
+        assert!(!l.begin(Lsn(100), BatchMode::Incremental { clear_all: false }).await.unwrap());
+        assert_eq!(l.lookup(0, &["7".to_string()]).unwrap(), Some(vec!["42".to_string()]));
+        l.stage(0, vec!["7".into()], None);
+        l.clear_relation(1);
+        assert!(l.begin(Lsn(200), BatchMode::Incremental { clear_all: false }).await.unwrap());
+        l.commit().await.unwrap();
+        assert_eq!(l.lookup(0, &["7".to_string()]).unwrap(), None);
+    }
+}
