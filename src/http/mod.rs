@@ -1,29 +1,72 @@
-//! deriver's HTTP API (first slice): health, readiness, status and Prometheus metrics.
+//! deriver's HTTP API (`../shared/spec/http-api.md`): search and document reads on the live index
+//! generations, read-your-writes waits, the change feed (Server-Sent Events), health, readiness,
+//! status, Prometheus metrics, and a small status and search page at `/`.
+//!
+//! Every route but `/healthz` needs `Authorization: Bearer <http.token>` when a token is set. A
+//! browser opening `/` without it gets a small form (status 401) asking for the token; the form
+//! keeps it in the tab's `sessionStorage`, loads the page with it as a bearer token, and the page
+//! sends it with every API call.
+//!
+//! Requests are limited to [`MAX_BODY_BYTES`] of body and [`REQUEST_TIME_LIMIT`] to answer (a
+//! streaming answer — the change feed — counts until its headers). Searches run on the blocking
+//! thread pool, at most [`MAX_CONCURRENT_SEARCHES`] at once.
+
+pub mod changes;
+pub mod error;
+pub mod filter;
+pub mod freshness;
+pub mod query;
+pub mod ranking;
+pub mod search;
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, RawQuery, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::response::sse::{KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde_json::json;
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, Result};
 use crate::runtime::status::Shared;
+use crate::sink::tantivy::SearchIndex;
+use error::{ApiError, ApiResult};
+
+/// Largest request body accepted.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// A request that has not answered by then gets a 503.
+pub const REQUEST_TIME_LIMIT: Duration = Duration::from_secs(30);
+/// Searches running at once on the blocking pool; others wait their turn.
+pub const MAX_CONCURRENT_SEARCHES: usize = 8;
+/// Keep-alive comments on the change feed.
+pub const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+const PAGE: &str = include_str!("page.html");
+const LOGIN: &str = include_str!("login.html");
+const PAGE_CSP: &str = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 #[derive(Clone)]
 struct AppState {
     shared: Arc<Shared>,
     metrics: PrometheusHandle,
     token: Option<String>,
+    searches: Arc<Semaphore>,
+    id_ords: Arc<ranking::IdOrdCache>,
+    floors: Arc<changes::Floors>,
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response {
-    (status, Json(json!({ "error": { "code": code, "message": message } }))).into_response()
+fn error(status: StatusCode, code: &'static str, message: &str) -> Response {
+    ApiError::new(status, code, message).into_response()
 }
 
 async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
@@ -36,6 +79,9 @@ async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Respon
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .is_some_and(|t| constant_time_eq(t.as_bytes(), token.as_bytes()));
             if !ok {
+                if req.uri().path() == "/" && req.method() == Method::GET && accepts_html(req.headers()) {
+                    return page_response(StatusCode::UNAUTHORIZED, LOGIN);
+                }
                 return error(StatusCode::UNAUTHORIZED, "unauthorized", "a valid `Authorization: Bearer <token>` header is required");
             }
         }
@@ -43,8 +89,40 @@ async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Respon
     next.run(req).await
 }
 
+fn accepts_html(headers: &HeaderMap) -> bool {
+    headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).is_some_and(|a| a.contains("text/html"))
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Answers 503 when a request takes longer than [`REQUEST_TIME_LIMIT`].
+async fn time_limit(req: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIME_LIMIT, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_) => {
+            let mut e = ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "request_timeout",
+                format!("the request did not finish within {} s", REQUEST_TIME_LIMIT.as_secs()),
+            );
+            e.retry_after = Some(1);
+            e.into_response()
+        }
+    }
+}
+
+/// Request counts and latency per route (the matched route pattern, never the raw path).
+async fn track(req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = req.method().to_string();
+    let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    metrics::counter!("deriver_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
+    metrics::histogram!("deriver_http_request_duration_seconds", "method" => method, "route" => route).record(started.elapsed().as_secs_f64());
+    resp
 }
 
 async fn healthz() -> &'static str {
@@ -77,14 +155,208 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }
 
+fn page_response(status: StatusCode, html: &'static str) -> Response {
+    let mut resp = (status, Html(html)).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(PAGE_CSP));
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    resp
+}
+
+async fn page() -> Response {
+    page_response(StatusCode::OK, PAGE)
+}
+
+async fn not_found() -> Response {
+    error(StatusCode::NOT_FOUND, "not_found", "no such route (see ../shared/spec/http-api.md)")
+}
+
+async fn method_not_allowed() -> Response {
+    error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "this route does not take that method")
+}
+
+/// A JSON request body; an empty body is `{}`.
+fn json_body<T: DeserializeOwned>(body: std::result::Result<Bytes, BytesRejection>) -> ApiResult<T> {
+    let bytes = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the request body exceeds {MAX_BODY_BYTES} bytes"))
+        } else {
+            ApiError::bad_request("invalid_request", format!("cannot read the request body: {}", rejection.body_text()))
+        }
+    })?;
+    let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
+    serde_json::from_slice(bytes).map_err(|e| {
+        ApiError::bad_request("invalid_request", format!("the request body is not valid: {e}")).with("line", e.line()).with("column", e.column())
+    })
+}
+
+/// `?a=b&c=d` → (name, value) pairs.
+fn query_pairs(raw: Option<String>) -> Vec<(String, String)> {
+    raw.map(|q| url::form_urlencoded::parse(q.as_bytes()).into_owned().collect()).unwrap_or_default()
+}
+
+fn query_param<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+fn timeout_param(pairs: &[(String, String)]) -> ApiResult<Option<u64>> {
+    match query_param(pairs, "timeout_ms") {
+        None | Some("") => Ok(None),
+        Some(t) => t
+            .trim()
+            .parse::<u64>()
+            .map(Some)
+            .map_err(|_| ApiError::bad_request("invalid_request", "`timeout_ms` must be a whole number of milliseconds").with_field("timeout_ms")),
+    }
+}
+
+fn live_index(shared: &Shared, name: &str) -> ApiResult<Arc<SearchIndex>> {
+    let indexes = match shared.indexes.read() {
+        Ok(i) => i,
+        Err(p) => p.into_inner(),
+    };
+    indexes.get(name).cloned().ok_or_else(|| ApiError::unknown_index(name))
+}
+
+/// Runs blocking index work on the blocking pool, a bounded number at once.
+async fn blocking<T: Send + 'static>(state: &AppState, f: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
+    let _permit = state.searches.clone().acquire_owned().await.map_err(|_| ApiError::internal("the server is stopping"))?;
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        tracing::error!(error = %e, "a search task failed");
+        ApiError::internal("the search failed")
+    })?
+}
+
+async fn search(
+    State(state): State<AppState>,
+    path: std::result::Result<Path<String>, axum::extract::rejection::PathRejection>,
+    body: std::result::Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let Path(name) = path.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+    let index = live_index(&state.shared, &name)?;
+    let req: search::SearchRequest = json_body(body)?;
+    freshness::require_index_lsn(&state.shared, &name, req.min_lsn.as_deref(), req.timeout_ms).await?;
+    // The index may have been swapped while waiting: search the live one.
+    let index = live_index(&state.shared, &name).unwrap_or(index);
+    let plan = search::Plan::new(req, &index)?;
+    // Read before taking the searcher, so the answer reflects at least this LSN.
+    let applied = state.shared.index_applied(&name);
+    let cache = state.id_ords.clone();
+    let resp = blocking(&state, move || plan.run(&index, &cache, applied)).await?;
+    metrics::counter!("deriver_http_searches_total", "index" => name).increment(1);
+    Ok(Json(resp).into_response())
+}
+
+async fn document(
+    State(state): State<AppState>,
+    path: std::result::Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
+    RawQuery(raw): RawQuery,
+) -> ApiResult<Response> {
+    let Path((name, id)) = path.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+    let index = live_index(&state.shared, &name)?;
+    let pairs = query_pairs(raw);
+    let timeout = timeout_param(&pairs)?;
+    freshness::require_index_lsn(&state.shared, &name, query_param(&pairs, "min_lsn"), timeout).await?;
+    let index = live_index(&state.shared, &name).unwrap_or(index);
+    let applied = state.shared.index_applied(&name);
+    let generation = index.generation;
+    let lookup_id = id.clone();
+    match blocking(&state, move || search::lookup(&index, &lookup_id)).await? {
+        Some(doc) => Ok(Json(json!({ "id": id, "doc": doc, "applied_lsn": applied, "generation": generation })).into_response()),
+        None => Err(ApiError::not_found("not_found", format!("index `{name}` has no document `{}`", error::shorten(&id))).with("applied_lsn", applied.map(|l| l.to_string()))),
+    }
+}
+
+/// `GET /v1/indexes`: the live indexes and their declared fields (for the page and for tools).
+async fn list_indexes(State(state): State<AppState>) -> Response {
+    let indexes: Vec<Arc<SearchIndex>> = match state.shared.indexes.read() {
+        Ok(i) => i.values().cloned().collect(),
+        Err(p) => p.into_inner().values().cloned().collect(),
+    };
+    let doc = state.shared.snapshot();
+    let list: Vec<Value> = indexes
+        .iter()
+        .map(|ix| {
+            let label = format!("search:{}", ix.name);
+            let pipeline = doc.as_ref().and_then(|d| d.pipelines.iter().find(|p| p.targets.contains_key(&label)).map(|p| p.name.clone()));
+            json!({
+                "name": ix.name,
+                "pipeline": pipeline,
+                "generation": ix.generation,
+                "applied_lsn": state.shared.index_applied(&ix.name),
+                "id": ix.target.id,
+                "default_search_fields": ix.target.default_search_fields,
+                "fields": ix.target.fields,
+            })
+        })
+        .collect();
+    Json(json!({ "indexes": list })).into_response()
+}
+
+async fn wait(State(state): State<AppState>, body: std::result::Result<Bytes, BytesRejection>) -> ApiResult<Response> {
+    let req: freshness::WaitRequest = json_body(body)?;
+    let applied = freshness::wait(&state.shared, req).await?;
+    Ok(Json(json!({ "applied_lsn": applied })).into_response())
+}
+
+async fn changes(
+    State(state): State<AppState>,
+    path: std::result::Result<Path<String>, axum::extract::rejection::PathRejection>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> ApiResult<Response> {
+    let Path(pipeline) = path.map_err(|e| ApiError::bad_request("invalid_request", e.body_text()))?;
+    let Some(doc) = state.shared.snapshot() else {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "starting", "deriver is starting"));
+    };
+    if !doc.pipelines.iter().any(|p| p.name == pipeline) {
+        return Err(ApiError::unknown_pipeline(&pipeline));
+    }
+    let pairs = query_pairs(raw);
+    let since = match query_param(&pairs, "since").filter(|s| !s.trim().is_empty()) {
+        Some(s) => Some(error::parse_lsn("since", s)?),
+        None => match headers.get("last-event-id").and_then(|v| v.to_str().ok()).filter(|s| !s.trim().is_empty()) {
+            Some(s) => Some(error::parse_lsn("Last-Event-ID", s)?),
+            None => None,
+        },
+    };
+    let stream = changes::stream(state.shared.clone(), state.floors.clone(), pipeline, since);
+    let mut resp = Sse::new(stream).keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE)).into_response();
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(resp)
+}
+
 pub fn router(shared: Arc<Shared>, metrics: PrometheusHandle, token: Option<String>) -> Router {
-    let state = AppState { shared, metrics, token };
+    let floors = Arc::new(changes::Floors::default());
+    floors.observe(&shared);
+    floors.spawn_watcher(shared.clone());
+    let state = AppState {
+        shared,
+        metrics,
+        token,
+        searches: Arc::new(Semaphore::new(MAX_CONCURRENT_SEARCHES)),
+        id_ords: Arc::new(ranking::IdOrdCache::default()),
+        floors,
+    };
     Router::new()
+        .route("/", get(page))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/status", get(status))
         .route("/metrics", get(metrics_text))
+        .route("/v1/indexes", get(list_indexes))
+        .route("/v1/indexes/{index}/search", post(search))
+        .route("/v1/indexes/{index}/documents/{id}", get(document))
+        .route("/v1/wait", post(wait))
+        .route("/v1/pipelines/{pipeline}/changes", get(changes))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(time_limit))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
+        .layer(middleware::from_fn(track))
         .with_state(state)
 }
 

@@ -1,0 +1,663 @@
+//! Ranking of search hits: the `sort` spec, the opaque `cursor` for deep paging, and the
+//! collector that counts matches, counts facet values and keeps the best `offset + limit` hits.
+//!
+//! Hits are ordered by the sort keys, then by the document's search id (`_id`, byte order), so the
+//! order is total and stable across index reloads. A cursor holds the last hit's sort values and
+//! id; the next page keeps only hits strictly after it (search-after), which stays correct while
+//! documents come and go between pages.
+//!
+//! Within a segment, values are compared as the fast fields store them: numbers through tantivy's
+//! order-preserving `u64` mapping (comparable across segments), keywords and ids by their
+//! segment-local term ordinal (dictionaries are sorted, so ordinal order is byte order); only the
+//! surviving hits of each segment are turned into bytes for the final merge.
+
+use std::cmp::Ordering;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use tantivy::collector::{Collector, SegmentCollector};
+use tantivy::columnar::{Column, StrColumn};
+use tantivy::index::{InvertedIndexReader, SegmentId};
+use tantivy::schema::{Field, IndexRecordOption};
+use tantivy::{DocAddress, DocId, DocSet, Score, Searcher, SegmentOrdinal, SegmentReader, TERMINATED};
+
+use super::error::{shorten, ApiError, ApiResult};
+use crate::pipeline::{SearchTarget, SearchType};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SortKind {
+    Score,
+    Field { name: String, keyword: bool },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SortKey {
+    pub kind: SortKind,
+    pub desc: bool,
+}
+
+/// The sort keys of a request; the search id (ascending) always breaks ties.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SortSpec {
+    pub keys: Vec<SortKey>,
+}
+
+pub const MAX_SORT_KEYS: usize = 8;
+
+fn invalid_sort(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request("invalid_sort", message)
+}
+
+impl SortSpec {
+    /// `["rate:desc", "_score"]`; absent or empty: by score. Fields must be declared sortable.
+    pub fn parse(sort: Option<&[String]>, target: &SearchTarget) -> ApiResult<SortSpec> {
+        let items = sort.unwrap_or_default();
+        if items.len() > MAX_SORT_KEYS {
+            return Err(invalid_sort(format!("at most {MAX_SORT_KEYS} sort keys")));
+        }
+        let mut keys = Vec::new();
+        for item in items {
+            let (name, dir) = match item.rsplit_once(':') {
+                Some((n, d)) => (n.trim(), Some(d.trim())),
+                None => (item.trim(), None),
+            };
+            let kind = if name == "_score" {
+                SortKind::Score
+            } else {
+                let Some(f) = target.fields.iter().find(|f| f.name == name) else {
+                    return Err(invalid_sort(format!("`{}` is not a field of this index", shorten(name))).with_field(name));
+                };
+                if !f.sortable {
+                    return Err(invalid_sort(format!("`{name}` is not sortable (declare it `sortable: true`)")).with_field(name));
+                }
+                SortKind::Field { name: name.to_string(), keyword: f.ty == SearchType::Keyword }
+            };
+            let desc = match dir {
+                None => kind == SortKind::Score,
+                Some("asc") => false,
+                Some("desc") => true,
+                Some(other) => {
+                    return Err(invalid_sort(format!("`{}`: the direction must be `asc` or `desc`", shorten(other))).with_field(name))
+                }
+            };
+            if keys.iter().any(|k: &SortKey| k.kind == kind) {
+                return Err(invalid_sort(format!("`{name}` appears twice in `sort`")).with_field(name));
+            }
+            keys.push(SortKey { kind, desc });
+        }
+        if keys.is_empty() {
+            keys.push(SortKey { kind: SortKind::Score, desc: true });
+        }
+        Ok(SortSpec { keys })
+    }
+
+    /// A short text that changes when the sort changes (a cursor is valid for one sort only).
+    fn signature(&self) -> String {
+        self.keys
+            .iter()
+            .map(|k| {
+                let name = match &k.kind {
+                    SortKind::Score => "_score",
+                    SortKind::Field { name, .. } => name,
+                };
+                format!("{name}:{}", if k.desc { "d" } else { "a" })
+            })
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn uses_score(&self) -> bool {
+        self.keys.iter().any(|k| k.kind == SortKind::Score)
+    }
+}
+
+/// One sort value of a hit, comparable across segments.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum SortValue {
+    #[serde(rename = "m")]
+    Missing,
+    /// A number (or date, bool) in tantivy's order-preserving u64 mapping.
+    #[serde(rename = "n")]
+    Num(u64),
+    #[serde(rename = "s")]
+    Str(String),
+    /// The bits of an f32 score (exact round trip).
+    #[serde(rename = "f")]
+    Score(u32),
+}
+
+/// Where the previous page ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cursor {
+    #[serde(rename = "s")]
+    sort: String,
+    #[serde(rename = "v")]
+    values: Vec<SortValue>,
+    id: String,
+}
+
+fn invalid_cursor(message: &str) -> ApiError {
+    ApiError::bad_request("invalid_cursor", format!("`cursor` {message}; use the `next_cursor` of the previous page with the same sort"))
+}
+
+impl Cursor {
+    pub fn after(spec: &SortSpec, hit: &RankedHit) -> Cursor {
+        Cursor { sort: spec.signature(), values: hit.values.clone(), id: hit.id.clone() }
+    }
+
+    pub fn encode(&self) -> String {
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).unwrap_or_default())
+    }
+
+    pub fn decode(text: &str, spec: &SortSpec) -> ApiResult<Cursor> {
+        if text.len() > 64 * 1024 {
+            return Err(invalid_cursor("is too long"));
+        }
+        let bytes = URL_SAFE_NO_PAD.decode(text.trim().trim_end_matches('=')).map_err(|_| invalid_cursor("is not a cursor"))?;
+        let cursor: Cursor = serde_json::from_slice(&bytes).map_err(|_| invalid_cursor("is not a cursor"))?;
+        if cursor.sort != spec.signature() || cursor.values.len() != spec.keys.len() {
+            return Err(invalid_cursor("was made for another sort"));
+        }
+        for (v, k) in cursor.values.iter().zip(&spec.keys) {
+            let fits = matches!(
+                (&k.kind, v),
+                (SortKind::Score, SortValue::Score(_))
+                    | (SortKind::Field { .. }, SortValue::Missing)
+                    | (SortKind::Field { keyword: true, .. }, SortValue::Str(_))
+                    | (SortKind::Field { keyword: false, .. }, SortValue::Num(_))
+            );
+            if !fits {
+                return Err(invalid_cursor("was made for another sort"));
+            }
+        }
+        Ok(cursor)
+    }
+}
+
+/// One kept hit.
+#[derive(Debug, Clone)]
+pub struct RankedHit {
+    pub addr: DocAddress,
+    pub score: Score,
+    pub values: Vec<SortValue>,
+    pub id: String,
+}
+
+/// What the collector gives: the best hits in order, the match count, facet counts.
+#[derive(Debug, Default)]
+pub struct Ranked {
+    pub hits: Vec<RankedHit>,
+    pub total: u64,
+    /// Per requested facet field: value → number of matching documents.
+    pub facets: Vec<HashMap<String, u64>>,
+}
+
+/// Document → ordinal of its `_id` term, per segment (segments never change, so this is cached).
+pub type IdOrds = Arc<Vec<u32>>;
+
+/// A cache of [`IdOrds`] by segment, shared by all searches.
+#[derive(Default)]
+pub struct IdOrdCache {
+    entries: Mutex<HashMap<SegmentId, (String, IdOrds)>>,
+}
+
+impl IdOrdCache {
+    /// The id ordinals of every segment of `searcher`, in segment order. Entries of segments of
+    /// this index that the searcher no longer has are dropped.
+    pub fn for_searcher(&self, index: &str, searcher: &Searcher, id_field: Field) -> tantivy::Result<Vec<IdOrds>> {
+        let mut out = Vec::new();
+        let mut live = HashSet::new();
+        for seg in searcher.segment_readers() {
+            let sid = seg.segment_id();
+            live.insert(sid);
+            let cached = self.entries.lock().ok().and_then(|m| m.get(&sid).map(|(_, o)| o.clone()));
+            let ords = match cached {
+                Some(o) if o.len() == seg.max_doc() as usize => o,
+                _ => {
+                    let o = Arc::new(build_id_ords(seg, id_field)?);
+                    if let Ok(mut m) = self.entries.lock() {
+                        m.insert(sid, (index.to_string(), o.clone()));
+                    }
+                    o
+                }
+            };
+            out.push(ords);
+        }
+        if let Ok(mut m) = self.entries.lock() {
+            m.retain(|sid, (name, _)| name != index || live.contains(sid));
+        }
+        Ok(out)
+    }
+}
+
+fn build_id_ords(seg: &SegmentReader, id_field: Field) -> tantivy::Result<Vec<u32>> {
+    let inv = seg.inverted_index(id_field)?;
+    let mut map = vec![u32::MAX; seg.max_doc() as usize];
+    let mut stream = inv.terms().stream()?;
+    while stream.advance() {
+        let ord = u32::try_from(stream.term_ord()).unwrap_or(u32::MAX - 1);
+        let info = stream.value().clone();
+        let mut postings = inv.read_postings_from_terminfo(&info, IndexRecordOption::Basic)?;
+        let mut doc = postings.doc();
+        while doc != TERMINATED {
+            if let Some(slot) = map.get_mut(doc as usize) {
+                *slot = ord;
+            }
+            doc = postings.advance();
+        }
+    }
+    Ok(map)
+}
+
+pub struct RankCollector {
+    pub spec: Arc<SortSpec>,
+    pub cursor: Option<Arc<Cursor>>,
+    /// How many hits to keep (`offset + limit`).
+    pub keep: usize,
+    pub facet_fields: Vec<String>,
+    pub id_field: Field,
+    /// From [`IdOrdCache::for_searcher`], by segment ordinal.
+    pub id_ords: Vec<IdOrds>,
+}
+
+enum LocalKey {
+    Score { desc: bool },
+    Num { col: Option<Column<u64>>, desc: bool },
+    Str { col: Option<StrColumn>, desc: bool },
+}
+
+impl LocalKey {
+    fn desc(&self) -> bool {
+        match self {
+            LocalKey::Score { desc } | LocalKey::Num { desc, .. } | LocalKey::Str { desc, .. } => *desc,
+        }
+    }
+}
+
+/// A position in a segment's order: `2 * ordinal` for a value present in the segment, an odd
+/// number between two ordinals for a cursor value the segment does not hold.
+type Pos = i128;
+
+#[derive(Clone)]
+struct Cand {
+    vals: Vec<Option<u64>>,
+    score: Score,
+    id: u32,
+    doc: DocId,
+}
+
+struct LocalBound {
+    vals: Vec<Option<Pos>>,
+    score: Score,
+    id: Pos,
+}
+
+fn cmp_missing_last(a: Option<Pos>, b: Option<Pos>, desc: bool) -> Ordering {
+    match (a, b) {
+        (None, None) => Ordering::Equal,
+        (None, Some(_)) => Ordering::Greater,
+        (Some(_), None) => Ordering::Less,
+        (Some(x), Some(y)) => {
+            if desc {
+                y.cmp(&x)
+            } else {
+                x.cmp(&y)
+            }
+        }
+    }
+}
+
+fn cmp_score(a: Score, b: Score, desc: bool) -> Ordering {
+    let o = a.total_cmp(&b);
+    if desc {
+        o.reverse()
+    } else {
+        o
+    }
+}
+
+fn pos(v: Option<u64>) -> Option<Pos> {
+    v.map(|v| 2 * v as Pos)
+}
+
+fn cmp_cands(keys: &[LocalKey], a: &Cand, b: &Cand) -> Ordering {
+    for (i, k) in keys.iter().enumerate() {
+        let o = match k {
+            LocalKey::Score { desc } => cmp_score(a.score, b.score, *desc),
+            _ => cmp_missing_last(pos(a.vals[i]), pos(b.vals[i]), k.desc()),
+        };
+        if o != Ordering::Equal {
+            return o;
+        }
+    }
+    a.id.cmp(&b.id)
+}
+
+fn cmp_to_bound(keys: &[LocalKey], a: &Cand, b: &LocalBound) -> Ordering {
+    for (i, k) in keys.iter().enumerate() {
+        let o = match k {
+            LocalKey::Score { desc } => cmp_score(a.score, b.score, *desc),
+            _ => cmp_missing_last(pos(a.vals[i]), b.vals[i], k.desc()),
+        };
+        if o != Ordering::Equal {
+            return o;
+        }
+    }
+    (2 * a.id as Pos).cmp(&b.id)
+}
+
+/// The position of `key` in a sorted dictionary given its exact ordinal (if present) and the
+/// ordinal of the first greater term.
+fn dict_pos(exact: Option<u64>, next: u64) -> Pos {
+    match exact {
+        Some(o) => 2 * o as Pos,
+        None => 2 * next as Pos - 1,
+    }
+}
+
+fn id_pos(inv: &InvertedIndexReader, id: &str) -> std::io::Result<Pos> {
+    let dict = inv.terms();
+    if let Some(o) = dict.term_ord(id.as_bytes())? {
+        return Ok(dict_pos(Some(o), 0));
+    }
+    let mut stream = dict.range().gt(id.as_bytes()).into_stream()?;
+    let next = if stream.advance() { stream.term_ord() } else { dict.num_terms() as u64 };
+    Ok(dict_pos(None, next))
+}
+
+fn str_pos(col: &StrColumn, s: &str) -> std::io::Result<Pos> {
+    use tantivy::columnar::TermOrdHit;
+    Ok(match col.dictionary().term_ord_or_next(s.as_bytes())? {
+        TermOrdHit::Exact(o) => dict_pos(Some(o), 0),
+        TermOrdHit::Next(o) => dict_pos(None, o.min(i64::MAX as u64)),
+    })
+}
+
+pub struct SegCollector {
+    keep: usize,
+    count: u64,
+    segment_ord: SegmentOrdinal,
+    keys: Vec<LocalKey>,
+    id_ords: IdOrds,
+    id_dict: Arc<InvertedIndexReader>,
+    bound: Option<LocalBound>,
+    cands: Vec<Cand>,
+    worst: Option<Cand>,
+    facets: Vec<(Option<StrColumn>, HashMap<u64, u64>)>,
+    scratch: Vec<u64>,
+}
+
+impl Collector for RankCollector {
+    type Fruit = Ranked;
+    type Child = SegCollector;
+
+    fn for_segment(&self, segment_ord: SegmentOrdinal, segment: &SegmentReader) -> tantivy::Result<SegCollector> {
+        let ff = segment.fast_fields();
+        let mut keys = Vec::new();
+        for k in &self.spec.keys {
+            keys.push(match &k.kind {
+                SortKind::Score => LocalKey::Score { desc: k.desc },
+                SortKind::Field { name, keyword: true } => LocalKey::Str { col: ff.str(name)?, desc: k.desc },
+                SortKind::Field { name, keyword: false } => LocalKey::Num { col: ff.u64_lenient(name)?.map(|(c, _)| c), desc: k.desc },
+            });
+        }
+        let id_dict = segment.inverted_index(self.id_field)?;
+        let id_ords = match self.id_ords.get(segment_ord as usize) {
+            Some(o) if o.len() == segment.max_doc() as usize => o.clone(),
+            _ => Arc::new(build_id_ords(segment, self.id_field)?),
+        };
+        let bound = match &self.cursor {
+            None => None,
+            Some(c) => {
+                let mut vals = Vec::new();
+                let mut score = 0.0;
+                for (k, v) in keys.iter().zip(&c.values) {
+                    vals.push(match (k, v) {
+                        (LocalKey::Score { .. }, SortValue::Score(bits)) => {
+                            score = f32::from_bits(*bits);
+                            None
+                        }
+                        (_, SortValue::Missing) => None,
+                        (LocalKey::Num { .. }, SortValue::Num(n)) => Some(2 * *n as Pos),
+                        (LocalKey::Str { col: Some(col), .. }, SortValue::Str(s)) => Some(str_pos(col, s)?),
+                        // The segment has no value at all for this field: every value is past it.
+                        (LocalKey::Str { col: None, .. }, SortValue::Str(_)) => Some(-1),
+                        _ => None,
+                    });
+                }
+                Some(LocalBound { vals, score, id: id_pos(&id_dict, &c.id)? })
+            }
+        };
+        let mut facets = Vec::new();
+        for name in &self.facet_fields {
+            facets.push((ff.str(name)?, HashMap::new()));
+        }
+        Ok(SegCollector {
+            keep: self.keep,
+            count: 0,
+            segment_ord,
+            keys,
+            id_ords,
+            id_dict,
+            bound,
+            cands: Vec::new(),
+            worst: None,
+            facets,
+            scratch: Vec::new(),
+        })
+    }
+
+    fn requires_scoring(&self) -> bool {
+        true
+    }
+
+    fn merge_fruits(&self, fruits: Vec<tantivy::Result<SegFruit>>) -> tantivy::Result<Ranked> {
+        let mut ranked = Ranked { facets: vec![HashMap::new(); self.facet_fields.len()], ..Default::default() };
+        for fruit in fruits {
+            let fruit = fruit?;
+            ranked.total += fruit.count;
+            ranked.hits.extend(fruit.hits);
+            for (into, from) in ranked.facets.iter_mut().zip(fruit.facets) {
+                for (k, n) in from {
+                    *into.entry(k).or_insert(0) += n;
+                }
+            }
+        }
+        ranked.hits.sort_by(|a, b| cmp_hits(&self.spec, a, b));
+        ranked.hits.truncate(self.keep);
+        Ok(ranked)
+    }
+}
+
+/// The global order of hits from different segments.
+pub fn cmp_hits(spec: &SortSpec, a: &RankedHit, b: &RankedHit) -> Ordering {
+    for (i, k) in spec.keys.iter().enumerate() {
+        let o = match k.kind {
+            SortKind::Score => cmp_score(a.score, b.score, k.desc),
+            SortKind::Field { .. } => {
+                let (x, y) = (&a.values[i], &b.values[i]);
+                match (x, y) {
+                    (SortValue::Missing, SortValue::Missing) => Ordering::Equal,
+                    (SortValue::Missing, _) => Ordering::Greater,
+                    (_, SortValue::Missing) => Ordering::Less,
+                    _ => {
+                        let o = match (x, y) {
+                            (SortValue::Num(p), SortValue::Num(q)) => p.cmp(q),
+                            (SortValue::Str(p), SortValue::Str(q)) => p.cmp(q),
+                            _ => Ordering::Equal,
+                        };
+                        if k.desc {
+                            o.reverse()
+                        } else {
+                            o
+                        }
+                    }
+                }
+            }
+        };
+        if o != Ordering::Equal {
+            return o;
+        }
+    }
+    a.id.cmp(&b.id)
+}
+
+pub struct SegFruit {
+    count: u64,
+    hits: Vec<RankedHit>,
+    facets: Vec<HashMap<String, u64>>,
+}
+
+impl SegCollector {
+    fn compact(&mut self) {
+        let keys = &self.keys;
+        self.cands.sort_by(|a, b| cmp_cands(keys, a, b));
+        self.cands.truncate(self.keep);
+        if self.cands.len() == self.keep {
+            self.worst = self.cands.last().cloned();
+        }
+    }
+
+    fn harvest_inner(mut self) -> tantivy::Result<SegFruit> {
+        self.compact();
+        let mut hits = Vec::with_capacity(self.cands.len());
+        let mut bytes = Vec::new();
+        for c in &self.cands {
+            let mut values = Vec::with_capacity(self.keys.len());
+            for (i, k) in self.keys.iter().enumerate() {
+                values.push(match (k, c.vals[i]) {
+                    (LocalKey::Score { .. }, _) => SortValue::Score(c.score.to_bits()),
+                    (_, None) => SortValue::Missing,
+                    (LocalKey::Num { .. }, Some(v)) => SortValue::Num(v),
+                    (LocalKey::Str { col: Some(col), .. }, Some(ord)) => {
+                        let mut s = String::new();
+                        col.ord_to_str(ord, &mut s)?;
+                        SortValue::Str(s)
+                    }
+                    (LocalKey::Str { col: None, .. }, Some(_)) => SortValue::Missing,
+                });
+            }
+            bytes.clear();
+            self.id_dict.terms().ord_to_term(c.id as u64, &mut bytes)?;
+            hits.push(RankedHit {
+                addr: DocAddress::new(self.segment_ord, c.doc),
+                score: c.score,
+                values,
+                id: String::from_utf8_lossy(&bytes).into_owned(),
+            });
+        }
+        let mut facets = Vec::with_capacity(self.facets.len());
+        for (col, counts) in &self.facets {
+            let mut named = HashMap::with_capacity(counts.len());
+            if let Some(col) = col {
+                for (ord, n) in counts {
+                    let mut s = String::new();
+                    if col.ord_to_str(*ord, &mut s)? {
+                        named.insert(s, *n);
+                    }
+                }
+            }
+            facets.push(named);
+        }
+        Ok(SegFruit { count: self.count, hits, facets })
+    }
+}
+
+impl SegmentCollector for SegCollector {
+    type Fruit = tantivy::Result<SegFruit>;
+
+    fn collect(&mut self, doc: DocId, score: Score) {
+        self.count += 1;
+        for (col, counts) in &mut self.facets {
+            if let Some(col) = col {
+                self.scratch.clear();
+                self.scratch.extend(col.term_ords(doc));
+                self.scratch.sort_unstable();
+                self.scratch.dedup();
+                for ord in &self.scratch {
+                    *counts.entry(*ord).or_insert(0) += 1;
+                }
+            }
+        }
+        if self.keep == 0 {
+            return;
+        }
+        let vals: Vec<Option<u64>> = self
+            .keys
+            .iter()
+            .map(|k| match k {
+                LocalKey::Score { .. } => None,
+                LocalKey::Num { col, .. } => col.as_ref().and_then(|c| c.first(doc)),
+                LocalKey::Str { col, .. } => col.as_ref().and_then(|c| c.ords().first(doc)),
+            })
+            .collect();
+        let id = self.id_ords.get(doc as usize).copied().unwrap_or(u32::MAX);
+        let cand = Cand { vals, score, id, doc };
+        if let Some(b) = &self.bound {
+            if cmp_to_bound(&self.keys, &cand, b) != Ordering::Greater {
+                return;
+            }
+        }
+        if let Some(w) = &self.worst {
+            if cmp_cands(&self.keys, &cand, w) != Ordering::Less {
+                return;
+            }
+        }
+        self.cands.push(cand);
+        if self.cands.len() >= (2 * self.keep).max(64) {
+            self.compact();
+        }
+    }
+
+    fn harvest(self) -> Self::Fruit {
+        self.harvest_inner()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target() -> SearchTarget {
+        crate::sink::tantivy::schema::tests::target()
+    }
+
+    #[test]
+    fn sort_specs() {
+        let t = target();
+        let s = SortSpec::parse(None, &t).unwrap();
+        assert_eq!(s.keys, vec![SortKey { kind: SortKind::Score, desc: true }]);
+        let s = SortSpec::parse(Some(&["n:desc".into(), "_score".into()]), &t).unwrap();
+        assert_eq!(s.keys[0], SortKey { kind: SortKind::Field { name: "n".into(), keyword: false }, desc: true });
+        assert_eq!(s.keys[1], SortKey { kind: SortKind::Score, desc: true });
+        assert!(!SortSpec::parse(Some(&["n".into()]), &t).unwrap().keys[0].desc);
+        for bad in ["title", "nope", "n:up", "at"] {
+            let e = SortSpec::parse(Some(&[bad.to_string()]), &t).unwrap_err();
+            assert_eq!(e.code, "invalid_sort", "{bad}");
+        }
+        assert!(SortSpec::parse(Some(&["n".into(), "n:desc".into()]), &t).is_err());
+    }
+
+    #[test]
+    fn cursors_round_trip_and_check_their_sort() {
+        let t = target();
+        let spec = SortSpec::parse(Some(&["n:desc".into(), "_score".into()]), &t).unwrap();
+        let hit = RankedHit {
+            addr: DocAddress::new(0, 0),
+            score: 1.25,
+            values: vec![SortValue::Num(42), SortValue::Score(1.25f32.to_bits())],
+            id: "x/é".into(),
+        };
+        let c = Cursor::after(&spec, &hit);
+        let text = c.encode();
+        assert_eq!(Cursor::decode(&text, &spec).unwrap(), c);
+        let other = SortSpec::parse(Some(&["n".into()]), &t).unwrap();
+        assert_eq!(Cursor::decode(&text, &other).unwrap_err().code, "invalid_cursor");
+        for junk in ["", "!!!", "eyJ4IjoxfQ", &"A".repeat(100_000)] {
+            assert_eq!(Cursor::decode(junk, &spec).unwrap_err().code, "invalid_cursor");
+        }
+    }
+}
