@@ -75,6 +75,18 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
+        Command::Test(args) => {
+            let cfg = Config::load(cli.config.as_deref())?;
+            cli::pipeline_test::run(&cfg, &args.pipelines).await
+        }
+        Command::Preview(args) => {
+            let cfg = Config::load(cli.config.as_deref())?;
+            cli::preview::run(&cfg, &args.pipeline, &args.keys).await
+        }
+        Command::Plan => {
+            let cfg = Config::load(cli.config.as_deref())?;
+            cli::plan::run(&cfg).await
+        }
         Command::Run(args) => {
             let cfg = Config::load(cli.config.as_deref())?;
             run_daemon(cfg, args.resnapshot).await?;

@@ -1,5 +1,8 @@
 //! The `deriver` command line.
 
+pub mod pipeline_test;
+pub mod plan;
+pub mod preview;
 pub mod setup;
 pub mod status;
 pub mod validate;
@@ -36,6 +39,27 @@ pub enum Command {
     Status(StatusArgs),
     /// Check every pipeline file and report all problems with file:line:col.
     Validate(ValidateArgs),
+    /// Run the pipelines' `tests:` fixtures against Postgres (in rolled-back transactions) and show diffs.
+    Test(TestArgs),
+    /// Derive some keys from live data and print the records and the writes they would make; writes nothing.
+    Preview(PreviewArgs),
+    /// Per pipeline: `unchanged`, `in-place` or `rebuild`, comparing the files with what is deployed.
+    Plan,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct TestArgs {
+    /// Pipelines to test (default: all).
+    pub pipelines: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PreviewArgs {
+    /// The pipeline.
+    pub pipeline: String,
+    /// Source keys as deriver prints them (`key::text`; composite keys joined with `:`).
+    #[arg(long = "key", required = true, num_args = 1..)]
+    pub keys: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -1,10 +1,151 @@
-//! `deriver validate`: every problem of every pipeline file, with file:line:col.
+//! `deriver validate`: every problem of every pipeline file, with file:line:col. Without
+//! `--no-environment` it also checks the pipelines against Postgres: tables and columns exist,
+//! the publication covers them (column lists included), replica identity, generated columns,
+//! indexes on join columns (warnings), and it prepares every generated query, mapping Postgres's
+//! error position back to the YAML line.
+
+use tokio_postgres::Client;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::pipeline;
-use crate::runtime::{load_pipelines, replica_identity_problem};
-use crate::source::postgres as pg;
+use crate::pipeline::check::locate_sql_error;
+use crate::pipeline::yaml::Pos;
+use crate::pipeline::{self, Diagnostic, Pipeline};
+use crate::runtime::{deps, replica_identity_problem};
+use crate::source::postgres::{self as pg, TableInfo};
+use crate::source::TableName;
+
+/// Where file-level findings point: the `pipeline:` line.
+fn top(_p: &Pipeline) -> Pos {
+    Pos { line: 2, col: 1 }
+}
+
+/// Prepares `sql`; a failure becomes a diagnostic at the YAML fragment Postgres points to.
+async fn prepare(client: &Client, p: &Pipeline, sql: &str, what: &str, out: &mut Vec<Diagnostic>) {
+    if let Err(e) = client.prepare(sql).await {
+        let (message, pos) = match e.as_db_error() {
+            Some(db) => {
+                let mut m = format!("{what} does not compile: {}", db.message());
+                if let Some(h) = db.hint() {
+                    m.push_str(&format!(" (hint: {h})"));
+                }
+                let pos = match db.position() {
+                    Some(tokio_postgres::error::ErrorPosition::Original(n)) => locate_sql_error(p, sql, *n as usize),
+                    _ => None,
+                };
+                (m, pos)
+            }
+            None => (format!("{what} could not be prepared: {e}"), None),
+        };
+        out.push(Diagnostic::at(&p.file, pos.unwrap_or(top(p)), message, false));
+    }
+}
+
+async fn generated_columns(client: &Client, table: &TableName) -> Result<Vec<String>> {
+    Ok(client
+        .query(
+            "SELECT a.attname::text FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND a.attgenerated <> ''",
+            &[&table.schema, &table.name],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
+}
+
+/// Whether some index of `table` starts with exactly these columns (in any order).
+async fn has_index(client: &Client, table: &TableName, cols: &[String]) -> Result<bool> {
+    let rows = client
+        .query(
+            "SELECT array_agg(a.attname::text ORDER BY k.ord) FROM pg_index i \
+             JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
+             JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) ON true \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+             WHERE n.nspname = $1 AND c.relname = $2 GROUP BY i.indexrelid",
+            &[&table.schema, &table.name],
+        )
+        .await?;
+    Ok(rows.iter().any(|r| {
+        let idx: Vec<String> = r.get(0);
+        idx.len() >= cols.len() && cols.iter().all(|c| idx[..cols.len()].contains(c))
+    }))
+}
+
+async fn check_pipeline(client: &Client, cfg: &Config, p: &Pipeline, published: &Option<Vec<(TableName, Option<Vec<String>>)>>) -> Result<Vec<Diagnostic>> {
+    let mut out = Vec::new();
+    let at = |m: String, warning: bool| Diagnostic::at(&p.file, top(p), m, warning);
+    let info: TableInfo = match pg::table_info(client, &p.source.table, p.source.key.as_deref()).await {
+        Ok(i) => i,
+        Err(e) => return Ok(vec![at(e.message, false)]),
+    };
+    let sql = pipeline::sql::compile(p, &info.key);
+    prepare(client, p, &sql.keyed, "the pipeline's SQL", &mut out).await;
+    if let Some(problem) = replica_identity_problem(p, &info) {
+        out.push(at(problem, false));
+    }
+    let deps = match deps::resolve(client, p, &info.key).await {
+        Ok(d) => d,
+        Err(e) => {
+            out.push(at(e.message, false));
+            Vec::new()
+        }
+    };
+    for d in &deps {
+        prepare(client, p, &d.reverse_sql, &format!("the reverse query of its {}", d.dep.name(p)), &mut out).await;
+    }
+    // Columns deriver reads from the WAL: published, not generated (pgoutput does not send them).
+    let mut needed: Vec<(TableName, Vec<String>)> = vec![(p.source.table.clone(), info.key.iter().map(|k| k.name.clone()).collect())];
+    for d in &deps {
+        let mut cols = d.this_cols.clone();
+        if d.needs_ledger {
+            cols.extend(d.identity.iter().cloned());
+        }
+        needed.push((d.table.clone(), cols));
+    }
+    for (t, cols) in &needed {
+        let generated = generated_columns(client, t).await?;
+        for c in cols.iter().filter(|c| generated.contains(c)) {
+            out.push(at(format!("{t}.{c} is a generated column: logical replication does not send it, so deriver cannot key or join on it"), false));
+        }
+        match published {
+            None => {}
+            Some(tables) => match tables.iter().find(|(pt, _)| pt == t) {
+                None => out.push(at(format!("publication `{}` does not cover {t} (run `deriver setup`)", cfg.postgres.publication), false)),
+                Some((_, Some(list))) => {
+                    for c in cols.iter().filter(|c| !list.contains(c)) {
+                        out.push(at(format!("publication `{}` does not publish column {t}.{c}, which deriver needs", cfg.postgres.publication), false));
+                    }
+                }
+                Some((_, None)) => {}
+            },
+        }
+    }
+    // Indexes: the derivation joins children on their join columns; reverse queries look parents up by theirs.
+    for d in &deps {
+        let eqs = d.dep.on(p);
+        if !has_index(client, &d.table, &d.this_cols).await? {
+            out.push(at(format!("no index on {}({}): deriving each record scans {}", d.table, d.this_cols.join(", "), d.table), true));
+        }
+        let parent = &eqs[0].parent;
+        if eqs.iter().all(|e| &e.parent == parent) {
+            let parent_table = if *parent == p.source.alias {
+                Some(p.source.table.clone())
+            } else {
+                p.lookups.iter().find(|l| &l.alias == parent).map(|l| l.table.clone()).or_else(|| {
+                    p.children.iter().filter_map(|c| c.via.as_ref()).find(|v| &v.alias == parent).map(|v| v.table.clone())
+                })
+            };
+            let cols: Vec<String> = eqs.iter().map(|e| e.parent_column.clone()).collect();
+            if let Some(pt) = parent_table {
+                if !has_index(client, &pt, &cols).await? {
+                    out.push(at(format!("no index on {pt}({}): a change to {} scans {pt} to find the records it affects", cols.join(", "), d.table), true));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
 
 /// Returns the process exit code.
 pub async fn run(config: Option<&std::path::Path>, no_environment: bool) -> Result<i32> {
@@ -30,45 +171,26 @@ pub async fn run(config: Option<&std::path::Path>, no_environment: bool) -> Resu
     }
     let cfg = cfg_result?;
     let client = pg::connect(cfg.postgres_url()?).await?;
-    let loaded = match load_pipelines(&cfg, &client).await {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("{e}");
-            return Ok(1);
-        }
-    };
-    let mut problems = 0;
     let published = pg::publication_tables(&client, &cfg.postgres.publication).await?;
-    for (def, info, sql) in &loaded {
-        if let Err(e) = client.prepare(&sql.keyed).await {
-            problems += 1;
-            eprintln!("{}: error: the pipeline's SQL does not compile: {}", def.file.display(), Error::from(e).message);
-        }
-        if let Some(p) = replica_identity_problem(def, info) {
-            problems += 1;
-            eprintln!("{}: error: {p}", def.file.display());
-        }
-        match &published {
-            None => {
-                problems += 1;
-                eprintln!("{}: error: publication `{}` does not exist (run `deriver setup`)", def.file.display(), cfg.postgres.publication);
+    if published.is_none() {
+        eprintln!("error: publication `{}` does not exist (run `deriver setup`)", cfg.postgres.publication);
+    }
+    let mut errors = usize::from(published.is_none());
+    let mut warnings = 0;
+    for p in &pipelines {
+        for d in check_pipeline(&client, &cfg, p, &published).await? {
+            if d.warning {
+                warnings += 1;
+            } else {
+                errors += 1;
             }
-            Some(tables) if !tables.iter().any(|(t, _)| *t == def.source.table) => {
-                problems += 1;
-                eprintln!(
-                    "{}: error: publication `{}` does not cover {} (run `deriver setup`)",
-                    def.file.display(),
-                    cfg.postgres.publication,
-                    def.source.table
-                );
-            }
-            _ => {}
+            eprintln!("{d}");
         }
     }
-    if problems > 0 {
-        eprintln!("{problems} problem(s) found");
+    if errors > 0 {
+        eprintln!("{errors} problem(s) found, {warnings} warning(s)");
         return Ok(1);
     }
-    println!("{} pipeline(s) valid", loaded.len());
+    println!("{} pipeline(s) valid, {warnings} warning(s)", pipelines.len());
     Ok(0)
 }

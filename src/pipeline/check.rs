@@ -33,10 +33,45 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+impl Diagnostic {
+    /// A problem found outside the checker (environment checks), at a position of `file`.
+    pub fn at(file: &Path, pos: Pos, message: impl Into<String>, warning: bool) -> Diagnostic {
+        let line_text = std::fs::read_to_string(file)
+            .ok()
+            .and_then(|t| t.lines().nth(pos.line.saturating_sub(1) as usize).map(str::to_string))
+            .filter(|_| pos.line > 0);
+        Diagnostic { file: file.to_path_buf(), pos, message: message.into(), line_text, warning }
+    }
+}
+
+/// Maps a Postgres error position (1-based, in characters, in `sql`) back to the YAML fragment it
+/// falls in.
+pub fn locate_sql_error(p: &Pipeline, sql: &str, position: usize) -> Option<Pos> {
+    let chars: Vec<char> = sql.chars().collect();
+    let at = position.checked_sub(1)?;
+    for (fragment, pos) in &p.fragments {
+        let f: Vec<char> = fragment.chars().collect();
+        if f.is_empty() || f.len() > chars.len() {
+            continue;
+        }
+        for start in 0..=chars.len() - f.len() {
+            if chars[start..start + f.len()] == f[..] && (start..start + f.len()).contains(&at) {
+                let offset = (at - start) as u64;
+                // Single-line fragments: point at the exact character.
+                let col = if fragment.contains('\n') { pos.col } else { pos.col + offset };
+                return Some(Pos { line: pos.line, col });
+            }
+        }
+    }
+    None
+}
+
 struct Checker<'a> {
     file: &'a Path,
     text: &'a str,
     errors: Vec<Diagnostic>,
+    /// SQL fragments seen, with their positions.
+    fragments: Vec<(String, Pos)>,
 }
 
 impl<'a> Checker<'a> {
@@ -79,6 +114,17 @@ impl<'a> Checker<'a> {
                 None
             }
         }
+    }
+
+    /// A string that is SQL: remembered with its position for error mapping.
+    fn sql(&mut self, node: &Node, what: &str) -> Option<String> {
+        let s = self.string(node, what)?;
+        // Point inside a quoted scalar at its first character.
+        let line = self.text.lines().nth(node.pos.line.saturating_sub(1) as usize).unwrap_or("");
+        let quoted = matches!(line.chars().nth(node.pos.col.saturating_sub(1) as usize), Some('"') | Some('\''));
+        let pos = Pos { line: node.pos.line, col: node.pos.col + u64::from(quoted) };
+        self.fragments.push((s.clone(), pos));
+        Some(s)
     }
 
     fn boolean(&mut self, node: &Node, what: &str) -> Option<bool> {
@@ -172,7 +218,7 @@ fn valid_name(s: &str) -> bool {
 
 /// Checks one pipeline file's text. `Err` carries every problem found.
 pub fn check(file: &Path, text: &str) -> Result<Pipeline, Vec<Diagnostic>> {
-    let mut c = Checker { file, text, errors: Vec::new() };
+    let mut c = Checker { file, text, errors: Vec::new(), fragments: Vec::new() };
     let root = match yaml::parse(text) {
         Ok(n) => n,
         Err(e) => {
@@ -359,11 +405,10 @@ pub fn check(file: &Path, text: &str) -> Result<Pipeline, Vec<Diagnostic>> {
         },
     };
 
-    if let Some(n) = get(top, "tests") {
-        if !matches!(n.value, Value::Seq(_)) {
-            c.err(n.pos, format!("`tests` must be a list, found {}", n.value.type_name()));
-        }
-    }
+    let tests = match get(top, "tests") {
+        None => Vec::new(),
+        Some(n) => check_tests(&mut c, n),
+    };
 
     if !c.errors.is_empty() {
         return Err(c.errors);
@@ -381,9 +426,106 @@ pub fn check(file: &Path, text: &str) -> Result<Pipeline, Vec<Diagnostic>> {
         redis,
         on_error,
         hash: String::new(),
+        tests,
+        fragments: std::mem::take(&mut c.fragments),
     };
     pipeline.hash = definition_hash(&pipeline);
     Ok(pipeline)
+}
+
+/// A YAML node as JSON (fixture rows and expected records).
+pub fn node_to_json(node: &Node) -> serde_json::Value {
+    use serde_json::Value as J;
+    match &node.value {
+        Value::Null => J::Null,
+        Value::Bool(b) => J::Bool(*b),
+        Value::Int(i) => J::from(*i),
+        Value::Float(f) => serde_json::Number::from_f64(*f).map(J::Number).unwrap_or(J::Null),
+        Value::Str(s) => J::String(s.clone()),
+        Value::Seq(items) => J::Array(items.iter().map(node_to_json).collect()),
+        Value::Map(entries) => J::Object(entries.iter().map(|(k, v)| (k.name.clone(), node_to_json(v))).collect()),
+    }
+}
+
+fn check_tests(c: &mut Checker, node: &Node) -> Vec<TestCase> {
+    let Value::Seq(items) = &node.value else {
+        c.err(node.pos, format!("`tests` must be a list, found {}", node.value.type_name()));
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for item in items {
+        let Some(entries) = c.map(item, "a test", &["name", "given", "expect"]) else { continue };
+        let name = get(entries, "name").and_then(|n| c.string(n, "`name`")).unwrap_or_else(|| format!("test at line {}", item.pos.line));
+        let mut given = Vec::new();
+        match get(entries, "given") {
+            None => c.err(item.pos, format!("test `{name}` needs `given` (rows per table)")),
+            Some(g) => match &g.value {
+                Value::Map(tables) => {
+                    for (k, rows) in tables {
+                        let table = match parse_table_name(&k.name) {
+                            Ok(t) => t,
+                            Err(e) => {
+                                c.err(k.pos, e);
+                                continue;
+                            }
+                        };
+                        let Value::Seq(rows) = &rows.value else {
+                            c.err(rows.pos, format!("rows of {table} must be a list of mappings"));
+                            continue;
+                        };
+                        let mut parsed = Vec::new();
+                        for r in rows {
+                            match node_to_json(r) {
+                                serde_json::Value::Object(m) => parsed.push(m),
+                                _ => c.err(r.pos, "a row must be a mapping of column → value"),
+                            }
+                        }
+                        given.push((table, parsed));
+                    }
+                }
+                other => c.err(g.pos, format!("`given` must be a mapping of table → rows, found {}", other.type_name())),
+            },
+        }
+        let mut records = Vec::new();
+        let mut absent = Vec::new();
+        match get(entries, "expect") {
+            None => c.err(item.pos, format!("test `{name}` needs `expect` (`record`, `records` or `absent`)")),
+            Some(e) => {
+                if let Some(ex) = c.map(e, "`expect`", &["record", "records", "absent"]) {
+                    if let Some(r) = get(ex, "record") {
+                        match node_to_json(r) {
+                            serde_json::Value::Object(m) => records.push(m),
+                            _ => c.err(r.pos, "`record` must be a mapping of field → value"),
+                        }
+                    }
+                    if let Some(rs) = get(ex, "records") {
+                        match node_to_json(rs) {
+                            serde_json::Value::Array(list) => {
+                                for v in list {
+                                    match v {
+                                        serde_json::Value::Object(m) => records.push(m),
+                                        _ => c.err(rs.pos, "`records` must be a list of mappings"),
+                                    }
+                                }
+                            }
+                            _ => c.err(rs.pos, "`records` must be a list of mappings"),
+                        }
+                    }
+                    if let Some(a) = get(ex, "absent") {
+                        match node_to_json(a) {
+                            serde_json::Value::Array(list) => absent.extend(list.iter().map(|v| match v {
+                                serde_json::Value::String(s) => s.clone(),
+                                other => other.to_string(),
+                            })),
+                            _ => c.err(a.pos, "`absent` must be a list of keys"),
+                        }
+                    }
+                }
+            }
+        }
+        out.push(TestCase { name, line: item.pos.line, given, records, absent });
+    }
+    out
 }
 
 /// sha256 over the normalized definition (serde form skips description, owner, tests, file).
@@ -420,7 +562,7 @@ fn check_source(c: &mut Checker, node: &Node) -> Option<Source> {
             c.err(node.pos, "`source.key` must name at least one column");
         }
     }
-    let filter = get(entries, "filter").and_then(|n| c.string(n, "`source.filter`"));
+    let filter = get(entries, "filter").and_then(|n| c.sql(n, "`source.filter`"));
     let alias = get(entries, "as").and_then(|n| c.string(n, "`source.as`"));
     let table = table?;
     let alias = alias.unwrap_or_else(|| table.name.clone());
@@ -460,13 +602,13 @@ fn check_field(c: &mut Checker, key: &Key, node: &Node, children: &[Child]) -> O
                     c.err(n.pos, "an aggregate field has `agg`, not `sql`");
                 }
                 let agg = match get(entries, "agg") {
-                    Some(n) => c.string(n, "`agg`")?,
+                    Some(n) => c.sql(n, "`agg`")?,
                     None => {
                         c.err(node.pos, format!("aggregate field `{}` needs `agg` (e.g. \"count(*)\")", key.name));
                         return None;
                     }
                 };
-                let default = get(entries, "default").and_then(|n| c.string(n, "`default`"));
+                let default = get(entries, "default").and_then(|n| c.sql(n, "`default`"));
                 return Some(Field { name: key.name.clone(), sql: String::new(), ty, agg: Some(Aggregate { child, agg, default }) });
             }
             for k in ["agg", "default"] {
@@ -475,7 +617,7 @@ fn check_field(c: &mut Checker, key: &Key, node: &Node, children: &[Child]) -> O
                 }
             }
             let sql = match get(entries, "sql") {
-                Some(n) => c.string(n, &format!("`{}.sql`", key.name))?,
+                Some(n) => c.sql(n, &format!("`{}.sql`", key.name))?,
                 None => {
                     c.err(node.pos, format!("field `{}` needs `sql`", key.name));
                     return None;
@@ -484,7 +626,7 @@ fn check_field(c: &mut Checker, key: &Key, node: &Node, children: &[Child]) -> O
             Some(Field { name: key.name.clone(), sql, ty, agg: None })
         }
         _ => {
-            let sql = c.string(node, &format!("field `{}`", key.name))?;
+            let sql = c.sql(node, &format!("field `{}`", key.name))?;
             Some(Field { name: key.name.clone(), sql, ty: None, agg: None })
         }
     }
@@ -671,7 +813,7 @@ fn check_child(c: &mut Checker, key: &Key, node: &Node, source: &[(String, Strin
     let what = format!("child `{}`", key.name);
     let entries = c.map(node, &what, &["table", "on", "via", "filter"])?;
     let table = table_of(c, entries, node, &what)?;
-    let filter = get(entries, "filter").and_then(|n| c.string(n, "`filter`"));
+    let filter = get(entries, "filter").and_then(|n| c.sql(n, "`filter`"));
     let via = match get(entries, "via") {
         None => None,
         Some(vn) => {

@@ -25,6 +25,25 @@ pub struct Pipeline {
     /// sha256 of the normalized definition (everything but description, owner and tests).
     #[serde(skip)]
     pub hash: String,
+    /// Fixtures run by `deriver test`.
+    #[serde(skip)]
+    pub tests: Vec<TestCase>,
+    /// Every SQL fragment of the file with its position, to map Postgres errors back to YAML.
+    #[serde(skip)]
+    pub fragments: Vec<(String, crate::pipeline::yaml::Pos)>,
+}
+
+/// One `tests:` fixture: rows per table, the records expected from them.
+#[derive(Debug, Clone)]
+pub struct TestCase {
+    pub name: String,
+    /// Line of the test in the file.
+    pub line: u64,
+    pub given: Vec<(TableName, Vec<serde_json::Map<String, serde_json::Value>>)>,
+    /// Each must match (as a subset) a distinct derived record.
+    pub records: Vec<serde_json::Map<String, serde_json::Value>>,
+    /// Keys (key text) that must produce no record.
+    pub absent: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -260,7 +279,35 @@ impl KeyTemplate {
     }
 }
 
+fn sha256_hex(v: &serde_json::Value) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(v.to_string().as_bytes()))
+}
+
 impl Pipeline {
+    /// What determines the records themselves (not where they go).
+    fn records_definition(&self) -> serde_json::Value {
+        serde_json::json!({
+            "source": self.source, "lookups": self.lookups, "children": self.children,
+            "fields": self.fields, "on_error": self.on_error,
+        })
+    }
+
+    /// The definition hash a search target's index is built from: records + that target.
+    pub fn search_hash(&self, target: &SearchTarget) -> String {
+        sha256_hex(&serde_json::json!({ "records": self.records_definition(), "search": target }))
+    }
+
+    /// The definition hash of the pipeline's Redis views: records + every redis target.
+    pub fn redis_hash(&self) -> String {
+        sha256_hex(&serde_json::json!({ "records": self.records_definition(), "redis": self.redis }))
+    }
+
+    /// The definition hash of the dependency ledger: records only.
+    pub fn ledger_hash(&self) -> String {
+        sha256_hex(&serde_json::json!({ "records": self.records_definition() }))
+    }
+
     /// Output fields whose text form is needed (search id, Redis key templates).
     pub fn text_fields(&self) -> Vec<String> {
         let mut out: Vec<String> = Vec::new();

@@ -19,6 +19,8 @@ pub fn row_to_record(row: &Row) -> Result<Record> {
     let json: String = row.try_get(1).map_err(|e| Error::record("the derived record is NULL").with_detail(e))?;
     let value: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(&json).map_err(|e| Error::record("Postgres returned a record that is not a JSON object").with_detail(e))?;
+    // Compact form, same field order and exact numbers (serde_json keeps both).
+    let json = serde_json::to_string(&value).map_err(|e| Error::record("cannot serialize a record").with_detail(e))?;
     let texts = (2..row.len()).map(|i| row.try_get::<_, Option<String>>(i).ok().flatten()).collect();
     Ok(Record { key, json, value, texts })
 }

@@ -401,9 +401,9 @@ impl Daemon {
     async fn resync_behind(&mut self, confirmed: Lsn) -> Result<()> {
         let mut todo = Vec::new();
         for (i, p) in self.pipelines.iter_mut().enumerate() {
-            let hash = p.def.hash.clone();
             let mut stale = false;
             for s in &mut p.sinks {
+                let hash = s.definition_hash().to_string();
                 match s.checkpoint().await? {
                     None => stale = true,
                     Some(cp) if cp.lsn < confirmed => {
@@ -411,7 +411,10 @@ impl Daemon {
                             "a sink is behind the replication slot (it lost acknowledged writes); re-deriving the pipeline");
                         stale = true;
                     }
-                    Some(cp) if cp.definition_hash.as_deref().is_some_and(|h| h != hash) => stale = true,
+                    Some(cp) if cp.definition_hash.as_deref().is_some_and(|h| h != hash) => {
+                        info!(pipeline = %p.def.name, sink = ?s.labels(), "the pipeline definition changed: re-deriving its records in place");
+                        stale = true;
+                    }
                     Some(_) => {}
                 }
             }

@@ -164,6 +164,11 @@ impl Ledger {
     pub fn current_checkpoint(&self) -> Option<Checkpoint> {
         self.checkpoint.clone()
     }
+
+    /// The definition hash this ledger's content must be built from.
+    pub fn definition_hash(&self) -> &str {
+        &self.hash
+    }
 }
 
 impl Sink for Ledger {

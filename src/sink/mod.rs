@@ -17,7 +17,7 @@ use crate::source::Lsn;
 pub struct Record {
     /// The source key's text (`key::text`, composite keys joined with `:`).
     pub key: String,
-    /// The record JSON text exactly as Postgres produced it.
+    /// The record as compact JSON text: Postgres's values (exact digits) in declared field order.
     pub json: String,
     /// The parsed record (field order kept).
     pub value: Map<String, Value>,
@@ -108,6 +108,15 @@ impl AnySink {
             AnySink::Search(s) => s.current_checkpoint(),
             AnySink::Redis(s) => s.current_checkpoint(),
             AnySink::Ledger(s) => s.current_checkpoint(),
+        }
+    }
+
+    /// The definition hash the sink's content must be built from (records + its own targets).
+    pub fn definition_hash(&self) -> &str {
+        match self {
+            AnySink::Search(s) => s.definition_hash(),
+            AnySink::Redis(s) => s.definition_hash(),
+            AnySink::Ledger(s) => s.definition_hash(),
         }
     }
 

@@ -88,6 +88,92 @@ pub async fn durability_delay(conn: &mut MultiplexedConnection, configured: Opti
     })
 }
 
+/// One Redis write a record makes: `json` [text], `hash` [field, value, …], `set` [member],
+/// `zset` [member, score].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ViewWrite {
+    pub key: String,
+    pub kind: &'static str,
+    pub values: Vec<String>,
+}
+
+/// The Redis writes one record makes under a pipeline's targets (what `deriver preview` shows).
+pub fn preview(prefix: &str, pipeline: &Pipeline, record: &Record) -> std::result::Result<Vec<ViewWrite>, String> {
+    render_views(prefix, &build_views(pipeline), record)
+}
+
+fn build_views(pipeline: &Pipeline) -> Vec<View> {
+    let text_fields = pipeline.text_fields();
+    let pos = |f: &str| text_fields.iter().position(|x| x == f);
+    pipeline
+        .redis
+        .iter()
+        .map(|t| View {
+            target: t.clone(),
+            field_pos: t.key.fields().map(|f| (f.to_string(), pos(f).expect("template fields are text fields"))).collect(),
+            member_pos: t.member.as_deref().and_then(pos),
+            score_pos: t.score.as_deref().and_then(pos),
+        })
+        .collect()
+}
+
+fn render_views(prefix: &str, views: &[View], record: &Record) -> std::result::Result<Vec<ViewWrite>, String> {
+    let text = |p: Option<usize>| p.and_then(|p| record.texts.get(p).cloned().flatten());
+    let mut out = Vec::new();
+    for view in views {
+        let Some(rendered) = view.target.key.render(|f| text(view.field_pos.iter().find(|(name, _)| name == f).map(|(_, p)| *p))) else {
+            // A NULL field in the template: this record has no key for this view.
+            continue;
+        };
+        let key = format!("{prefix}:{rendered}");
+        let fields: Vec<(&String, &Value)> = match &view.target.fields {
+            None => record.value.iter().collect(),
+            Some(list) => list.iter().filter_map(|f| record.value.get_key_value(f)).collect(),
+        };
+        let (kind, values) = match view.target.ty {
+            RedisType::Json => {
+                let payload = if view.target.fields.is_none() {
+                    record.json.clone()
+                } else {
+                    let obj: serde_json::Map<String, Value> = fields.into_iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+                    serde_json::to_string(&obj).expect("JSON serializes")
+                };
+                if payload.len() > MAX_VALUE_BYTES {
+                    return Err(format!("the JSON view {key} would be {} bytes (limit {MAX_VALUE_BYTES})", payload.len()));
+                }
+                ("json", vec![payload])
+            }
+            RedisType::Hash => {
+                let mut pairs = Vec::new();
+                for (name, value) in fields {
+                    let text = match value {
+                        Value::Null => continue,
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    };
+                    pairs.push(name.clone());
+                    pairs.push(text);
+                }
+                ("hash", pairs)
+            }
+            RedisType::Set => {
+                // A NULL member: this record contributes nothing to the view.
+                let Some(member) = text(view.member_pos) else { continue };
+                ("set", vec![member])
+            }
+            RedisType::Zset => {
+                let (Some(member), Some(score)) = (text(view.member_pos), text(view.score_pos)) else { continue };
+                if !score.trim().parse::<f64>().is_ok_and(|f| !f.is_nan()) {
+                    return Err(format!("zset score `{score}` for {key} is not a number"));
+                }
+                ("zset", vec![member, score])
+            }
+        };
+        out.push(ViewWrite { key, kind, values });
+    }
+    Ok(out)
+}
+
 struct View {
     target: RedisTarget,
     /// Positions of the template's fields in `Pipeline::text_fields()`.
@@ -134,24 +220,10 @@ impl RedisSink {
         let keys = Keys::new(prefix, &pipeline.name);
         let checkpoint = read_checkpoint(&mut conn, &keys).await?;
         let delay = durability_delay(&mut conn, delay_ms).await?;
-        let text_fields = pipeline.text_fields();
-        let views = pipeline
-            .redis
-            .iter()
-            .map(|t| View {
-                target: t.clone(),
-                field_pos: t
-                    .key
-                    .fields()
-                    .map(|f| (f.to_string(), text_fields.iter().position(|x| x == f).expect("template fields are text fields")))
-                    .collect(),
-                member_pos: t.member.as_ref().and_then(|m| text_fields.iter().position(|x| x == m)),
-                score_pos: t.score.as_ref().and_then(|m| text_fields.iter().position(|x| x == m)),
-            })
-            .collect();
+        let views = build_views(pipeline);
         Ok(RedisSink {
             pipeline: pipeline.name.clone(),
-            hash: pipeline.hash.clone(),
+            hash: pipeline.redis_hash(),
             prefix: prefix.to_string(),
             durable: checkpoint.as_ref().map(|c| c.lsn),
             checkpoint,
@@ -189,66 +261,15 @@ impl RedisSink {
 
     /// Encodes one record's views into script arguments.
     fn encode(&self, record: &Record, args: &mut Vec<Vec<u8>>, written: &mut Vec<String>) -> std::result::Result<usize, String> {
-        let mut out: Vec<Vec<u8>> = vec![record.key.clone().into_bytes(), Vec::new()];
-        let mut n = 0usize;
-        for view in &self.views {
-            let Some(rendered) = view.target.key.render(|f| {
-                let pos = view.field_pos.iter().find(|(name, _)| name == f).map(|(_, p)| *p)?;
-                record.texts.get(pos).cloned().flatten()
-            }) else {
-                // A NULL field in the template: this record has no key for this view.
-                continue;
-            };
-            let key = format!("{}:{}", self.prefix, rendered);
-            let fields: Vec<(&String, &Value)> = match &view.target.fields {
-                None => record.value.iter().collect(),
-                Some(list) => list.iter().filter_map(|f| record.value.get_key_value(f)).collect(),
-            };
-            match view.target.ty {
-                RedisType::Json => {
-                    let payload = if view.target.fields.is_none() {
-                        record.json.clone()
-                    } else {
-                        let obj: serde_json::Map<String, Value> = fields.into_iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-                        serde_json::to_string(&obj).expect("JSON serializes")
-                    };
-                    if payload.len() > MAX_VALUE_BYTES {
-                        return Err(format!("the JSON view {key} would be {} bytes (limit {MAX_VALUE_BYTES})", payload.len()));
-                    }
-                    out.extend([key.clone().into_bytes(), b"json".to_vec(), b"1".to_vec(), payload.into_bytes()]);
-                }
-                RedisType::Set | RedisType::Zset => {
-                    // NULL member (or score): this record contributes nothing to the view.
-                    let Some(member) = view.member_pos.and_then(|p| record.texts.get(p).cloned().flatten()) else { continue };
-                    if view.target.ty == RedisType::Set {
-                        out.extend([key.clone().into_bytes(), b"set".to_vec(), b"1".to_vec(), member.into_bytes()]);
-                    } else {
-                        let Some(score) = view.score_pos.and_then(|p| record.texts.get(p).cloned().flatten()) else { continue };
-                        if score.trim().parse::<f64>().is_err() {
-                            return Err(format!("zset score `{score}` for {key} is not a number"));
-                        }
-                        out.extend([key.clone().into_bytes(), b"zset".to_vec(), b"2".to_vec(), member.into_bytes(), score.into_bytes()]);
-                    }
-                }
-                RedisType::Hash => {
-                    let mut pairs: Vec<Vec<u8>> = Vec::new();
-                    for (name, value) in fields {
-                        let text = match value {
-                            Value::Null => continue,
-                            Value::String(s) => s.clone(),
-                            other => other.to_string(),
-                        };
-                        pairs.push(name.clone().into_bytes());
-                        pairs.push(text.into_bytes());
-                    }
-                    out.extend([key.clone().into_bytes(), b"hash".to_vec(), pairs.len().to_string().into_bytes()]);
-                    out.extend(pairs);
-                }
-            }
-            written.push(key);
-            n += 1;
+        let views = render_views(&self.prefix, &self.views, record)?;
+        let mut out: Vec<Vec<u8>> = vec![record.key.clone().into_bytes(), views.len().to_string().into_bytes()];
+        for v in views {
+            out.push(v.key.clone().into_bytes());
+            out.push(v.kind.as_bytes().to_vec());
+            out.push(v.values.len().to_string().into_bytes());
+            out.extend(v.values.into_iter().map(String::into_bytes));
+            written.push(v.key);
         }
-        out[1] = n.to_string().into_bytes();
         let bytes = out.iter().map(Vec::len).sum();
         args.extend(out);
         Ok(bytes)
@@ -463,6 +484,11 @@ impl Sink for RedisSink {
 }
 
 impl RedisSink {
+    /// The definition hash this sink's content must be built from.
+    pub fn definition_hash(&self) -> &str {
+        &self.hash
+    }
+
     /// The checkpoint of the last commit (no I/O).
     pub fn current_checkpoint(&self) -> Option<Checkpoint> {
         self.checkpoint.clone()

@@ -101,20 +101,10 @@ impl SearchSink {
             }
         };
         let checkpoint = payload_checkpoint(&index)?;
-        if let Some(cp) = &checkpoint {
-            if cp.definition_hash.as_deref().is_some_and(|h| h != pipeline.hash) {
-                return Err(Error::config(format!(
-                    "pipeline `{}` changed since search index `{}` was built; its records must be rebuilt (run `deriver reindex {}` once available, or delete {} and restart)",
-                    pipeline.name, target.index, pipeline.name, dir.display()
-                )));
-            }
-        }
         if index.schema() != schema {
             return Err(Error::config(format!(
-                "search index `{}` at {} has a different schema than pipeline `{}` declares",
-                target.index,
-                dir.display(),
-                pipeline.name
+                "the search schema of index `{}` changed (pipeline `{}`); it needs a new index generation: run `deriver reindex {}`",
+                target.index, pipeline.name, pipeline.name
             )));
         }
         register_tokenizers(&index, target);
@@ -137,7 +127,7 @@ impl SearchSink {
         let id_pos = pipeline.text_fields().iter().position(|f| f == &target.id).expect("id is a text field");
         Ok(SearchSink {
             pipeline: pipeline.name.clone(),
-            hash: pipeline.hash.clone(),
+            hash: pipeline.search_hash(target),
             builder: DocBuilder::new(&schema, target),
             live,
             id_pos,
@@ -275,6 +265,11 @@ impl Sink for SearchSink {
 }
 
 impl SearchSink {
+    /// The definition hash this sink's content must be built from.
+    pub fn definition_hash(&self) -> &str {
+        &self.hash
+    }
+
     /// The checkpoint of the last commit (no I/O).
     pub fn current_checkpoint(&self) -> Option<Checkpoint> {
         self.checkpoint.clone()
