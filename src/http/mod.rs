@@ -97,15 +97,15 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Answers 503 when a request takes longer than [`REQUEST_TIME_LIMIT`].
-async fn time_limit(req: Request, next: Next) -> Response {
-    match tokio::time::timeout(REQUEST_TIME_LIMIT, next.run(req)).await {
+/// Answers 503 when a request takes longer than `limit` ([`REQUEST_TIME_LIMIT`]).
+async fn time_limit(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(limit, next.run(req)).await {
         Ok(resp) => resp,
         Err(_) => {
             let mut e = ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "request_timeout",
-                format!("the request did not finish within {} s", REQUEST_TIME_LIMIT.as_secs()),
+                format!("the request did not finish within {} ms", limit.as_millis()),
             );
             e.retry_after = Some(1);
             e.into_response()
@@ -354,7 +354,7 @@ pub fn router(shared: Arc<Shared>, metrics: PrometheusHandle, token: Option<Stri
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn(time_limit))
+        .layer(middleware::from_fn_with_state(REQUEST_TIME_LIMIT, time_limit))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .layer(middleware::from_fn(track))
         .with_state(state)
@@ -373,4 +373,130 @@ pub async fn serve(listen: &str, app: Router, cancel: CancellationToken) -> Resu
         }
     });
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    use crate::runtime::status::{PipelineStatus, StatusDoc};
+
+    fn shared() -> Arc<Shared> {
+        let shared = Arc::new(Shared::default());
+        let index = Arc::new(search::tests::films(12));
+        shared.indexes.write().unwrap().insert("films".into(), index);
+        let mut targets = std::collections::BTreeMap::new();
+        targets.insert("search:films".to_string(), Some(crate::source::Lsn(0x10)));
+        let mut p = PipelineStatus {
+            name: "films".into(),
+            state: "streaming".into(),
+            generation: Some(1),
+            definition_hash: String::new(),
+            applied_lsn: None,
+            targets,
+            lag_bytes: None,
+            dead_letters: 0,
+            description: None,
+            owner: None,
+            error: None,
+        };
+        p.refresh(None);
+        *shared.status.write().unwrap() = Some(StatusDoc { server_lsn: None, slot: None, pipelines: vec![p] });
+        shared
+    }
+
+    fn app(token: Option<&str>) -> Router {
+        let handle = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder().handle();
+        router(shared(), handle, token.map(str::to_string))
+    }
+
+    async fn call(app: &Router, req: axum::http::Request<Body>) -> (StatusCode, HeaderMap, String) {
+        let resp = app.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = axum::body::to_bytes(resp.into_body(), 16 << 20).await.unwrap();
+        (status, headers, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn get(path: &str) -> axum::http::Request<Body> {
+        axum::http::Request::get(path).body(Body::empty()).unwrap()
+    }
+
+    fn post(path: &str, body: impl Into<Body>) -> axum::http::Request<Body> {
+        axum::http::Request::post(path).header(header::CONTENT_TYPE, "application/json").body(body.into()).unwrap()
+    }
+
+    fn code(body: &str) -> String {
+        serde_json::from_str::<Value>(body).unwrap()["error"]["code"].as_str().unwrap_or_default().to_string()
+    }
+
+    #[tokio::test]
+    async fn routes_answer_json() {
+        let app = app(None);
+        let (s, _, body) = call(&app, post("/v1/indexes/films/search", r#"{"q": "robot", "limit": 2}"#)).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["hits"].as_array().unwrap().len(), 2);
+        assert_eq!(v["applied_lsn"], "0/10");
+        let (s, _, _) = call(&app, post("/v1/indexes/films/search", "")).await;
+        assert_eq!(s, StatusCode::OK, "an empty body is {{}}");
+        let (s, _, body) = call(&app, post("/v1/indexes/nope/search", "{}")).await;
+        assert_eq!((s, code(&body).as_str()), (StatusCode::NOT_FOUND, "unknown_index"));
+        let (s, _, body) = call(&app, post("/v1/indexes/films/search", "[1, 2")).await;
+        assert_eq!((s, code(&body).as_str()), (StatusCode::BAD_REQUEST, "invalid_request"));
+        let (s, _, body) = call(&app, get("/v1/indexes/films/documents/3")).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        let (s, _, body) = call(&app, get("/nope")).await;
+        assert_eq!((s, code(&body).as_str()), (StatusCode::NOT_FOUND, "not_found"));
+        let (s, _, body) = call(&app, get("/v1/wait")).await;
+        assert_eq!((s, code(&body).as_str()), (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"));
+        let (s, _, body) = call(&app, get("/v1/indexes")).await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(body.contains(r#""name":"films""#), "{body}");
+        // The change feed streams: look at its head only.
+        let resp = app.clone().oneshot(get("/v1/pipelines/films/changes?since=0/10")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        assert!(resp.headers()[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/event-stream"));
+        let (s, _, body) = call(&app, get("/v1/pipelines/films/changes?since=x")).await;
+        assert_eq!((s, code(&body).as_str()), (StatusCode::BAD_REQUEST, "invalid_lsn"));
+    }
+
+    #[tokio::test]
+    async fn bodies_are_limited() {
+        let app = app(None);
+        let big = format!(r#"{{"q": "{}"}}"#, "x".repeat(MAX_BODY_BYTES + 10));
+        let (s, _, body) = call(&app, post("/v1/indexes/films/search", big)).await;
+        assert_eq!((s, code(&body).as_str()), (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"));
+    }
+
+    #[tokio::test]
+    async fn slow_requests_get_a_503() {
+        let app: Router = Router::new()
+            .route("/slow", axum::routing::get(|| async { tokio::time::sleep(Duration::from_secs(30)).await }))
+            .layer(middleware::from_fn_with_state(Duration::from_millis(50), time_limit));
+        let (s, h, body) = call(&app, get("/slow")).await;
+        assert_eq!((s, code(&body).as_str()), (StatusCode::SERVICE_UNAVAILABLE, "request_timeout"));
+        assert!(h.contains_key(header::RETRY_AFTER));
+    }
+
+    #[tokio::test]
+    async fn the_token_guards_everything_but_healthz() {
+        let app = app(Some("t0k"));
+        assert_eq!(call(&app, get("/healthz")).await.0, StatusCode::OK);
+        let (s, _, body) = call(&app, get("/v1/status")).await;
+        assert_eq!((s, code(&body).as_str()), (StatusCode::UNAUTHORIZED, "unauthorized"));
+        let authed = axum::http::Request::get("/v1/status").header(header::AUTHORIZATION, "Bearer t0k").body(Body::empty()).unwrap();
+        assert_eq!(call(&app, authed).await.0, StatusCode::OK);
+        let browser = axum::http::Request::get("/").header(header::ACCEPT, "text/html").body(Body::empty()).unwrap();
+        let (s, _, html) = call(&app, browser).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        assert!(html.contains("<form id=\"login\">"), "the token form");
+        let page = axum::http::Request::get("/").header(header::AUTHORIZATION, "Bearer t0k").body(Body::empty()).unwrap();
+        let (s, h, html) = call(&app, page).await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(html.contains("id=\"pipelines\""));
+        assert!(h.contains_key(header::CONTENT_SECURITY_POLICY));
+    }
 }

@@ -460,7 +460,7 @@ pub fn lookup(index: &SearchIndex, id: &str) -> ApiResult<Option<Value>> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use serde_json::json;
     use tantivy::Index;
@@ -471,7 +471,7 @@ mod tests {
     const PIPELINE: &str = "version: 1\npipeline: films\nsource: { table: film }\nfields: { film_id: film.film_id, title: film.title, description: film.description, rating: film.rating, rate: film.rate, year: film.year, tags: film.tags }\ntargets:\n  - search:\n      id: film_id\n      fields:\n        title: { type: text, stored: true, boost: 3.0, highlight: true, fuzzy: 1 }\n        description: { type: text, stored: true, highlight: true, analyzer: en_stem }\n        rating: { type: keyword, facet: true, stored: true }\n        rate: { type: f64, filterable: true, sortable: true, stored: true }\n        year: { type: i64, sortable: true, stored: true }\n        tags: { type: keyword, facet: true, stored: true }\n      default_search_fields: [title, description]\n";
 
     /// An in-memory index of `n` films, committed in several segments.
-    fn films(n: u64) -> SearchIndex {
+    pub(crate) fn films(n: u64) -> SearchIndex {
         let p = crate::pipeline::check::check(std::path::Path::new("films.yaml"), PIPELINE).unwrap();
         let target = p.search[0].clone();
         let schema = build_schema(&target);
