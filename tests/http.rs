@@ -170,8 +170,9 @@ fn search_parameters_results_and_errors() {
         assert_eq!(r.status, 200, "q={q}: {}", r.body);
     }
     // Fuzzy matching where the field declares it, exact elsewhere.
-    let fuzzy = api.search("titles", json!({ "q": "dinosaor" })).ok();
-    assert!(ids(&fuzzy).contains(&"1".to_string()), "{fuzzy}");
+    let fuzzy = api.search("titles", json!({ "q": "dinosaor", "highlight": {} })).ok();
+    let academy_dinosaur = fuzzy["hits"].as_array().unwrap().iter().find(|h| h["id"] == "1").unwrap_or_else(|| panic!("{fuzzy}"));
+    assert_eq!(academy_dinosaur["highlights"]["title"], "ACADEMY <mark>DINOSAUR</mark>");
     assert_eq!(api.total(json!({ "q": "title:dinosaor" })), 0);
 
     // filter: and / in / range / not, checked against SQL.

@@ -222,8 +222,14 @@ fn live_index(shared: &Shared, name: &str) -> ApiResult<Arc<SearchIndex>> {
 
 /// Runs blocking index work on the blocking pool, a bounded number at once.
 async fn blocking<T: Send + 'static>(state: &AppState, f: impl FnOnce() -> ApiResult<T> + Send + 'static) -> ApiResult<T> {
-    let _permit = state.searches.clone().acquire_owned().await.map_err(|_| ApiError::internal("the server is stopping"))?;
-    tokio::task::spawn_blocking(f).await.map_err(|e| {
+    let permit = state.searches.clone().acquire_owned().await.map_err(|_| ApiError::internal("the server is stopping"))?;
+    // The permit lives as long as the blocking work, even when the request gives up first.
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        f()
+    })
+    .await
+    .map_err(|e| {
         tracing::error!(error = %e, "a search task failed");
         ApiError::internal("the search failed")
     })?

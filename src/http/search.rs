@@ -212,7 +212,7 @@ impl Plan {
     /// Runs the search (blocking).
     pub fn run(&self, index: &SearchIndex, cache: &IdOrdCache, applied_lsn: Option<Lsn>) -> ApiResult<SearchResponse> {
         let started = Instant::now();
-        let text = compile_text(&self.parsed, index, false);
+        let text = compile_text(&self.parsed, index, None);
         let mut parts: Vec<(Occur, Box<dyn Query>)> = Vec::new();
         parts.push((Occur::Must, text.unwrap_or_else(|| Box::new(AllQuery))));
         if let Some(f) = &self.filter {
@@ -272,7 +272,7 @@ impl Plan {
     }
 
     fn snippet_generators(&self, index: &SearchIndex, searcher: &Searcher, h: &Highlight) -> ApiResult<Vec<(String, SnippetGenerator)>> {
-        let Some(positive) = compile_text(&self.parsed, index, true) else { return Ok(Vec::new()) };
+        let Some(positive) = compile_text(&self.parsed, index, Some(searcher)) else { return Ok(Vec::new()) };
         let mut out = Vec::new();
         for name in &h.fields {
             let f = index.schema.get_field(name)?;
@@ -313,15 +313,17 @@ fn top_counts(counts: HashMap<String, u64>, size: usize) -> Map<String, Value> {
     v.into_iter().take(size).map(|(k, n)| (k, Value::from(n))).collect()
 }
 
-/// The query of `q`; `None` when it matches everything. `positive_only` leaves out the negated
-/// terms (for highlighting).
-fn compile_text(parsed: &ParsedQuery, index: &SearchIndex, positive_only: bool) -> Option<Box<dyn Query>> {
+/// The query of `q`; `None` when it matches everything. `highlight` gives the query for
+/// snippets instead: positive terms only, fuzzy terms expanded to the indexed terms they match
+/// in that searcher.
+fn compile_text(parsed: &ParsedQuery, index: &SearchIndex, highlight: Option<&Searcher>) -> Option<Box<dyn Query>> {
+    let positive_only = highlight.is_some();
     let mut must: Vec<(Occur, Box<dyn Query>)> = Vec::new();
     let mut any_positive = false;
     for clause in &parsed.clauses {
         match clause {
             Clause::Any(terms) => {
-                let alts: Vec<Box<dyn Query>> = terms.iter().filter_map(|t| term_query(t, index)).collect();
+                let alts: Vec<Box<dyn Query>> = terms.iter().filter_map(|t| term_query(t, index, highlight)).collect();
                 let q: Box<dyn Query> = match alts.len() {
                     0 => continue,
                     1 => alts.into_iter().next()?,
@@ -332,7 +334,7 @@ fn compile_text(parsed: &ParsedQuery, index: &SearchIndex, positive_only: bool) 
             }
             Clause::Not(term) => {
                 if !positive_only {
-                    if let Some(q) = term_query(term, index) {
+                    if let Some(q) = term_query(term, index, None) {
                         must.push((Occur::MustNot, filter::excludable(q)));
                     }
                 }
@@ -350,7 +352,7 @@ fn compile_text(parsed: &ParsedQuery, index: &SearchIndex, positive_only: bool) 
 
 /// One term over its field or the default search fields; `None` when it yields no token at all
 /// (such a term is left out rather than matching nothing).
-fn term_query(term: &query::Term, index: &SearchIndex) -> Option<Box<dyn Query>> {
+fn term_query(term: &query::Term, index: &SearchIndex, expand: Option<&Searcher>) -> Option<Box<dyn Query>> {
     let names: Vec<&str> = match &term.field {
         Some(f) => vec![f.as_str()],
         None => index.target.default_search_fields.iter().map(String::as_str).collect(),
@@ -365,7 +367,7 @@ fn term_query(term: &query::Term, index: &SearchIndex) -> Option<Box<dyn Query>>
             }
             continue;
         };
-        if let Some(q) = field_query(decl, handle, &term.text, term.phrase, index) {
+        if let Some(q) = field_query(decl, handle, &term.text, term.phrase, index, expand) {
             alts.push(if (decl.boost - 1.0).abs() > f32::EPSILON { Box::new(BoostQuery::new(q, decl.boost)) } else { q });
         }
     }
@@ -392,6 +394,32 @@ fn analyze(index: &SearchIndex, handle: Field, text: &str) -> Vec<(usize, String
     out
 }
 
+/// Fuzzy terms beyond this many are not highlighted.
+const MAX_FUZZY_EXPANSIONS: usize = 64;
+
+/// The indexed terms a fuzzy query matches, as plain term queries (snippets need terms).
+fn expand_fuzzy(fuzzy: &FuzzyTermQuery, field: Field, searcher: &Searcher) -> Box<dyn Query> {
+    let mut terms = std::collections::BTreeSet::new();
+    'segments: for seg in searcher.segment_readers() {
+        let (Ok(inv), Ok(automaton)) = (seg.inverted_index(field), fuzzy.automaton()) else { continue };
+        let Ok(mut stream) = inv.terms().search(automaton).into_stream() else { continue };
+        while stream.advance() {
+            if let Ok(t) = std::str::from_utf8(stream.key()) {
+                terms.insert(t.to_string());
+            }
+            if terms.len() >= MAX_FUZZY_EXPANSIONS {
+                break 'segments;
+            }
+        }
+    }
+    Box::new(BooleanQuery::new(
+        terms
+            .into_iter()
+            .map(|t| (Occur::Should, Box::new(TermQuery::new(Term::from_field_text(field, &t), IndexRecordOption::Basic)) as Box<dyn Query>))
+            .collect(),
+    ))
+}
+
 /// The fuzzy distance actually used for a token: short tokens match exactly.
 fn fuzzy_distance(declared: u8, token: &str) -> u8 {
     match token.chars().count() {
@@ -402,7 +430,7 @@ fn fuzzy_distance(declared: u8, token: &str) -> u8 {
     }
 }
 
-fn field_query(decl: &SearchField, handle: Field, text: &str, phrase: bool, index: &SearchIndex) -> Option<Box<dyn Query>> {
+fn field_query(decl: &SearchField, handle: Field, text: &str, phrase: bool, index: &SearchIndex, expand: Option<&Searcher>) -> Option<Box<dyn Query>> {
     match decl.ty {
         SearchType::Text => {
             let tokens = analyze(index, handle, text);
@@ -413,11 +441,14 @@ fn field_query(decl: &SearchField, handle: Field, text: &str, phrase: bool, inde
                     let exact: Box<dyn Query> = Box::new(TermQuery::new(term.clone(), IndexRecordOption::WithFreqs));
                     let distance = if phrase { 0 } else { fuzzy_distance(decl.fuzzy, &tokens[0].1) };
                     if distance == 0 {
-                        Some(exact)
-                    } else {
-                        let fuzzy: Box<dyn Query> = Box::new(FuzzyTermQuery::new(term, distance, true));
-                        Some(Box::new(BooleanQuery::new(vec![(Occur::Should, exact), (Occur::Should, fuzzy)])))
+                        return Some(exact);
                     }
+                    let fuzzy = FuzzyTermQuery::new(term, distance, true);
+                    let fuzzy: Box<dyn Query> = match expand {
+                        None => Box::new(fuzzy),
+                        Some(searcher) => expand_fuzzy(&fuzzy, handle, searcher),
+                    };
+                    Some(Box::new(BooleanQuery::new(vec![(Occur::Should, exact), (Occur::Should, fuzzy)])))
                 }
                 _ => {
                     let first = tokens[0].0;
@@ -534,9 +565,10 @@ pub(crate) mod tests {
         assert!(r.total.value > 0);
         let r = run(&idx, json!({ "q": "year:notanumber" })).unwrap();
         assert_eq!(r.total.value, 0);
-        // Fuzzy: one typo in a title word.
-        let r = run(&idx, json!({ "q": "title:robat" })).unwrap();
+        // Fuzzy: one typo in a title word, highlighted as the word it matched.
+        let r = run(&idx, json!({ "q": "title:robat", "highlight": {} })).unwrap();
         assert_eq!(r.total.value, 10);
+        assert!(r.hits[0].highlights["title"].as_str().unwrap().contains("<mark>Robot</mark>"), "{:?}", r.hits[0].highlights);
         // Title matches rank before description-only matches (boost 3).
         let r = run(&idx, json!({ "q": "robot", "limit": 10 })).unwrap();
         assert!(r.hits.iter().all(|h| h.doc["title"].as_str().unwrap().contains("Robot")), "{:?}", ids(&r));
