@@ -169,31 +169,11 @@ pub fn stream(shared: Arc<Shared>, floors: Arc<Floors>, pipeline: String, since:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::status::{PipelineStatus, StatusDoc};
     use futures::StreamExt;
-    use std::collections::BTreeMap;
     use std::time::Duration;
 
     fn shared(applied: Lsn) -> Arc<Shared> {
-        let shared = Arc::new(Shared::default());
-        let mut targets = BTreeMap::new();
-        targets.insert("search:films".to_string(), Some(applied));
-        let mut p = PipelineStatus {
-            name: "films".into(),
-            state: "streaming".into(),
-            generation: Some(1),
-            definition_hash: String::new(),
-            applied_lsn: None,
-            targets,
-            lag_bytes: None,
-            dead_letters: 0,
-            description: None,
-            owner: None,
-            error: None,
-        };
-        p.refresh(None);
-        *shared.status.write().unwrap() = Some(StatusDoc { server_lsn: None, slot: None, pipelines: vec![p] });
-        shared
+        crate::http::testing::shared_with(Some(applied))
     }
 
     fn notice(pipeline: &str, lsn: u64, key: &str) -> ChangeNotice {

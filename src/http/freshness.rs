@@ -104,30 +104,10 @@ pub async fn wait(shared: &Shared, req: WaitRequest) -> ApiResult<Option<Lsn>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::runtime::status::{PipelineStatus, StatusDoc};
-    use std::collections::BTreeMap;
     use std::sync::Arc;
 
     fn shared_with(applied: Option<Lsn>) -> Arc<Shared> {
-        let shared = Arc::new(Shared::default());
-        let mut targets = BTreeMap::new();
-        targets.insert("search:films".to_string(), applied);
-        let mut p = PipelineStatus {
-            name: "films".into(),
-            state: "streaming".into(),
-            generation: Some(1),
-            definition_hash: String::new(),
-            applied_lsn: None,
-            targets,
-            lag_bytes: None,
-            dead_letters: 0,
-            description: None,
-            owner: None,
-            error: None,
-        };
-        p.refresh(None);
-        *shared.status.write().unwrap() = Some(StatusDoc { server_lsn: None, slot: None, pipelines: vec![p] });
-        shared
+        crate::http::testing::shared_with(applied)
     }
 
     fn set_applied(shared: &Shared, lsn: Lsn) {

@@ -381,35 +381,46 @@ pub async fn serve(listen: &str, app: Router, cancel: CancellationToken) -> Resu
     Ok(())
 }
 
+/// Test helpers: a `Shared` holding a status document with one pipeline.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use crate::runtime::status::{Shared, StatusDoc};
+    use crate::source::Lsn;
+
+    /// A `Shared` whose status has pipeline `films` with target `search:films` at `applied`.
+    /// (Built from JSON so that new optional status fields need no change here.)
+    pub fn shared_with(applied: Option<Lsn>) -> Arc<Shared> {
+        let shared = Arc::new(Shared::default());
+        let doc = serde_json::json!({
+            "server_lsn": null,
+            "slot": null,
+            "pipelines": [{
+                "name": "films", "state": "streaming", "generation": 1, "definition_hash": "",
+                "applied_lsn": null, "targets": { "search:films": applied }, "lag_bytes": null, "dead_letters": 0
+            }]
+        });
+        let mut doc: StatusDoc = serde_json::from_value(doc).expect("a status document");
+        for p in &mut doc.pipelines {
+            p.refresh(None);
+        }
+        *shared.status.write().unwrap() = Some(doc);
+        shared
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use axum::body::Body;
     use tower::ServiceExt;
 
-    use crate::runtime::status::{PipelineStatus, StatusDoc};
 
     fn shared() -> Arc<Shared> {
-        let shared = Arc::new(Shared::default());
+        let shared = testing::shared_with(Some(crate::source::Lsn(0x10)));
         let index = Arc::new(search::tests::films(12));
         shared.indexes.write().unwrap().insert("films".into(), index);
-        let mut targets = std::collections::BTreeMap::new();
-        targets.insert("search:films".to_string(), Some(crate::source::Lsn(0x10)));
-        let mut p = PipelineStatus {
-            name: "films".into(),
-            state: "streaming".into(),
-            generation: Some(1),
-            definition_hash: String::new(),
-            applied_lsn: None,
-            targets,
-            lag_bytes: None,
-            dead_letters: 0,
-            description: None,
-            owner: None,
-            error: None,
-        };
-        p.refresh(None);
-        *shared.status.write().unwrap() = Some(StatusDoc { server_lsn: None, slot: None, pipelines: vec![p] });
         shared
     }
 
