@@ -54,6 +54,9 @@ pub struct IndexConfig {
     /// Memory budget of each tantivy writer.
     #[serde(default = "default_writer_mb")]
     pub writer_memory_mb: usize,
+    /// Previous generations kept for rollback after a reindex.
+    #[serde(default = "default_keep_generations")]
+    pub keep_generations: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -101,6 +104,9 @@ fn default_index_dir() -> PathBuf {
 fn default_writer_mb() -> usize {
     128
 }
+fn default_keep_generations() -> usize {
+    1
+}
 fn default_listen() -> String {
     "127.0.0.1:7700".into()
 }
@@ -130,7 +136,7 @@ impl Default for RedisConfig {
 }
 impl Default for IndexConfig {
     fn default() -> Self {
-        IndexConfig { dir: default_index_dir(), writer_memory_mb: default_writer_mb() }
+        IndexConfig { dir: default_index_dir(), writer_memory_mb: default_writer_mb(), keep_generations: default_keep_generations() }
     }
 }
 impl Default for HttpConfig {

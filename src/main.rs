@@ -83,6 +83,10 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             let cfg = Config::load(cli.config.as_deref())?;
             cli::preview::run(&cfg, &args.pipeline, &args.keys).await
         }
+        Command::Reindex(args) => {
+            let cfg = Config::load(cli.config.as_deref())?;
+            cli::reindex::run(&cfg, args.pipelines, args.all, args.rollback).await
+        }
         Command::Plan => {
             let cfg = Config::load(cli.config.as_deref())?;
             cli::plan::run(&cfg).await

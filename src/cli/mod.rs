@@ -3,6 +3,7 @@
 pub mod pipeline_test;
 pub mod plan;
 pub mod preview;
+pub mod reindex;
 pub mod setup;
 pub mod status;
 pub mod validate;
@@ -45,6 +46,20 @@ pub enum Command {
     Preview(PreviewArgs),
     /// Per pipeline: `unchanged`, `in-place` or `rebuild`, comparing the files with what is deployed.
     Plan,
+    /// Full reprocess into a new index generation while streaming goes on, then an atomic swap (asks the daemon when one runs).
+    Reindex(ReindexArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ReindexArgs {
+    /// Pipelines to reprocess.
+    pub pipelines: Vec<String>,
+    /// Reprocess every pipeline.
+    #[arg(long, conflicts_with = "pipelines")]
+    pub all: bool,
+    /// Swap back to the previous generation (while it is kept) instead.
+    #[arg(long)]
+    pub rollback: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -16,10 +16,16 @@ use crate::source::postgres as pg;
 /// A minimal HTTP/1.1 GET against the daemon's own API (loopback, no TLS). `None` when nothing
 /// listens there.
 pub async fn daemon_get(listen: &str, path: &str, token: Option<&str>) -> Option<(u16, String)> {
+    daemon_request(listen, "GET", path, token, None).await
+}
+
+/// A minimal HTTP/1.1 request against the daemon's own API. `None` when nothing listens there.
+pub async fn daemon_request(listen: &str, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Option<(u16, String)> {
     let addr = listen.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]");
     let mut stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&addr)).await.ok()?.ok()?;
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}Connection: close\r\n\r\n");
+    let body_head = body.map(|b| format!("Content-Type: application/json\r\nContent-Length: {}\r\n", b.len())).unwrap_or_default();
+    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{body_head}Connection: close\r\n\r\n{}", body.unwrap_or(""));
     stream.write_all(req.as_bytes()).await.ok()?;
     let mut buf = Vec::new();
     tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf)).await.ok()?.ok()?;
@@ -97,6 +103,7 @@ async fn offline(cfg: &Config) -> Result<StatusDoc> {
             description: def.description.clone(),
             owner: def.owner.clone(),
             error: None,
+            reindex: None,
         };
         p.refresh(server_lsn);
         pipelines.push(p);

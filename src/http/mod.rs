@@ -11,6 +11,7 @@
 //! streaming answer — the change feed — counts until its headers). Searches run on the blocking
 //! thread pool, at most [`MAX_CONCURRENT_SEARCHES`] at once.
 
+pub mod admin;
 pub mod changes;
 pub mod error;
 pub mod filter;
@@ -301,6 +302,14 @@ async fn list_indexes(State(state): State<AppState>) -> Response {
     Json(json!({ "indexes": list })).into_response()
 }
 
+async fn admin_reindex(State(state): State<AppState>, body: std::result::Result<Bytes, BytesRejection>) -> ApiResult<Response> {
+    admin::reindex(&state.shared, json_body(body)?).await
+}
+
+async fn admin_rollback(State(state): State<AppState>, body: std::result::Result<Bytes, BytesRejection>) -> ApiResult<Response> {
+    admin::rollback(&state.shared, json_body(body)?).await
+}
+
 async fn wait(State(state): State<AppState>, body: std::result::Result<Bytes, BytesRejection>) -> ApiResult<Response> {
     let req: freshness::WaitRequest = json_body(body)?;
     let applied = freshness::wait(&state.shared, req).await?;
@@ -357,6 +366,8 @@ pub fn router(shared: Arc<Shared>, metrics: PrometheusHandle, token: Option<Stri
         .route("/v1/indexes/{index}/documents/{id}", get(document))
         .route("/v1/wait", post(wait))
         .route("/v1/pipelines/{pipeline}/changes", get(changes))
+        .route("/v1/admin/reindex", post(admin_reindex))
+        .route("/v1/admin/rollback", post(admin_rollback))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

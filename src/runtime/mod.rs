@@ -9,13 +9,13 @@
 pub mod deps;
 pub mod derive;
 pub mod dirty;
+pub mod reindex;
 pub mod status;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::{pin_mut, TryStreamExt};
 use tokio::sync::mpsc;
 use tokio_postgres::{Client, Statement};
 use tokio_util::sync::CancellationToken;
@@ -31,7 +31,7 @@ use crate::sink::{AnySink, BatchMode, Rejected, Sink, Write};
 use crate::source::postgres::{self as pg, TableInfo};
 use crate::source::walstream::{self, Acker};
 use crate::source::{Interest, Lsn, RowChange, SourceEvent, TableName};
-use derive::{derive_keys, row_to_record, KeyTuple};
+use derive::{derive_keys, KeyTuple};
 use dirty::DirtyKeys;
 use status::{PipelineStatus, Shared, SlotStatus, StatusDoc};
 
@@ -64,6 +64,11 @@ impl PipelineRt {
             _ => None,
         })
     }
+}
+
+/// The file that records a requested reindex of an index until its new generation is live.
+fn reindex_marker(cfg: &Config, index: &str) -> std::path::PathBuf {
+    cfg.index.dir.join(index).join("REINDEX")
 }
 
 /// Loads pipelines, checks the source and resolves every table against the catalog.
@@ -118,6 +123,17 @@ pub struct Daemon {
     cancel: CancellationToken,
     /// Ignore the sinks' checkpoints and re-derive everything from a new slot.
     resnapshot: bool,
+    /// Full reprocesses in progress.
+    rebuilds: Vec<reindex::Rebuild>,
+    next_rebuild: u64,
+    built_tx: mpsc::Sender<reindex::Built>,
+    built_rx: Option<mpsc::Receiver<reindex::Built>>,
+    admin_rx: Option<mpsc::Receiver<status::AdminRequest>>,
+    /// Per index, since the last swap: the previous generation and the keys re-derived since, so
+    /// a rollback can catch it up.
+    since_swap: HashMap<String, (usize, u64, DirtyKeys)>,
+    /// Pipelines whose reindex was requested before a restart (marker files).
+    pending_reindex: Vec<usize>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -273,7 +289,37 @@ impl Daemon {
             }
             pipelines.push(PipelineRt { key: info.key.clone(), table: info, def, sql, stmt: Some(stmt), sinks, dead_letters: 0, key_pos, deps });
         }
-        let daemon = Daemon { cfg, pipelines, pg: client, interest, routes, shared, cancel, resnapshot };
+        let (built_tx, built_rx) = mpsc::channel(16);
+        let (admin_tx, admin_rx) = mpsc::channel(16);
+        *shared.admin.lock().expect("admin lock") = Some(admin_tx);
+        // Interrupted builds (generations newer than the live one) go; requested reindexes resume.
+        let mut pending_reindex = Vec::new();
+        for (i, p) in pipelines.iter().enumerate() {
+            for t in &p.def.search {
+                crate::sink::tantivy::collect_garbage(&cfg.index.dir, &t.index, cfg.index.keep_generations, None)?;
+                if reindex_marker(&cfg, &t.index).exists() && !pending_reindex.contains(&i) {
+                    info!(pipeline = %p.def.name, "resuming a requested reindex that was interrupted (it starts over)");
+                    pending_reindex.push(i);
+                }
+            }
+        }
+        let daemon = Daemon {
+            cfg,
+            pipelines,
+            pg: client,
+            interest,
+            routes,
+            shared,
+            cancel,
+            resnapshot,
+            rebuilds: Vec::new(),
+            next_rebuild: 1,
+            built_tx,
+            built_rx: Some(built_rx),
+            admin_rx: Some(admin_rx),
+            since_swap: HashMap::new(),
+            pending_reindex,
+        };
         daemon.publish_status("snapshotting").await;
         Ok(daemon)
     }
@@ -305,6 +351,7 @@ impl Daemon {
                 description: p.def.description.clone(),
                 owner: p.def.owner.clone(),
                 error: None,
+                reindex: None,
             });
         }
         let server_lsn = pg::current_wal_lsn(&self.pg).await.ok();
@@ -441,8 +488,12 @@ impl Daemon {
             let name = p.def.name.clone();
             info!(pipeline = %name, %lsn, "deriving every record");
             let started = Instant::now();
-            for s in &mut p.sinks {
-                s.begin(lsn, BatchMode::Replace).await?;
+            let mut active = Vec::new();
+            for (j, s) in p.sinks.iter_mut().enumerate() {
+                // A frozen search generation declines: a new generation replaces it.
+                if s.begin(lsn, BatchMode::Replace).await? {
+                    active.push(j);
+                }
             }
             // The ledger's rows come from the same snapshot.
             let ledger_sql: Vec<(usize, usize, String)> =
@@ -459,37 +510,10 @@ impl Daemon {
                     }
                 }
             }
-            let stream = client.query_raw(p.sql.bulk.as_str(), std::iter::empty::<&str>()).await.map_err(Error::from)?;
-            pin_mut!(stream);
-            let mut buf = Vec::with_capacity(chunk);
-            let mut total = 0u64;
-            let mut last_log = Instant::now();
-            loop {
-                let row = stream.try_next().await.map_err(Error::from)?;
-                let done = row.is_none();
-                if let Some(row) = row {
-                    match row_to_record(&row) {
-                        Ok(r) => buf.push(Write::Upsert(r)),
-                        Err(e) => p.dead_letters += reject(&name, &[Rejected { key: "?".into(), reason: e.to_string() }]),
-                    }
-                    total += 1;
-                }
-                if buf.len() >= chunk || (done && !buf.is_empty()) {
-                    for s in &mut p.sinks {
-                        let rejected = s.write(&buf).await?;
-                        p.dead_letters += reject(&name, &rejected);
-                    }
-                    buf.clear();
-                }
-                if last_log.elapsed() > Duration::from_secs(10) {
-                    info!(pipeline = %name, rows = total, "still deriving");
-                    last_log = Instant::now();
-                }
-                if done {
-                    break;
-                }
-            }
-            for s in &mut p.sinks {
+            let mut sinks: Vec<&mut AnySink> = p.sinks.iter_mut().enumerate().filter(|(j, _)| active.contains(j)).map(|(_, s)| s).collect();
+            let (total, rejected) = reindex::stream_bulk(client, &p.sql.bulk, chunk, &mut sinks, None, &name).await?;
+            p.dead_letters += reject(&name, &rejected);
+            for s in sinks {
                 s.commit().await?;
             }
             if p.def.on_error == OnError::Stop && p.dead_letters > 0 {
@@ -571,7 +595,35 @@ impl Daemon {
         }
     }
 
-    async fn apply_loop(&mut self, mut rx: mpsc::Receiver<Result<SourceEvent>>, acker: &Acker, start: Lsn) -> Result<()> {
+    async fn apply_loop(&mut self, rx: mpsc::Receiver<Result<SourceEvent>>, acker: &Acker, start: Lsn) -> Result<()> {
+        let mut built_rx = self.built_rx.take().expect("built receiver");
+        let mut admin_rx = self.admin_rx.take().expect("admin receiver");
+        let result = self.apply_loop_inner(rx, acker, start, &mut built_rx, &mut admin_rx).await;
+        self.built_rx = Some(built_rx);
+        self.admin_rx = Some(admin_rx);
+        result
+    }
+
+    async fn apply_loop_inner(
+        &mut self,
+        mut rx: mpsc::Receiver<Result<SourceEvent>>,
+        acker: &Acker,
+        start: Lsn,
+        built_rx: &mut mpsc::Receiver<reindex::Built>,
+        admin_rx: &mut mpsc::Receiver<status::AdminRequest>,
+    ) -> Result<()> {
+        // Search indexes built from another definition are rebuilt in the background; so are
+        // reindexes requested before a restart.
+        for i in 0..self.pipelines.len() {
+            let frozen = self.pipelines[i].sinks.iter().any(|s| matches!(s, AnySink::Search(x) if x.is_frozen()));
+            if frozen {
+                info!(pipeline = %self.pipelines[i].def.name, "its search definition changed: building a new index generation in the background");
+                self.start_rebuild(i, false, start).await?;
+            }
+        }
+        for i in std::mem::take(&mut self.pending_reindex) {
+            self.start_rebuild(i, true, start).await?;
+        }
         let mut batch = self.new_batch();
         let mut in_txn = false;
         let mut applied = start;
@@ -635,6 +687,15 @@ impl Daemon {
                         }
                     }
                 }
+                Some(built) = built_rx.recv(), if !in_txn => {
+                    applied = self.flush(&mut batch, applied).await?;
+                    self.finish_rebuild(built, applied).await?;
+                    self.ack(acker, false).await;
+                }
+                Some(req) = admin_rx.recv(), if !in_txn => {
+                    applied = self.flush(&mut batch, applied).await?;
+                    self.admin(req, applied).await;
+                }
                 _ = flush_tick.tick() => {
                     if !in_txn && batch.started.is_some_and(|t| t.elapsed() >= max_wait) {
                         applied = self.flush(&mut batch, applied).await?;
@@ -651,6 +712,9 @@ impl Daemon {
                     }
                     self.ack(acker, false).await;
                     self.refresh_server_status().await;
+                    if !self.rebuilds.is_empty() {
+                        self.publish_reindex_status();
+                    }
                 }
             }
         }
@@ -742,6 +806,10 @@ impl Daemon {
                 continue;
             }
             if dirty.rederive_all {
+                for r in self.rebuilds.iter_mut().filter(|r| r.pipeline == i) {
+                    r.restart = true;
+                }
+                self.since_swap.retain(|_, (pi, _, _)| *pi != i);
                 // A dependency table was truncated: every record may change.
                 info!(pipeline = %self.pipelines[i].def.name, "a table this pipeline joins was truncated: re-deriving every record");
                 let client = pg::connect(self.cfg.postgres_url()?).await?;
@@ -766,6 +834,26 @@ impl Daemon {
                     let keys = self.pipelines[i].deps[di].source_keys(&self.pg, &part).await?;
                     for k in keys {
                         dirty.keys.insert(k)?;
+                    }
+                }
+            }
+            // Rebuilds of this pipeline need every key re-derived after they started.
+            if self.rebuilds.iter().any(|r| r.pipeline == i) || self.since_swap.values().any(|(pi, _, _)| *pi == i) {
+                if dirty.truncate {
+                    for r in self.rebuilds.iter_mut().filter(|r| r.pipeline == i) {
+                        r.restart = true;
+                    }
+                    self.since_swap.retain(|_, (pi, _, _)| *pi != i);
+                }
+                let mut chunks = dirty.keys.chunks(chunk)?;
+                while let Some(part) = chunks.next_chunk()? {
+                    for k in &part {
+                        for r in self.rebuilds.iter_mut().filter(|r| r.pipeline == i) {
+                            r.log.insert(k.clone())?;
+                        }
+                        for (_, (_, _, log)) in self.since_swap.iter_mut().filter(|(_, (pi, _, _))| *pi == i) {
+                            log.insert(k.clone())?;
+                        }
                     }
                 }
             }
@@ -829,6 +917,331 @@ impl Daemon {
             self.shared.notify_change(status::ChangeNotice { pipeline: p.def.name.clone(), lsn, keys: upserted, deleted });
         }
         Ok(())
+    }
+
+    /// Starts a background full reprocess of a pipeline: a new generation for each search target
+    /// (and, when `redis`, a rewrite of its Redis views in place), from position `from`.
+    async fn start_rebuild(&mut self, i: usize, redis: bool, from: Lsn) -> Result<Vec<String>> {
+        let mut started = Vec::new();
+        let total = reindex::estimate_rows(&self.pg, &self.pipelines[i].def.source.table).await;
+        let search_sinks: Vec<usize> =
+            self.pipelines[i].sinks.iter().enumerate().filter(|(_, s)| matches!(s, AnySink::Search(_))).map(|(j, _)| j).collect();
+        let mut redis_done = !redis || self.pipelines[i].def.redis.is_empty();
+        let jobs: Vec<Option<usize>> = if search_sinks.is_empty() { vec![None] } else { search_sinks.into_iter().map(Some).collect() };
+        for j in jobs {
+            if self.rebuilds.iter().any(|r| r.pipeline == i && r.sink == j) {
+                continue;
+            }
+            let p = &self.pipelines[i];
+            let (search, index, generation) = match j {
+                Some(j) => {
+                    let AnySink::Search(live) = &p.sinks[j] else { unreachable!("a search sink") };
+                    let target = p.def.search.iter().find(|t| t.index == live.index().name).expect("target").clone();
+                    let gen = crate::sink::tantivy::next_generation(&self.cfg.index.dir, &target.index)?;
+                    let sink = SearchSink::create_generation(&self.cfg.index.dir, &p.def, &target, gen, self.cfg.index.writer_memory_mb)?;
+                    if redis {
+                        std::fs::write(reindex_marker(&self.cfg, &target.index), "requested\n")?;
+                    }
+                    (Some(AnySink::Search(sink)), target.index.clone(), Some(gen))
+                }
+                None if redis_done => continue,
+                None => (None, String::new(), None),
+            };
+            let redis_sink = if !redis_done {
+                redis_done = true;
+                let url = self.cfg.redis_url()?;
+                Some(AnySink::Redis(RedisSink::open(url, &self.cfg.redis.prefix, &p.def, self.cfg.redis.durability_delay_ms).await?))
+            } else {
+                None
+            };
+            let rewrite_redis = redis_sink.is_some();
+            let progress = reindex::Progress::new(total);
+            let id = self.next_rebuild;
+            self.next_rebuild += 1;
+            let job = reindex::BuildJob {
+                id,
+                url: self.cfg.postgres_url()?.to_string(),
+                sql: p.sql.bulk.clone(),
+                chunk: self.cfg.runtime.derive_chunk,
+                from,
+                search,
+                redis: redis_sink,
+                progress: progress.clone(),
+                pipeline: p.def.name.clone(),
+            };
+            let tx = self.built_tx.clone();
+            tokio::spawn(async move {
+                let built = job.run().await;
+                let _ = tx.send(built).await;
+            });
+            info!(pipeline = %p.def.name, index = %index, generation = ?generation, %from, "full reprocess started");
+            started.push(p.def.name.clone());
+            self.rebuilds.push(reindex::Rebuild {
+                id,
+                pipeline: i,
+                sink: j,
+                index,
+                generation,
+                from,
+                log: DirtyKeys::new(self.cfg.runtime.dirty_keys_in_memory),
+                progress,
+                redis: rewrite_redis,
+                restart: false,
+            });
+        }
+        self.publish_reindex_status();
+        Ok(started)
+    }
+
+    /// Derives `keys` and writes them to `sink` at `lsn` with `mode` (`sink` = None: the live
+    /// sink `live` of pipeline `i`).
+    async fn catch_up_sink(&mut self, i: usize, sink: Option<&mut AnySink>, live: usize, keys: &mut DirtyKeys, lsn: Lsn, mode: BatchMode) -> Result<u64> {
+        let chunk = self.cfg.runtime.derive_chunk.max(1);
+        let p = &mut self.pipelines[i];
+        let stmt = p.stmt.clone().ok_or_else(|| Error::transient("no prepared statement"))?;
+        let n_key = p.key.len();
+        let sink: &mut AnySink = match sink {
+            Some(s) => s,
+            None => &mut p.sinks[live],
+        };
+        if !sink.begin(lsn, mode).await? {
+            return Ok(0);
+        }
+        let mut n = 0u64;
+        let mut chunks = keys.chunks(chunk)?;
+        while let Some(part) = chunks.next_chunk()? {
+            let (writes, rejected) = derive_keys(&self.pg, &stmt, n_key, &part).await?;
+            n += writes.len() as u64;
+            p.dead_letters += reject(&p.def.name, &rejected);
+            let rejected = sink.write(&writes).await?;
+            p.dead_letters += reject(&p.def.name, &rejected);
+        }
+        sink.commit().await?;
+        Ok(n)
+    }
+
+    /// A background build finished: catch the new generation up and make it live.
+    async fn finish_rebuild(&mut self, built: reindex::Built, applied: Lsn) -> Result<()> {
+        let Some(pos) = self.rebuilds.iter().position(|r| r.id == built.id) else { return Ok(()) };
+        let mut r = self.rebuilds.remove(pos);
+        let name = self.pipelines[r.pipeline].def.name.clone();
+        let mut new = match built.result {
+            Err(e) => {
+                error!(pipeline = %name, error = %e, "the full reprocess failed; the live generation stays");
+                self.set_pipeline_error(r.pipeline, Some(format!("reindex failed: {e}")));
+                let frozen = r.sink.is_some_and(|j| matches!(&self.pipelines[r.pipeline].sinks[j], AnySink::Search(s) if s.is_frozen()));
+                if frozen || r.restart {
+                    // The live index is from another definition: try again.
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    self.start_rebuild(r.pipeline, r.redis, applied).await?;
+                }
+                self.publish_reindex_status();
+                return Ok(());
+            }
+            Ok(s) => s,
+        };
+        if r.restart {
+            info!(pipeline = %name, "the source was truncated during the reprocess: starting it over");
+            drop(new);
+            self.start_rebuild(r.pipeline, r.redis, applied).await?;
+            return Ok(());
+        }
+        // Catch up: every key re-derived since `from`, at the current position.
+        let i = r.pipeline;
+        let mut log = std::mem::replace(&mut r.log, DirtyKeys::new(1));
+        let caught = self.catch_up_sink(i, Some(&mut new), 0, &mut log, applied, BatchMode::Incremental { clear_all: false }).await?;
+        if r.redis {
+            if let Some(j) = self.pipelines[i].sinks.iter().position(|s| matches!(s, AnySink::Redis(_))) {
+                self.catch_up_sink(i, None, j, &mut log, applied, BatchMode::Repair).await?;
+            }
+        }
+        if let (Some(j), Some(gen)) = (r.sink, r.generation) {
+            let AnySink::Search(new_search) = &new else { unreachable!("a search sink") };
+            // The new generation may still sit at `from` (nothing changed meanwhile): move it on.
+            crate::sink::tantivy::set_current(&self.cfg.index.dir, &r.index, gen)?;
+            self.shared.indexes.write().expect("lock").insert(r.index.clone(), new_search.index());
+            let old = std::mem::replace(&mut self.pipelines[i].sinks[j], new);
+            let (old_gen, old_frozen) = match &old {
+                AnySink::Search(s) => (s.generation(), s.is_frozen()),
+                _ => (0, true),
+            };
+            drop(old);
+            if !old_frozen {
+                self.since_swap.insert(r.index.clone(), (i, old_gen, DirtyKeys::new(self.cfg.runtime.dirty_keys_in_memory)));
+            } else {
+                self.since_swap.remove(&r.index);
+            }
+            let _ = std::fs::remove_file(reindex_marker(&self.cfg, &r.index));
+            let removed = crate::sink::tantivy::collect_garbage(&self.cfg.index.dir, &r.index, self.cfg.index.keep_generations, None)?;
+            info!(pipeline = %name, index = %r.index, generation = gen, previous = old_gen, caught_up = caught, removed = ?removed, "the new generation is live");
+            // Bring the checkpoint to the current position even when nothing needed catching up.
+            self.checkpoint_idle_sinks(applied).await?;
+        } else {
+            info!(pipeline = %name, caught_up = caught, "the Redis views were rewritten");
+        }
+        self.set_pipeline_error(i, None);
+        self.shared.notify_change(status::ChangeNotice { pipeline: name, lsn: applied, keys: vec!["*".into()], deleted: Vec::new() });
+        self.update_targets(applied);
+        self.publish_reindex_status();
+        Ok(())
+    }
+
+    /// Full reprocess with no daemon running: builds new generations (and rewrites Redis views)
+    /// from a snapshot, checkpointed at the slot's confirmed position, then makes them live. The
+    /// next `deriver run` streams everything after that position.
+    pub async fn reindex_offline(mut self, names: &[String], mut on_progress: impl FnMut(&str, &reindex::Progress)) -> Result<()> {
+        let slot = pg::slot_info(&self.pg, &self.cfg.postgres.slot).await?.ok_or_else(|| {
+            Error::config("there is no replication slot yet: `deriver run` derives every record on its first start")
+        })?;
+        let from = slot.confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
+        for name in names {
+            let i = self.pipelines.iter().position(|p| &p.def.name == name).ok_or_else(|| Error::config(format!("no pipeline named `{name}`")))?;
+            self.start_rebuild(i, true, from).await?;
+            let mut built_rx = self.built_rx.take().expect("built receiver");
+            while self.rebuilds.iter().any(|r| r.pipeline == i) {
+                tokio::select! {
+                    built = built_rx.recv() => {
+                        let built = built.ok_or_else(|| Error::fatal("a rebuild task vanished"))?;
+                        if let Err(e) = &built.result {
+                            return Err(Error::fatal(format!("reindex of `{name}` failed")).with_detail(e));
+                        }
+                        self.finish_rebuild(built, from).await?;
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(200)) => {
+                        for r in self.rebuilds.iter().filter(|r| r.pipeline == i) {
+                            on_progress(name, &r.progress);
+                        }
+                    }
+                }
+            }
+            self.built_rx = Some(built_rx);
+        }
+        Ok(())
+    }
+
+    /// Rollback with no daemon running: the previous generation becomes live again; its
+    /// checkpoint is older than the slot, so the next `deriver run` re-derives it in place.
+    pub fn rollback_offline(cfg: &Config, pipeline: &str) -> Result<Vec<u64>> {
+        let defs = crate::pipeline::load_dir(&cfg.pipelines.dir).map_err(|_| Error::config("the pipeline files have problems (run `deriver validate`)"))?;
+        let def = defs.iter().find(|d| d.name == pipeline).ok_or_else(|| Error::config(format!("no pipeline named `{pipeline}`")))?;
+        let mut out = Vec::new();
+        for t in &def.search {
+            let live = crate::sink::tantivy::current_generation(&cfg.index.dir, &t.index)
+                .ok_or_else(|| Error::config(format!("index `{}` has no generation yet", t.index)))?;
+            let prev = crate::sink::tantivy::generations(&cfg.index.dir, &t.index).into_iter().filter(|g| *g < live).max().ok_or_else(|| {
+                Error::config(format!("index `{}` has no previous generation to roll back to (index.keep_generations)", t.index))
+            })?;
+            crate::sink::tantivy::set_current(&cfg.index.dir, &t.index, prev)?;
+            out.push(prev);
+        }
+        if out.is_empty() {
+            return Err(Error::config(format!("pipeline `{pipeline}` has no search index to roll back")));
+        }
+        Ok(out)
+    }
+
+    /// Swaps a pipeline's search indexes back to the generation they replaced (caught up first).
+    async fn rollback(&mut self, pipeline: &str, applied: Lsn) -> std::result::Result<Vec<u64>, String> {
+        let i = self.pipelines.iter().position(|p| p.def.name == pipeline).ok_or_else(|| format!("no pipeline named `{pipeline}`"))?;
+        let mut swapped = Vec::new();
+        let targets = self.pipelines[i].def.search.clone();
+        if targets.is_empty() {
+            return Err(format!("pipeline `{pipeline}` has no search index to roll back"));
+        }
+        for t in targets {
+            let Some((_, prev, mut log)) = self.since_swap.remove(&t.index) else {
+                return Err(format!(
+                    "index `{}` has no previous generation this daemon can catch up (none was replaced since it started); run `deriver reindex {pipeline}` instead",
+                    t.index
+                ));
+            };
+            let j = self.pipelines[i].sinks.iter().position(|s| matches!(s, AnySink::Search(x) if x.index().name == t.index)).ok_or("no live sink")?;
+            let cur_gen = match &self.pipelines[i].sinks[j] {
+                AnySink::Search(s) => s.generation(),
+                _ => unreachable!("a search sink"),
+            };
+            let def = self.pipelines[i].def.clone();
+            let mut old = AnySink::Search(
+                SearchSink::open_generation(&self.cfg.index.dir, &def, &t, prev, self.cfg.index.writer_memory_mb).map_err(|e| e.to_string())?,
+            );
+            self.catch_up_sink(i, Some(&mut old), 0, &mut log, applied, BatchMode::Repair).await.map_err(|e| e.to_string())?;
+            crate::sink::tantivy::set_current(&self.cfg.index.dir, &t.index, prev).map_err(|e| e.to_string())?;
+            if let AnySink::Search(s) = &old {
+                self.shared.indexes.write().expect("lock").insert(t.index.clone(), s.index());
+            }
+            let replaced = std::mem::replace(&mut self.pipelines[i].sinks[j], old);
+            drop(replaced);
+            // Rolling forward again is possible the same way.
+            self.since_swap.insert(t.index.clone(), (i, cur_gen, DirtyKeys::new(self.cfg.runtime.dirty_keys_in_memory)));
+            info!(pipeline, index = %t.index, generation = prev, "rolled back to the previous generation");
+            swapped.push(prev);
+        }
+        self.update_targets(applied);
+        Ok(swapped)
+    }
+
+    async fn admin(&mut self, req: status::AdminRequest, applied: Lsn) {
+        match req {
+            status::AdminRequest::Reindex { pipelines, reply } => {
+                let mut idx = Vec::new();
+                for name in &pipelines {
+                    match self.pipelines.iter().position(|p| &p.def.name == name) {
+                        Some(i) => idx.push(i),
+                        None => {
+                            let _ = reply.send(Err(format!("no pipeline named `{name}`")));
+                            return;
+                        }
+                    }
+                }
+                let mut started = Vec::new();
+                for i in idx {
+                    match self.start_rebuild(i, true, applied).await {
+                        Ok(s) => started.extend(s),
+                        Err(e) => {
+                            let _ = reply.send(Err(e.to_string()));
+                            return;
+                        }
+                    }
+                }
+                let _ = reply.send(Ok(started));
+            }
+            status::AdminRequest::Rollback { pipeline, reply } => {
+                let r = self.rollback(&pipeline, applied).await;
+                let _ = reply.send(r);
+            }
+        }
+    }
+
+    fn set_pipeline_error(&self, i: usize, error: Option<String>) {
+        let name = self.pipelines[i].def.name.clone();
+        self.shared.update(|doc| {
+            if let Some(p) = doc.pipelines.iter_mut().find(|p| p.name == name) {
+                p.error = error;
+            }
+        });
+    }
+
+    /// Rebuild progress into status and metrics.
+    fn publish_reindex_status(&self) {
+        let mut per: HashMap<String, status::ReindexStatus> = HashMap::new();
+        for r in &self.rebuilds {
+            let name = self.pipelines[r.pipeline].def.name.clone();
+            let done = r.progress.rows_done.load(std::sync::atomic::Ordering::Relaxed);
+            let total = r.progress.rows_total.load(std::sync::atomic::Ordering::Relaxed).max(done);
+            metrics::gauge!("deriver_reindex_rows_done", "pipeline" => name.clone()).set(done as f64);
+            metrics::gauge!("deriver_reindex_rows_total", "pipeline" => name.clone()).set(total as f64);
+            per.entry(name).or_insert(status::ReindexStatus { generation: r.generation, rows_done: done, rows_total: total, eta_seconds: r.progress.eta_seconds() });
+        }
+        self.shared.update(|doc| {
+            for p in &mut doc.pipelines {
+                p.reindex = per.get(&p.name).cloned();
+                if p.reindex.is_some() {
+                    p.state = "rebuilding".into();
+                } else if p.state == "rebuilding" {
+                    p.state = "streaming".into();
+                }
+            }
+        });
     }
 
     async fn reconnect_pg(&mut self) -> Result<()> {
@@ -898,7 +1311,7 @@ impl Daemon {
     }
 
     fn update_targets(&mut self, _lsn: Lsn) {
-        let mut per: Vec<(String, Vec<(String, Option<Lsn>)>, u64)> = Vec::new();
+        let mut per: Vec<(String, Vec<(String, Option<Lsn>)>, u64, Option<u64>)> = Vec::new();
         for p in &self.pipelines {
             let mut t = Vec::new();
             for s in &p.sinks {
@@ -907,16 +1320,19 @@ impl Daemon {
                     t.push((l, cp.as_ref().map(|c| c.lsn)));
                 }
             }
-            per.push((p.def.name.clone(), t, p.dead_letters));
+            per.push((p.def.name.clone(), t, p.dead_letters, p.generation()));
         }
         self.shared.update(|doc| {
-            for (name, targets, dead) in per {
+            for (name, targets, dead, generation) in per {
                 if let Some(ps) = doc.pipelines.iter_mut().find(|p| p.name == name) {
+                    ps.generation = generation;
                     for (label, lsn) in targets {
                         ps.targets.insert(label, lsn);
                     }
                     ps.dead_letters = dead;
-                    ps.state = "streaming".into();
+                    if ps.reindex.is_none() {
+                        ps.state = "streaming".into();
+                    }
                 }
             }
         });

@@ -38,6 +38,27 @@ pub struct PipelineStatus {
     pub owner: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// A full reprocess in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reindex: Option<ReindexStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ReindexStatus {
+    /// The generation being built (search) or null (Redis views only).
+    pub generation: Option<u64>,
+    pub rows_done: u64,
+    pub rows_total: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eta_seconds: Option<f64>,
+}
+
+/// Requests the HTTP admin endpoint hands to the running daemon.
+pub enum AdminRequest {
+    /// Full reprocess of these pipelines; replies with the ones started.
+    Reindex { pipelines: Vec<String>, reply: tokio::sync::oneshot::Sender<Result<Vec<String>, String>> },
+    /// Swap a pipeline's search indexes back to their previous generation.
+    Rollback { pipeline: String, reply: tokio::sync::oneshot::Sender<Result<Vec<u64>, String>> },
 }
 
 impl PipelineStatus {
@@ -77,6 +98,8 @@ pub struct Shared {
     pub changes: tokio::sync::broadcast::Sender<Arc<ChangeNotice>>,
     /// The most recent notices (bounded), oldest first.
     pub history: RwLock<std::collections::VecDeque<Arc<ChangeNotice>>>,
+    /// Where the admin endpoint sends requests (set by the running daemon).
+    pub admin: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<AdminRequest>>>,
 }
 
 impl Default for Shared {
@@ -87,6 +110,7 @@ impl Default for Shared {
             progress: tokio::sync::watch::channel(0).0,
             changes: tokio::sync::broadcast::channel(1024).0,
             history: RwLock::new(std::collections::VecDeque::new()),
+            admin: std::sync::Mutex::new(None),
         }
     }
 }

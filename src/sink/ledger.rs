@@ -181,12 +181,13 @@ impl Sink for Ledger {
     }
 
     async fn begin(&mut self, lsn: Lsn, mode: BatchMode) -> Result<bool> {
-        if mode != BatchMode::Replace && self.checkpoint.as_ref().is_some_and(|c| c.lsn >= lsn) {
+        if matches!(mode, BatchMode::Incremental { .. }) && self.checkpoint.as_ref().is_some_and(|c| c.lsn >= lsn) {
             // Already has it: drop what the batch staged.
             self.overlay.clear();
             self.cleared.clear();
             return Ok(false);
         }
+        let lsn = self.checkpoint.as_ref().map_or(lsn, |c| if mode == BatchMode::Repair { c.lsn.max(lsn) } else { lsn });
         self.open = Some((lsn, mode));
         Ok(true)
     }
@@ -197,7 +198,7 @@ impl Sink for Ledger {
 
     async fn commit(&mut self) -> Result<()> {
         let Some((lsn, mode)) = self.open.take() else { return Ok(()) };
-        tokio::task::block_in_place(|| self.commit_blocking(lsn, mode == BatchMode::Replace))
+        tokio::task::block_in_place(|| self.commit_blocking(lsn, matches!(mode, BatchMode::Replace | BatchMode::Rewrite)))
     }
 
     async fn abort(&mut self) {

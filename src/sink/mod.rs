@@ -58,6 +58,12 @@ pub enum BatchMode {
     /// mention are removed at commit. Readers keep the old content until then where the sink can
     /// (search); Redis views are rewritten in place.
     Replace,
+    /// Like `Replace`, but while the live stream keeps writing the same sink (a background full
+    /// reprocess of Redis views): the stored checkpoint is neither cleared nor moved.
+    Rewrite,
+    /// Rewrites the given records even when the sink's checkpoint already covers `lsn` (catch-up
+    /// after a rewrite, audit repairs); the checkpoint only ever moves forward.
+    Repair,
 }
 
 /// A record a sink could not take (value does not fit, too large, …); the rest of the batch goes on.

@@ -335,6 +335,34 @@ impl World {
         self.daemon = Some(child);
     }
 
+    /// Waits until the daemon answers `GET /readyz` with 200.
+    pub fn wait_ready(&mut self) {
+        let port = self.http_port;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = std::net::TcpStream::connect(("127.0.0.1", port))
+                .ok()
+                .and_then(|mut s| {
+                    use std::io::{Read, Write};
+                    s.write_all(b"GET /readyz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+                    let mut buf = String::new();
+                    s.read_to_string(&mut buf).ok()?;
+                    Some(buf.starts_with("HTTP/1.1 200"))
+                })
+                .unwrap_or(false);
+            if ok {
+                return;
+            }
+            if let Some(c) = self.daemon.as_mut() {
+                if let Some(st) = c.try_wait().unwrap() {
+                    panic!("deriver exited ({st}) before it was ready; log:\n{}", self.log_text());
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "deriver was not ready in time; log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.daemon.take() {
             let _ = c.kill();

@@ -5,20 +5,25 @@
 -- ARGV[1], ARGV[2]: batch LSN high and low 32 bits (decimal); ARGV[3]: batch LSN text
 -- ARGV[4]: '1' to store the checkpoint (last chunk); ARGV[5]: '1' to remove every view first
 -- ARGV[6]: '1' to return deleted view keys; ARGV[7]: definition hash
--- ARGV[8..]: ops. Per source key: key, n views, then per view: view key, type, m, m values.
+-- ARGV[8]: '1' to apply even when the checkpoint covers the batch (repair, rewrite); the
+--          checkpoint then only moves forward.
+-- ARGV[9..]: ops. Per source key: key, n views, then per view: view key, type, m, m values.
 --            n = 0 means the record is gone. json: m=1 (the JSON text); hash: field/value pairs;
 --            set: m=1 (member); zset: m=2 (member, score).
 -- Ledger entries: a view key (json, hash) or {key, member, 's'|'z'} (a set/zset contribution).
 -- Returns {1, deleted...} when applied, {0} when the stored checkpoint already covers the batch.
 local cp = redis.call('GET', KEYS[1])
+local covered = false
 if cp then
   local h, l = string.match(cp, '^(%x+)/(%x+)$')
   if h then
     h = tonumber(h, 16); l = tonumber(l, 16)
     local bh, bl = tonumber(ARGV[1]), tonumber(ARGV[2])
-    if h > bh or (h == bh and l >= bl) then return {0} end
+    covered = h > bh or (h == bh and l >= bl)
   end
 end
+local force = ARGV[8] == '1'
+if covered and not force then return {0} end
 local want_deleted = ARGV[6] == '1'
 local deleted = {}
 local function entry_id(e)
@@ -46,7 +51,7 @@ if ARGV[5] == '1' then
   until cursor == '0'
   redis.call('DEL', KEYS[2])
 end
-local i = 8
+local i = 9
 local n_args = #ARGV
 while i <= n_args do
   local src = ARGV[i]
@@ -89,7 +94,7 @@ while i <= n_args do
     redis.call('HDEL', KEYS[2], src)
   end
 end
-if ARGV[4] == '1' then
+if ARGV[4] == '1' and not covered then
   redis.call('SET', KEYS[1], ARGV[3])
   redis.call('SET', KEYS[3], ARGV[7])
 end

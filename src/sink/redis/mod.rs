@@ -207,9 +207,13 @@ struct OpenBatch {
     bytes: usize,
     /// MULTI has been sent and chunks queued.
     in_multi: bool,
-    /// Replace mode: chunks are applied as they fill (not atomically), source keys seen are kept
-    /// so the keys of records that no longer exist are removed at commit.
+    /// Replace/rewrite mode: chunks are applied as they fill (not atomically), source keys seen
+    /// are kept so the keys of records that no longer exist are removed at commit.
     replace: Option<HashSet<String>>,
+    /// Apply even when the stored checkpoint covers the batch (repair, rewrite).
+    force: bool,
+    /// Store the checkpoint with the last chunk (not for a rewrite beside the live stream).
+    store_checkpoint: bool,
     written: Vec<String>,
     deleted: Vec<String>,
 }
@@ -275,15 +279,17 @@ impl RedisSink {
         Ok(bytes)
     }
 
-    fn header(&self, lsn: Lsn, last: bool, clear_all: bool) -> Vec<Vec<u8>> {
+    fn header(&self, open: &OpenBatch, last: bool) -> Vec<Vec<u8>> {
+        let flag = |b: bool| if b { b"1".to_vec() } else { b"0".to_vec() };
         vec![
-            (lsn.0 >> 32).to_string().into_bytes(),
-            (lsn.0 & 0xFFFF_FFFF).to_string().into_bytes(),
-            lsn.to_string().into_bytes(),
-            if last { b"1".to_vec() } else { b"0".to_vec() },
-            if clear_all { b"1".to_vec() } else { b"0".to_vec() },
-            if self.notify { b"1".to_vec() } else { b"0".to_vec() },
+            (open.lsn.0 >> 32).to_string().into_bytes(),
+            (open.lsn.0 & 0xFFFF_FFFF).to_string().into_bytes(),
+            open.lsn.to_string().into_bytes(),
+            flag(last && open.store_checkpoint),
+            flag(open.clear_all),
+            flag(self.notify),
             self.hash.clone().into_bytes(),
+            flag(open.force),
         ]
     }
 
@@ -299,7 +305,7 @@ impl RedisSink {
     /// Queues the buffered chunk inside MULTI (sending MULTI first if needed).
     async fn spill(&mut self) -> Result<()> {
         let mut open = self.open.take().expect("a batch is open");
-        let header = self.header(open.lsn, false, open.clear_all);
+        let header = self.header(&open, false);
         let cmd = self.eval_cmd(header, &open.args);
         let atomic = open.replace.is_none();
         let result: Result<()> = async {
@@ -353,10 +359,10 @@ impl Sink for RedisSink {
     }
 
     async fn begin(&mut self, lsn: Lsn, mode: BatchMode) -> Result<bool> {
-        let replace = mode == BatchMode::Replace;
-        if !replace && self.checkpoint.as_ref().is_some_and(|c| c.lsn >= lsn) {
+        if matches!(mode, BatchMode::Incremental { .. }) && self.checkpoint.as_ref().is_some_and(|c| c.lsn >= lsn) {
             return Ok(false);
         }
+        let replace = mode == BatchMode::Replace;
         if replace {
             // A replace runs chunk by chunk; the stored checkpoint must not claim anything until
             // the last chunk lands, so a crash in between leads to a new replace.
@@ -373,7 +379,9 @@ impl Sink for RedisSink {
             args: Vec::new(),
             bytes: 0,
             in_multi: false,
-            replace: replace.then(HashSet::new),
+            replace: matches!(mode, BatchMode::Replace | BatchMode::Rewrite).then(HashSet::new),
+            force: matches!(mode, BatchMode::Repair | BatchMode::Rewrite),
+            store_checkpoint: mode != BatchMode::Rewrite,
             written: Vec::new(),
             deleted: Vec::new(),
         });
@@ -432,7 +440,7 @@ impl Sink for RedisSink {
                 open.args.push(b"0".to_vec());
             }
         }
-        let header = self.header(open.lsn, true, open.clear_all);
+        let header = self.header(&open, true);
         let cmd = self.eval_cmd(header, &open.args);
         let in_multi = open.in_multi;
         let result: Result<bool> = async {
@@ -465,8 +473,11 @@ impl Sink for RedisSink {
                         tracing::warn!(pipeline = %self.pipeline, error = %e, "could not publish the change notice");
                     }
                 }
-                self.checkpoint = Some(Checkpoint { lsn: open.lsn, definition_hash: Some(self.hash.clone()) });
-                self.recent.push_back((Instant::now(), open.lsn));
+                if open.store_checkpoint {
+                    let lsn = self.checkpoint.as_ref().map_or(open.lsn, |c| c.lsn.max(open.lsn));
+                    self.checkpoint = Some(Checkpoint { lsn, definition_hash: Some(self.hash.clone()) });
+                    self.recent.push_back((Instant::now(), lsn));
+                }
                 Ok(())
             }
         }

@@ -47,6 +47,7 @@ pub struct SearchSink {
     tx: mpsc::Sender<Cmd>,
     open: Option<Lsn>,
     checkpoint: Option<Checkpoint>,
+    frozen: bool,
 }
 
 fn read_generation(dir: &Path) -> Option<u64> {
@@ -75,38 +76,140 @@ fn payload_checkpoint(index: &Index) -> Result<Option<Checkpoint>> {
     }
 }
 
+/// The generations present under an index directory, ascending.
+pub fn generations(index_root: &Path, index: &str) -> Vec<u64> {
+    let dir = index_root.join(index);
+    let mut out: Vec<u64> = std::fs::read_dir(&dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix("gen-")).and_then(|n| n.parse().ok()))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out
+}
+
+/// The number for a new generation: above every generation this index ever had (`LAST`), so
+/// numbers are never reused even after old generations are collected.
+pub fn next_generation(index_root: &Path, index: &str) -> Result<u64> {
+    let dir = index_root.join(index);
+    let last: u64 = std::fs::read_to_string(dir.join("LAST")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+    let next = last.max(generations(index_root, index).into_iter().max().unwrap_or(0)) + 1;
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("LAST"), format!("{next}\n"))?;
+    Ok(next)
+}
+
+/// The live generation of an index (`CURRENT`).
+pub fn current_generation(index_root: &Path, index: &str) -> Option<u64> {
+    read_generation(&index_root.join(index))
+}
+
+/// Makes `gen` the live generation: an atomic rename of `CURRENT`.
+pub fn set_current(index_root: &Path, index: &str, gen: u64) -> Result<()> {
+    let dir = index_root.join(index);
+    let tmp = dir.join("CURRENT.tmp");
+    std::fs::write(&tmp, format!("{gen}\n"))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, dir.join("CURRENT"))?;
+    if let Ok(d) = std::fs::File::open(&dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Deletes generations other than the live one beyond the `keep` most recent older ones, and
+/// generations newer than the live one (an interrupted build), unless `spare` names one.
+pub fn collect_garbage(index_root: &Path, index: &str, keep: usize, spare: Option<u64>) -> Result<Vec<u64>> {
+    let Some(live) = current_generation(index_root, index) else { return Ok(Vec::new()) };
+    let gens = generations(index_root, index);
+    let older: Vec<u64> = gens.iter().copied().filter(|g| *g < live).collect();
+    let mut removed = Vec::new();
+    let drop_older = older.len().saturating_sub(keep);
+    for g in older.into_iter().take(drop_older).chain(gens.iter().copied().filter(|g| *g > live)) {
+        if Some(g) == spare {
+            continue;
+        }
+        std::fs::remove_dir_all(generation_dir(&index_root.join(index), g))?;
+        removed.push(g);
+    }
+    Ok(removed)
+}
+
 impl SearchSink {
+    /// Opens the live generation (creating generation 1 when there is none). When it was built
+    /// from another definition (or schema), it opens *frozen*: it keeps answering searches and
+    /// takes no writes until a new generation, built in the background, replaces it.
     pub fn open(index_root: &Path, pipeline: &Pipeline, target: &SearchTarget, writer_mb: usize) -> Result<SearchSink> {
         let dir = index_root.join(&target.index);
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::fatal(format!("cannot create the index directory {}", dir.display())).with_detail(e))?;
-        let schema = build_schema(target);
-        let (gen, index) = match read_generation(&dir) {
+        match read_generation(&dir) {
+            None => {
+                let sink = SearchSink::create_generation(index_root, pipeline, target, 1, writer_mb)?;
+                set_current(index_root, &target.index, 1)?;
+                Ok(sink)
+            }
             Some(gen) => {
                 let index = Index::open_in_dir(generation_dir(&dir, gen))?;
-                (gen, index)
-            }
-            None => {
-                let gen = 1;
-                let path = generation_dir(&dir, gen);
-                if path.exists() {
-                    std::fs::remove_dir_all(&path)?;
+                let checkpoint = payload_checkpoint(&index)?;
+                let stale_def = checkpoint.as_ref().is_some_and(|c| c.definition_hash.as_deref() != Some(pipeline.search_hash(target).as_str()));
+                if index.schema() != build_schema(target) || stale_def {
+                    SearchSink::frozen(pipeline, target, gen, index, checkpoint)
+                } else {
+                    SearchSink::with_writer(pipeline, target, gen, index, checkpoint, writer_mb)
                 }
-                std::fs::create_dir_all(&path)?;
-                let index = Index::create_in_dir(&path, schema.clone())?;
-                let tmp = dir.join("CURRENT.tmp");
-                std::fs::write(&tmp, format!("{gen}\n"))?;
-                std::fs::rename(&tmp, dir.join("CURRENT"))?;
-                (gen, index)
             }
-        };
-        let checkpoint = payload_checkpoint(&index)?;
-        if index.schema() != schema {
-            return Err(Error::config(format!(
-                "the search schema of index `{}` changed (pipeline `{}`); it needs a new index generation: run `deriver reindex {}`",
-                target.index, pipeline.name, pipeline.name
-            )));
         }
+    }
+
+    /// Creates a new, empty generation `gen` (not live until [`set_current`]).
+    pub fn create_generation(index_root: &Path, pipeline: &Pipeline, target: &SearchTarget, gen: u64, writer_mb: usize) -> Result<SearchSink> {
+        let path = generation_dir(&index_root.join(&target.index), gen);
+        if path.exists() {
+            std::fs::remove_dir_all(&path)?;
+        }
+        std::fs::create_dir_all(&path)?;
+        let index = Index::create_in_dir(&path, build_schema(target))?;
+        SearchSink::with_writer(pipeline, target, gen, index, None, writer_mb)
+    }
+
+    /// Opens an existing generation with a writer (rollback).
+    pub fn open_generation(index_root: &Path, pipeline: &Pipeline, target: &SearchTarget, gen: u64, writer_mb: usize) -> Result<SearchSink> {
+        let path = generation_dir(&index_root.join(&target.index), gen);
+        if !path.exists() {
+            return Err(Error::config(format!("generation {gen} of index `{}` does not exist (any more)", target.index)));
+        }
+        let index = Index::open_in_dir(&path)?;
+        if index.schema() != build_schema(target) {
+            return Err(Error::config(format!("generation {gen} of index `{}` was built with another search schema", target.index)));
+        }
+        let checkpoint = payload_checkpoint(&index)?;
+        SearchSink::with_writer(pipeline, target, gen, index, checkpoint, writer_mb)
+    }
+
+    fn frozen(pipeline: &Pipeline, target: &SearchTarget, gen: u64, index: Index, checkpoint: Option<Checkpoint>) -> Result<SearchSink> {
+        schema::register_all_tokenizers(&index);
+        let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
+        let schema = index.schema();
+        let live = Arc::new(SearchIndex { name: target.index.clone(), generation: gen, index, reader, schema, target: target.clone() });
+        let (tx, _rx) = mpsc::channel(1);
+        Ok(SearchSink {
+            pipeline: pipeline.name.clone(),
+            hash: pipeline.search_hash(target),
+            builder: DocBuilder::new(&build_schema(target), target),
+            live,
+            id_pos: pipeline.text_fields().iter().position(|f| f == &target.id).expect("id is a text field"),
+            tx,
+            open: None,
+            checkpoint,
+            frozen: true,
+        })
+    }
+
+    fn with_writer(pipeline: &Pipeline, target: &SearchTarget, gen: u64, index: Index, checkpoint: Option<Checkpoint>, writer_mb: usize) -> Result<SearchSink> {
+        let schema = index.schema();
         register_tokenizers(&index, target);
         let writer: IndexWriter<TantivyDocument> = index.writer_with_num_threads(1, writer_mb.max(16) * 1024 * 1024).map_err(|e| {
             if matches!(e, tantivy::TantivyError::LockFailure(..)) {
@@ -134,7 +237,21 @@ impl SearchSink {
             tx,
             open: None,
             checkpoint,
+            frozen: false,
         })
+    }
+
+    /// Frozen: built from another definition; it serves searches until replaced.
+    pub fn is_frozen(&self) -> bool {
+        self.frozen
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.live.generation
+    }
+
+    pub fn target(&self) -> &SearchTarget {
+        &self.live.target
     }
 
     pub fn index(&self) -> Arc<SearchIndex> {
@@ -209,10 +326,18 @@ impl Sink for SearchSink {
     }
 
     async fn begin(&mut self, lsn: Lsn, mode: BatchMode) -> Result<bool> {
-        if mode != BatchMode::Replace && self.checkpoint.as_ref().is_some_and(|c| c.lsn >= lsn) {
+        if self.frozen {
+            // Built from another definition: a new generation replaces it; nothing writes here.
             return Ok(false);
         }
-        let clear_all = matches!(mode, BatchMode::Replace | BatchMode::Incremental { clear_all: true });
+        if matches!(mode, BatchMode::Incremental { .. }) && self.checkpoint.as_ref().is_some_and(|c| c.lsn >= lsn) {
+            return Ok(false);
+        }
+        let lsn = match (mode, &self.checkpoint) {
+            (BatchMode::Repair, Some(c)) => c.lsn.max(lsn),
+            _ => lsn,
+        };
+        let clear_all = matches!(mode, BatchMode::Replace | BatchMode::Rewrite | BatchMode::Incremental { clear_all: true });
         self.send(Cmd::Begin { clear_all }).await?;
         self.open = Some(lsn);
         Ok(true)

@@ -77,6 +77,15 @@ pub fn register_tokenizers(index: &Index, target: &SearchTarget) {
     }
 }
 
+/// Registers every analyzer deriver knows (for a generation built from another definition).
+pub fn register_all_tokenizers(index: &Index) {
+    for name in ["default", "en_stem", "whitespace", "raw", "arabic", "danish", "dutch", "english", "finnish", "french", "german", "greek",
+        "hungarian", "italian", "norwegian", "portuguese", "romanian", "russian", "spanish", "swedish", "tamil", "turkish"]
+    {
+        index.tokenizers().register(&tokenizer_name(name), analyzer(name));
+    }
+}
+
 pub fn build_schema(target: &SearchTarget) -> Schema {
     let mut b = Schema::builder();
     b.add_text_field(ID_FIELD, STRING | STORED);

@@ -1,0 +1,65 @@
+//! The admin endpoint the CLI uses to ask a running daemon for work only the single writer of an
+//! index may do: `POST /v1/admin/reindex {"pipelines": [...]}` (or `{"all": true}`) → 202
+//! `{"started": [...]}`, and `POST /v1/admin/rollback {"pipeline": "films"}` → 200
+//! `{"generations": [...]}`. Progress shows in `/v1/status` (`state: rebuilding`, `reindex`).
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use super::error::{ApiError, ApiResult};
+use crate::runtime::status::{AdminRequest, Shared};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReindexRequest {
+    #[serde(default)]
+    pub pipelines: Vec<String>,
+    #[serde(default)]
+    pub all: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    pub pipeline: String,
+}
+
+async fn send(shared: &Shared, req: AdminRequest) -> ApiResult<()> {
+    let tx = shared.admin.lock().expect("admin lock").clone();
+    let Some(tx) = tx else {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "starting", "deriver is starting; try again shortly"));
+    };
+    tx.send(req).await.map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", "deriver is stopping"))
+}
+
+pub async fn reindex(shared: &Shared, req: ReindexRequest) -> ApiResult<Response> {
+    let pipelines = if req.all {
+        shared.snapshot().map(|d| d.pipelines.iter().map(|p| p.name.clone()).collect()).unwrap_or_default()
+    } else {
+        req.pipelines
+    };
+    if pipelines.is_empty() {
+        return Err(ApiError::bad_request("invalid_request", "name at least one pipeline, or send \"all\": true"));
+    }
+    let (reply, rx) = oneshot::channel();
+    send(shared, AdminRequest::Reindex { pipelines, reply }).await?;
+    match rx.await {
+        Ok(Ok(started)) => Ok((StatusCode::ACCEPTED, Json(json!({ "started": started }))).into_response()),
+        Ok(Err(e)) => Err(ApiError::bad_request("reindex_refused", e)),
+        Err(_) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", "deriver stopped before answering")),
+    }
+}
+
+pub async fn rollback(shared: &Shared, req: RollbackRequest) -> ApiResult<Response> {
+    let (reply, rx) = oneshot::channel();
+    send(shared, AdminRequest::Rollback { pipeline: req.pipeline, reply }).await?;
+    match rx.await {
+        Ok(Ok(gens)) => Ok(Json(json!({ "generations": gens })).into_response()),
+        Ok(Err(e)) => Err(ApiError::bad_request("rollback_refused", e)),
+        Err(_) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", "deriver stopped before answering")),
+    }
+}

@@ -1,0 +1,203 @@
+//! Full reprocess without downtime against real Postgres and Redis: reindex under write load,
+//! searches answering throughout, SIGKILL mid-reindex, rollback, rebuild on a definition change,
+//! no stale Redis keys after a key-template change, and the CLI working without a daemon.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::*;
+
+fn current_gen(w: &World, index: &str) -> u64 {
+    std::fs::read_to_string(w.index_dir().join(index).join("CURRENT")).unwrap().trim().parse().unwrap()
+}
+
+fn gens(w: &World, index: &str) -> Vec<u64> {
+    let mut g: Vec<u64> = std::fs::read_dir(w.index_dir().join(index))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("gen-")?.parse().ok())
+        .collect();
+    g.sort();
+    g
+}
+
+/// Hits of an empty query through the HTTP API (None when it did not answer 200).
+fn search_total(w: &World) -> Option<u64> {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-m", "5", "-X", "POST", "-H", "content-type: application/json", "-d", r#"{"q": "", "limit": 1}"#])
+        .arg(format!("http://127.0.0.1:{}/v1/indexes/films/search", w.http_port))
+        .output()
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    v["total"]["value"].as_u64()
+}
+
+fn film_load(url: String, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            let mut n: u64 = 0;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let id = 1 + (n * 7919) % 1000;
+                let sql = match n % 4 {
+                    0 => format!("UPDATE film SET title = 'R{n}' WHERE film_id = {id}"),
+                    1 => format!("INSERT INTO film (film_id, title, language_id) VALUES ({}, 'RN{n}', 1)", 200000 + n),
+                    2 => "DELETE FROM film WHERE film_id = (SELECT min(film_id) FROM film WHERE film_id > 200000)".into(),
+                    _ => format!("UPDATE inventory SET film_id = {id} WHERE inventory_id = {}", 1 + n % 4000),
+                };
+                client.batch_execute(&sql).await.unwrap();
+                done.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        });
+    })
+}
+
+#[test]
+fn reindex_under_write_load_swaps_atomically_and_rolls_back() {
+    let mut w = World::new("reindex");
+    w.add_repo_pipeline("films");
+    w.setup();
+    w.start();
+    w.catch_up(&["films"], &["films"]);
+    w.wait_ready();
+    wait_for("search to answer", Duration::from_secs(20), || search_total(&w).is_some_and(|t| t > 0));
+    assert_eq!(current_gen(&w, "films"), 1);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let load = film_load(w.url(), stop.clone(), done.clone());
+    let (code, out, err) = w.run_cli(&["reindex", "films"]);
+    assert_eq!(code, 0, "{out}{err}\n{}", w.log_text());
+    assert!(err.contains("films") && err.contains("done: generation 2 is live"), "{err}");
+    // Searches answered from a complete generation the whole time.
+    for _ in 0..20 {
+        assert!(search_total(&w).is_some_and(|t| t >= 900), "search saw an empty or partial index");
+    }
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    assert!(done.load(Ordering::Relaxed) > 20);
+    w.catch_up(&["films"], &["films"]);
+    check_films(&w);
+    assert_eq!(current_gen(&w, "films"), 2);
+    assert_eq!(gens(&w, "films"), vec![1, 2], "the previous generation is kept");
+
+    // Rollback: generation 1 is caught up and live again.
+    w.sql("UPDATE film SET title = 'AFTER THE SWAP' WHERE film_id = 3");
+    let (code, out, err) = w.run_cli(&["reindex", "films", "--rollback"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(current_gen(&w, "films"), 1);
+    w.sql("UPDATE film SET title = 'AFTER THE ROLLBACK' WHERE film_id = 4");
+    w.catch_up(&["films"], &["films"]);
+    check_films(&w);
+    assert_eq!(w.index_docs("films")["3"]["title"], "AFTER THE SWAP");
+    assert_eq!(w.stop(), 0);
+
+    // After a restart the rolled-back-from generation 2 is gone; a second reindex creates
+    // generation 3 (numbers are never reused) and keeps the one it replaced (keep_generations = 1).
+    w.start();
+    w.wait_ready();
+    w.catch_up(&["films"], &["films"]);
+    let (code, _, err) = w.run_cli(&["reindex", "films"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(current_gen(&w, "films"), 3);
+    assert_eq!(gens(&w, "films"), vec![1, 3]);
+    assert_eq!(w.stop(), 0);
+}
+
+#[test]
+fn killed_mid_reindex_restarts_cleanly() {
+    let mut w = World::new("reindexkill");
+    w.add_repo_pipeline("films");
+    w.setup();
+    w.start();
+    w.catch_up(&["films"], &["films"]);
+    // Ask the daemon, then kill it before the new generation can be live.
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-X", "POST", "-H", "content-type: application/json", "-d", r#"{"pipelines": ["films"]}"#])
+        .arg(format!("http://127.0.0.1:{}/v1/admin/reindex", w.http_port))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("started"), "{}", String::from_utf8_lossy(&out.stdout));
+    w.kill();
+    assert_eq!(current_gen(&w, "films"), 1, "the live generation did not move");
+    w.sql("UPDATE film SET title = 'WHILE DOWN' WHERE film_id = 5");
+    w.start();
+    // The requested reindex resumes (starting over) and completes.
+    wait_for("the resumed reindex to go live", Duration::from_secs(60), || current_gen(&w, "films") >= 2);
+    w.catch_up(&["films"], &["films"]);
+    check_films(&w);
+    assert!(!w.index_dir().join("films").join("REINDEX").exists());
+    assert_eq!(w.stop(), 0);
+}
+
+#[test]
+fn definition_changes_rebuild_or_rewrite_in_place_without_stale_keys() {
+    let mut w = World::new("defchange");
+    w.add_repo_pipeline("films");
+    w.setup();
+    w.start();
+    w.catch_up(&["films"], &["films"]);
+    assert_eq!(w.stop(), 0);
+
+    // A search field option changes (rebuild) and the JSON view's key template changes (in place).
+    let films = std::fs::read_to_string(w.pipelines.join("films.yaml")).unwrap();
+    let changed = films
+        .replace("title:            { type: text, stored: true, boost: 3.0, highlight: true }", "title:            { type: text, stored: true, boost: 5.0, highlight: true, fuzzy: 1 }")
+        .replace("key: \"film:{film_id}\"\n", "key: \"movie:{film_id}\"\n");
+    assert_ne!(changed, films);
+    w.add_pipeline("films", &changed);
+    let (_, out, _) = w.run_cli(&["plan"]);
+    assert!(out.contains("rebuild"), "{out}");
+    w.sql("UPDATE film SET title = 'CHANGED WHILE STOPPED' WHERE film_id = 6");
+    w.start();
+    wait_for("the rebuilt generation to go live", Duration::from_secs(60), || current_gen(&w, "films") == 2);
+    w.catch_up(&["films"], &["films"]);
+    // Old JSON keys are gone; new ones hold every film.
+    let film_json: Vec<String> = w.redis_keys("film:*").into_iter().filter(|k| !k.ends_with(":summary")).collect();
+    assert!(film_json.is_empty(), "stale keys: {:?}", &film_json[..film_json.len().min(5)]);
+    let expected = w.expected(FILMS_EXPECTED);
+    assert_eq!(w.redis_keys("movie:*").len(), expected.len());
+    let got: serde_json::Value = serde_json::from_str(&w.redis_get("movie:6").unwrap()).unwrap();
+    assert_eq!(got["title"], "CHANGED WHILE STOPPED");
+    assert_eq!(w.index_docs("films").len(), expected.len());
+    assert_eq!(w.index_docs("films")["6"]["title"], "CHANGED WHILE STOPPED");
+    let (_, out, _) = w.run_cli(&["plan"]);
+    assert!(out.contains("unchanged"), "{out}");
+    assert_eq!(w.stop(), 0);
+}
+
+#[test]
+fn reindex_without_a_daemon() {
+    let mut w = World::new("reindexoff");
+    w.add_repo_pipeline("films");
+    w.setup();
+    let (code, _, err) = w.run_cli(&["reindex", "films"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no replication slot yet"), "{err}");
+    w.start();
+    w.catch_up(&["films"], &["films"]);
+    assert_eq!(w.stop(), 0);
+    w.sql("UPDATE film SET title = 'OFFLINE' WHERE film_id = 7");
+    let (code, out, err) = w.run_cli(&["reindex", "films"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(current_gen(&w, "films"), 2);
+    assert_eq!(w.index_docs("films")["7"]["title"], "OFFLINE");
+    w.start();
+    w.catch_up(&["films"], &["films"]);
+    check_films(&w);
+    assert_eq!(w.stop(), 0);
+    // Offline rollback: generation 1 goes live and is brought up to date by the next run.
+    let (code, out, err) = w.run_cli(&["reindex", "films", "--rollback"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(current_gen(&w, "films"), 1);
+    w.start();
+    w.catch_up(&["films"], &["films"]);
+    check_films(&w);
+    assert_eq!(w.stop(), 0);
+}
