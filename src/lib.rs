@@ -3,6 +3,7 @@
 //! The binary (`src/main.rs`) is a thin CLI over these modules; integration tests use them to
 //! read what the daemon wrote.
 
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod error;

@@ -1,5 +1,6 @@
 //! The `deriver` command line.
 
+pub mod audit;
 pub mod pipeline_test;
 pub mod plan;
 pub mod preview;
@@ -48,6 +49,26 @@ pub enum Command {
     Plan,
     /// Full reprocess into a new index generation while streaming goes on, then an atomic swap (asks the daemon when one runs).
     Reindex(ReindexArgs),
+    /// Compare every target with a fresh derivation from Postgres; list missing, extra and different keys; --repair re-derives them.
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AuditArgs {
+    /// Pipelines to audit.
+    pub pipelines: Vec<String>,
+    /// Audit every pipeline.
+    #[arg(long, conflicts_with = "pipelines")]
+    pub all: bool,
+    /// Re-derive the drifted keys through the normal write path, then verify them again.
+    #[arg(long)]
+    pub repair: bool,
+    /// Audit only this percentage of the keys (a stable sample by key hash).
+    #[arg(long, value_name = "PCT")]
+    pub sample: Option<f64>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]

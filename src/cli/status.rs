@@ -104,6 +104,7 @@ async fn offline(cfg: &Config) -> Result<StatusDoc> {
             owner: def.owner.clone(),
             error: None,
             reindex: None,
+            audit: crate::audit::last_report(cfg, &def.name).as_ref().map(crate::runtime::status::AuditSummary::of),
         };
         p.refresh(server_lsn);
         pipelines.push(p);

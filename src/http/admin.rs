@@ -28,6 +28,24 @@ pub struct RollbackRequest {
     pub pipeline: String,
 }
 
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepairRequest {
+    pub pipeline: String,
+    pub keys: Vec<String>,
+}
+
+/// `POST /v1/admin/repair {"pipeline", "keys"}`: re-derive those keys now (audit repairs).
+pub async fn repair(shared: &Shared, req: RepairRequest) -> ApiResult<Response> {
+    let (reply, rx) = oneshot::channel();
+    send(shared, AdminRequest::Repair { pipeline: req.pipeline, keys: req.keys, reply }).await?;
+    match rx.await {
+        Ok(Ok(n)) => Ok(Json(json!({ "repaired": n })).into_response()),
+        Ok(Err(e)) => Err(ApiError::bad_request("repair_refused", e)),
+        Err(_) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", "deriver stopped before answering")),
+    }
+}
+
 async fn send(shared: &Shared, req: AdminRequest) -> ApiResult<()> {
     let tx = shared.admin.lock().expect("admin lock").clone();
     let Some(tx) = tx else {

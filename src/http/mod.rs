@@ -310,6 +310,10 @@ async fn admin_rollback(State(state): State<AppState>, body: std::result::Result
     admin::rollback(&state.shared, json_body(body)?).await
 }
 
+async fn admin_repair(State(state): State<AppState>, body: std::result::Result<Bytes, BytesRejection>) -> ApiResult<Response> {
+    admin::repair(&state.shared, json_body(body)?).await
+}
+
 async fn wait(State(state): State<AppState>, body: std::result::Result<Bytes, BytesRejection>) -> ApiResult<Response> {
     let req: freshness::WaitRequest = json_body(body)?;
     let applied = freshness::wait(&state.shared, req).await?;
@@ -368,6 +372,7 @@ pub fn router(shared: Arc<Shared>, metrics: PrometheusHandle, token: Option<Stri
         .route("/v1/pipelines/{pipeline}/changes", get(changes))
         .route("/v1/admin/reindex", post(admin_reindex))
         .route("/v1/admin/rollback", post(admin_rollback))
+        .route("/v1/admin/repair", post(admin_repair))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -352,6 +352,7 @@ impl Daemon {
                 owner: p.def.owner.clone(),
                 error: None,
                 reindex: None,
+                audit: crate::audit::last_report(&self.cfg, &p.def.name).as_ref().map(status::AuditSummary::of),
             });
         }
         let server_lsn = pg::current_wal_lsn(&self.pg).await.ok();
@@ -1140,6 +1141,38 @@ impl Daemon {
         Ok(out)
     }
 
+    /// Re-derives some source keys (key text) and rewrites them in every target, at `applied`
+    /// (the daemon's position) or, without a daemon, at each sink's own checkpoint. Checkpoints
+    /// never move backwards.
+    pub async fn repair(&mut self, pipeline: &str, keys: &[String], applied: Option<Lsn>) -> std::result::Result<usize, String> {
+        let i = self.pipelines.iter().position(|p| p.def.name == pipeline).ok_or_else(|| format!("no pipeline named `{pipeline}`"))?;
+        let n = self.pipelines[i].key.len();
+        let mut dirty = DirtyKeys::new(self.cfg.runtime.dirty_keys_in_memory);
+        for k in keys {
+            let t: KeyTuple = if n == 1 { vec![k.clone()] } else { k.splitn(n, ':').map(str::to_string).collect() };
+            if t.len() != n {
+                return Err(format!("key `{k}` does not have {n} parts"));
+            }
+            dirty.insert(t).map_err(|e| e.to_string())?;
+        }
+        let lsn = match applied {
+            Some(l) => l,
+            None => self.pipelines[i].sinks.iter().filter_map(|s| s.current_checkpoint().map(|c| c.lsn)).min().unwrap_or(Lsn::ZERO),
+        };
+        let sinks: Vec<usize> = self.pipelines[i]
+            .sinks
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !matches!(s, AnySink::Ledger(_)) && !matches!(s, AnySink::Search(x) if x.is_frozen()))
+            .map(|(j, _)| j)
+            .collect();
+        for j in sinks {
+            self.catch_up_sink(i, None, j, &mut dirty, lsn, BatchMode::Repair).await.map_err(|e| e.to_string())?;
+        }
+        info!(pipeline, keys = keys.len(), "repaired drifted keys");
+        Ok(keys.len())
+    }
+
     /// Swaps a pipeline's search indexes back to the generation they replaced (caught up first).
     async fn rollback(&mut self, pipeline: &str, applied: Lsn) -> std::result::Result<Vec<u64>, String> {
         let i = self.pipelines.iter().position(|p| p.def.name == pipeline).ok_or_else(|| format!("no pipeline named `{pipeline}`"))?;
@@ -1207,6 +1240,10 @@ impl Daemon {
             }
             status::AdminRequest::Rollback { pipeline, reply } => {
                 let r = self.rollback(&pipeline, applied).await;
+                let _ = reply.send(r);
+            }
+            status::AdminRequest::Repair { pipeline, keys, reply } => {
+                let r = self.repair(&pipeline, &keys, Some(applied)).await;
                 let _ = reply.send(r);
             }
         }
@@ -1345,6 +1382,10 @@ impl Daemon {
                     metrics::gauge!("deriver_lag_bytes", "pipeline" => p.name.clone()).set(l as f64);
                 }
                 metrics::gauge!("deriver_dead_letters", "pipeline" => p.name.clone()).set(p.dead_letters as f64);
+                if let Some(a) = &p.audit {
+                    metrics::gauge!("deriver_audit_drifted", "pipeline" => p.name.clone()).set(a.drifted as f64);
+                    metrics::gauge!("deriver_audit_remaining", "pipeline" => p.name.clone()).set(a.remaining as f64);
+                }
             }
         }
     }

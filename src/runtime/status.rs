@@ -41,6 +41,24 @@ pub struct PipelineStatus {
     /// A full reprocess in progress.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reindex: Option<ReindexStatus>,
+    /// The last `deriver audit` of this pipeline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audit: Option<AuditSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AuditSummary {
+    pub finished_at: String,
+    pub records: u64,
+    pub drifted: usize,
+    pub repaired: usize,
+    pub remaining: usize,
+}
+
+impl AuditSummary {
+    pub fn of(r: &crate::audit::PipelineReport) -> AuditSummary {
+        AuditSummary { finished_at: r.finished_at.clone(), records: r.records, drifted: r.drifted, repaired: r.repaired, remaining: r.remaining }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -59,6 +77,8 @@ pub enum AdminRequest {
     Reindex { pipelines: Vec<String>, reply: tokio::sync::oneshot::Sender<Result<Vec<String>, String>> },
     /// Swap a pipeline's search indexes back to their previous generation.
     Rollback { pipeline: String, reply: tokio::sync::oneshot::Sender<Result<Vec<u64>, String>> },
+    /// Re-derive these source keys (key text) through the normal write path (audit repairs).
+    Repair { pipeline: String, keys: Vec<String>, reply: tokio::sync::oneshot::Sender<Result<usize, String>> },
 }
 
 impl PipelineStatus {

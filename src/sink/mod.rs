@@ -41,6 +41,14 @@ impl Write {
     }
 }
 
+/// A stable 64-bit hash of a record's JSON text, stored with every search document so audits can
+/// compare targets with the source without reading documents.
+pub fn content_hash(json: &str) -> u64 {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(json.as_bytes());
+    u64::from_be_bytes(d[..8].try_into().expect("8 bytes"))
+}
+
 /// What a sink stored beside its data at its last commit.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Checkpoint {

@@ -109,7 +109,7 @@ pub async fn wal_level(client: &Client) -> Result<String> {
 }
 
 pub async fn current_wal_lsn(client: &Client) -> Result<Lsn> {
-    let s: String = client.query_one("SELECT pg_current_wal_lsn()::text", &[]).await?.get(0);
+    let s: String = client.query_one("SELECT pg_current_wal_insert_lsn()::text", &[]).await?.get(0);
     s.parse().map_err(|e: String| Error::fatal(e))
 }
 

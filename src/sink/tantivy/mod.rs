@@ -357,6 +357,7 @@ impl Sink for SearchSink {
                     match self.builder.build(&id, &r.value) {
                         Ok(mut doc) => {
                             doc.add_text(self.live.schema.get_field(KEY_FIELD).expect("_key"), &r.key);
+                            doc.add_u64(self.live.schema.get_field(schema::HASH_FIELD).expect("_hash"), super::content_hash(&r.json));
                             docs.push((r.key.clone(), Some(doc)))
                         }
                         Err(reason) => rejected.push(Rejected { key: r.key.clone(), reason }),

@@ -15,6 +15,7 @@ use crate::pipeline::{SearchField, SearchTarget, SearchType};
 
 pub const ID_FIELD: &str = "_id";
 pub const SOURCE_FIELD: &str = "_source";
+pub const HASH_FIELD: &str = "_hash";
 
 fn language(name: &str) -> Option<Language> {
     Some(match name {
@@ -88,8 +89,10 @@ pub fn register_all_tokenizers(index: &Index) {
 
 pub fn build_schema(target: &SearchTarget) -> Schema {
     let mut b = Schema::builder();
-    b.add_text_field(ID_FIELD, STRING | STORED);
-    b.add_text_field(super::KEY_FIELD, STRING | STORED);
+    b.add_text_field(ID_FIELD, STRING | STORED | FAST);
+    b.add_text_field(super::KEY_FIELD, STRING | STORED | FAST);
+    // Content hash of the record the document was built from (audits compare it cheaply).
+    b.add_u64_field(HASH_FIELD, FAST);
     b.add_text_field(SOURCE_FIELD, STORED);
     for f in &target.fields {
         match f.ty {
