@@ -9,6 +9,7 @@
 pub mod deps;
 pub mod derive;
 pub mod dirty;
+pub mod failpoint;
 pub mod reindex;
 pub mod status;
 
@@ -33,6 +34,7 @@ use crate::source::walstream::{self, Acker};
 use crate::source::{Interest, Lsn, RowChange, SourceEvent, TableName};
 use derive::{derive_keys, KeyTuple};
 use dirty::DirtyKeys;
+use failpoint::failpoint;
 use status::{PipelineStatus, Shared, SlotStatus, StatusDoc};
 
 /// A pipeline with its compiled SQL and open sinks.
@@ -671,6 +673,7 @@ impl Daemon {
                         }
                         SourceEvent::Commit { end_lsn, .. } => {
                             tracing::debug!(%end_lsn, changes = batch.changes, "commit");
+                            failpoint("after_buffer");
                             in_txn = false;
                             batch.end_lsn = Some(end_lsn);
                             batch.started.get_or_insert_with(Instant::now);
@@ -884,6 +887,7 @@ impl Daemon {
             let mut chunks = dirty.keys.chunks(chunk)?;
             while let Some(part) = chunks.next_chunk()? {
                 let (writes, rejected) = derive_keys(&self.pg, &stmt, p.key.len(), &part).await?;
+                failpoint("after_derive");
                 tracing::trace!(pipeline = %p.def.name, keys = part.len(), writes = writes.len(), "derived");
                 if upserted.len() + deleted.len() < NOTICE_KEYS {
                     for w in &writes {
@@ -905,9 +909,13 @@ impl Daemon {
                 return Err(Error::fatal(format!("pipeline `{}` rejected records and says `on_error: stop`", p.def.name)));
             }
             let started = Instant::now();
-            for &j in &active {
+            for (n, &j) in active.iter().enumerate() {
+                if n > 0 {
+                    failpoint("between_sink_commits");
+                }
                 p.sinks[j].commit().await?;
             }
+            failpoint("after_sink_commits");
             metrics::histogram!("deriver_commit_latency_seconds", "pipeline" => p.def.name.clone()).record(started.elapsed().as_secs_f64());
             if truncated_notice {
                 // Too many keys (or a TRUNCATE) to list: an empty notice with `keys: ["*"]` tells
@@ -1339,7 +1347,9 @@ impl Daemon {
             }
         }
         if let Some(m) = min {
+            failpoint("before_ack");
             acker.ack(m);
+            failpoint("after_ack");
             metrics::gauge!("deriver_acked_lsn").set(m.0 as f64);
             if final_ack {
                 info!(lsn = %m, "acknowledged");

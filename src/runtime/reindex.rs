@@ -85,6 +85,7 @@ pub async fn stream_bulk(
             total += 1;
         }
         if buf.len() >= chunk.max(1) || (done && !buf.is_empty()) {
+            super::failpoint::failpoint("bulk_chunk");
             for s in sinks.iter_mut() {
                 rejected.extend(s.write(&buf).await?);
             }
