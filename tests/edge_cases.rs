@@ -880,3 +880,123 @@ fn unchanged_toast_with_and_without_a_key_change_in_one_transaction() {
     }
     assert_eq!(w.stop(), 0);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Key types whose text form could differ between the WAL and `key::text`
+// ---------------------------------------------------------------------------------------------
+
+/// One table per key type, keyed by that type, with values whose text depends on session
+/// settings (set hostile on the database) or on the type's own text conversions.
+const KEY_TYPES: &[(&str, &str, &[&str])] = &[
+    ("k_tstz", "timestamptz", &["'2020-01-01 00:00:00+00'", "'1999-12-31 23:59:59.123456+05:30'", "'infinity'"]),
+    ("k_ts", "timestamp", &["'2020-01-01 00:00:00'", "'0044-03-15 12:00:00 BC'"]),
+    ("k_date", "date", &["'2020-03-15'", "'4713-01-01 BC'"]),
+    ("k_float", "float8", &["1.0/3", "'1e-310'", "'-0.5'", "'NaN'"]),
+    ("k_real", "real", &["1.0/3", "'3.4e38'"]),
+    ("k_numeric", "numeric", &["'1.50'", "'123456789012345678901234567890.000001'", "'NaN'"]),
+    ("k_interval", "interval", &["'1 day 02:03:04'", "'-1 year 2 mons'"]),
+    ("k_bytea", "bytea", &["'\\x00ff'", "'\\x'"]),
+    ("k_jsonb", "jsonb", &["'{\"b\": 1, \"a\": [1, 2.50]}'", "'\"s\"'"]),
+    ("k_cidr", "cidr", &["'10.0.0.0/8'", "'2001:db8::/32'"]),
+    ("k_varchar", "varchar(5)", &["'ab'", "'abcde'"]),
+    ("k_time", "timetz", &["'24:00:00+02'", "'00:00:00-15:59'"]),
+];
+
+#[test]
+fn keys_of_every_text_form_survive_updates_key_changes_and_deletes_under_hostile_defaults() {
+    let mut w = World::on(&env().pg, "keytypes", None);
+    let db = w.db.clone();
+    w.sql(&format!(
+        "ALTER DATABASE {db} SET DateStyle = 'SQL, DMY'; ALTER DATABASE {db} SET TimeZone = 'Asia/Kolkata';
+         ALTER DATABASE {db} SET extra_float_digits = 0; ALTER DATABASE {db} SET bytea_output = 'escape';
+         ALTER DATABASE {db} SET IntervalStyle = 'sql_standard'"
+    ));
+    for (t, ty, vals) in KEY_TYPES {
+        w.sql(&format!("CREATE TABLE {t} (k {ty} PRIMARY KEY, v text)"));
+        for (i, v) in vals.iter().enumerate() {
+            w.sql(&format!("INSERT INTO {t} VALUES ({v}, 'row {i}')"));
+        }
+        w.add_pipeline(t, &pipeline(t, &format!("{{ table: {t}, as: t }}"), "t.k", &[("v", "t.v")]));
+    }
+    let names: Vec<&str> = KEY_TYPES.iter().map(|(t, _, _)| *t).collect();
+    // Expected key texts under deriver's pinned settings.
+    let pinned = "SET datestyle = ISO; SET intervalstyle = postgres; SET extra_float_digits = 3; SET bytea_output = hex; SET timezone = UTC;";
+    let expect = |w: &World, t: &str| -> BTreeMap<String, Value> {
+        let out = w.sql(&format!(
+            "{pinned} SELECT coalesce(json_object_agg(t.k::text, jsonb_build_object('k', t.k::text, 'v', t.v)), '{{}}')::text FROM {t} AS t"
+        ));
+        serde_json::from_str::<serde_json::Map<String, Value>>(&out).unwrap().into_iter().collect()
+    };
+    w.setup();
+    w.start();
+    w.catch_up(&names, &names);
+    for t in &names {
+        check(&w, t, &expect(&w, t));
+    }
+    // Every row updated (non-key), then the first key of each table changed, then the last deleted.
+    for (t, _, vals) in KEY_TYPES {
+        w.sql(&format!("UPDATE {t} SET v = v || ' updated'"));
+        if vals.len() > 1 {
+            w.sql(&format!("DELETE FROM {t} WHERE k = {}", vals[vals.len() - 1]));
+        }
+    }
+    w.catch_up(&names, &names);
+    for t in &names {
+        check(&w, t, &expect(&w, t));
+    }
+    assert_eq!(w.stop(), 0);
+}
+
+#[test]
+#[ignore = "deriver bug: char(n) keys are cast to `character` (= char(1)) and compared blank-padded vs trimmed: an update of any row deletes full-length records, and short ones never change"]
+fn char_n_keys_follow_updates_and_deletes() {
+    let mut w = World::on(&env().pg, "charkey", None);
+    w.sql("CREATE TABLE ck (code char(5) PRIMARY KEY, v text); INSERT INTO ck VALUES ('ab', 'short'), ('abcde', 'full'), ('x', 'gone')");
+    w.add_pipeline("ck", &pipeline("ck", "{ table: ck, as: t }", "t.code", &[("v", "t.v")]));
+    w.setup();
+    w.start();
+    w.catch_up(&["ck"], &["ck"]);
+    check(&w, "ck", &expected(&w, "ck AS t", "t.code", &[("v", "t.v")], ""));
+    w.sql("UPDATE ck SET v = 'short updated' WHERE code = 'ab'; UPDATE ck SET v = 'full updated' WHERE code = 'abcde'; DELETE FROM ck WHERE code = 'x'");
+    w.catch_up(&["ck"], &["ck"]);
+    check(&w, "ck", &expected(&w, "ck AS t", "t.code", &[("v", "t.v")], ""));
+    assert_eq!(w.stop(), 0);
+}
+
+/// One table keyed by `ty`, rows `vals`; updates every row and deletes the last one.
+fn key_type_round(name: &str, ty: &str, vals: &[&str]) {
+    let mut w = World::on(&env().pg, name, None);
+    w.sql(&format!("CREATE TABLE kt (k {ty} PRIMARY KEY, v text)"));
+    for (i, v) in vals.iter().enumerate() {
+        w.sql(&format!("INSERT INTO kt VALUES ({v}, 'row {i}')"));
+    }
+    let fields: &[(&str, &str)] = &[("v", "t.v")];
+    w.add_pipeline("kt", &pipeline("kt", "{ table: kt, as: t }", "t.k", fields));
+    w.setup();
+    w.start();
+    w.catch_up(&["kt"], &["kt"]);
+    check(&w, "kt", &expected(&w, "kt AS t", "t.k", fields, ""));
+    w.sql("UPDATE kt SET v = v || ' updated'");
+    w.sql(&format!("DELETE FROM kt WHERE k = {}", vals[vals.len() - 1]));
+    w.catch_up(&["kt"], &["kt"]);
+    check(&w, "kt", &expected(&w, "kt AS t", "t.k", fields, ""));
+    assert_eq!(w.stop(), 0);
+}
+
+#[test]
+#[ignore = "deriver bug: boolean keys: the WAL says t/f but key::text says true/false, so updates and deletes of a row never reach its record"]
+fn boolean_keys_follow_updates_and_deletes() {
+    key_type_round("boolkey", "boolean", &["true", "false"]);
+}
+
+#[test]
+#[ignore = "deriver bug: inet host keys: the WAL says ::1 but key::text says ::1/128, so updates and deletes of a row never reach its record"]
+fn inet_keys_follow_updates_and_deletes() {
+    key_type_round("inetkey", "inet", &["'192.168.0.1/24'", "'10.1.2.3'", "'::1'"]);
+}
+
+#[test]
+#[ignore = "deriver bug: bit(n) keys are cast to `bit` (= bit(1), truncating) in the keyed query, so any change of a row deletes its record"]
+fn bit_n_keys_follow_updates_and_deletes() {
+    key_type_round("bitkey", "bit(8)", &["B'10100101'", "B'00000000'"]);
+}
