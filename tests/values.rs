@@ -693,3 +693,38 @@ fn sorted_set_scores_that_are_not_numbers_are_rejected_not_fatal() {
     assert!(w.daemon.as_mut().unwrap().try_wait().unwrap().is_none());
     assert_eq!(w.stop(), 0);
 }
+
+#[test]
+#[ignore = "deriver bug: a record rejected during the snapshot is logged as key=? (JSON deeper than 128 levels: 'not a JSON object')"]
+fn deeply_nested_json_is_stored_or_dead_lettered_by_key() {
+    let mut w = World::on(&env().pg, "deepjson", None);
+    let deep = |n: usize| format!("'{}{}'", "[".repeat(n), "]".repeat(n));
+    w.sql(&format!("CREATE TABLE dj (id integer PRIMARY KEY, j jsonb); INSERT INTO dj VALUES (1, '{{}}'), (2, {}), (3, {})", deep(300), deep(100)));
+    w.add_pipeline("dj", "version: 1\npipeline: dj\nsource: { table: dj }\nfields: { id: dj.id, j: dj.j }\ntargets:\n  - redis: { key: \"dj:{id}\", type: json }\n");
+    w.setup();
+    w.start();
+    w.catch_up(&["dj"], &[]);
+    w.sql(&format!("INSERT INTO dj VALUES (4, {}); UPDATE dj SET j = '[1]' WHERE id = 1", deep(300)));
+    w.catch_up(&["dj"], &[]);
+    assert!(w.daemon.as_mut().unwrap().try_wait().unwrap().is_none());
+    // Compared as text: serde_json's recursion limit (128) cannot parse these values back.
+    let rows = pinned_text(&w, "SELECT id::text || '|' || json_build_object('id', id, 'j', j)::text FROM dj ORDER BY id");
+    let log = plain_log(&w);
+    let mut stored = 0;
+    for line in rows.lines() {
+        let (id, want) = line.split_once('|').unwrap();
+        match w.redis_get(&format!("dj:{id}")) {
+            Some(text) => {
+                stored += 1;
+                assert_eq!(text.replace(' ', ""), want.replace(' ', ""), "dj:{id}");
+            }
+            None => assert!(
+                log.lines().any(|l| l.contains("record rejected") && (l.contains(&format!("key={id} ")) || l.ends_with(&format!("key={id}")))),
+                "record {id} is neither stored nor dead-lettered under its key; log:\n{}",
+                log.lines().filter(|l| l.contains("reject")).collect::<Vec<_>>().join("\n")
+            ),
+        }
+    }
+    assert!(stored >= 2, "the shallow records are stored");
+    assert_eq!(w.stop(), 0);
+}
