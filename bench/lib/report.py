@@ -1,0 +1,230 @@
+#!/usr/bin/env python3
+"""Aggregates a bench run (figures.tsv, machine.tsv, phases.tsv, notes.tsv) into results.md and
+results.tsv: every figure as median/min/max over its repetitions, the ratios to the raw limits
+measured in the same run, and one met / not met line per target. Usage: report.py RUN_DIR"""
+
+import os
+import statistics
+import sys
+
+run = sys.argv[1]
+
+
+def read_tsv(name):
+    path = os.path.join(run, name)
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [line.rstrip("\n").split("\t") for line in f if line.strip()]
+
+
+machine = read_tsv("machine.tsv")
+phases = read_tsv("phases.tsv")
+notes = read_tsv("notes.tsv")
+
+# (phase, name) -> {"unit": u, "values": [..]}, in first-seen order
+figures = {}
+for row in read_tsv("figures.tsv"):
+    if len(row) < 5:
+        continue
+    phase, name, unit, rep, value = row[:5]
+    try:
+        v = float(value)
+    except ValueError:
+        continue
+    if v != v:  # NaN
+        continue
+    figures.setdefault((phase, name), {"unit": unit, "values": []})["values"].append(v)
+
+
+def stats(phase, name):
+    f = figures.get((phase, name))
+    if not f or not f["values"]:
+        return None
+    vs = f["values"]
+    return {"median": statistics.median(vs), "min": min(vs), "max": max(vs), "n": len(vs), "unit": f["unit"], "values": vs}
+
+
+def med(phase, name):
+    s = stats(phase, name)
+    return None if s is None else s["median"]
+
+
+def fmt(v):
+    if v is None:
+        return "—"
+    a = abs(v)
+    if a >= 1000:
+        return f"{v:,.0f}"
+    if a >= 100:
+        return f"{v:.0f}"
+    if a >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+# ------------------------------------------------------------------------------------- ratios
+ratios = []  # (name, median, min, max, definition)
+
+
+def ratio(name, num_phase, num_name, den_value, den_text, invert=False):
+    s = stats(num_phase, num_name)
+    if s is None or not den_value:
+        ratios.append((name, None, None, None, den_text))
+        return None
+    if invert:  # den / value (e.g. Postgres p99 over deriver p99)
+        vals = [den_value / v for v in s["values"] if v > 0]
+    else:
+        vals = [v / den_value for v in s["values"]]
+    if not vals:
+        ratios.append((name, None, None, None, den_text))
+        return None
+    r = (statistics.median(vals), min(vals), max(vals))
+    ratios.append((name, *r, den_text))
+    return r[0]
+
+
+decode = med("raw_decode", "decode_changes_per_s")
+upsert = med("raw_tantivy", "upsert_docs_per_s")
+bulk = med("raw_tantivy", "bulk_docs_per_s")
+stream_limit = min(x for x in (decode, upsert) if x) if (decode or upsert) else None
+which = "decode" if stream_limit == decode else "tantivy upsert"
+
+r_stream = ratio("streaming / min(decode, tantivy upsert)", "stream", "applied_changes_per_s", stream_limit,
+                 f"applied changes/s ÷ {fmt(stream_limit)} ({which} limit)")
+s_app, s_off = stats("stream", "applied_changes_per_s"), stats("stream", "offered_changes_per_s")
+if s_app and s_off and len(s_app["values"]) == len(s_off["values"]):
+    vals = [a / o for a, o in zip(s_app["values"], s_off["values"]) if o]
+    if vals:
+        ratios.append(("streaming applied / offered by pgbench", statistics.median(vals), min(vals), max(vals),
+                       "1.0 = deriver kept up with everything pgbench committed"))
+r_catchup = ratio("catch-up / decode", "catchup", "changes_per_s", decode, f"catch-up changes/s ÷ {fmt(decode)} (decode limit)")
+r_reindex = ratio("reindex / tantivy bulk", "reindex", "docs_per_s", bulk, f"reindex docs/s ÷ {fmt(bulk)} (tantivy bulk limit)")
+r_snapshot = ratio("first-start snapshot / tantivy bulk", "snapshot", "docs_per_s", bulk, f"snapshot docs/s ÷ {fmt(bulk)} (tantivy bulk limit)")
+pg_p99 = med("search", "postgres_p99")
+r_search = ratio("search p99: Postgres FTS / deriver", "search", "deriver_p99", pg_p99,
+                 f"{fmt(pg_p99)} ms (Postgres p99) ÷ deriver p99", invert=True)
+
+# ------------------------------------------------------------------------------------ targets
+targets = []  # (text, status, measured)
+
+
+def target(text, value, ok, shown):
+    if value is None:
+        targets.append((text, "NOT MEASURED", "—"))
+    else:
+        targets.append((text, "met" if ok(value) else "NOT MET", shown))
+
+
+target("streaming ≥ 0.7 × min(decode, tantivy upsert)", r_stream, lambda v: v >= 0.7, fmt(r_stream))
+f50, f99 = med("freshness", "p50"), med("freshness", "p99")
+target("freshness p50 ≤ 50 ms (at half the sustained rate)", f50, lambda v: v <= 50, f"{fmt(f50)} ms")
+target("freshness p99 ≤ 250 ms (at half the sustained rate)", f99, lambda v: v <= 250, f"{fmt(f99)} ms")
+target("full reindex ≥ 0.8 × tantivy bulk", r_reindex, lambda v: v >= 0.8, fmt(r_reindex))
+rr = stats("reindex", "peak_rss")
+target("reindex peak RSS ≤ 1 GiB", rr and rr["max"], lambda v: v <= 1024, f"{fmt(rr and rr['max'])} MiB (max over reps)")
+sp99 = med("search", "deriver_p99")
+target("search p99 ≤ 20 ms", sp99, lambda v: v <= 20, f"{fmt(sp99)} ms")
+target("search p99 ≥ 30× better than Postgres FTS", r_search, lambda v: v >= 30, f"{fmt(r_search)}×")
+bi = stats("bigtxn", "insert_peak_rss")
+bd = stats("bigtxn", "delete_peak_rss")
+big = max([s["max"] for s in (bi, bd) if s], default=None)
+target("peak RSS ≤ 512 MiB during a 1M-row transaction (insert and delete)", big, lambda v: v <= 512, f"{fmt(big)} MiB (max)")
+cu = stats("catchup", "peak_rss")
+target("peak RSS ≤ 512 MiB during catch-up after stopped churn", cu and cu["max"], lambda v: v <= 512,
+       f"{fmt(cu and cu['max'])} MiB (max)")
+
+# ------------------------------------------------------------------------------------ results.md
+PHASE_TITLES = {
+    "raw_redis": "Raw limit: Redis pipelined HSET",
+    "raw_tantivy": "Raw limit: tantivy (deriver's schema, no deriver)",
+    "raw_decode": "Raw limit: pgoutput decoding (pg_recvlogical)",
+    "snapshot": "First start (snapshot of every document)",
+    "stream": "Streaming under full-rate churn",
+    "freshness": "Freshness (commit → visible, POST /v1/wait)",
+    "reindex": "Full reindex (deriver reindex docs)",
+    "search": "Search (deriver vs Postgres FTS)",
+    "catchup": "Catch-up after a stopped period of churn",
+    "bigtxn": "One huge transaction",
+}
+
+md = []
+md.append(f"# deriver benchmark — {os.path.basename(run)}\n")
+for row in machine:
+    if row[0] == "PATCHED" and len(row) > 1:
+        md.append(f"> **Built with patches**: {row[1]}\n")
+md.append("Every figure is the median over its repetitions, with min and max; `n` is the number of repetitions.")
+md.append("Ratios compare deriver to the raw limits measured in this same run. See bench/README.md.\n")
+md.append("## Targets\n")
+for text, status, shown in targets:
+    md.append(f"- **{status}** — {text}: {shown}")
+md.append("")
+md.append("## Ratios\n")
+md.append("| ratio | median | min | max | definition |")
+md.append("| --- | ---: | ---: | ---: | --- |")
+for name, m, lo, hi, d in ratios:
+    md.append(f"| {name} | {fmt(m)} | {fmt(lo)} | {fmt(hi)} | {d} |")
+md.append("")
+md.append("## Machine\n")
+md.append("| | |")
+md.append("| --- | --- |")
+for row in machine:
+    if len(row) >= 2:
+        md.append(f"| {row[0]} | {row[1]} |")
+md.append("")
+md.append("## Figures\n")
+seen_phases = []
+for (phase, _name) in figures:
+    if phase not in seen_phases:
+        seen_phases.append(phase)
+for phase in seen_phases:
+    md.append(f"### {PHASE_TITLES.get(phase, phase)}\n")
+    md.append("| figure | unit | median | min | max | n |")
+    md.append("| --- | --- | ---: | ---: | ---: | ---: |")
+    for (p, name), f in figures.items():
+        if p != phase:
+            continue
+        s = stats(p, name)
+        md.append(f"| {name} | {s['unit']} | {fmt(s['median'])} | {fmt(s['min'])} | {fmt(s['max'])} | {s['n']} |")
+    md.append("")
+md.append("## Phases\n")
+md.append("| phase | status | seconds | detail |")
+md.append("| --- | --- | ---: | --- |")
+for row in phases:
+    row = (row + ["", "", "", ""])[:4]
+    md.append(f"| {row[0]} | {row[1]} | {row[2]} | {row[3]} |")
+md.append("")
+if notes:
+    md.append("## Notes\n")
+    for row in notes:
+        md.append(f"- {row[0]}: {row[1] if len(row) > 1 else ''}")
+    md.append("")
+perf_dir = os.path.join(run, "perf")
+if os.path.isdir(perf_dir):
+    md.append("## Profiles\n")
+    for name in sorted(os.listdir(perf_dir)):
+        if name.endswith(".txt"):
+            md.append(f"- [perf/{name}](perf/{name})")
+    md.append("")
+
+with open(os.path.join(run, "results.md"), "w", encoding="utf-8") as f:
+    f.write("\n".join(md))
+
+# ----------------------------------------------------------------------------------- results.tsv
+with open(os.path.join(run, "results.tsv"), "w", encoding="utf-8") as f:
+    f.write("kind\tphase\tname\tunit\tmedian\tmin\tmax\tn\n")
+    for row in machine:
+        if len(row) >= 2:
+            f.write(f"machine\t\t{row[0]}\t\t{row[1]}\t\t\t\n")
+    for (p, name) in figures:
+        s = stats(p, name)
+        f.write(f"figure\t{p}\t{name}\t{s['unit']}\t{s['median']:.6g}\t{s['min']:.6g}\t{s['max']:.6g}\t{s['n']}\n")
+    for name, m, lo, hi, d in ratios:
+        g = lambda v: "" if v is None else f"{v:.4g}"
+        f.write(f"ratio\t\t{name}\t{d}\t{g(m)}\t{g(lo)}\t{g(hi)}\t\n")
+    for text, status, shown in targets:
+        f.write(f"target\t\t{text}\t\t{status}\t{shown}\t\t\n")
+    for row in phases:
+        row = (row + ["", "", "", ""])[:4]
+        f.write(f"phase\t{row[0]}\t{row[1]}\ts\t{row[2]}\t\t\t{row[3]}\n")
+print(os.path.join(run, "results.md"))
