@@ -44,6 +44,9 @@ pub struct RedisConfig {
     /// `auto` (default) reads `appendonly`/`appendfsync` from the server.
     #[serde(default)]
     pub durability_delay_ms: Option<u64>,
+    /// A view value larger than this is refused (the record becomes a dead letter).
+    #[serde(default = "default_max_value")]
+    pub max_value_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -101,6 +104,9 @@ fn default_name() -> String {
 fn default_index_dir() -> PathBuf {
     "data/index".into()
 }
+fn default_max_value() -> usize {
+    64 << 20
+}
 fn default_writer_mb() -> usize {
     128
 }
@@ -131,7 +137,7 @@ fn default_dirty_keys() -> usize {
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        RedisConfig { url: None, prefix: default_name(), durability_delay_ms: None }
+        RedisConfig { url: None, prefix: default_name(), durability_delay_ms: None, max_value_bytes: default_max_value() }
     }
 }
 impl Default for IndexConfig {

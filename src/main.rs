@@ -91,6 +91,10 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             let cfg = Config::load(cli.config.as_deref())?;
             cli::audit::run(&cfg, args.pipelines, args.all, args.repair, args.sample, args.json).await
         }
+        Command::DeadLetters(args) => {
+            let cfg = Config::load(cli.config.as_deref())?;
+            cli::dead_letters::run(&cfg, args.pipelines, args.retry, args.json).await
+        }
         Command::Plan => {
             let cfg = Config::load(cli.config.as_deref())?;
             cli::plan::run(&cfg).await

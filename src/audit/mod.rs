@@ -360,11 +360,7 @@ impl Audit<'_> {
 }
 
 fn split_key(k: &str, n: usize) -> KeyTuple {
-    if n == 1 {
-        vec![k.to_string()]
-    } else {
-        k.splitn(n, ':').map(str::to_string).collect()
-    }
+    crate::runtime::derive::split_key_text(k, n).unwrap_or_else(|| vec![k.to_string(); n])
 }
 
 fn suspects(reports: &BTreeMap<String, TargetReport>) -> Vec<String> {

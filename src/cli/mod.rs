@@ -1,6 +1,7 @@
 //! The `deriver` command line.
 
 pub mod audit;
+pub mod dead_letters;
 pub mod pipeline_test;
 pub mod plan;
 pub mod preview;
@@ -51,6 +52,20 @@ pub enum Command {
     Reindex(ReindexArgs),
     /// Compare every target with a fresh derivation from Postgres; list missing, extra and different keys; --repair re-derives them.
     Audit(AuditArgs),
+    /// List the records a target could not take, with reasons; --retry re-derives them now.
+    DeadLetters(DeadLettersArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct DeadLettersArgs {
+    /// Pipelines (default: all).
+    pub pipelines: Vec<String>,
+    /// Re-derive the dead letters now instead of waiting for their backoff.
+    #[arg(long)]
+    pub retry: bool,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, clap::Args)]

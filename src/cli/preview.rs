@@ -18,7 +18,7 @@ pub async fn run(cfg: &Config, pipeline: &str, keys: &[String]) -> Result<i32> {
     let n = info.key.len();
     let mut tuples = Vec::new();
     for k in keys {
-        let parts: Vec<String> = if n == 1 { vec![k.clone()] } else { k.splitn(n, ':').map(str::to_string).collect() };
+        let parts: Vec<String> = crate::runtime::derive::split_key_text(k, n).unwrap_or_default();
         if parts.len() != n {
             return Err(Error::config(format!("key `{k}` needs {n} parts joined by `:` ({})", info.key.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(":"))));
         }

@@ -73,6 +73,7 @@ async fn offline(cfg: &Config) -> Result<StatusDoc> {
     })?;
     let mut redis = None;
     let mut pipelines = Vec::new();
+    let dead = crate::runtime::dead_letters::DeadLetters::open(&crate::runtime::state_dir(&cfg.index.dir)).ok();
     for def in defs {
         let mut targets = BTreeMap::new();
         let mut generation = None;
@@ -99,7 +100,8 @@ async fn offline(cfg: &Config) -> Result<StatusDoc> {
             applied_lsn: None,
             targets,
             lag_bytes: None,
-            dead_letters: 0,
+            dead_letters: dead.as_ref().map_or(0, |d| d.count(&def.name) as u64),
+            dead_letter_list: dead.as_ref().and_then(|d| d.list(&def.name, 20).ok()).unwrap_or_default(),
             description: def.description.clone(),
             owner: def.owner.clone(),
             error: None,
@@ -139,6 +141,9 @@ pub fn print_table(doc: &StatusDoc) {
         );
         for (t, l) in &p.targets {
             println!("    {:<40} {}", t, lsn(*l));
+        }
+        for d in &p.dead_letter_list {
+            println!("    dead letter {}: {} (attempts {})", d.key, d.reason, d.attempts);
         }
     }
 }

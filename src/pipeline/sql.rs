@@ -12,7 +12,7 @@ use crate::source::{quote_ident, quote_literal};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyColumn {
     pub name: String,
-    /// `format_type(atttypid, NULL)`, e.g. `integer`, `text`, `uuid`, `integer[]`.
+    /// `format_type(atttypid, atttypmod)`, e.g. `integer`, `character(5)`, `uuid`, `integer[]`.
     pub type_name: String,
 }
 
@@ -198,14 +198,21 @@ fn from_clause(p: &Pipeline) -> String {
     out
 }
 
-fn select_list(p: &Pipeline, key: &[KeyColumn]) -> String {
-    let alias = quote_ident(&p.source.alias);
-    let key_text = if key.len() == 1 {
-        format!("{alias}.{}::text", quote_ident(&key[0].name))
+/// The key text of one row from its key column expressions: `key::text`; a composite key joins
+/// its columns' text with `:`, escaping `\` and `:` inside a column's text (`a\:b:c`), so two
+/// different keys never share a text.
+pub fn key_text_sql(exprs: &[String]) -> String {
+    if exprs.len() == 1 {
+        format!("({})::text", exprs[0])
     } else {
-        let parts: Vec<String> = key.iter().map(|k| format!("{alias}.{}::text", quote_ident(&k.name))).collect();
+        let parts: Vec<String> = exprs.iter().map(|e| format!("replace(replace(({e})::text, '\\', '\\\\'), ':', '\\:')")).collect();
         format!("concat_ws(':', {})", parts.join(", "))
-    };
+    }
+}
+
+fn select_list(p: &Pipeline, key: &[KeyColumn], key_exprs: &[String], matched: Option<&str>) -> String {
+    let key_text = key_text_sql(key_exprs);
+    let _ = key;
     let record = if p.fields.len() <= 50 {
         let args: Vec<String> =
             p.fields.iter().map(|f| format!("{}, to_jsonb({})", quote_literal(&f.name), field_sql(p, &f.name))).collect();
@@ -223,6 +230,11 @@ fn select_list(p: &Pipeline, key: &[KeyColumn]) -> String {
             rows.join(", ")
         )
     };
+    // In the keyed query a key without a row (deleted, filtered out) yields NULL.
+    let record = match matched {
+        Some(m) => format!("CASE WHEN {m} IS NULL THEN NULL ELSE {record} END"),
+        None => record,
+    };
     let mut cols = vec![format!("{key_text} AS __key"), format!("{record} AS __record")];
     for (i, name) in p.text_fields().iter().enumerate() {
         cols.push(format!("{}::text AS __t{i}", field_sql(p, name)));
@@ -233,36 +245,34 @@ fn select_list(p: &Pipeline, key: &[KeyColumn]) -> String {
 pub fn compile(p: &Pipeline, key: &[KeyColumn]) -> DerivationSql {
     assert!(!key.is_empty(), "a pipeline has at least one key column");
     let alias = quote_ident(&p.source.alias);
-    let select = select_list(p, key);
     let filter = p.source.filter.as_ref().map(|f| format!("({f})"));
+    // Keyed: every input key yields one row — its canonical text (the input cast to the key type,
+    // then to text, exactly like `key::text` of the row) and the record, or NULL when there is none.
+    let params: Vec<String> = (1..=key.len()).map(|i| format!("${i}::text[]")).collect();
+    let cols: Vec<String> = (0..key.len()).map(|i| format!("__k{i}")).collect();
+    let input_exprs: Vec<String> = key.iter().enumerate().map(|(i, k)| format!("__in.__k{i}::{}", k.type_name)).collect();
+    let mut on: Vec<String> =
+        key.iter().enumerate().map(|(i, k)| format!("{alias}.{} = {}", quote_ident(&k.name), input_exprs[i])).collect();
+    on.extend(filter.clone());
+    let matched = format!("{alias}.{}", quote_ident(&key[0].name));
+    // A parenthesized join when lookups or children join the source (a bare table otherwise).
+    let from = from_clause(p);
+    let joined = if from.contains('\n') { format!("({from})") } else { from };
+    let keyed = format!(
+        "SELECT {}\nFROM unnest({}) AS __in({})\nLEFT JOIN {joined} ON {}",
+        select_list(p, key, &input_exprs, Some(&matched)),
+        params.join(", "),
+        cols.join(", "),
+        on.join("\n  AND ")
+    );
 
-    let key_match = if key.len() == 1 && !key[0].type_name.ends_with("[]") {
-        format!("{alias}.{} = ANY($1::text[]::{}[])", quote_ident(&key[0].name), key[0].type_name)
-    } else {
-        let params: Vec<String> = (1..=key.len()).map(|i| format!("${i}::text[]")).collect();
-        let cols: Vec<String> = (0..key.len()).map(|i| format!("__c{i}")).collect();
-        let eqs: Vec<String> = key
-            .iter()
-            .enumerate()
-            .map(|(i, k)| format!("{alias}.{} = __k.__c{i}::{}", quote_ident(&k.name), k.type_name))
-            .collect();
-        format!(
-            "EXISTS (SELECT 1 FROM unnest({}) AS __k({}) WHERE {})",
-            params.join(", "),
-            cols.join(", "),
-            eqs.join(" AND ")
-        )
-    };
-    let mut keyed_where = vec![key_match];
-    keyed_where.extend(filter.clone());
-    let keyed = format!("SELECT {select}\nFROM {}\nWHERE {}", from_clause(p), keyed_where.join("\n  AND "));
-
-    let order: Vec<String> = key.iter().map(|k| format!("{alias}.{}", quote_ident(&k.name))).collect();
+    let row_exprs: Vec<String> = key.iter().map(|k| format!("{alias}.{}", quote_ident(&k.name))).collect();
     let bulk = format!(
-        "SELECT {select}\nFROM {}{}\nORDER BY {}",
+        "SELECT {}\nFROM {}{}\nORDER BY {}",
+        select_list(p, key, &row_exprs, None),
         from_clause(p),
         filter.map(|f| format!("\nWHERE {f}")).unwrap_or_default(),
-        order.join(", ")
+        row_exprs.join(", ")
     );
     DerivationSql { keyed, bulk }
 }
@@ -284,10 +294,12 @@ mod tests {
     #[test]
     fn single_key_uses_any() {
         let sql = compile(&films(), &[KeyColumn { name: "film_id".into(), type_name: "integer".into() }]);
-        assert!(sql.keyed.contains("\"film\".\"film_id\" = ANY($1::text[]::integer[])"), "{}", sql.keyed);
+        assert!(sql.keyed.contains("FROM unnest($1::text[]) AS __in(__k0)\nLEFT JOIN \"public\".\"film\" AS \"film\" ON \"film\".\"film_id\" = __in.__k0::integer"), "{}", sql.keyed);
+        assert!(sql.keyed.contains("(__in.__k0::integer)::text AS __key"), "{}", sql.keyed);
         assert!(sql.keyed.contains("json_build_object('film_id', to_jsonb((film.film_id)), 'title', to_jsonb((film.title)))::text"), "{}", sql.keyed);
         assert!(sql.keyed.contains("(film.film_id)::text AS __t0"));
-        assert!(sql.keyed.contains("AND (film.rating <> 'NC-17')"));
+        assert!(sql.keyed.contains("AND (film.rating <> 'NC-17')"), "{}", sql.keyed);
+        assert!(sql.keyed.contains("CASE WHEN \"film\".\"film_id\" IS NULL THEN NULL ELSE json_build_object("), "{}", sql.keyed);
         assert!(sql.bulk.ends_with("ORDER BY \"film\".\"film_id\""), "{}", sql.bulk);
     }
 
@@ -298,8 +310,8 @@ mod tests {
             KeyColumn { name: "category_id".into(), type_name: "integer".into() },
         ];
         let sql = compile(&films(), &key);
-        assert!(sql.keyed.contains("unnest($1::text[], $2::text[]) AS __k(__c0, __c1)"), "{}", sql.keyed);
-        assert!(sql.keyed.contains("concat_ws(':', \"film\".\"film_id\"::text, \"film\".\"category_id\"::text)"));
+        assert!(sql.keyed.contains("unnest($1::text[], $2::text[]) AS __in(__k0, __k1)"), "{}", sql.keyed);
+        assert!(sql.bulk.contains(r#"concat_ws(':', replace(replace(("film"."film_id")::text, '\', '\\'), ':', '\:')"#), "{}", sql.bulk);
     }
 }
 

@@ -1,7 +1,5 @@
 //! Keyed and bulk derivation: run a pipeline's SQL and turn rows into [`Record`]s and [`Write`]s.
 
-use std::collections::HashMap;
-
 use tokio_postgres::{Client, Row, Statement};
 
 use crate::error::{Error, ErrorKind, Result};
@@ -10,8 +8,29 @@ use crate::sink::{Record, Rejected, Write};
 /// A source key as the column texts of its key columns, in declared order.
 pub type KeyTuple = Vec<String>;
 
+/// The key text of a tuple as deriver prints it (see `pipeline::sql::key_text_sql`).
 pub fn key_text(key: &KeyTuple) -> String {
-    key.join(":")
+    if key.len() == 1 {
+        return key[0].clone();
+    }
+    key.iter().map(|p| p.replace('\\', "\\\\").replace(':', "\\:")).collect::<Vec<_>>().join(":")
+}
+
+/// Splits a key text into its `n` column texts (the inverse of [`key_text`]).
+pub fn split_key_text(text: &str, n: usize) -> Option<KeyTuple> {
+    if n == 1 {
+        return Some(vec![text.to_string()]);
+    }
+    let mut parts = vec![String::new()];
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => parts.last_mut()?.push(chars.next()?),
+            ':' => parts.push(String::new()),
+            c => parts.last_mut()?.push(c),
+        }
+    }
+    (parts.len() == n).then_some(parts)
 }
 
 pub fn row_to_record(row: &Row) -> Result<Record> {
@@ -65,18 +84,37 @@ async fn query_keys(client: &Client, stmt: &Statement, n_key_cols: usize, keys: 
             err
         }
     })?;
-    let mut found: HashMap<String, Record> = HashMap::with_capacity(rows.len());
+    // One row per input key: its canonical text, and the record or NULL.
+    let mut writes = Vec::with_capacity(rows.len());
+    let mut seen = std::collections::HashSet::with_capacity(rows.len());
     for row in &rows {
-        let r = row_to_record(row)?;
-        found.insert(r.key.clone(), r);
-    }
-    let mut writes = Vec::with_capacity(keys.len());
-    for key in keys {
-        let text = key_text(key);
-        match found.remove(&text) {
-            Some(r) => writes.push(Write::Upsert(r)),
-            None => writes.push(Write::Delete { key: text }),
+        let key: Option<String> = row.try_get(0).map_err(|e| Error::record("the derived key is unreadable").with_detail(e))?;
+        let Some(key) = key else { continue };
+        if !seen.insert(key.clone()) {
+            continue;
+        }
+        let record: Option<String> = row.try_get(1).map_err(|e| Error::record("the derived record is unreadable").with_detail(e))?;
+        match record {
+            Some(_) => writes.push(Write::Upsert(row_to_record(row)?)),
+            None => writes.push(Write::Delete { key }),
         }
     }
     Ok(writes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn composite_key_texts_round_trip() {
+        for parts in [vec!["x:y", "z"], vec!["x", "y:z"], vec!["a\\", ":"], vec!["", ""], vec!["1", "2", "3"]] {
+            let t: KeyTuple = parts.iter().map(|s| s.to_string()).collect();
+            let text = key_text(&t);
+            assert_eq!(split_key_text(&text, t.len()), Some(t.clone()), "{text}");
+        }
+        assert_ne!(key_text(&vec!["x:y".into(), "z".into()]), key_text(&vec!["x".into(), "y:z".into()]));
+        assert_eq!(key_text(&vec!["7".into()]), "7");
+        assert_eq!(split_key_text("a:b", 3), None);
+    }
 }

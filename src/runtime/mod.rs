@@ -8,6 +8,7 @@
 
 pub mod deps;
 pub mod derive;
+pub mod dead_letters;
 pub mod dirty;
 pub mod failpoint;
 pub mod reindex;
@@ -45,11 +46,25 @@ pub struct PipelineRt {
     pub table: TableInfo,
     stmt: Option<Statement>,
     pub sinks: Vec<AnySink>,
-    dead_letters: u64,
     /// Positions of the key columns in the source table's interest list.
     key_pos: Vec<usize>,
     /// Lookup, child and link tables: changes there re-derive joined source keys.
     deps: Vec<deps::Dep>,
+    /// Records rejected since the last flush: (key, reason), to record as dead letters.
+    failed: Vec<(String, String)>,
+    /// Keys written successfully since the last flush (candidates to leave the dead letters).
+    written: Vec<String>,
+}
+
+/// Logs rejected records and keeps them for the dead-letter store.
+fn note_rejects(pipeline: &str, failed: &mut Vec<(String, String)>, rejected: &[Rejected]) {
+    for r in rejected {
+        error!(pipeline, key = %r.key, reason = %r.reason, "record rejected (dead letter)");
+        metrics::counter!("deriver_dead_letters_total", "pipeline" => pipeline.to_string()).increment(1);
+        if r.key != "?" {
+            failed.push((r.key.clone(), r.reason.clone()));
+        }
+    }
 }
 
 impl PipelineRt {
@@ -66,6 +81,11 @@ impl PipelineRt {
             _ => None,
         })
     }
+}
+
+/// Where deriver keeps its own state beside the index generations.
+pub fn state_dir(index_dir: &std::path::Path) -> std::path::PathBuf {
+    index_dir.join("_state")
 }
 
 /// The file that records a requested reindex of an index until its new generation is live.
@@ -136,6 +156,7 @@ pub struct Daemon {
     since_swap: HashMap<String, (usize, u64, DirtyKeys)>,
     /// Pipelines whose reindex was requested before a restart (marker files).
     pending_reindex: Vec<usize>,
+    dead: dead_letters::DeadLetters,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -280,7 +301,7 @@ impl Daemon {
             }
             if !def.redis.is_empty() {
                 let url = cfg.redis_url()?;
-                let sink = RedisSink::open(url, &cfg.redis.prefix, &def, cfg.redis.durability_delay_ms)
+                let sink = RedisSink::open(url, &cfg.redis.prefix, &def, cfg.redis.durability_delay_ms, cfg.redis.max_value_bytes)
                     .await
                     .map_err(|e| Error::fatal(e.message.clone()).with_detail(e.detail.unwrap_or_default()))?;
                 sinks.push(AnySink::Redis(sink));
@@ -289,8 +310,20 @@ impl Daemon {
                 // Last, so it commits after the pipeline's other sinks.
                 sinks.push(AnySink::Ledger(crate::sink::ledger::Ledger::open(&cfg.index.dir.join("_ledger"), &def.name, &def.hash)?));
             }
-            pipelines.push(PipelineRt { key: info.key.clone(), table: info, def, sql, stmt: Some(stmt), sinks, dead_letters: 0, key_pos, deps });
+            pipelines.push(PipelineRt {
+                key: info.key.clone(),
+                table: info,
+                def,
+                sql,
+                stmt: Some(stmt),
+                sinks,
+                key_pos,
+                deps,
+                failed: Vec::new(),
+                written: Vec::new(),
+            });
         }
+        let cfg_dir = cfg.index.dir.clone();
         let (built_tx, built_rx) = mpsc::channel(16);
         let (admin_tx, admin_rx) = mpsc::channel(16);
         *shared.admin.lock().expect("admin lock") = Some(admin_tx);
@@ -321,6 +354,7 @@ impl Daemon {
             admin_rx: Some(admin_rx),
             since_swap: HashMap::new(),
             pending_reindex,
+            dead: dead_letters::DeadLetters::open(&state_dir(&cfg_dir))?,
         };
         daemon.publish_status("snapshotting").await;
         Ok(daemon)
@@ -349,7 +383,8 @@ impl Daemon {
                 applied_lsn: None,
                 targets,
                 lag_bytes: None,
-                dead_letters: p.dead_letters,
+                dead_letters: self.dead.count(&p.def.name) as u64,
+                dead_letter_list: self.dead.list(&p.def.name, 20).unwrap_or_default(),
                 description: p.def.description.clone(),
                 owner: p.def.owner.clone(),
                 error: None,
@@ -515,14 +550,15 @@ impl Daemon {
             }
             let mut sinks: Vec<&mut AnySink> = p.sinks.iter_mut().enumerate().filter(|(j, _)| active.contains(j)).map(|(_, s)| s).collect();
             let (total, rejected) = reindex::stream_bulk(client, &p.sql.bulk, chunk, &mut sinks, None, &name).await?;
-            p.dead_letters += reject(&name, &rejected);
+            note_rejects(&p.def.name, &mut p.failed, &rejected);
             for s in sinks {
                 s.commit().await?;
             }
-            if p.def.on_error == OnError::Stop && p.dead_letters > 0 {
-                return Err(Error::fatal(format!("pipeline `{name}` rejected records and says `on_error: stop`")));
+            if p.def.on_error == OnError::Stop && !p.failed.is_empty() {
+                return Err(Error::fatal(format!("pipeline `{name}` rejected key {} ({}) and says `on_error: stop`", p.failed[0].0, p.failed[0].1)));
             }
             info!(pipeline = %name, rows = total, secs = started.elapsed().as_secs_f64(), "derived every record");
+            self.settle_dead_letters()?;
         }
         Ok(())
     }
@@ -719,6 +755,9 @@ impl Daemon {
                     if !self.rebuilds.is_empty() {
                         self.publish_reindex_status();
                     }
+                    if !in_txn {
+                        self.retry_dead_letters(applied).await?;
+                    }
                 }
             }
         }
@@ -791,6 +830,7 @@ impl Daemon {
                 Err(e) => return Err(e),
             }
         }
+        self.settle_dead_letters()?;
         let n = batch.changes;
         let elapsed = batch.started.map(|t| t.elapsed());
         *batch = self.new_batch();
@@ -899,14 +939,20 @@ impl Daemon {
                 } else {
                     truncated_notice = true;
                 }
-                p.dead_letters += reject(&p.def.name, &rejected);
+                note_rejects(&p.def.name, &mut p.failed, &rejected);
+                let failed_before = p.failed.len();
                 for &j in &active {
                     let rejected = p.sinks[j].write(&writes).await?;
-                    p.dead_letters += reject(&p.def.name, &rejected);
+                    note_rejects(&p.def.name, &mut p.failed, &rejected);
                 }
+                let failed: std::collections::HashSet<String> = p.failed[failed_before..].iter().map(|(k, _)| k.clone()).collect();
+                p.written.extend(writes.iter().map(|w| w.key().to_string()).filter(|k| !failed.contains(k)));
             }
-            if p.def.on_error == OnError::Stop && p.dead_letters > 0 {
-                return Err(Error::fatal(format!("pipeline `{}` rejected records and says `on_error: stop`", p.def.name)));
+            if p.def.on_error == OnError::Stop && !p.failed.is_empty() {
+                return Err(Error::fatal(format!(
+                    "pipeline `{}` rejected key {} ({}) and says `on_error: stop`",
+                    p.def.name, p.failed[0].0, p.failed[0].1
+                )));
             }
             let started = Instant::now();
             for (n, &j) in active.iter().enumerate() {
@@ -924,6 +970,42 @@ impl Daemon {
                 deleted.clear();
             }
             self.shared.notify_change(status::ChangeNotice { pipeline: p.def.name.clone(), lsn, keys: upserted, deleted });
+        }
+        Ok(())
+    }
+
+    /// Moves this flush's rejections into the dead-letter store and clears keys that were
+    /// written fine.
+    pub fn settle_dead_letters(&mut self) -> Result<()> {
+        for p in &mut self.pipelines {
+            let failed = std::mem::take(&mut p.failed);
+            let written = std::mem::take(&mut p.written);
+            self.dead.resolve(&p.def.name, &written)?;
+            self.dead.record(&p.def.name, &failed)?;
+        }
+        Ok(())
+    }
+
+    /// Retries dead letters whose backoff has passed.
+    async fn retry_dead_letters(&mut self, applied: Lsn) -> Result<()> {
+        for i in 0..self.pipelines.len() {
+            let name = self.pipelines[i].def.name.clone();
+            let due = self.dead.due(&name, 500)?;
+            if due.is_empty() {
+                continue;
+            }
+            info!(pipeline = %name, keys = due.len(), "retrying dead letters");
+            if let Err(e) = self.repair(&name, &due, Some(applied)).await {
+                warn!(pipeline = %name, error = %e, "retrying dead letters failed");
+            }
+            // Keys the retry did not write again are still dead: count an attempt.
+            let written: std::collections::HashSet<String> = self.pipelines[i].written.iter().cloned().collect();
+            let again: Vec<(String, String)> = due.iter().filter(|k| !written.contains(*k)).map(|k| (k.clone(), "still failing".to_string())).collect();
+            let mut failed = std::mem::take(&mut self.pipelines[i].failed);
+            failed.retain(|(k, _)| !again.iter().any(|(a, _)| a == k));
+            failed.extend(again);
+            self.pipelines[i].failed = failed;
+            self.settle_dead_letters()?;
         }
         Ok(())
     }
@@ -959,7 +1041,7 @@ impl Daemon {
             let redis_sink = if !redis_done {
                 redis_done = true;
                 let url = self.cfg.redis_url()?;
-                Some(AnySink::Redis(RedisSink::open(url, &self.cfg.redis.prefix, &p.def, self.cfg.redis.durability_delay_ms).await?))
+                Some(AnySink::Redis(RedisSink::open(url, &self.cfg.redis.prefix, &p.def, self.cfg.redis.durability_delay_ms, self.cfg.redis.max_value_bytes).await?))
             } else {
                 None
             };
@@ -1021,9 +1103,12 @@ impl Daemon {
         while let Some(part) = chunks.next_chunk()? {
             let (writes, rejected) = derive_keys(&self.pg, &stmt, n_key, &part).await?;
             n += writes.len() as u64;
-            p.dead_letters += reject(&p.def.name, &rejected);
+            note_rejects(&p.def.name, &mut p.failed, &rejected);
+            let failed_before = p.failed.len();
             let rejected = sink.write(&writes).await?;
-            p.dead_letters += reject(&p.def.name, &rejected);
+            note_rejects(&p.def.name, &mut p.failed, &rejected);
+            let failed: std::collections::HashSet<String> = p.failed[failed_before..].iter().map(|(k, _)| k.clone()).collect();
+            p.written.extend(writes.iter().map(|w| w.key().to_string()).filter(|k| !failed.contains(k)));
         }
         sink.commit().await?;
         Ok(n)
@@ -1157,7 +1242,7 @@ impl Daemon {
         let n = self.pipelines[i].key.len();
         let mut dirty = DirtyKeys::new(self.cfg.runtime.dirty_keys_in_memory);
         for k in keys {
-            let t: KeyTuple = if n == 1 { vec![k.clone()] } else { k.splitn(n, ':').map(str::to_string).collect() };
+            let t: KeyTuple = derive::split_key_text(k, n).unwrap_or_default();
             if t.len() != n {
                 return Err(format!("key `{k}` does not have {n} parts"));
             }
@@ -1358,7 +1443,8 @@ impl Daemon {
     }
 
     fn update_targets(&mut self, _lsn: Lsn) {
-        let mut per: Vec<(String, Vec<(String, Option<Lsn>)>, u64, Option<u64>)> = Vec::new();
+        #[allow(clippy::type_complexity)]
+        let mut per: Vec<(String, Vec<(String, Option<Lsn>)>, u64, Option<u64>, Vec<dead_letters::DeadLetter>)> = Vec::new();
         for p in &self.pipelines {
             let mut t = Vec::new();
             for s in &p.sinks {
@@ -1367,16 +1453,17 @@ impl Daemon {
                     t.push((l, cp.as_ref().map(|c| c.lsn)));
                 }
             }
-            per.push((p.def.name.clone(), t, p.dead_letters, p.generation()));
+            per.push((p.def.name.clone(), t, self.dead.count(&p.def.name) as u64, p.generation(), self.dead.list(&p.def.name, 20).unwrap_or_default()));
         }
         self.shared.update(|doc| {
-            for (name, targets, dead, generation) in per {
+            for (name, targets, dead, generation, dead_list) in per {
                 if let Some(ps) = doc.pipelines.iter_mut().find(|p| p.name == name) {
                     ps.generation = generation;
                     for (label, lsn) in targets {
                         ps.targets.insert(label, lsn);
                     }
                     ps.dead_letters = dead;
+                    ps.dead_letter_list = dead_list;
                     if ps.reindex.is_none() {
                         ps.state = "streaming".into();
                     }
@@ -1415,10 +1502,3 @@ impl Daemon {
     }
 }
 
-fn reject(pipeline: &str, rejected: &[Rejected]) -> u64 {
-    for r in rejected {
-        error!(pipeline, key = %r.key, reason = %r.reason, "record rejected (dead letter)");
-        metrics::counter!("deriver_dead_letters_total", "pipeline" => pipeline.to_string()).increment(1);
-    }
-    rejected.len() as u64
-}

@@ -32,6 +32,9 @@ pub struct PipelineStatus {
     pub targets: BTreeMap<String, Option<Lsn>>,
     pub lag_bytes: Option<u64>,
     pub dead_letters: u64,
+    /// The first dead letters, with their reasons.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dead_letter_list: Vec<crate::runtime::dead_letters::DeadLetter>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -198,7 +198,7 @@ pub async fn table_info(client: &Client, table: &TableName, key: Option<&[String
     for name in &key_names {
         let row = client
             .query_opt(
-                "SELECT format_type(atttypid, NULL) FROM pg_attribute WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped",
+                "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = $1 AND attname = $2 AND attnum > 0 AND NOT attisdropped",
                 &[&oid, name],
             )
             .await?;
@@ -210,11 +210,12 @@ pub async fn table_info(client: &Client, table: &TableName, key: Option<&[String
     Ok(TableInfo { key: cols, replica_identity, identity_columns })
 }
 
-/// The SQL type (`format_type(atttypid, NULL)`) of every column of a table.
+/// The SQL type (`format_type(atttypid, atttypmod)`: `character(5)` casts without truncating,
+/// unlike `character`) of every column of a table.
 pub async fn column_types(client: &Client, table: &TableName) -> Result<std::collections::HashMap<String, String>> {
     let rows = client
         .query(
-            "SELECT a.attname::text, format_type(a.atttypid, NULL) FROM pg_attribute a \
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a \
              JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped",
             &[&table.schema, &table.name],

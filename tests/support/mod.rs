@@ -137,6 +137,21 @@ impl Cluster {
     pub fn stop(&self) {
         let _ = pg_command("pg_ctl").arg("-D").arg(self.dir.join("data")).args(["-m", "immediate", "stop"]).output();
     }
+
+    /// Restarts the server (`-m fast`: connections are cut, replication included).
+    pub fn restart(&self) {
+        let st = pg_command("pg_ctl")
+            .arg("-D")
+            .arg(self.dir.join("data"))
+            .arg("-l")
+            .arg(self.dir.join("log"))
+            .args(["-m", "fast", "-w", "-t", "60", "restart"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "pg_ctl restart failed: {}", std::fs::read_to_string(self.dir.join("log")).unwrap_or_default());
+    }
 }
 
 pub struct RedisServer {

@@ -21,8 +21,8 @@ use crate::source::Lsn;
 const SCRIPT: &str = include_str!("apply.lua");
 /// Above this many argument bytes a chunk is flushed into a MULTI transaction.
 const CHUNK_BYTES: usize = 4 << 20;
-/// Values above this size are refused (Redis's own limit is 512 MiB; views that big are a bug).
-const MAX_VALUE_BYTES: usize = 64 << 20;
+/// The default limit on one view value (`redis.max_value_bytes`).
+pub const MAX_VALUE_BYTES: usize = 64 << 20;
 
 /// Key layout of one pipeline's bookkeeping.
 #[derive(Debug, Clone)]
@@ -99,7 +99,7 @@ pub struct ViewWrite {
 
 /// The Redis writes one record makes under a pipeline's targets (what `deriver preview` shows).
 pub fn preview(prefix: &str, pipeline: &Pipeline, record: &Record) -> std::result::Result<Vec<ViewWrite>, String> {
-    render_views(prefix, &build_views(pipeline), record)
+    render_views(prefix, &build_views(pipeline), record, usize::MAX)
 }
 
 fn build_views(pipeline: &Pipeline) -> Vec<View> {
@@ -117,7 +117,7 @@ fn build_views(pipeline: &Pipeline) -> Vec<View> {
         .collect()
 }
 
-fn render_views(prefix: &str, views: &[View], record: &Record) -> std::result::Result<Vec<ViewWrite>, String> {
+fn render_views(prefix: &str, views: &[View], record: &Record, max_value: usize) -> std::result::Result<Vec<ViewWrite>, String> {
     let text = |p: Option<usize>| p.and_then(|p| record.texts.get(p).cloned().flatten());
     let mut out = Vec::new();
     for view in views {
@@ -138,8 +138,8 @@ fn render_views(prefix: &str, views: &[View], record: &Record) -> std::result::R
                     let obj: serde_json::Map<String, Value> = fields.into_iter().map(|(k, v)| (k.clone(), v.clone())).collect();
                     serde_json::to_string(&obj).expect("JSON serializes")
                 };
-                if payload.len() > MAX_VALUE_BYTES {
-                    return Err(format!("the JSON view {key} would be {} bytes (limit {MAX_VALUE_BYTES})", payload.len()));
+                if payload.len() > max_value {
+                    return Err(format!("the JSON view {key} would be {} bytes (redis.max_value_bytes = {max_value})", payload.len()));
                 }
                 ("json", vec![payload])
             }
@@ -153,6 +153,9 @@ fn render_views(prefix: &str, views: &[View], record: &Record) -> std::result::R
                     };
                     pairs.push(name.clone());
                     pairs.push(text);
+                }
+                if let Some(big) = pairs.iter().find(|v| v.len() > max_value) {
+                    return Err(format!("a field of the hash view {key} would be {} bytes (redis.max_value_bytes = {max_value})", big.len()));
                 }
                 ("hash", pairs)
             }
@@ -198,6 +201,7 @@ pub struct RedisSink {
     recent: VecDeque<(Instant, Lsn)>,
     durable: Option<Lsn>,
     delay: Duration,
+    max_value: usize,
 }
 
 struct OpenBatch {
@@ -219,7 +223,7 @@ struct OpenBatch {
 }
 
 impl RedisSink {
-    pub async fn open(url: &str, prefix: &str, pipeline: &Pipeline, delay_ms: Option<u64>) -> Result<RedisSink> {
+    pub async fn open(url: &str, prefix: &str, pipeline: &Pipeline, delay_ms: Option<u64>, max_value: usize) -> Result<RedisSink> {
         let mut conn = connect(url).await?;
         let keys = Keys::new(prefix, &pipeline.name);
         let checkpoint = read_checkpoint(&mut conn, &keys).await?;
@@ -239,6 +243,7 @@ impl RedisSink {
             open: None,
             recent: VecDeque::new(),
             delay,
+            max_value,
         })
     }
 
@@ -265,7 +270,7 @@ impl RedisSink {
 
     /// Encodes one record's views into script arguments.
     fn encode(&self, record: &Record, args: &mut Vec<Vec<u8>>, written: &mut Vec<String>) -> std::result::Result<usize, String> {
-        let views = render_views(&self.prefix, &self.views, record)?;
+        let views = render_views(&self.prefix, &self.views, record, self.max_value)?;
         let mut out: Vec<Vec<u8>> = vec![record.key.clone().into_bytes(), views.len().to_string().into_bytes()];
         for v in views {
             out.push(v.key.clone().into_bytes());
