@@ -202,7 +202,20 @@ impl Config {
             let hint = if detail.contains("postgres") { " (set postgres.url or DERIVER__POSTGRES__URL)" } else { "" };
             Error::config(format!("invalid configuration{hint}")).with_detail(detail)
         })?;
+        cfg.check_names()?;
         Ok(cfg)
+    }
+
+    /// Slot and publication names deriver can pass safely through the replication protocol.
+    fn check_names(&self) -> Result<()> {
+        let ok = |n: &str| !n.is_empty() && n.len() <= 63 && n.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !ok(&self.postgres.slot) {
+            return Err(Error::config(format!("postgres.slot `{}` must be 1-63 characters of a-z, 0-9 and _", self.postgres.slot)));
+        }
+        if !ok(&self.postgres.publication) {
+            return Err(Error::config(format!("postgres.publication `{}` must be 1-63 characters of a-z, 0-9 and _", self.postgres.publication)));
+        }
+        Ok(())
     }
 
     pub fn postgres_url(&self) -> Result<&str> {
@@ -243,15 +256,38 @@ pub fn redact(text: &str) -> String {
         rest = &tail[end..];
     }
     out.push_str(rest);
-    // conninfo style: password=secret
+    // conninfo style: password=secret, password = secret, password='a b'
     let mut result = String::with_capacity(out.len());
     let mut s = out.as_str();
-    while let Some(pos) = s.find("password=") {
-        result.push_str(&s[..pos + 9]);
-        result.push_str("***");
-        let tail = &s[pos + 9..];
-        let end = tail.find(|c: char| c.is_whitespace() || c == '&').unwrap_or(tail.len());
-        s = &tail[end..];
+    while let Some(pos) = s.find("password") {
+        let after = &s[pos + 8..];
+        let trimmed = after.trim_start();
+        if let Some(value) = trimmed.strip_prefix('=') {
+            let value_start = value.trim_start();
+            result.push_str(&s[..pos + 8]);
+            result.push_str("=***");
+            let consumed = if let Some(q) = value_start.strip_prefix('\'') {
+                // Quoted: up to the closing quote (\' escapes inside).
+                let mut end = q.len();
+                let mut chars = q.char_indices();
+                while let Some((i, c)) = chars.next() {
+                    if c == '\\' {
+                        chars.next();
+                    } else if c == '\'' {
+                        end = i + 1;
+                        break;
+                    }
+                }
+                1 + end
+            } else {
+                value_start.find(|c: char| c.is_whitespace() || c == '&').unwrap_or(value_start.len())
+            };
+            let skipped = after.len() - value_start.len() + consumed;
+            s = &after[skipped.min(after.len())..];
+        } else {
+            result.push_str(&s[..pos + 8]);
+            s = after;
+        }
     }
     result.push_str(s);
     result
@@ -270,6 +306,10 @@ mod tests {
         assert_eq!(redact("redis://:pw@localhost:6379/"), "redis://:***@localhost:6379/");
         assert_eq!(redact("postgres://app@db/x"), "postgres://app@db/x");
         assert_eq!(redact("host=x password=hunter2 user=y"), "host=x password=*** user=y");
+        assert_eq!(redact("host=x password = hunter2 user=y"), "host=x password=*** user=y");
+        assert_eq!(redact("host=x password='a b' user=y"), "host=x password=*** user=y");
+        assert_eq!(redact("host=x password='it\\'s' user=y"), "host=x password=*** user=y");
+        assert_eq!(redact("no secrets here, passwords are fine"), "no secrets here, passwords are fine");
         assert_eq!(redact("postgres://u:p@h/db?password=zz&sslmode=require"), "postgres://u:***@h/db?password=***&sslmode=require");
     }
 }

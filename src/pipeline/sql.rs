@@ -124,6 +124,8 @@ pub struct DerivationSql {
     pub keyed: String,
     /// Derives every record (initial snapshot, full reprocess), ordered by key.
     pub bulk: String,
+    /// Lists every source key (column texts), ordered: the fallback when a row breaks `bulk`.
+    pub keys: String,
 }
 
 /// The SQL of one output field's value (an aggregate reads its child's lateral subquery).
@@ -274,7 +276,13 @@ pub fn compile(p: &Pipeline, key: &[KeyColumn]) -> DerivationSql {
         filter.map(|f| format!("\nWHERE {f}")).unwrap_or_default(),
         row_exprs.join(", ")
     );
-    DerivationSql { keyed, bulk }
+    let keys = format!(
+        "SELECT {}\nFROM {} AS {alias}\nORDER BY {}",
+        row_exprs.iter().map(|e| format!("{e}::text")).collect::<Vec<_>>().join(", "),
+        p.source.table.quoted(),
+        row_exprs.join(", ")
+    );
+    DerivationSql { keyed, bulk, keys }
 }
 
 #[cfg(test)]

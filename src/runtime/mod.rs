@@ -54,6 +54,8 @@ pub struct PipelineRt {
     failed: Vec<(String, String)>,
     /// Keys written successfully since the last flush (candidates to leave the dead letters).
     written: Vec<String>,
+    /// Dead letters from SQL errors should be retried at the next tick.
+    retry_sql_errors: bool,
 }
 
 /// Logs rejected records and keeps them for the dead-letter store.
@@ -157,6 +159,7 @@ pub struct Daemon {
     /// Pipelines whose reindex was requested before a restart (marker files).
     pending_reindex: Vec<usize>,
     dead: dead_letters::DeadLetters,
+    last_sql_retry: Instant,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -241,6 +244,7 @@ impl Daemon {
         let published = pg::publication_tables(&client, &cfg.postgres.publication).await?.ok_or_else(|| {
             Error::fatal(format!("publication `{}` does not exist; run `deriver setup` to create it", cfg.postgres.publication))
         })?;
+        let filtered = pg::publication_row_filters(&client, &cfg.postgres.publication).await?;
         let mut interest = Interest::default();
         let mut routes: HashMap<TableName, Vec<Route>> = HashMap::new();
         let mut pipelines = Vec::new();
@@ -257,6 +261,12 @@ impl Daemon {
                 needed.push((d.table.clone(), cols));
             }
             for (t, cols) in &needed {
+                if let Some((_, filter)) = filtered.iter().find(|(f, _)| f == t) {
+                    return Err(Error::fatal(format!(
+                        "publication `{}` publishes only the rows of {t} where {filter}; pipeline `{}` needs every change of it (remove the row filter)",
+                        cfg.postgres.publication, def.name
+                    )));
+                }
                 let Some((_, published_cols)) = published.iter().find(|(p, _)| p == t) else {
                     return Err(Error::fatal(format!(
                         "publication `{}` does not cover table {t}, which pipeline `{}` reads; run `deriver setup`",
@@ -321,6 +331,7 @@ impl Daemon {
                 deps,
                 failed: Vec::new(),
                 written: Vec::new(),
+                retry_sql_errors: false,
             });
         }
         let cfg_dir = cfg.index.dir.clone();
@@ -355,6 +366,7 @@ impl Daemon {
             since_swap: HashMap::new(),
             pending_reindex,
             dead: dead_letters::DeadLetters::open(&state_dir(&cfg_dir))?,
+            last_sql_retry: Instant::now().checked_sub(Duration::from_secs(3600)).unwrap_or_else(Instant::now),
         };
         daemon.publish_status("snapshotting").await;
         Ok(daemon)
@@ -549,8 +561,33 @@ impl Daemon {
                 }
             }
             let mut sinks: Vec<&mut AnySink> = p.sinks.iter_mut().enumerate().filter(|(j, _)| active.contains(j)).map(|(_, s)| s).collect();
-            let (total, rejected) = reindex::stream_bulk(client, &p.sql.bulk, chunk, &mut sinks, None, &name).await?;
-            note_rejects(&p.def.name, &mut p.failed, &rejected);
+            client.batch_execute("SAVEPOINT deriver_bulk").await?;
+            let total = match reindex::stream_bulk(client, &p.sql.bulk, chunk, &mut sinks, None, &name).await {
+                Ok((total, rejected)) => {
+                    note_rejects(&p.def.name, &mut p.failed, &rejected);
+                    total
+                }
+                Err(e) if !e.is_transient() && e.message.starts_with("Postgres error") => {
+                    // A row breaks the set-based query: derive key by key (chunks, a failing key
+                    // alone) so only that row is a dead letter and the rest goes on.
+                    warn!(pipeline = %name, error = %e, "deriving every record in one query failed; deriving in chunks to isolate the failing rows");
+                    client.batch_execute("ROLLBACK TO SAVEPOINT deriver_bulk").await?;
+                    let stmt = p.stmt.clone().ok_or_else(|| Error::transient("no prepared statement"))?;
+                    let rows = client.query(p.sql.keys.as_str(), &[]).await?;
+                    let keys: Vec<KeyTuple> = rows.iter().filter_map(|r| (0..r.len()).map(|c| r.get::<_, Option<String>>(c)).collect()).collect();
+                    for part in keys.chunks(chunk) {
+                        let (writes, rejected) = derive_keys(&self.pg, &stmt, p.key.len(), part).await?;
+                        note_rejects(&p.def.name, &mut p.failed, &rejected);
+                        let writes: Vec<Write> = writes.into_iter().filter(|w| matches!(w, Write::Upsert(_))).collect();
+                        for s in sinks.iter_mut() {
+                            let rejected = s.write(&writes).await?;
+                            note_rejects(&p.def.name, &mut p.failed, &rejected);
+                        }
+                    }
+                    keys.len() as u64
+                }
+                Err(e) => return Err(e),
+            };
             for s in sinks {
                 s.commit().await?;
             }
@@ -664,6 +701,7 @@ impl Daemon {
             self.start_rebuild(i, true, start).await?;
         }
         let mut batch = self.new_batch();
+        let mut last_pub_check = Instant::now();
         let mut in_txn = false;
         let mut applied = start;
         let max_wait = self.cfg.runtime.batch_max_wait();
@@ -752,6 +790,10 @@ impl Daemon {
                     }
                     self.ack(acker, false).await;
                     self.refresh_server_status().await;
+                    if last_pub_check.elapsed() >= Duration::from_secs(5) {
+                        self.check_publication().await?;
+                        last_pub_check = Instant::now();
+                    }
                     if !self.rebuilds.is_empty() {
                         self.publish_reindex_status();
                     }
@@ -776,10 +818,10 @@ impl Daemon {
                     let new = key_of(&change.new);
                     let old = key_of(&change.old);
                     if new.is_none() && old.is_none() {
-                        return Err(Error::fatal(format!(
-                            "a {:?} on {} carried no value for the key of pipeline `{}`; check the table's replica identity",
-                            change.kind, change.table, p.def.name
-                        )));
+                        // A NULL in a key column (the replica identity is checked at start, so the
+                        // column is there): such a row has no key and cannot be a record.
+                        warn!(pipeline = %p.def.name, table = %change.table, kind = ?change.kind, "a row with a NULL key was skipped");
+                        metrics::counter!("deriver_null_keys_total", "pipeline" => p.def.name.clone()).increment(1);
                     }
                     for k in [new, old].into_iter().flatten() {
                         batch.dirty[i].keys.insert(k)?;
@@ -940,6 +982,20 @@ impl Daemon {
                     truncated_notice = true;
                 }
                 note_rejects(&p.def.name, &mut p.failed, &rejected);
+                // A record any target refuses goes to none of them: the targets stay consistent.
+                let mut refused: Vec<Rejected> = Vec::new();
+                for &j in &active {
+                    for r in p.sinks[j].validate(&writes) {
+                        if !refused.iter().any(|x| x.key == r.key) {
+                            refused.push(r);
+                        }
+                    }
+                }
+                let mut writes = writes;
+                if !refused.is_empty() {
+                    note_rejects(&p.def.name, &mut p.failed, &refused);
+                    writes.retain(|w| !refused.iter().any(|r| r.key == w.key()));
+                }
                 let failed_before = p.failed.len();
                 for &j in &active {
                     let rejected = p.sinks[j].write(&writes).await?;
@@ -980,6 +1036,11 @@ impl Daemon {
         for p in &mut self.pipelines {
             let failed = std::mem::take(&mut p.failed);
             let written = std::mem::take(&mut p.written);
+            // The pipeline's SQL works again (a derivation succeeded while keys are dead after
+            // SQL errors, e.g. during a schema change): retry those now rather than after backoff.
+            if !written.is_empty() && failed.is_empty() && self.dead.count(&p.def.name) > 0 {
+                p.retry_sql_errors = true;
+            }
             self.dead.resolve(&p.def.name, &written)?;
             self.dead.record(&p.def.name, &failed)?;
         }
@@ -990,7 +1051,15 @@ impl Daemon {
     async fn retry_dead_letters(&mut self, applied: Lsn) -> Result<()> {
         for i in 0..self.pipelines.len() {
             let name = self.pipelines[i].def.name.clone();
-            let due = self.dead.due(&name, 500)?;
+            let mut due = self.dead.due(&name, 500)?;
+            if std::mem::take(&mut self.pipelines[i].retry_sql_errors) && self.last_sql_retry.elapsed() >= Duration::from_secs(5) {
+                self.last_sql_retry = Instant::now();
+                for d in self.dead.list(&name, 500)? {
+                    if d.reason.contains("Postgres error") && !due.contains(&d.key) {
+                        due.push(d.key);
+                    }
+                }
+            }
             if due.is_empty() {
                 continue;
             }
@@ -1485,6 +1554,32 @@ impl Daemon {
                 }
             }
         }
+    }
+
+    /// Fails when the publication stopped covering a table a pipeline reads (or gained a row
+    /// filter): changes would be lost silently otherwise.
+    async fn check_publication(&self) -> Result<()> {
+        let published = match pg::publication_tables(&self.pg, &self.cfg.postgres.publication).await {
+            Ok(p) => p,
+            Err(e) if e.is_transient() => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        let Some(published) = published else {
+            return Err(Error::fatal(format!("publication `{}` was dropped while deriver was running", self.cfg.postgres.publication)));
+        };
+        let filtered = pg::publication_row_filters(&self.pg, &self.cfg.postgres.publication).await.unwrap_or_default();
+        for t in self.routes.keys() {
+            if !published.iter().any(|(p, _)| p == t) {
+                return Err(Error::fatal(format!(
+                    "table {t} was removed from publication `{}` while deriver was running; its changes would be lost (add it back with `deriver setup`)",
+                    self.cfg.postgres.publication
+                )));
+            }
+            if let Some((_, f)) = filtered.iter().find(|(p, _)| p == t) {
+                return Err(Error::fatal(format!("publication `{}` now filters the rows of {t} ({f}); deriver needs every change", self.cfg.postgres.publication)));
+            }
+        }
+        Ok(())
     }
 
     async fn refresh_server_status(&self) {

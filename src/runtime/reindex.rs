@@ -80,7 +80,10 @@ pub async fn stream_bulk(
         if let Some(row) = row {
             match row_to_record(&row) {
                 Ok(r) => buf.push(Write::Upsert(r)),
-                Err(e) => rejected.push(Rejected { key: "?".into(), reason: e.to_string() }),
+                Err(e) => {
+                    let key = row.try_get::<_, Option<String>>(0).ok().flatten().unwrap_or_else(|| "?".into());
+                    rejected.push(Rejected { key, reason: e.to_string() });
+                }
             }
             total += 1;
         }

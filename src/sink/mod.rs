@@ -91,6 +91,11 @@ pub trait Sink {
     async fn begin(&mut self, lsn: Lsn, mode: BatchMode) -> Result<bool>;
     /// Adds writes to the open batch. Nothing is visible before `commit`.
     async fn write(&mut self, writes: &[Write]) -> Result<Vec<Rejected>>;
+    /// The records this sink would reject, without writing (so every target can skip them and
+    /// the targets stay consistent).
+    fn validate(&self, _writes: &[Write]) -> Vec<Rejected> {
+        Vec::new()
+    }
     /// Makes the batch and its LSN durable and visible together.
     async fn commit(&mut self) -> Result<()>;
     /// Drops the open batch.
@@ -155,6 +160,9 @@ impl Sink for AnySink {
     }
     async fn write(&mut self, writes: &[Write]) -> Result<Vec<Rejected>> {
         dispatch!(self, s => s.write(writes).await)
+    }
+    fn validate(&self, writes: &[Write]) -> Vec<Rejected> {
+        dispatch!(self, s => s.validate(writes))
     }
     async fn commit(&mut self) -> Result<()> {
         dispatch!(self, s => s.commit().await)

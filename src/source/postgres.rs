@@ -129,6 +129,17 @@ pub async fn publication_tables(client: &Client, publication: &str) -> Result<Op
     Ok(Some(rows.iter().map(|r| (TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)), r.get(2))).collect()))
 }
 
+/// Tables of the publication that publish only some rows (a row filter), with the filter.
+pub async fn publication_row_filters(client: &Client, publication: &str) -> Result<Vec<(TableName, String)>> {
+    let rows = client
+        .query(
+            "SELECT schemaname::text, tablename::text, rowfilter FROM pg_publication_tables WHERE pubname = $1 AND rowfilter IS NOT NULL",
+            &[&publication],
+        )
+        .await?;
+    Ok(rows.iter().map(|r| (TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)), r.get(2))).collect())
+}
+
 /// What deriver needs to know about a source table.
 #[derive(Debug, Clone)]
 pub struct TableInfo {

@@ -125,6 +125,9 @@ fn render_views(prefix: &str, views: &[View], record: &Record, max_value: usize)
             // A NULL field in the template: this record has no key for this view.
             continue;
         };
+        if rendered.starts_with('_') {
+            return Err(format!("the key `{rendered}` would fall among deriver's bookkeeping keys (`{prefix}:_…`)"));
+        }
         let key = format!("{prefix}:{rendered}");
         let fields: Vec<(&String, &Value)> = match &view.target.fields {
             None => record.value.iter().collect(),
@@ -428,6 +431,16 @@ impl Sink for RedisSink {
             self.spill().await?;
         }
         Ok(rejected)
+    }
+
+    fn validate(&self, writes: &[Write]) -> Vec<Rejected> {
+        writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Upsert(r) => render_views(&self.prefix, &self.views, r, self.max_value).err().map(|reason| Rejected { key: r.key.clone(), reason }),
+                Write::Delete { .. } => None,
+            })
+            .collect()
     }
 
     async fn commit(&mut self) -> Result<()> {

@@ -369,6 +369,19 @@ impl Sink for SearchSink {
         Ok(rejected)
     }
 
+    fn validate(&self, writes: &[Write]) -> Vec<Rejected> {
+        writes
+            .iter()
+            .filter_map(|w| match w {
+                Write::Upsert(r) => match r.texts.get(self.id_pos).cloned().flatten() {
+                    None => Some(Rejected { key: r.key.clone(), reason: format!("search id field `{}` is NULL", self.live.target.id) }),
+                    Some(id) => self.builder.build(&id, &r.value).err().map(|reason| Rejected { key: r.key.clone(), reason }),
+                },
+                Write::Delete { .. } => None,
+            })
+            .collect()
+    }
+
     async fn commit(&mut self) -> Result<()> {
         let Some(lsn) = self.open.take() else { return Ok(()) };
         let cp = Checkpoint { lsn, definition_hash: Some(self.hash.clone()) };
