@@ -34,29 +34,6 @@ fn search_total(w: &World) -> Option<u64> {
     v["total"]["value"].as_u64()
 }
 
-fn film_load(url: String, stop: Arc<AtomicBool>, done: Arc<AtomicU64>) -> std::thread::JoinHandle<()> {
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async move {
-            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
-            tokio::spawn(conn);
-            let mut n: u64 = 0;
-            while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                let id = 1 + (n * 7919) % 1000;
-                let sql = match n % 4 {
-                    0 => format!("UPDATE film SET title = 'R{n}' WHERE film_id = {id}"),
-                    1 => format!("INSERT INTO film (film_id, title, language_id) VALUES ({}, 'RN{n}', 1)", 200000 + n),
-                    2 => "DELETE FROM film WHERE film_id = (SELECT min(film_id) FROM film WHERE film_id > 200000)".into(),
-                    _ => format!("UPDATE inventory SET film_id = {id} WHERE inventory_id = {}", 1 + n % 4000),
-                };
-                client.batch_execute(&sql).await.unwrap();
-                done.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(2)).await;
-            }
-        });
-    })
-}
 
 #[test]
 fn reindex_under_write_load_swaps_atomically_and_rolls_back() {

@@ -95,15 +95,7 @@ async fn check_pipeline(client: &Client, cfg: &Config, p: &Pipeline, published: 
         prepare(client, p, &d.reverse_sql, &format!("the reverse query of its {}", d.dep.name(p)), &mut out).await;
     }
     // Columns deriver reads from the WAL: published, not generated (pgoutput does not send them).
-    let mut needed: Vec<(TableName, Vec<String>)> = vec![(p.source.table.clone(), info.key.iter().map(|k| k.name.clone()).collect())];
-    for d in &deps {
-        let mut cols = d.this_cols.clone();
-        if d.needs_ledger {
-            cols.extend(d.identity.iter().cloned());
-        }
-        needed.push((d.table.clone(), cols));
-    }
-    for (t, cols) in &needed {
+    for (t, cols) in &deps::wal_columns(p, &info.key, &deps) {
         let generated = generated_columns(client, t).await?;
         for c in cols.iter().filter(|c| generated.contains(c)) {
             out.push(at(format!("{t}.{c} is a generated column: logical replication does not send it, so deriver cannot key or join on it"), false));

@@ -101,6 +101,21 @@ pub async fn resolve(client: &Client, p: &Pipeline, key: &[KeyColumn]) -> Result
     Ok(out)
 }
 
+/// The columns deriver reads from the WAL, per table: the source's key columns, and each
+/// dependency's join columns (plus its identity when the ledger tracks it). They must be
+/// published and cannot be generated columns.
+pub fn wal_columns(p: &Pipeline, key: &[KeyColumn], deps: &[Dep]) -> Vec<(TableName, Vec<String>)> {
+    let mut needed = vec![(p.source.table.clone(), key.iter().map(|k| k.name.clone()).collect())];
+    for d in deps {
+        let mut cols = d.this_cols.clone();
+        if d.needs_ledger {
+            cols.extend(d.identity.iter().cloned());
+        }
+        needed.push((d.table.clone(), cols));
+    }
+    needed
+}
+
 fn pick(texts: &Option<ColumnTexts>, pos: &[usize]) -> Option<Vec<String>> {
     let t = texts.as_ref()?;
     pos.iter().map(|&p| t.get(p).cloned().flatten()).collect()

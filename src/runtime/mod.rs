@@ -252,15 +252,7 @@ impl Daemon {
             let table = def.source.table.clone();
             let mut deps = deps::resolve(&client, &def, &info.key).await?;
             // Every table the pipeline reads must be published, with the columns deriver needs.
-            let mut needed: Vec<(TableName, Vec<String>)> = vec![(table.clone(), info.key.iter().map(|k| k.name.clone()).collect())];
-            for d in &deps {
-                let mut cols = d.this_cols.clone();
-                if d.needs_ledger {
-                    cols.extend(d.identity.iter().cloned());
-                }
-                needed.push((d.table.clone(), cols));
-            }
-            for (t, cols) in &needed {
+            for (t, cols) in &deps::wal_columns(&def, &info.key, &deps) {
                 if let Some((_, filter)) = filtered.iter().find(|(f, _)| f == t) {
                     return Err(Error::fatal(format!(
                         "publication `{}` publishes only the rows of {t} where {filter}; pipeline `{}` needs every change of it (remove the row filter)",
