@@ -201,3 +201,51 @@ fn category_sorted_sets_follow_scores_members_and_renames() {
     assert!(w.redis_zrange("category:Sci-Fi:films").is_empty());
     assert_eq!(w.stop(), 0);
 }
+
+/// Chinook: artist → albums → tracks (a child through a link table), with track counts.
+#[test]
+fn chinook_artists_count_tracks_through_albums() {
+    let cluster = &env().pg;
+    static LOADED: std::sync::Once = std::sync::Once::new();
+    LOADED.call_once(|| {
+        // The script creates and fills database `chinook` itself.
+        cluster.psql_file("postgres", &shared_dir().join("data/chinook/Chinook_PostgreSql.sql"));
+    });
+    let mut w = World::on(cluster, "chinook", Some("chinook"));
+    std::fs::copy(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/chinook/pipelines/artists.yaml"),
+        w.pipelines.join("artists.yaml"),
+    )
+    .unwrap();
+    w.setup();
+    let expected = |w: &World| {
+        w.expected(
+            "SELECT a.artist_id::text, jsonb_build_object('artist_id', a.artist_id, 'name', a.name,
+                'albums', coalesce((SELECT array_agg(al.title ORDER BY al.title) FROM album al WHERE al.artist_id = a.artist_id), '{}'),
+                'album_count', (SELECT count(*) FROM album al WHERE al.artist_id = a.artist_id),
+                'track_count', (SELECT count(*) FROM album al JOIN track t ON t.album_id = al.album_id WHERE al.artist_id = a.artist_id),
+                'total_ms', coalesce((SELECT sum(t.milliseconds) FROM album al JOIN track t ON t.album_id = al.album_id WHERE al.artist_id = a.artist_id), 0))
+             FROM artist a",
+        )
+    };
+    let check = |w: &World| {
+        let want = expected(w);
+        assert_eq!(w.redis_keys("artist:*").len(), want.len());
+        for (id, v) in &want {
+            let got: serde_json::Value = serde_json::from_str(&w.redis_get(&format!("artist:{id}")).unwrap()).unwrap();
+            assert_eq!(&got, v, "artist {id}");
+        }
+        assert_eq!(w.index_docs("artists").len(), want.len());
+    };
+    w.start();
+    w.catch_up(&["artists"], &["artists"]);
+    check(&w);
+    // A track moves to another artist's album (track.album_id is not in track's identity: the
+    // ledger knows the old album), an album moves artist, a track is deleted.
+    w.sql("UPDATE track SET album_id = 2 WHERE track_id = 1");
+    w.sql("UPDATE album SET artist_id = 3 WHERE album_id = 5");
+    w.sql("DELETE FROM playlist_track WHERE track_id = 3; DELETE FROM invoice_line WHERE track_id = 3; DELETE FROM track WHERE track_id = 3");
+    w.catch_up(&["artists"], &["artists"]);
+    check(&w);
+    assert_eq!(w.stop(), 0);
+}
