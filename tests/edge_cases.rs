@@ -77,22 +77,6 @@ fn run_refused(w: &mut World) -> String {
     strip_ansi(&log[before..])
 }
 
-fn strip_ansi(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    let mut chars = raw.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' && chars.peek() == Some(&'[') {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
 
 fn plain_log(w: &World) -> String {
     strip_ansi(&w.log_text())

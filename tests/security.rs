@@ -13,22 +13,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::*;
 
-fn strip_ansi(raw: &str) -> String {
-    let mut out = String::with_capacity(raw.len());
-    let mut chars = raw.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' && chars.peek() == Some(&'[') {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
 
 fn spawn_logged(w: &mut World, cmd: &mut Command) {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&w.log).unwrap();

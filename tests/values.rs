@@ -29,21 +29,7 @@ fn pinned_text(w: &World, sql: &str) -> String {
 
 /// The daemon's log without ANSI colour sequences.
 fn plain_log(w: &World) -> String {
-    let raw = w.log_text();
-    let mut out = String::with_capacity(raw.len());
-    let mut chars = raw.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' && chars.peek() == Some(&'[') {
-            for d in chars.by_ref() {
-                if d.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    strip_ansi(&w.log_text())
 }
 
 fn http_status(w: &World) -> Value {

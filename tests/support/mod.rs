@@ -619,3 +619,21 @@ pub fn film_load(url: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool
     })
 }
 
+
+/// Text without ANSI colour sequences (the daemon colours its log).
+pub fn strip_ansi(raw: &str) -> String {
+    let mut out = String::with_capacity(raw.len());
+    let mut chars = raw.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' && chars.peek() == Some(&'[') {
+            for d in chars.by_ref() {
+                if d.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
