@@ -1059,13 +1059,20 @@ impl Daemon {
             if let Err(e) = self.repair(&name, &due, Some(applied)).await {
                 warn!(pipeline = %name, error = %e, "retrying dead letters failed");
             }
-            // Keys the retry did not write again are still dead: count an attempt.
+            // Keys the retry did not write again are still dead: count an attempt, keeping the
+            // reason the retry gave (or the one recorded before).
             let written: std::collections::HashSet<String> = self.pipelines[i].written.iter().cloned().collect();
-            let again: Vec<(String, String)> = due.iter().filter(|k| !written.contains(*k)).map(|k| (k.clone(), "still failing".to_string())).collect();
-            let mut failed = std::mem::take(&mut self.pipelines[i].failed);
-            failed.retain(|(k, _)| !again.iter().any(|(a, _)| a == k));
-            failed.extend(again);
-            self.pipelines[i].failed = failed;
+            let failed_now: std::collections::HashSet<String> = self.pipelines[i].failed.iter().map(|(k, _)| k.clone()).collect();
+            let previous = self.dead.list(&name, usize::MAX)?;
+            let again: Vec<(String, String)> = due
+                .iter()
+                .filter(|k| !written.contains(*k) && !failed_now.contains(*k))
+                .map(|k| {
+                    let reason = previous.iter().find(|d| &d.key == k).map(|d| d.reason.clone()).unwrap_or_else(|| "still failing".into());
+                    (k.clone(), reason)
+                })
+                .collect();
+            self.pipelines[i].failed.extend(again);
             self.settle_dead_letters()?;
         }
         Ok(())
