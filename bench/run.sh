@@ -74,7 +74,7 @@ fi
 BIGTXN_ROWS=${BENCH_BIGTXN_ROWS:-1000000}
 DB=bench
 
-RUN=$BENCH/results/$(date +%Y%m%d-%H%M%S)$( ((QUICK)) && echo -quick)
+RUN=$BENCH/results/$(date +%Y%m%d-%H%M%S)$( ((QUICK)) && echo -quick || true)
 STATE=$RUN/state
 mkdir -p "$RUN/logs" "$RUN/tmp" "$STATE" "$CACHE"
 touch "$RUN/figures.tsv" "$RUN/notes.tsv"
@@ -234,7 +234,7 @@ prepare_db() {
 
 write_config() {
   local http
-  http=127.0.0.1:$(free_port 57700)
+  http=127.0.0.1:$(free_port 17700)
   state_set http_listen "$http"
   rm -rf "$CACHE/run" && mkdir -p "$CACHE/run/index"
   cat >"$STATE/deriver.toml" <<EOF
@@ -274,7 +274,9 @@ run_phase() {
     printf '%s\tskipped\t0\t\n' "$p" >>"$RUN/phases.tsv"
     return 0
   fi
-  log "=== phase $p"
+  local load0
+  load0=$(cut -d' ' -f1 /proc/loadavg)
+  log "=== phase $p (load average $load0)"
   t0=$SECONDS
   set +e
   (
@@ -286,7 +288,7 @@ run_phase() {
   set -e
   watch_stop
   if ((rc == 0)); then
-    printf '%s\tok\t%s\t\n' "$p" $((SECONDS - t0)) >>"$RUN/phases.tsv"
+    printf '%s\tok\t%s\tload average %s at start, %s at end\n' "$p" $((SECONDS - t0)) "$load0" "$(cut -d' ' -f1 /proc/loadavg)" >>"$RUN/phases.tsv"
     log "=== phase $p: ok ($((SECONDS - t0)) s)"
   else
     printf '%s\tFAILED (exit %s)\t%s\tlogs/%s.log: %s\n' "$p" "$rc" $((SECONDS - t0)) "$p" "$(tail -n 1 "$RUN/logs/$p.log" | tr '\t' ' ' | cut -c1-200)" >>"$RUN/phases.tsv"

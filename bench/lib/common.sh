@@ -38,7 +38,11 @@ secs_since() { awk -v a="$1" -v b="$(now_s)" 'BEGIN { printf "%.3f", b - a }'; }
 # calc EXPR (awk arithmetic, printed with 3 decimals)
 calc() { awk "BEGIN { printf \"%.3f\", $* }"; }
 
-port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# Something listens on, or a socket is bound to, 127.0.0.1:PORT.
+port_busy() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+  ss -Htan "( sport = :$1 )" 2>/dev/null | grep -q .
+}
 free_port() {
   local port=$1
   while port_busy "$port"; do port=$((port + 1)); done
@@ -72,7 +76,7 @@ pg_up() {
     log "postgres: already running on port $PGPORT"
   else
     rm -f "$PGDATA/postmaster.pid" "$PG_SOCK"/.s.PGSQL.*
-    PGPORT=$(free_port 55432)
+    PGPORT=$(free_port 15432)
     cat >"$PGDATA/bench.conf" <<EOF
 # written by bench/run.sh
 listen_addresses = '127.0.0.1'
@@ -121,7 +125,7 @@ redis_up() {
     REDIS_PORT=$(cat "$REDIS_DIR/port")
     log "redis: already running on port $REDIS_PORT"
   else
-    REDIS_PORT=$(free_port 56379)
+    REDIS_PORT=$(free_port 16379)
     echo "$REDIS_PORT" >"$REDIS_DIR/port"
     rm -f "$REDIS_DIR"/appendonlydir/* 2>/dev/null || true
     log "redis: starting on 127.0.0.1:$REDIS_PORT"
@@ -167,8 +171,16 @@ deriver_pid() {
 
 # deriver_start LOGNAME: starts `deriver run` in the background, records its pid.
 deriver_start() {
-  local logname=${1:-deriver}
+  local logname=${1:-deriver} listen port
   deriver_pid >/dev/null && die "deriver already runs (pid $(deriver_pid))"
+  # Something else may have taken the HTTP port since (an outgoing connection, another test).
+  listen=$(state_get http_listen)
+  if port_busy "${listen##*:}"; then
+    port=$(free_port 17700)
+    sed -i "s/^listen = .*/listen = \"127.0.0.1:$port\"/" "$STATE/deriver.toml"
+    state_set http_listen "127.0.0.1:$port"
+    log "deriver: port ${listen##*:} is taken, using $port"
+  fi
   (cd "$ROOT" && exec env NO_COLOR=1 DERIVER_LOG=${DERIVER_LOG:-info} "$(DERIVER_BIN)" --config "$STATE/deriver.toml" run) \
     >>"$RUN/logs/$logname.log" 2>&1 3>&- &
   state_set deriver_pid $!
@@ -344,21 +356,31 @@ drop_slot() { psqlq "$DB" -c "SELECT pg_drop_replication_slot(slot_name) FROM pg
 
 current_lsn() { psqlq "$DB" -c "SELECT pg_current_wal_lsn()"; }
 
-# cpu_mark : "<now> <deriver ticks> <postgres ticks>" for cpu_figures
+redis_cpu_ticks() {
+  local pid
+  pid=$(cat "$REDIS_DIR/redis.pid" 2>/dev/null) && cpu_ticks "$pid" || echo 0
+}
+# machine_busy_ticks : busy (non-idle, non-iowait) ticks of all CPUs since boot
+machine_busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+
+# cpu_mark : "<now> <deriver> <postgres> <redis> <machine busy>" (ticks) for cpu_figures
 cpu_mark() {
   local d=0 pid
   pid=$(deriver_pid) && d=$(cpu_ticks "$pid")
-  printf '%s %s %s\n' "$(now_s)" "$d" "$(pg_cpu_ticks)"
+  printf '%s %s %s %s %s\n' "$(now_s)" "$d" "$(pg_cpu_ticks)" "$(redis_cpu_ticks)" "$(machine_busy_ticks)"
 }
 # cpu_figures PHASE REP MARK : CPU cores deriver and Postgres used since MARK (a deriver restarted in
 # between counts from zero)
 cpu_figures() {
-  local phase=$1 rep=$2 t0 d0 p0 t1 d1 p1
-  read -r t0 d0 p0 <<<"$3"
-  read -r t1 d1 p1 <<<"$(cpu_mark)"
+  local phase=$1 rep=$2 t0 d0 p0 r0 m0 t1 d1 p1 r1 m1
+  read -r t0 d0 p0 r0 m0 <<<"$3"
+  read -r t1 d1 p1 r1 m1 <<<"$(cpu_mark)"
   ((d1 >= d0)) || d0=0
   figure "$phase" deriver_cpu_cores cores "$rep" "$(calc "($d1 - $d0) / $CLK_TCK / ($t1 - $t0)")"
   figure "$phase" postgres_cpu_cores cores "$rep" "$(calc "($p1 - $p0) / $CLK_TCK / ($t1 - $t0)")"
+  figure "$phase" redis_cpu_cores cores "$rep" "$(calc "($r1 - $r0) / $CLK_TCK / ($t1 - $t0)")"
+  # Everything else on the machine (pgbench, the bench's own clients, other users' work).
+  figure "$phase" other_cpu_cores cores "$rep" "$(calc "(($m1 - $m0) - ($d1 - $d0) - ($p1 - $p0) - ($r1 - $r0)) / $CLK_TCK / ($t1 - $t0)")"
 }
 
 # ensure_deriver : starts deriver (streaming from its checkpoints) unless it runs

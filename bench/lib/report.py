@@ -188,6 +188,7 @@ for phase in seen_phases:
         md.append(f"| {name} | {s['unit']} | {fmt(s['median'])} | {fmt(s['min'])} | {fmt(s['max'])} | {s['n']} |")
     md.append("")
 md.append("## Phases\n")
+md.append("The load average at a phase's start shows other work on the machine (this bench's own load comes after).\n")
 md.append("| phase | status | seconds | detail |")
 md.append("| --- | --- | ---: | --- |")
 for row in phases:
