@@ -46,7 +46,11 @@ impl Keys {
 
 pub async fn connect(url: &str) -> Result<MultiplexedConnection> {
     let client = Client::open(url).map_err(|e| Error::config("redis.url is not a valid Redis URL").with_detail(e))?;
-    let conn = tokio::time::timeout(Duration::from_secs(10), client.get_multiplexed_async_connection())
+    // redis-rs gives every reply 500 ms by default; the EVAL of a 4 MiB chunk or the EXEC of a
+    // large batch takes longer (found by the benchmarks). A reply that takes a minute is a hung
+    // server: the batch is retried (its writes are absolute and checkpoint-guarded).
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60)));
+    let conn = tokio::time::timeout(Duration::from_secs(10), client.get_multiplexed_async_connection_with_config(&config))
         .await
         .map_err(|_| Error::transient(format!("cannot connect to Redis at {}: timed out", redact(url))))?
         .map_err(|e| Error::transient(format!("cannot connect to Redis at {}", redact(url))).with_detail(e))?;
