@@ -282,6 +282,7 @@ run_phase() {
   (
     set -euo pipefail
     IN_PHASE=1
+    [[ -z ${BENCH_TRACE:-} ]] || set -x
     "phase_$p"
   ) >>"$RUN/logs/$p.log" 2>&1 3>&3
   rc=$?

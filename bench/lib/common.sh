@@ -319,6 +319,9 @@ rss_stop() {
   rm -f "$STATE/rss_pid"
 }
 
+# rss_now PID : current VmRSS in MiB
+rss_now() { awk '/^VmRSS:/ { printf "%.1f\n", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo 0; }
+
 # cpu_ticks PID : utime+stime in clock ticks
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat" 2>/dev/null || echo 0; }
 # pg_cpu_ticks : CPU of our cluster in clock ticks: the postmaster's own and reaped children's
@@ -386,20 +389,26 @@ cpu_figures() {
 # ensure_deriver : starts deriver (streaming from its checkpoints) unless it runs
 ensure_deriver() {
   deriver_pid >/dev/null && return 0
+  deriver_cli setup >/dev/null # idempotent; a run with --only may skip the snapshot phase
   deriver_start deriver-restart
   wait_streaming 3600 || die "deriver did not reach streaming"
 }
 
-# perf_profile NAME SECONDS : records deriver (call graphs) for SECONDS in the background into
-# perf/NAME.data; perf_reports turns the recordings into text at the end of the run (so no report
-# competes with a measurement). Skipped with --no-perf.
+# perf_profile NAME SECONDS : records the whole machine (call graphs) for SECONDS in the background
+# into perf/NAME.data; perf_reports turns the recordings into text at the end of the run (so no
+# report competes with a measurement): where the CPU went by process, then deriver by thread and
+# by symbol. Skipped with --no-perf.
 perf_profile() {
   [[ ${PERF:-0} == 1 ]] && command -v perf >/dev/null || return 0
   local name=$1 secs=$2 pid
   pid=$(deriver_pid) || return 0
   mkdir -p "$RUN/perf"
   echo "$pid $secs" >"$RUN/perf/$name.info"
-  perf record -F 99 --call-graph dwarf,16384 -p "$pid" -o "$RUN/perf/$name.data" -- sleep "$secs" >"$RUN/perf/$name.record.log" 2>&1 3>&- &
+  (
+    set +e
+    timeout -s INT "$secs" perf record -a -F 99 --call-graph dwarf,16384 -o "$RUN/perf/$name.data"
+    echo "perf record exited with $?"
+  ) >"$RUN/perf/$name.record.log" 2>&1 3>&- &
   state_set "perf_$name" $!
 }
 perf_wait() {
@@ -414,13 +423,15 @@ perf_reports() {
     name=$(basename "$data" .data)
     read -r pid secs <"$RUN/perf/$name.info" || true
     {
-      echo "# perf profile of deriver (pid $pid), $secs s at 99 Hz, during $name"
-      echo "## by thread (self samples)"
-      perf report -i "$data" --stdio --no-children --sort comm -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | awk 'NR <= 20' || true
-      echo "## by symbol (self)"
-      perf report -i "$data" --stdio --no-children --sort comm,sym -g none --percent-limit 0.7 2>/dev/null | grep -v '^#' | grep -v '^$' | awk 'NR <= 70' || true
-      echo "## by symbol (self + callees)"
-      perf report -i "$data" --stdio --children --sort sym -g none --percent-limit 2.5 2>/dev/null | grep -v '^#' | grep -v '^$' | awk 'NR <= 80' || true
+      echo "# perf profile of the whole machine, $secs s at 99 Hz, during $name; deriver is pid $pid"
+      echo "## whole machine, by process"
+      perf report -i "$data" --stdio --no-children --sort comm -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | awk 'NR <= 25' || true
+      echo "## deriver by thread (% of deriver's samples)"
+      perf report -i "$data" --pid "$pid" --percentage relative --stdio --no-children --sort comm -g none 2>/dev/null | grep -v '^#' | grep -v '^$' | awk 'NR <= 20' || true
+      echo "## deriver by symbol (self)"
+      perf report -i "$data" --pid "$pid" --percentage relative --stdio --no-children --sort comm,sym -g none --percent-limit 0.7 2>/dev/null | grep -v '^#' | grep -v '^$' | awk 'NR <= 70' || true
+      echo "## deriver by symbol (self + callees)"
+      perf report -i "$data" --pid "$pid" --percentage relative --stdio --children --sort sym -g none --percent-limit 2.5 2>/dev/null | grep -v '^#' | grep -v '^$' | awk 'NR <= 80' || true
     } >"$RUN/perf/$name.txt"
     rm -f "$data"
   done

@@ -27,5 +27,6 @@ phase_reindex() {
     figure reindex docs_per_s docs/s "$rep" "$(calc "$docs / $secs")"
     figure reindex secs s "$rep" "$secs"
     figure reindex peak_rss MiB "$rep" "$peak"
+    figure reindex rss_after MiB "$rep" "$(rss_now "$(deriver_pid)")"
   done
 }

@@ -34,6 +34,7 @@ phase_catchup() {
     echo "rep $rep: $changes changes, $txns txns caught up in $secs s, peak RSS $peak MiB"
     ((profiled)) && continue
     cpu_figures catchup "$rep" "$mark"
+    batch_figures catchup "$rep" "0 0 0 0 0" "$(metrics_mark)" "$secs"
     figure catchup changes n "$rep" "$changes"
     figure catchup changes_per_s changes/s "$rep" "$(calc "$changes / $secs")"
     figure catchup txns_per_s txns/s "$rep" "$(calc "$txns / $secs")"

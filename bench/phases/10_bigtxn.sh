@@ -21,6 +21,7 @@ phase_bigtxn() {
       peak=$(rss_stop "$RUN/tmp/rss_bigtxn_${what}_$rep.txt")
       echo "rep $rep $what: statement+commit $tc s, applied $wait_s s after the commit, peak RSS $peak MiB"
       figure bigtxn "${what}_peak_rss" MiB "$rep" "$peak"
+      figure bigtxn "${what}_rss_after" MiB "$rep" "$(rss_now "$(deriver_pid)")"
       figure bigtxn "${what}_apply_secs" s "$rep" "$wait_s"
       figure bigtxn "${what}_rows_per_s" rows/s "$rep" "$(calc "$BIGTXN_ROWS / $wait_s")"
     done
