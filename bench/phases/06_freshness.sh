@@ -12,7 +12,12 @@ phase_freshness() {
     note freshness "no streaming figure: half of pgbench's maximum rate instead"
   fi
   rate=$(awk -v a="${applied:-200}" 'BEGIN { r = int(a / 2); print (r < 1 ? 1 : r) }')
-  note freshness "churn at $rate txns/s (half the sustained rate) during the probes"
+  if [[ -n ${BENCH_FRESH_RATE:-} ]]; then
+    rate=$BENCH_FRESH_RATE
+    note freshness "churn at $rate txns/s (BENCH_FRESH_RATE) during the probes"
+  else
+    note freshness "churn at $rate txns/s (half the sustained rate) during the probes"
+  fi
   figure freshness churn_rate txns/s 1 "$rate"
   for ((rep = 1; rep <= reps; rep++)); do
     churn "$FRESH_SECS" -R "$rate" >"$RUN/tmp/fresh_pgbench_$rep.txt" 2>&1 &
