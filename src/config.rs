@@ -22,6 +22,8 @@ pub struct Config {
     pub pipelines: PipelinesConfig,
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -96,6 +98,71 @@ pub struct RuntimeConfig {
     /// Dirty keys per pipeline kept in memory before a large transaction spills them to disk.
     #[serde(default = "default_dirty_keys")]
     pub dirty_keys_in_memory: usize,
+}
+
+/// `[audit]`: the continuous audit `deriver run` does in the background (an addition to the spec;
+/// `deriver audit` on the command line needs none of it).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Audit a sample of every pipeline in the background while streaming.
+    #[serde(default)]
+    pub continuous: bool,
+    /// Share of each pipeline's keys audited per round, in percent. Rounds walk through the key
+    /// space, so every key is audited once every `100 / sample_percent` rounds.
+    #[serde(default = "default_audit_sample")]
+    pub sample_percent: f64,
+    /// Pause between two rounds (and before the first one).
+    #[serde(default = "default_audit_interval")]
+    pub interval_secs: u64,
+    /// At most this many keys compared per second (0 = no limit), to keep the load on Postgres
+    /// and Redis small.
+    #[serde(default = "default_audit_rate")]
+    pub keys_per_second: u64,
+    /// At most this many keys per round (bounds the audit's memory).
+    #[serde(default = "default_audit_max_keys")]
+    pub max_keys_per_round: usize,
+    /// Re-derive drifted keys through the normal write path; off: report only.
+    #[serde(default)]
+    pub repair: bool,
+}
+
+fn default_audit_sample() -> f64 {
+    1.0
+}
+fn default_audit_interval() -> u64 {
+    300
+}
+fn default_audit_rate() -> u64 {
+    2000
+}
+fn default_audit_max_keys() -> usize {
+    100_000
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        AuditConfig {
+            continuous: false,
+            sample_percent: default_audit_sample(),
+            interval_secs: default_audit_interval(),
+            keys_per_second: default_audit_rate(),
+            max_keys_per_round: default_audit_max_keys(),
+            repair: false,
+        }
+    }
+}
+
+impl AuditConfig {
+    fn check(&self) -> Result<()> {
+        if !(self.sample_percent > 0.0 && self.sample_percent <= 100.0) {
+            return Err(Error::config(format!("audit.sample_percent is a percentage in (0, 100], not {}", self.sample_percent)));
+        }
+        if self.max_keys_per_round == 0 {
+            return Err(Error::config("audit.max_keys_per_round must be at least 1"));
+        }
+        Ok(())
+    }
 }
 
 fn default_name() -> String {
@@ -203,6 +270,7 @@ impl Config {
             Error::config(format!("invalid configuration{hint}")).with_detail(detail)
         })?;
         cfg.check_names()?;
+        cfg.audit.check()?;
         Ok(cfg)
     }
 

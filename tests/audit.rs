@@ -152,3 +152,110 @@ fn a_change_the_stream_can_no_longer_deliver_is_drift_until_deriver_resyncs() {
     assert_eq!(w.redis_hgetall("actor:3")["first_name"], "GONE");
     assert_eq!(w.stop(), 0);
 }
+
+/// One series of a metric in `GET /metrics` (`name{pipeline="…"}`), 0 when absent.
+fn metric(w: &World, name: &str, pipeline: &str) -> f64 {
+    let text = reqwest::blocking::get(format!("http://127.0.0.1:{}/metrics", w.http_port)).unwrap().text().unwrap();
+    let series = format!("{name}{{pipeline=\"{pipeline}\"}}");
+    text.lines().find_map(|l| l.strip_prefix(&series)).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0)
+}
+
+fn status_audit(w: &World) -> serde_json::Value {
+    let (_, out, _) = w.run_cli(&["status", "--json"]);
+    let doc: serde_json::Value = serde_json::from_str(&out).unwrap_or_default();
+    doc["pipelines"][0]["audit"].clone()
+}
+
+/// Waits until `n` more continuous rounds of `films` have finished; returns the rounds so far.
+fn wait_rounds(w: &World, after: f64, n: f64) -> f64 {
+    let mut rounds = after;
+    wait_for("continuous audit rounds", Duration::from_secs(90), || {
+        rounds = metric(w, "deriver_audit_rounds_total", "films");
+        rounds >= after + n
+    });
+    rounds
+}
+
+#[test]
+fn continuous_mode_finds_drift_without_false_positives_and_repairs_only_when_told() {
+    let mut w = World::new("auditcont");
+    w.add_repo_pipeline("films");
+    let conf = |repair: bool| format!("[audit]\ncontinuous = true\nsample_percent = 100\ninterval_secs = 1\nkeys_per_second = 0\nrepair = {repair}\n");
+    std::fs::write(w.dir.join("deriver.toml"), conf(false)).unwrap();
+    w.setup();
+    w.start();
+    w.catch_up(&["films"], &["films"]);
+    w.wait_ready();
+
+    // Clean, and clean under concurrent writes: every round reports zero.
+    let rounds = wait_rounds(&w, 0.0, 1.0);
+    let audit = status_audit(&w);
+    assert_eq!(audit["records"], 1000, "{audit}");
+    assert_eq!(audit["drifted"], 0, "{audit}");
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let url = w.url();
+    let load = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.unwrap();
+            tokio::spawn(conn);
+            let mut n: u64 = 0;
+            while !stop2.load(Ordering::Relaxed) {
+                n += 1;
+                // Films and the tables they join (actors' names) change all the time.
+                let sql = if n % 4 == 0 {
+                    format!("UPDATE actor SET last_name = 'L{n}' WHERE actor_id = {}", 1 + n % 200)
+                } else {
+                    format!("UPDATE film SET title = 'C{n}', rental_rate = {}.99 WHERE film_id = {}", n % 5, 1 + (n * 37) % 1000)
+                };
+                client.batch_execute(&sql).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+        });
+    });
+    let rounds = wait_rounds(&w, rounds, 3.0);
+    stop.store(true, Ordering::Relaxed);
+    load.join().unwrap();
+    assert_eq!(metric(&w, "deriver_audit_drift_total", "films"), 0.0, "false positives under load; log:\n{}", w.log_text());
+    assert!(!w.log_text().contains("continuous audit found drift"), "{}", w.log_text());
+
+    // Drift behind deriver's back while it runs: found, reported, left alone.
+    w.catch_up(&["films"], &["films"]);
+    let mut c = env().redis.conn();
+    let p = w.prefix();
+    let _: () = redis::cmd("DEL").arg(format!("{p}:film:12")).query(&mut c).unwrap();
+    let _: () = redis::cmd("HSET").arg(format!("{p}:film:14:summary")).arg("title").arg("TAMPERED").query(&mut c).unwrap();
+    let _: () = redis::cmd("SET").arg(format!("{p}:film:424242")).arg("{}").query(&mut c).unwrap();
+    // A round that started before the injection may miss part of it; the one after sees all.
+    let rounds = wait_rounds(&w, rounds, 2.0);
+    assert_eq!(metric(&w, "deriver_audit_drifted", "films"), 3.0, "log:\n{}", w.log_text());
+    assert_eq!(metric(&w, "deriver_audit_remaining", "films"), 3.0);
+    assert!(metric(&w, "deriver_audit_drift_total", "films") >= 3.0);
+    let audit = status_audit(&w);
+    assert_eq!((audit["drifted"].as_u64(), audit["remaining"].as_u64(), audit["repaired"].as_u64()), (Some(3), Some(3), Some(0)), "{audit}");
+    let log = strip_ansi(&w.log_text());
+    assert!(log.contains("continuous audit found drift") && log.contains("keys=12, 14") && log.contains(&format!("(key) {p}:film:424242")), "{log}");
+    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(w.index_dir().join("_audit/films.json")).unwrap()).unwrap();
+    assert_eq!(report["mode"], "continuous");
+    assert_eq!(drifted_keys(&serde_json::json!({ "pipelines": [report] })), vec![format!("(key) {p}:film:424242"), "12".into(), "14".into()]);
+    assert!(w.redis_get("film:12").is_none(), "repair = false leaves drift alone");
+    assert!(rounds >= 2.0);
+
+    // With repair = true the next round repairs it through the normal write path.
+    assert_eq!(w.stop(), 0);
+    std::fs::write(w.dir.join("deriver.toml"), conf(true)).unwrap();
+    w.start();
+    w.wait_ready();
+    wait_for("a repairing round", Duration::from_secs(90), || {
+        let a = status_audit(&w);
+        a["repaired"].as_u64() == Some(3) && a["remaining"].as_u64() == Some(0)
+    });
+    check_films(&w);
+    assert!(w.redis_get("film:424242").is_none());
+    let rounds = wait_rounds(&w, metric(&w, "deriver_audit_rounds_total", "films"), 1.0);
+    assert!(rounds >= 1.0);
+    assert_eq!(status_audit(&w)["drifted"], 0, "clean again after the repair");
+    assert_eq!(metric(&w, "deriver_audit_drifted", "films"), 0.0);
+    assert_eq!(w.stop(), 0);
+}

@@ -2,19 +2,27 @@
 //! gives, and repairs drift by key through the normal write path.
 //!
 //! The source is derived with the pipeline's bulk SQL in key order (one `REPEATABLE READ`
-//! snapshot), `derive_chunk` records at a time. Each chunk is compared at once: search documents
-//! by the content hash stored with every document (a fast field, so no document is read unless it
-//! differs), Redis views by reading exactly the views the record should produce. Keys the targets
-//! hold but the source does not produce (extras: documents, ledger entries, keys in the
-//! pipeline's key space that deriver never wrote) come from one pass over each target.
+//! snapshot) by a reader task, `derive_chunk` records at a time, while the previous chunk is
+//! compared: search documents by the content hash stored with every document (a fast field, so
+//! no document is read unless it differs), Redis views by reading exactly the views the record
+//! should produce — one pipelined round trip per chunk (the ledger entries with one `HMGET`, then
+//! a `GET`/`HGETALL`/`SISMEMBER`/`ZSCORE` per view). Keys the targets hold but the source does not
+//! produce (extras: documents, ledger entries) and view keys no ledger entry owns (stray keys
+//! written behind deriver's back) come from one pass over each target.
 //!
 //! In-flight changes are not drift: suspects are re-checked after the running daemon has applied
-//! the position the audit reached (`POST /v1/wait`), up to three rounds, and only keys that stay
-//! wrong are reported. With `--repair` those keys are re-derived by the daemon (or by the CLI when
-//! none runs) with the same atomic checkpointed writes as streaming, then verified again.
+//! the position the audit reached (`POST /v1/wait`, or its shared state from inside the daemon),
+//! up to a few rounds, and only keys that stay wrong are reported. With `--repair` those keys are
+//! re-derived by the daemon (or by the CLI when none runs) with the same atomic checkpointed
+//! writes as streaming, then verified again.
+//!
+//! [`continuous`] runs the same comparison inside `deriver run` on a rotating sample.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::time::Instant;
+pub mod continuous;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures::{pin_mut, TryStreamExt};
 use redis::aio::MultiplexedConnection;
@@ -28,6 +36,7 @@ use crate::error::{Error, Result};
 use crate::pipeline::sql::DerivationSql;
 use crate::pipeline::Pipeline;
 use crate::runtime::derive::{derive_keys, row_to_record, KeyTuple};
+use crate::runtime::status::Shared;
 use crate::sink::redis::{self as rsink, ViewWrite};
 use crate::sink::tantivy::schema::{build_schema, DocBuilder, HASH_FIELD, SOURCE_FIELD};
 use crate::sink::tantivy::KEY_FIELD;
@@ -35,9 +44,12 @@ use crate::sink::{content_hash, Record, Write};
 use crate::source::postgres::{self as pg, TableInfo};
 use crate::source::Lsn;
 
-/// Field-level differences shown per pipeline.
-const DIFFS_SHOWN: usize = 5;
-const RECHECK_ROUNDS: usize = 3;
+/// Field-level differences kept per pipeline.
+const DIFFS_KEPT: usize = 20;
+/// Keys per `SCAN`/`HSCAN` call.
+const SCAN_COUNT: usize = 5000;
+/// How long one re-check waits for the daemon to apply the position it needs.
+const WAIT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FieldDiff {
@@ -59,7 +71,11 @@ pub struct TargetReport {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PipelineReport {
     pub pipeline: String,
+    /// `full` (`deriver audit`) or `continuous` (a background round of `deriver run`).
+    #[serde(default = "full_mode")]
+    pub mode: String,
     pub start_lsn: Lsn,
+    /// Source rows read (full) or keys compared (continuous).
     pub records: u64,
     pub sample_pct: Option<f64>,
     pub targets: Vec<TargetReport>,
@@ -69,8 +85,17 @@ pub struct PipelineReport {
     pub repaired: usize,
     /// Drifted keys still wrong at the end (0 = clean).
     pub remaining: usize,
+    /// Suspects that could not be re-checked because the daemon had not applied the changes
+    /// committed meanwhile in time (it lagged); the CLI counts them as drift, a continuous round
+    /// leaves them to a later round.
+    #[serde(default)]
+    pub unverified: usize,
     pub seconds: f64,
     pub finished_at: String,
+}
+
+fn full_mode() -> String {
+    "full".into()
 }
 
 /// Where the last audit of a pipeline is kept (read by `status` and the daemon's metrics).
@@ -82,59 +107,240 @@ pub fn last_report(cfg: &Config, pipeline: &str) -> Option<PipelineReport> {
     serde_json::from_str(&std::fs::read_to_string(report_path(cfg, pipeline)).ok()?).ok()
 }
 
-fn sampled(key: &str, pct: Option<f64>) -> bool {
-    match pct {
-        None => true,
-        Some(p) => (content_hash(key) % 10_000) as f64 / 100.0 < p,
+fn save_report(cfg: &Config, report: &PipelineReport) -> Result<()> {
+    let path = report_path(cfg, &report.pipeline);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    // Written beside and renamed, so a reader never sees half a report.
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_string_pretty(report).expect("report serializes"))?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+/// Buckets of the key hash space a sample is drawn from.
+const BUCKETS: u64 = 10_000;
+
+/// Which keys a pass looks at: a window of the key-hash buckets. `--sample P` is the first
+/// `P`% of the buckets (stable from run to run); continuous rounds move the window along, so
+/// consecutive rounds see different keys and cover every key in turn.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Sample {
+    start: u64,
+    width: u64,
+}
+
+impl Sample {
+    pub(crate) fn all() -> Sample {
+        Sample { start: 0, width: BUCKETS }
+    }
+
+    fn none() -> Sample {
+        Sample { start: 0, width: 0 }
+    }
+
+    fn width_of(pct: f64) -> u64 {
+        ((pct * BUCKETS as f64 / 100.0).ceil() as u64).clamp(1, BUCKETS)
+    }
+
+    pub(crate) fn percent(pct: Option<f64>) -> Sample {
+        match pct {
+            None => Sample::all(),
+            Some(p) => Sample { start: 0, width: Sample::width_of(p) },
+        }
+    }
+
+    /// The `round`-th window of `pct`% of the buckets.
+    pub(crate) fn window(round: u64, pct: f64) -> Sample {
+        let width = Sample::width_of(pct);
+        Sample { start: round.wrapping_mul(width) % BUCKETS, width }
+    }
+
+    pub(crate) fn is_all(&self) -> bool {
+        self.width >= BUCKETS
+    }
+
+    pub(crate) fn contains(&self, key: &str) -> bool {
+        if self.is_all() {
+            return true;
+        }
+        if self.width == 0 {
+            return false;
+        }
+        let b = content_hash(key) % BUCKETS;
+        (b + BUCKETS - self.start) % BUCKETS < self.width
+    }
+}
+
+/// Which search documents to load.
+#[derive(Clone)]
+enum KeyFilter {
+    Sample(Sample),
+    Keys(Arc<HashSet<String>>),
+}
+
+impl KeyFilter {
+    fn contains(&self, key: &str) -> bool {
+        match self {
+            KeyFilter::Sample(s) => s.contains(key),
+            KeyFilter::Keys(k) => k.contains(key),
+        }
     }
 }
 
 /// What a target holds for one source key.
 #[derive(Debug, PartialEq)]
 enum Held {
-    Absent,
     Same,
+    /// The record's document or views are not there at all.
+    Absent,
+    /// Something is there, but not what the record gives (or the record is gone).
     Different,
+}
+
+/// How the audit reaches the daemon.
+pub(crate) enum Link<'a> {
+    /// From the command line: the daemon, when one runs, over its HTTP API; indexes from disk.
+    Cli(&'a Config),
+    /// Inside `deriver run`: its shared state (live index readers, applied positions, admin
+    /// requests, change notices).
+    Daemon(&'a Config, &'a Arc<Shared>),
+}
+
+enum Applied {
+    Yes,
+    /// No daemon runs: nothing will change the targets, one re-check settles it.
+    NoDaemon,
+    TimedOut,
+}
+
+impl Link<'_> {
+    fn cfg(&self) -> &Config {
+        match self {
+            Link::Cli(c) | Link::Daemon(c, _) => c,
+        }
+    }
+
+    /// Waits until the daemon has applied `lsn` for the pipeline.
+    async fn wait_applied(&self, pipeline: &str, lsn: Lsn) -> Applied {
+        match self {
+            Link::Cli(cfg) => {
+                let body = serde_json::json!({ "lsn": lsn, "pipelines": [pipeline], "timeout_ms": WAIT.as_millis() as u64 }).to_string();
+                match crate::cli::status::daemon_request(&cfg.http.listen, "POST", "/v1/wait", cfg.http.token.as_deref(), Some(&body)).await {
+                    Some((200, _)) => Applied::Yes,
+                    Some(_) => Applied::TimedOut,
+                    None => Applied::NoDaemon,
+                }
+            }
+            Link::Daemon(_, shared) => {
+                let reached = |s: &Shared| s.pipeline_applied(pipeline).is_some_and(|a| a >= lsn);
+                if crate::http::freshness::wait_until(shared, WAIT, reached).await {
+                    Applied::Yes
+                } else {
+                    Applied::TimedOut
+                }
+            }
+        }
+    }
+
+    /// The live documents of a search target, restricted to `filter` (key → content hash).
+    async fn open_search(&self, p: &Pipeline, t: &crate::pipeline::SearchTarget, filter: KeyFilter, cap: usize) -> Result<Search> {
+        let (index, searcher) = match self {
+            Link::Cli(cfg) => {
+                let dir = cfg.index.dir.join(&t.index);
+                let gen = crate::sink::tantivy::current_generation(&cfg.index.dir, &t.index)
+                    .ok_or_else(|| Error::config(format!("search index `{}` has not been built yet", t.index)))?;
+                let index = tantivy::Index::open_in_dir(dir.join(format!("gen-{gen:06}")))?;
+                let reader: tantivy::IndexReader = index.reader_builder().reload_policy(tantivy::ReloadPolicy::Manual).try_into()?;
+                let searcher = reader.searcher();
+                (index, searcher)
+            }
+            Link::Daemon(_, shared) => {
+                let live = shared.indexes.read().expect("indexes lock").get(&t.index).cloned();
+                let live = live.ok_or_else(|| Error::transient(format!("search index `{}` is not open", t.index)))?;
+                (live.index.clone(), live.reader.searcher())
+            }
+        };
+        if index.schema() != build_schema(t) {
+            return Err(Error::config(format!("search index `{}` was built from another definition: reindex it first", t.index)));
+        }
+        let id_pos = p.text_fields().iter().position(|f| f == &t.id).expect("id is a text field");
+        let scan_searcher = searcher.clone();
+        let docs = tokio::task::spawn_blocking(move || scan_hashes(&scan_searcher, &filter, cap))
+            .await
+            .map_err(|e| Error::fatal("reading the search index failed").with_detail(e))??;
+        Ok(Search { label: format!("search:{}", t.index), docs, searcher, target: t.clone(), id_pos })
+    }
+
+    /// Re-derives `keys` through the normal write path (same atomic checkpointed writes).
+    async fn repair(&self, p: &Pipeline, keys: &[String]) -> Result<usize> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        match self {
+            Link::Cli(cfg) => repair_keys(cfg, p, keys).await,
+            Link::Daemon(_, shared) => {
+                let tx = shared.admin.lock().expect("admin lock").clone().ok_or_else(|| Error::transient("the daemon is not ready for repairs"))?;
+                let (reply, rx) = tokio::sync::oneshot::channel();
+                tx.send(crate::runtime::status::AdminRequest::Repair { pipeline: p.name.clone(), keys: keys.to_vec(), reply })
+                    .await
+                    .map_err(|_| Error::transient("the daemon is stopping"))?;
+                match rx.await {
+                    Ok(Ok(n)) => Ok(n),
+                    Ok(Err(e)) => Err(Error::fatal("the daemon refused the repair").with_detail(e)),
+                    Err(_) => Err(Error::transient("the daemon stopped before the repair")),
+                }
+            }
+        }
+    }
+
+    /// Change notices of the daemon from now on (inside the daemon only).
+    fn watch(&self) -> Option<tokio::sync::broadcast::Receiver<Arc<crate::runtime::status::ChangeNotice>>> {
+        match self {
+            Link::Cli(_) => None,
+            Link::Daemon(_, shared) => Some(shared.changes.subscribe()),
+        }
+    }
+}
+
+/// Key → content hash of the documents of `searcher` whose key passes `filter` (fast fields
+/// only: each segment's key dictionary is read once, in order).
+fn scan_hashes(searcher: &tantivy::Searcher, filter: &KeyFilter, cap: usize) -> Result<HashMap<String, u64>> {
+    let mut docs = HashMap::new();
+    for seg in searcher.segment_readers() {
+        let ff = seg.fast_fields();
+        let keys = ff.str(KEY_FIELD)?.ok_or_else(|| Error::fatal("the index has no _key column"))?;
+        let hashes = ff.u64(HASH_FIELD)?;
+        let dict = keys.dictionary();
+        let mut terms: Vec<Option<String>> = Vec::with_capacity(dict.num_terms());
+        let mut stream = dict.stream()?;
+        while stream.advance() {
+            let k = std::str::from_utf8(stream.key()).ok().filter(|k| filter.contains(k)).map(str::to_string);
+            terms.push(k);
+        }
+        for doc in seg.doc_ids_alive() {
+            let Some(ord) = keys.term_ords(doc).next() else { continue };
+            if let Some(Some(k)) = terms.get(ord as usize) {
+                if docs.len() >= cap {
+                    return Ok(docs);
+                }
+                docs.insert(k.clone(), hashes.first(doc).unwrap_or(0));
+            }
+        }
+    }
+    Ok(docs)
 }
 
 struct Search {
     label: String,
     docs: HashMap<String, u64>,
-    index: tantivy::Index,
+    searcher: tantivy::Searcher,
     target: crate::pipeline::SearchTarget,
     id_pos: usize,
 }
 
 impl Search {
-    /// Key → content hash of every document of the live generation (fast fields only).
-    fn open(cfg: &Config, p: &Pipeline, t: &crate::pipeline::SearchTarget) -> Result<Search> {
-        let dir = cfg.index.dir.join(&t.index);
-        let gen = crate::sink::tantivy::current_generation(&cfg.index.dir, &t.index)
-            .ok_or_else(|| Error::config(format!("search index `{}` has not been built yet", t.index)))?;
-        let index = tantivy::Index::open_in_dir(dir.join(format!("gen-{gen:06}")))?;
-        if index.schema() != build_schema(t) {
-            return Err(Error::config(format!("search index `{}` was built from another definition: reindex it first", t.index)));
-        }
-        let reader = index.reader()?;
-        let searcher = reader.searcher();
-        let mut docs = HashMap::new();
-        for seg in searcher.segment_readers() {
-            let ff = seg.fast_fields();
-            let keys = ff.str(KEY_FIELD)?.ok_or_else(|| Error::fatal("the index has no _key column"))?;
-            let hashes = ff.u64(HASH_FIELD)?;
-            let mut buf = String::new();
-            for doc in seg.doc_ids_alive() {
-                buf.clear();
-                if let Some(ord) = keys.term_ords(doc).next() {
-                    keys.ord_to_str(ord, &mut buf).map_err(|e| Error::fatal("cannot read the index").with_detail(e))?;
-                    docs.insert(buf.clone(), hashes.first(doc).unwrap_or(0));
-                }
-            }
-        }
-        let id_pos = p.text_fields().iter().position(|f| f == &t.id).expect("id is a text field");
-        Ok(Search { label: format!("search:{}", t.index), docs, index, target: t.clone(), id_pos })
-    }
-
     fn held(&self, key: &str, record: Option<&Record>) -> Held {
         match (self.docs.get(key), record) {
             (None, None) => Held::Same,
@@ -152,14 +358,13 @@ impl Search {
 
     /// The stored document of a key, for diffs.
     fn stored(&self, key: &str) -> Option<serde_json::Map<String, Value>> {
-        let reader = self.index.reader().ok()?;
-        let searcher = reader.searcher();
-        let field = self.index.schema().get_field(KEY_FIELD).ok()?;
-        let src = self.index.schema().get_field(SOURCE_FIELD).ok()?;
+        let schema = self.searcher.schema();
+        let field = schema.get_field(KEY_FIELD).ok()?;
+        let src = schema.get_field(SOURCE_FIELD).ok()?;
         let q = tantivy::query::TermQuery::new(tantivy::Term::from_field_text(field, key), tantivy::schema::IndexRecordOption::Basic);
-        let top = searcher.search(&q, &tantivy::collector::TopDocs::with_limit(1).order_by_score()).ok()?;
+        let top = self.searcher.search(&q, &tantivy::collector::TopDocs::with_limit(1).order_by_score()).ok()?;
         let (_, addr) = top.first()?;
-        let doc: tantivy::TantivyDocument = searcher.doc(*addr).ok()?;
+        let doc: tantivy::TantivyDocument = self.searcher.doc(*addr).ok()?;
         serde_json::from_str(doc.get_first(src)?.as_str()?).ok()
     }
 
@@ -172,90 +377,210 @@ impl Search {
     }
 }
 
+type Renderer = Box<dyn Fn(&Record) -> std::result::Result<Vec<ViewWrite>, String> + Send + Sync>;
+
 struct RedisSide {
     conn: MultiplexedConnection,
     prefix: String,
     ledger_key: String,
+    render: Renderer,
+}
+
+/// One view's (expected, actual) when they differ.
+type ViewDiff = (String, Value, Value);
+
+fn ledger_ids(text: &str) -> Option<BTreeSet<String>> {
+    let Ok(Value::Array(items)) = serde_json::from_str::<Value>(text) else { return None };
+    let mut ids = BTreeSet::new();
+    for it in items {
+        match it {
+            Value::String(k) => {
+                ids.insert(k);
+            }
+            Value::Array(parts) => {
+                if let (Some(Value::String(k)), Some(Value::String(m))) = (parts.first(), parts.get(1)) {
+                    ids.insert(format!("{k}\u{0}{m}"));
+                }
+            }
+            _ => {}
+        }
+    }
+    Some(ids)
+}
+
+/// The view keys a ledger entry lists.
+fn ledger_view_keys(text: &str) -> Vec<String> {
+    let Ok(Value::Array(items)) = serde_json::from_str::<Value>(text) else { return Vec::new() };
+    items
+        .into_iter()
+        .filter_map(|it| match it {
+            Value::String(k) => Some(k),
+            Value::Array(parts) => match parts.into_iter().next() {
+                Some(Value::String(k)) => Some(k),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+fn entry_id(v: &ViewWrite) -> String {
+    match v.kind {
+        "set" | "zset" => format!("{}\u{0}{}", v.key, v.values[0]),
+        _ => v.key.clone(),
+    }
+}
+
+fn parse_json(s: &str) -> Value {
+    serde_json::from_str::<Value>(s).unwrap_or_else(|_| Value::String(s.to_string()))
+}
+
+fn redis_error(v: &redis::Value) -> Option<Value> {
+    match v {
+        redis::Value::ServerError(e) => Some(Value::String(format!("(error) {e:?}"))),
+        _ => None,
+    }
+}
+
+fn parse<T: redis::FromRedisValue>(v: redis::Value) -> Result<T> {
+    redis::from_redis_value(v).map_err(|e| Error::from(redis::RedisError::from(e)))
+}
+
+/// Compares one view with what Redis returned for it: `None` when equal, else
+/// (expected, actual, absent) — `absent` when Redis holds nothing of it.
+fn compare_view(v: &ViewWrite, got: redis::Value) -> Result<Option<(Value, Value, bool)>> {
+    if let Some(err) = redis_error(&got) {
+        return Ok(Some((Value::String(format!("a {} view", v.kind)), err, false)));
+    }
+    Ok(match v.kind {
+        "json" => {
+            let got: Option<String> = parse(got)?;
+            match got {
+                Some(g) if g == v.values[0] => None,
+                Some(g) => {
+                    let (want, actual) = (parse_json(&v.values[0]), parse_json(&g));
+                    (want != actual).then_some((want, actual, false))
+                }
+                None => Some((parse_json(&v.values[0]), Value::Null, true)),
+            }
+        }
+        "hash" => {
+            let got: BTreeMap<String, String> = parse(got)?;
+            let want: BTreeMap<&str, &str> = v.values.chunks(2).map(|kv| (kv[0].as_str(), kv[1].as_str())).collect();
+            let same = got.len() == want.len() && want.iter().all(|(k, w)| got.get(*k).is_some_and(|g| g == w));
+            if same {
+                None
+            } else {
+                let absent = got.is_empty();
+                Some((serde_json::to_value(want).unwrap_or_default(), serde_json::to_value(got).unwrap_or_default(), absent))
+            }
+        }
+        "set" => {
+            let is: bool = parse(got)?;
+            (!is).then_some((Value::Bool(true), Value::Bool(false), true))
+        }
+        _ => {
+            let score: Option<f64> = parse(got)?;
+            let want: f64 = v.values[1].parse().unwrap_or(f64::NAN);
+            let same = score.is_some_and(|s| (s - want).abs() <= 1e-9 * want.abs().max(1.0));
+            (!same).then(|| (serde_json::json!(want), serde_json::json!(score), score.is_none()))
+        }
+    })
 }
 
 impl RedisSide {
-    /// Whether Redis holds exactly the views `record` produces (or none of them when `None`).
-    async fn held(&mut self, p: &Pipeline, key: &str, record: Option<&Record>) -> Result<(Held, Vec<(String, Value, Value)>)> {
-        let ledger: Option<String> = redis::cmd("HGET").arg(&self.ledger_key).arg(key).query_async(&mut self.conn).await?;
-        let Some(r) = record else {
-            return Ok((if ledger.is_some() { Held::Different } else { Held::Same }, Vec::new()));
-        };
-        let views = rsink::preview(&self.prefix, p, r).map_err(Error::record)?;
-        if ledger.is_none() && !views.is_empty() {
-            return Ok((Held::Absent, Vec::new()));
-        }
-        let mut diffs = Vec::new();
-        for v in &views {
-            let (expected, actual) = self.compare(v).await?;
-            if expected != actual {
-                diffs.push((v.key.clone(), expected, actual));
-            }
-        }
-        Ok((if diffs.is_empty() { Held::Same } else { Held::Different }, diffs))
-    }
-
-    /// (expected, actual) of one view, as JSON values.
-    async fn compare(&mut self, v: &ViewWrite) -> Result<(Value, Value)> {
-        let c = &mut self.conn;
-        Ok(match v.kind {
-            "json" => {
-                let got: Option<String> = redis::cmd("GET").arg(&v.key).query_async(c).await?;
-                let parse = |s: &str| serde_json::from_str::<Value>(s).unwrap_or(Value::String(s.to_string()));
-                (parse(&v.values[0]), got.as_deref().map(parse).unwrap_or(Value::Null))
-            }
-            "hash" => {
-                let got: BTreeMap<String, String> = redis::cmd("HGETALL").arg(&v.key).query_async(c).await?;
-                let want: BTreeMap<String, String> = v.values.chunks(2).map(|kv| (kv[0].clone(), kv[1].clone())).collect();
-                (serde_json::to_value(want).unwrap_or_default(), serde_json::to_value(got).unwrap_or_default())
-            }
-            "set" => {
-                let is: bool = redis::cmd("SISMEMBER").arg(&v.key).arg(&v.values[0]).query_async(c).await?;
-                (Value::Bool(true), Value::Bool(is))
-            }
-            _ => {
-                let score: Option<f64> = redis::cmd("ZSCORE").arg(&v.key).arg(&v.values[0]).query_async(c).await?;
-                let want: f64 = v.values[1].parse().unwrap_or(f64::NAN);
-                let same = score.is_some_and(|s| (s - want).abs() <= 1e-9 * want.abs().max(1.0));
-                (serde_json::json!(want), if same { serde_json::json!(want) } else { serde_json::json!(score) })
-            }
+    async fn open(cfg: &Config, p: &Pipeline) -> Result<RedisSide> {
+        let keys = rsink::Keys::new(&cfg.redis.prefix, &p.name);
+        Ok(RedisSide {
+            conn: rsink::connect(cfg.redis_url()?).await?,
+            prefix: cfg.redis.prefix.clone(),
+            ledger_key: keys.ledger,
+            render: Box::new(rsink::view_renderer(&cfg.redis.prefix, p)),
         })
     }
 
-    /// Source keys in the ledger, and view keys that match one of the pipeline's templates but
-    /// that no ledger entry lists (written behind deriver's back).
-    async fn extras(&mut self, p: &Pipeline) -> Result<(Vec<String>, Vec<String>)> {
-        let ledger: HashMap<String, String> = redis::cmd("HGETALL").arg(&self.ledger_key).query_async(&mut self.conn).await?;
-        let mut owned: HashSet<String> = HashSet::new();
-        for v in ledger.values() {
-            if let Ok(Value::Array(items)) = serde_json::from_str::<Value>(v) {
-                for it in items {
-                    match it {
-                        Value::String(k) => {
-                            owned.insert(k);
-                        }
-                        Value::Array(parts) => {
-                            if let Some(Value::String(k)) = parts.first() {
-                                owned.insert(k.clone());
-                            }
-                        }
-                        _ => {}
+    /// What Redis holds for each (key, record): the ledger entries with one `HMGET`, every view
+    /// the records produce with one command each, all in one pipelined round trip.
+    async fn held_many(&mut self, items: &[(String, Option<Record>)]) -> Result<Vec<(Held, Vec<ViewDiff>)>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        // None: the record is gone, or the sink would refuse it (a dead letter, not comparable).
+        let views: Vec<Option<Vec<ViewWrite>>> = items.iter().map(|(_, r)| r.as_ref().and_then(|r| (self.render)(r).ok())).collect();
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        let mut hmget = redis::cmd("HMGET");
+        hmget.arg(&self.ledger_key);
+        for (k, _) in items {
+            hmget.arg(k);
+        }
+        pipe.add_command(hmget);
+        for v in views.iter().flatten().flatten() {
+            match v.kind {
+                "json" => pipe.cmd("GET").arg(&v.key),
+                "hash" => pipe.cmd("HGETALL").arg(&v.key),
+                "set" => pipe.cmd("SISMEMBER").arg(&v.key).arg(&v.values[0]),
+                _ => pipe.cmd("ZSCORE").arg(&v.key).arg(&v.values[0]),
+            };
+        }
+        let replies: Vec<redis::Value> = pipe.query_async(&mut self.conn).await?;
+        let mut replies = replies.into_iter();
+        let ledger = replies.next().ok_or_else(|| Error::transient("Redis returned no reply"))?;
+        if let Some(e) = redis_error(&ledger) {
+            return Err(Error::fatal(format!("cannot read the ledger {}", self.ledger_key)).with_detail(e));
+        }
+        let ledger: Vec<Option<String>> = parse(ledger)?;
+        let mut out = Vec::with_capacity(items.len());
+        for (i, (_, record)) in items.iter().enumerate() {
+            let entry = ledger.get(i).cloned().flatten();
+            let Some(views) = &views[i] else {
+                let held = if record.is_none() && entry.is_some() { Held::Different } else { Held::Same };
+                out.push((held, Vec::new()));
+                continue;
+            };
+            let mut diffs = Vec::new();
+            let mut all_absent = true;
+            for v in views {
+                let got = replies.next().ok_or_else(|| Error::transient("Redis returned too few replies"))?;
+                match compare_view(v, got)? {
+                    Some((want, actual, absent)) => {
+                        all_absent &= absent;
+                        diffs.push((v.key.clone(), want, actual));
                     }
+                    None => all_absent = false,
                 }
             }
+            // Nothing of the record at all: missing.
+            let missing = entry.is_none() && all_absent && !views.is_empty();
+            // The ledger must list exactly these views, or deriver would leave or remove the
+            // wrong keys when the record changes.
+            let want_ids: BTreeSet<String> = views.iter().map(entry_id).collect();
+            let have_ids = entry.as_deref().map(|e| ledger_ids(e).unwrap_or_default()).unwrap_or_default();
+            if want_ids != have_ids && !missing {
+                diffs.push(("(ledger)".into(), serde_json::json!(want_ids), serde_json::json!(have_ids)));
+            }
+            let held = if missing {
+                Held::Absent
+            } else if diffs.is_empty() {
+                Held::Same
+            } else {
+                Held::Different
+            };
+            out.push((held, diffs));
         }
-        let mut stray = Vec::new();
+        Ok(out)
+    }
+
+    /// View keys under the pipeline's templates (in `sample`): candidates for stray keys.
+    async fn scan_candidates(&mut self, p: &Pipeline, sample: Sample, cap: usize) -> Result<HashSet<String>> {
+        let mut out = HashSet::new();
         for t in &p.redis {
             let glob: String = t
                 .key
                 .parts
                 .iter()
                 .map(|part| match part {
-                    crate::pipeline::TemplatePart::Literal(l) => l.replace(['*', '?', '[', ']'], "?"),
+                    crate::pipeline::TemplatePart::Literal(l) => l.replace(['*', '?', '[', ']', '\\'], "?"),
                     crate::pipeline::TemplatePart::Field(_) => "*".into(),
                 })
                 .collect();
@@ -263,21 +588,67 @@ impl RedisSide {
             let mut cursor: u64 = 0;
             loop {
                 let (next, keys): (u64, Vec<String>) =
-                    redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(1000).query_async(&mut self.conn).await?;
+                    redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(SCAN_COUNT).query_async(&mut self.conn).await?;
                 for k in keys {
-                    if !owned.contains(&k) && !k[self.prefix.len() + 1..].starts_with('_') && matches_template(&t.key, &k[self.prefix.len() + 1..]) {
-                        stray.push(k);
+                    let bare = &k[self.prefix.len() + 1..];
+                    if !bare.starts_with('_') && matches_template(&t.key, bare) && sample.contains(&k) && out.len() < cap {
+                        out.insert(k);
                     }
                 }
                 cursor = next;
                 if cursor == 0 {
                     break;
                 }
+                tokio::task::yield_now().await;
             }
         }
-        stray.sort();
-        stray.dedup();
-        Ok((ledger.into_keys().collect(), stray))
+        Ok(out)
+    }
+
+    /// One pass over the ledger: its source keys in `sample`, and `candidates` minus every view
+    /// key some entry owns.
+    async fn ledger_pass(&mut self, sample: Sample, candidates: &mut HashSet<String>, cap: usize) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, items): (u64, Vec<(String, String)>) =
+                redis::cmd("HSCAN").arg(&self.ledger_key).arg(cursor).arg("COUNT").arg(SCAN_COUNT).query_async(&mut self.conn).await?;
+            for (src, entry) in items {
+                if !candidates.is_empty() {
+                    for k in ledger_view_keys(&entry) {
+                        candidates.remove(&k);
+                    }
+                }
+                if sample.contains(&src) && keys.len() < cap {
+                    keys.push(src);
+                }
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        Ok(keys)
+    }
+
+    /// Stray candidates that still exist and that no ledger entry owns.
+    async fn recheck_strays(&mut self, strays: &[String]) -> Result<Vec<String>> {
+        if strays.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for k in strays {
+            pipe.cmd("EXISTS").arg(k);
+        }
+        let exists: Vec<bool> = pipe.query_async(&mut self.conn).await?;
+        let mut left: HashSet<String> = strays.iter().zip(exists).filter(|(_, e)| *e).map(|(k, _)| k.clone()).collect();
+        if !left.is_empty() {
+            self.ledger_pass(Sample::none(), &mut left, 0).await?;
+        }
+        let mut left: Vec<String> = left.into_iter().collect();
+        left.sort();
+        Ok(left)
     }
 }
 
@@ -293,7 +664,59 @@ fn matches_template(t: &crate::pipeline::KeyTemplate, key: &str) -> bool {
     go(&t.parts, key)
 }
 
-struct Audit<'a> {
+/// What a comparison found, per target.
+#[derive(Default)]
+struct Findings {
+    targets: BTreeMap<String, TargetReport>,
+    diffs: Vec<FieldDiff>,
+}
+
+impl Findings {
+    fn target(&mut self, label: &str) -> &mut TargetReport {
+        self.targets.entry(label.to_string()).or_insert_with(|| TargetReport { target: label.to_string(), ..Default::default() })
+    }
+
+    fn note(&mut self, label: &str, key: &str, held: Held, has_record: bool) {
+        let rep = self.target(label);
+        match (held, has_record) {
+            (Held::Same, _) => {}
+            (Held::Absent, _) => rep.missing.push(key.to_string()),
+            (Held::Different, false) => rep.extra.push(key.to_string()),
+            (Held::Different, true) => rep.different.push(key.to_string()),
+        }
+    }
+
+    fn suspects(&self) -> Vec<String> {
+        let mut keys: Vec<String> = self.targets.values().flat_map(|r| r.missing.iter().chain(&r.extra).chain(&r.different).cloned()).collect();
+        keys.sort();
+        keys.dedup();
+        keys
+    }
+
+    /// Keeps only `keys` in the lists.
+    fn retain(&mut self, keys: &HashSet<String>) {
+        for t in self.targets.values_mut() {
+            for list in [&mut t.missing, &mut t.extra, &mut t.different] {
+                list.retain(|k| keys.contains(k));
+            }
+        }
+        self.diffs.retain(|d| keys.contains(&d.key));
+    }
+
+    fn merge(&mut self, other: Findings) {
+        for (label, t) in other.targets {
+            let mine = self.target(&label);
+            mine.missing.extend(t.missing);
+            mine.extra.extend(t.extra);
+            mine.different.extend(t.different);
+        }
+        let room = DIFFS_KEPT.saturating_sub(self.diffs.len());
+        self.diffs.extend(other.diffs.into_iter().take(room));
+    }
+}
+
+/// The comparison of one pipeline's targets with freshly derived records.
+struct Checker<'a> {
     p: &'a Pipeline,
     stmt: Statement,
     n_key: usize,
@@ -301,61 +724,208 @@ struct Audit<'a> {
     redis: Option<RedisSide>,
 }
 
-impl Audit<'_> {
-    /// Compares every target for a set of keys with freshly derived records.
-    async fn check(&mut self, client: &Client, keys: &[String]) -> Result<(BTreeMap<String, TargetReport>, Vec<FieldDiff>)> {
-        let tuples: Vec<KeyTuple> = keys.iter().map(|k| split_key(k, self.n_key)).collect();
-        let mut records: HashMap<String, Record> = HashMap::new();
-        for part in tuples.chunks(1000) {
-            let (writes, _) = derive_keys(client, &self.stmt, self.n_key, part).await?;
-            for w in writes {
-                if let Write::Upsert(r) = w {
-                    records.insert(r.key.clone(), r);
-                }
-            }
+/// What re-checking left.
+struct Settled {
+    findings: Findings,
+    keys: Vec<String>,
+    strays: Vec<String>,
+    unverified: usize,
+}
+
+impl<'a> Checker<'a> {
+    async fn open(link: &Link<'_>, client: &Client, p: &'a Pipeline, sql: &DerivationSql, n_key: usize, filter: KeyFilter, cap: usize) -> Result<Checker<'a>> {
+        let mut search = Vec::new();
+        for t in &p.search {
+            search.push(link.open_search(p, t, filter.clone(), cap).await?);
         }
-        let mut out: BTreeMap<String, TargetReport> = BTreeMap::new();
-        let mut diffs = Vec::new();
-        for key in keys {
-            let rec = records.get(key);
-            for s in &self.search {
-                let held = s.held(key, rec);
-                let rep = out.entry(s.label.clone()).or_insert_with(|| TargetReport { target: s.label.clone(), ..Default::default() });
-                match (held, rec) {
-                    (Held::Same, _) => {}
-                    (Held::Absent, _) => rep.missing.push(key.clone()),
-                    (Held::Different, None) => rep.extra.push(key.clone()),
-                    (Held::Different, Some(r)) => {
-                        rep.different.push(key.clone());
+        let redis = if p.redis.is_empty() { None } else { Some(RedisSide::open(link.cfg(), p).await?) };
+        let stmt = client.prepare(&sql.keyed).await?;
+        Ok(Checker { p, stmt, n_key, search, redis })
+    }
+
+    /// Compares every target with `items` (key, record or `None` when the source has none).
+    async fn compare(&mut self, items: &[(String, Option<Record>)], out: &mut Findings, want_diffs: bool) -> Result<()> {
+        for s in &self.search {
+            for (key, rec) in items {
+                let held = s.held(key, rec.as_ref());
+                if held == Held::Different && want_diffs && out.diffs.len() < DIFFS_KEPT {
+                    if let Some(r) = rec {
                         if let (Some(want), Some(got)) = (s.expected_stored(r), s.stored(key)) {
                             for (f, v) in &want {
                                 let actual = got.get(f).cloned().unwrap_or(Value::Null);
                                 if &actual != v {
-                                    diffs.push(FieldDiff { key: key.clone(), target: s.label.clone(), field: f.clone(), expected: v.clone(), actual });
+                                    out.diffs.push(FieldDiff { key: key.clone(), target: s.label.clone(), field: f.clone(), expected: v.clone(), actual });
                                 }
                             }
                         }
                     }
                 }
+                out.note(&s.label, key, held, rec.is_some());
             }
-            if let Some(r) = self.redis.as_mut() {
-                let label = "redis".to_string();
-                let (held, view_diffs) = r.held(self.p, key, rec).await?;
-                let rep = out.entry(label.clone()).or_insert_with(|| TargetReport { target: label.clone(), ..Default::default() });
-                match (held, rec) {
-                    (Held::Same, _) => {}
-                    (Held::Absent, _) => rep.missing.push(key.clone()),
-                    (Held::Different, None) => rep.extra.push(key.clone()),
-                    (Held::Different, Some(_)) => {
-                        rep.different.push(key.clone());
-                        for (view, expected, actual) in view_diffs {
-                            diffs.push(FieldDiff { key: key.clone(), target: format!("redis:{view}"), field: "(view)".into(), expected, actual });
+        }
+        if let Some(r) = self.redis.as_mut() {
+            let held = r.held_many(items).await?;
+            for ((key, rec), (held, view_diffs)) in items.iter().zip(held) {
+                if held == Held::Different && want_diffs {
+                    for (view, expected, actual) in view_diffs {
+                        if out.diffs.len() < DIFFS_KEPT {
+                            out.diffs.push(FieldDiff { key: key.clone(), target: format!("redis:{view}"), field: "(view)".into(), expected, actual });
                         }
+                    }
+                }
+                out.note("redis", key, held, rec.is_some());
+            }
+        }
+        Ok(())
+    }
+
+    /// Derives `keys` afresh: (key, record) for each; keys whose derivation fails in SQL are
+    /// dead letters, not comparable, and left out.
+    async fn derive(&self, client: &Client, keys: &[String]) -> Result<Vec<(String, Option<Record>)>> {
+        let tuples: Vec<KeyTuple> = keys.iter().map(|k| split_key(k, self.n_key)).collect();
+        let mut by_key: HashMap<String, Option<Record>> = HashMap::with_capacity(keys.len());
+        for part in tuples.chunks(1000) {
+            let (writes, _rejected) = derive_keys(client, &self.stmt, self.n_key, part).await?;
+            for w in writes {
+                match w {
+                    Write::Upsert(r) => {
+                        by_key.insert(r.key.clone(), Some(r));
+                    }
+                    Write::Delete { key } => {
+                        by_key.insert(key, None);
                     }
                 }
             }
         }
-        Ok((out, diffs))
+        // Keys as the caller named them; Postgres may print a key differently (its canonical
+        // text), and then the canonical text is what the targets hold.
+        let mut out: Vec<(String, Option<Record>)> = Vec::with_capacity(keys.len());
+        for k in keys {
+            if let Some(r) = by_key.remove(k) {
+                out.push((k.clone(), r));
+            }
+        }
+        out.extend(by_key);
+        Ok(out)
+    }
+
+    async fn check(&mut self, client: &Client, keys: &[String], out: &mut Findings, want_diffs: bool) -> Result<()> {
+        let items = self.derive(client, keys).await?;
+        self.compare(&items, out, want_diffs).await
+    }
+
+    /// Re-checks suspects once the daemon has applied what was committed meanwhile.
+    ///
+    /// From the CLI, up to `rounds` times while they stay wrong (a key written again during a
+    /// re-check is wrong once more, then right). Inside the daemon, each re-check also waits for
+    /// what was committed while it ran and watches the daemon's change notices: a suspect the
+    /// daemon did not rewrite meanwhile is drift for certain; one it rewrote is in flight and
+    /// re-checked again, and left unverified (not drift) if that keeps happening.
+    async fn settle(&mut self, link: &Link<'_>, client: &Client, keys: Vec<String>, strays: Vec<String>, rounds: usize) -> Result<Settled> {
+        let inside = matches!(link, Link::Daemon(..));
+        let mut done = Findings::default();
+        let mut drift: Vec<String> = Vec::new();
+        let mut pending = keys;
+        let mut strays_left = strays;
+        let mut strays_checked = strays_left.is_empty();
+        let mut last_timed_out = false;
+        for _ in 0..rounds {
+            if pending.is_empty() && strays_checked {
+                break;
+            }
+            let lsn = pg::current_wal_lsn(client).await?;
+            let applied = link.wait_applied(&self.p.name, lsn).await;
+            last_timed_out = matches!(applied, Applied::TimedOut);
+            if last_timed_out && inside {
+                // The daemon lags: a later round sees these keys again.
+                break;
+            }
+            let mut watch = link.watch();
+            let mut round = Findings::default();
+            if !pending.is_empty() {
+                // Read the targets afresh: what they hold now, after the daemon applied `lsn`.
+                let wanted: Arc<HashSet<String>> = Arc::new(pending.iter().cloned().collect());
+                let mut search = Vec::new();
+                for t in &self.p.search {
+                    search.push(link.open_search(self.p, t, KeyFilter::Keys(wanted.clone()), usize::MAX).await?);
+                }
+                self.search = search;
+                self.check(client, &pending, &mut round, true).await?;
+            }
+            if !strays_checked {
+                if let Some(r) = self.redis.as_mut() {
+                    strays_left = r.recheck_strays(&strays_left).await?;
+                }
+                strays_checked = !last_timed_out;
+            }
+            let suspects = round.suspects();
+            if inside {
+                // Everything committed while this re-check ran is applied (and announced) too.
+                let lsn = pg::current_wal_lsn(client).await?;
+                if !matches!(link.wait_applied(&self.p.name, lsn).await, Applied::Yes) {
+                    pending = suspects;
+                    break;
+                }
+                let touched = watch.as_mut().map(|w| touched_keys(w, &self.p.name)).unwrap_or_default();
+                let (moving, fixed): (Vec<String>, Vec<String>) = suspects.into_iter().partition(|k| match &touched {
+                    Touched::All => true,
+                    Touched::Keys(t) => t.contains(k),
+                });
+                round.retain(&fixed.iter().cloned().collect());
+                done.merge(round);
+                drift.extend(fixed);
+                pending = moving;
+            } else {
+                done = round;
+                pending = suspects;
+                if matches!(applied, Applied::NoDaemon) || pending.is_empty() {
+                    break;
+                }
+            }
+        }
+        let unverified = if inside {
+            std::mem::take(&mut pending).len()
+        } else {
+            drift = std::mem::take(&mut pending);
+            if last_timed_out {
+                drift.len()
+            } else {
+                0
+            }
+        };
+        drift.sort();
+        drift.dedup();
+        Ok(Settled { findings: done, keys: drift, strays: strays_left, unverified })
+    }
+}
+
+enum Touched {
+    All,
+    Keys(HashSet<String>),
+}
+
+impl Default for Touched {
+    fn default() -> Self {
+        Touched::Keys(HashSet::new())
+    }
+}
+
+/// The keys of `pipeline` the daemon wrote since `rx` subscribed.
+fn touched_keys(rx: &mut tokio::sync::broadcast::Receiver<Arc<crate::runtime::status::ChangeNotice>>, pipeline: &str) -> Touched {
+    let mut keys = HashSet::new();
+    loop {
+        match rx.try_recv() {
+            Ok(n) if n.pipeline == pipeline => {
+                if n.keys.iter().any(|k| k == "*") {
+                    return Touched::All;
+                }
+                keys.extend(n.keys.iter().cloned());
+                keys.extend(n.deleted.iter().cloned());
+            }
+            Ok(_) => {}
+            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => return Touched::All,
+            Err(_) => return Touched::Keys(keys),
+        }
     }
 }
 
@@ -363,20 +933,36 @@ fn split_key(k: &str, n: usize) -> KeyTuple {
     crate::runtime::derive::split_key_text(k, n).unwrap_or_else(|| vec![k.to_string(); n])
 }
 
-fn suspects(reports: &BTreeMap<String, TargetReport>) -> Vec<String> {
-    let mut keys: Vec<String> = reports.values().flat_map(|r| r.missing.iter().chain(&r.extra).chain(&r.different).cloned()).collect();
-    keys.sort();
-    keys.dedup();
-    keys
-}
-
-/// Waits until the running daemon has applied `lsn` (false when no daemon answers).
-async fn daemon_applied(cfg: &Config, pipeline: &str, lsn: Lsn) -> bool {
-    let body = serde_json::json!({ "lsn": lsn, "pipelines": [pipeline], "timeout_ms": 20000 }).to_string();
-    matches!(crate::cli::status::daemon_request(&cfg.http.listen, "POST", "/v1/wait", cfg.http.token.as_deref(), Some(&body)).await, Some((200, _)))
+/// Reads the bulk derivation in the reader's open transaction and hands it over in chunks of
+/// sampled records, with the number of rows read so far.
+async fn read_bulk(reader: Client, bulk: String, chunk: usize, sample: Sample, tx: tokio::sync::mpsc::Sender<Result<(u64, Vec<Record>)>>) {
+    let result: Result<()> = async {
+        let stream = reader.query_raw(bulk.as_str(), std::iter::empty::<&str>()).await.map_err(Error::from)?;
+        pin_mut!(stream);
+        let mut rows = 0u64;
+        let mut part = Vec::with_capacity(chunk);
+        while let Some(row) = stream.try_next().await.map_err(Error::from)? {
+            rows += 1;
+            let r = row_to_record(&row)?;
+            if sample.contains(&r.key) {
+                part.push(r);
+            }
+            if rows % chunk as u64 == 0 && tx.send(Ok((rows, std::mem::take(&mut part)))).await.is_err() {
+                return Ok(());
+            }
+        }
+        let _ = tx.send(Ok((rows, part))).await;
+        reader.batch_execute("COMMIT").await?;
+        Ok(())
+    }
+    .await;
+    if let Err(e) = result {
+        let _ = tx.send(Err(e)).await;
+    }
 }
 
 /// Audits one pipeline (and repairs it when asked). Progress goes to `on_progress(rows)`.
+#[allow(clippy::too_many_arguments)]
 pub async fn audit_pipeline(
     cfg: &Config,
     client: &Client,
@@ -388,148 +974,95 @@ pub async fn audit_pipeline(
     mut on_progress: impl FnMut(u64),
 ) -> Result<PipelineReport> {
     let started = Instant::now();
-    let mut search = Vec::new();
-    for t in &p.search {
-        search.push(Search::open(cfg, p, t)?);
-    }
-    let redis = if p.redis.is_empty() {
-        None
-    } else {
-        let keys = rsink::Keys::new(&cfg.redis.prefix, &p.name);
-        Some(RedisSide { conn: rsink::connect(cfg.redis_url()?).await?, prefix: cfg.redis.prefix.clone(), ledger_key: keys.ledger })
-    };
-    let stmt = client.prepare(&sql.keyed).await?;
-    let mut audit = Audit { p, stmt, n_key: info.key.len(), search, redis };
+    let link = Link::Cli(cfg);
+    let sample = Sample::percent(sample_pct);
+    let chunk = cfg.runtime.derive_chunk.max(1);
 
-    // Pass 1: the whole source in key order, chunk by chunk against the targets.
+    // Pass 1: the whole source in key order, read by a task while the previous chunk is compared.
     let reader = pg::connect(cfg.postgres_url()?).await?;
     reader.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
     let start_lsn = pg::current_wal_lsn(&reader).await?;
-    let stream = reader.query_raw(sql.bulk.as_str(), std::iter::empty::<&str>()).await.map_err(Error::from)?;
-    pin_mut!(stream);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let producer = tokio::spawn(read_bulk(reader, sql.bulk.clone(), chunk, sample, tx));
+    let mut checker = Checker::open(&link, client, p, sql, info.key.len(), KeyFilter::Sample(sample), usize::MAX).await?;
     let mut seen: HashSet<String> = HashSet::new();
-    let mut reports: BTreeMap<String, TargetReport> = BTreeMap::new();
+    let mut findings = Findings::default();
     let mut records = 0u64;
-    let mut chunk: Vec<Record> = Vec::new();
-    loop {
-        let row = stream.try_next().await.map_err(Error::from)?;
-        let done = row.is_none();
-        if let Some(row) = row {
-            let r = row_to_record(&row)?;
-            if sampled(&r.key, sample_pct) {
+    while let Some(msg) = rx.recv().await {
+        let (rows, part) = msg?;
+        records = rows;
+        let items: Vec<(String, Option<Record>)> = part
+            .into_iter()
+            .map(|r| {
                 seen.insert(r.key.clone());
-                chunk.push(r);
-            }
-            records += 1;
-        }
-        if chunk.len() >= cfg.runtime.derive_chunk.max(1) || (done && !chunk.is_empty()) {
-            for r in &chunk {
-                for s in &audit.search {
-                    let rep = reports.entry(s.label.clone()).or_insert_with(|| TargetReport { target: s.label.clone(), ..Default::default() });
-                    match s.held(&r.key, Some(r)) {
-                        Held::Same => {}
-                        Held::Absent => rep.missing.push(r.key.clone()),
-                        Held::Different => rep.different.push(r.key.clone()),
-                    }
-                }
-                if let Some(rs) = audit.redis.as_mut() {
-                    let rep = reports.entry("redis".into()).or_insert_with(|| TargetReport { target: "redis".into(), ..Default::default() });
-                    match rs.held(p, &r.key, Some(r)).await?.0 {
-                        Held::Same => {}
-                        Held::Absent => rep.missing.push(r.key.clone()),
-                        Held::Different => rep.different.push(r.key.clone()),
-                    }
-                }
-            }
-            chunk.clear();
-            on_progress(records);
-        }
-        if done {
-            break;
-        }
+                (r.key.clone(), Some(r))
+            })
+            .collect();
+        checker.compare(&items, &mut findings, false).await?;
+        on_progress(records);
     }
-    reader.batch_execute("COMMIT").await?;
-    // Extras: what targets hold that the source does not produce.
-    for s in &audit.search {
-        let rep = reports.entry(s.label.clone()).or_insert_with(|| TargetReport { target: s.label.clone(), ..Default::default() });
-        rep.extra.extend(s.docs.keys().filter(|k| sampled(k, sample_pct) && !seen.contains(*k)).cloned());
+    producer.await.map_err(|e| Error::fatal("the audit's reader failed").with_detail(e))?;
+
+    // Extras: what targets hold that the source does not produce (suspects until re-checked).
+    for s in &checker.search {
+        let extra: Vec<String> = s.docs.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+        findings.target(&s.label).extra.extend(extra);
     }
-    let mut stray = Vec::new();
-    if let Some(rs) = audit.redis.as_mut() {
-        let (ledger_keys, stray_keys) = rs.extras(p).await?;
-        let rep = reports.entry("redis".into()).or_insert_with(|| TargetReport { target: "redis".into(), ..Default::default() });
-        rep.extra.extend(ledger_keys.into_iter().filter(|k| sampled(k, sample_pct) && !seen.contains(k)));
-        stray = stray_keys;
+    let mut strays = Vec::new();
+    if let Some(rs) = checker.redis.as_mut() {
+        // Candidates first, then the ledger: a view written in between has its ledger entry.
+        let mut candidates = rs.scan_candidates(p, sample, usize::MAX).await?;
+        let ledger_keys = rs.ledger_pass(sample, &mut candidates, usize::MAX).await?;
+        findings.target("redis").extra.extend(ledger_keys.into_iter().filter(|k| !seen.contains(k)));
+        strays = candidates.into_iter().collect();
+        strays.sort();
     }
     drop(seen);
 
-    // Suspects are re-checked once the daemon has applied what was committed meanwhile.
-    let mut keys = suspects(&reports);
-    let mut diffs = Vec::new();
-    for _ in 0..RECHECK_ROUNDS {
-        if keys.is_empty() {
-            break;
-        }
-        let lsn = pg::current_wal_lsn(client).await?;
-        let daemon = daemon_applied(cfg, &p.name, lsn).await;
-        // Read the targets afresh: what they hold now, after the daemon applied `lsn`.
-        for s in &mut audit.search {
-            *s = Search::open(cfg, p, &s.target.clone())?;
-        }
-        let (r, d) = audit.check(client, &keys).await?;
-        reports = r;
-        diffs = d;
-        keys = suspects(&reports);
-        if !daemon {
-            break;
-        }
-    }
-    let drifted = keys.len() + stray.len();
+    let settled = checker.settle(&link, client, findings.suspects(), strays, 3).await?;
+    let (mut reports, mut diffs, keys, mut strays) = (settled.findings.targets, settled.findings.diffs, settled.keys, settled.strays);
+    let unverified = settled.unverified;
+    let drifted = keys.len() + strays.len();
     let mut repaired = 0;
     let mut remaining = drifted;
     if repair && drifted > 0 {
-        repaired = repair_keys(cfg, p, &keys).await?;
-        if let Some(rs) = audit.redis.as_mut() {
-            for k in &stray {
+        repaired = link.repair(p, &keys).await?;
+        if let Some(rs) = checker.redis.as_mut() {
+            for k in &strays {
                 let _: () = redis::cmd("DEL").arg(k).query_async(&mut rs.conn).await?;
             }
-            repaired += stray.len();
-            let (_, still) = rs.extras(p).await?;
-            stray = still;
+            repaired += strays.len();
         }
-        // Re-verify (the CLI repair path has no daemon to wait for; the daemon path waits).
-        let lsn = pg::current_wal_lsn(client).await?;
-        daemon_applied(cfg, &p.name, lsn).await;
-        for s in &mut audit.search {
-            *s = Search::open(cfg, p, &s.target.clone())?;
+        let again = checker.settle(&link, client, keys, strays, 3).await?;
+        remaining = again.keys.len() + again.strays.len();
+        reports = again.findings.targets;
+        diffs = again.findings.diffs;
+        strays = again.strays;
+    }
+    let mut reports: Vec<TargetReport> = reports.into_values().collect();
+    if !strays.is_empty() {
+        match reports.iter_mut().find(|t| t.target == "redis") {
+            Some(t) => t.extra.extend(strays.iter().map(|k| format!("(key) {k}"))),
+            None => reports.push(TargetReport { target: "redis".into(), extra: strays.iter().map(|k| format!("(key) {k}")).collect(), ..Default::default() }),
         }
-        let (r, _) = audit.check(client, &keys).await?;
-        reports = r;
-        remaining = suspects(&reports).len() + stray.len();
     }
-    if !stray.is_empty() {
-        let rep = reports.entry("redis".into()).or_insert_with(|| TargetReport { target: "redis".into(), ..Default::default() });
-        rep.extra.extend(stray.iter().map(|k| format!("(key) {k}")));
-    }
-    diffs.truncate(DIFFS_SHOWN * 4);
+    diffs.truncate(DIFFS_KEPT);
     let report = PipelineReport {
         pipeline: p.name.clone(),
+        mode: full_mode(),
         start_lsn,
         records,
         sample_pct,
-        targets: reports.into_values().collect(),
+        targets: reports,
         diffs,
         drifted,
         repaired,
         remaining,
+        unverified,
         seconds: started.elapsed().as_secs_f64(),
         finished_at: chrono::Utc::now().to_rfc3339(),
     };
-    let path = report_path(cfg, &p.name);
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    std::fs::write(&path, serde_json::to_string_pretty(&report).expect("report serializes"))?;
+    save_report(cfg, &report)?;
     Ok(report)
 }
 
@@ -569,9 +1102,37 @@ mod tests {
     #[test]
     fn sampling_is_stable() {
         let keys: Vec<String> = (0..10_000).map(|i| i.to_string()).collect();
-        let n = keys.iter().filter(|k| sampled(k, Some(10.0))).count();
+        let ten = Sample::percent(Some(10.0));
+        let n = keys.iter().filter(|k| ten.contains(k)).count();
         assert!((800..1200).contains(&n), "{n}");
-        assert!(keys.iter().all(|k| sampled(k, None)));
-        assert_eq!(keys.iter().filter(|k| sampled(k, Some(10.0))).count(), n);
+        assert!(keys.iter().all(|k| Sample::percent(None).contains(k)));
+        assert_eq!(keys.iter().filter(|k| ten.contains(k)).count(), n);
+        // The same keys as the percentage of buckets (the sample of earlier versions).
+        assert!(keys.iter().all(|k| ten.contains(k) == ((content_hash(k) % 10_000) as f64 / 100.0 < 10.0)));
+    }
+
+    #[test]
+    fn windows_walk_through_every_key() {
+        let keys: Vec<String> = (0..5_000).map(|i| format!("k{i}")).collect();
+        let mut seen = vec![0u32; keys.len()];
+        for round in 0..4 {
+            let w = Sample::window(round, 25.0);
+            for (i, k) in keys.iter().enumerate() {
+                if w.contains(k) {
+                    seen[i] += 1;
+                }
+            }
+        }
+        assert!(seen.iter().all(|&n| n == 1), "four windows of 25% see every key exactly once");
+        let tiny = Sample::window(7, 0.001);
+        assert_eq!(tiny.width, 1);
+        assert_eq!(Sample::window(3, 100.0), Sample::all());
+    }
+
+    #[test]
+    fn ledger_entries_name_views_and_members() {
+        let ids = ledger_ids(r#"["p:film:1", ["p:cat:2", "7", "s"]]"#).unwrap();
+        assert!(ids.contains("p:film:1") && ids.contains("p:cat:2\u{0}7"));
+        assert_eq!(ledger_view_keys(r#"["p:film:1", ["p:cat:2", "7", "z"]]"#), vec!["p:film:1".to_string(), "p:cat:2".into()]);
     }
 }

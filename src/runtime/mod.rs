@@ -448,6 +448,8 @@ impl Daemon {
         let start = self.min_checkpoint().await?;
         self.publish_status("streaming").await;
         info!(%start, "streaming from the replication slot");
+        // Background audits ([audit] continuous) and audit results in status and /metrics.
+        crate::audit::continuous::spawn(self.cfg.clone(), self.shared.clone(), self.cancel.clone());
         self.stream_loop(replication, start, &conninfo, &slot, &publication).await
     }
 

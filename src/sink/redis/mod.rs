@@ -106,6 +106,14 @@ pub fn preview(prefix: &str, pipeline: &Pipeline, record: &Record) -> std::resul
     render_views(prefix, &build_views(pipeline), record, usize::MAX)
 }
 
+/// The views each record produces, like [`preview`], with the pipeline's view definitions built
+/// once: for callers that render many records (audits read exactly these views back).
+pub fn view_renderer(prefix: &str, pipeline: &Pipeline) -> impl Fn(&Record) -> std::result::Result<Vec<ViewWrite>, String> + Send + Sync {
+    let prefix = prefix.to_string();
+    let views = build_views(pipeline);
+    move |record| render_views(&prefix, &views, record, usize::MAX)
+}
+
 fn build_views(pipeline: &Pipeline) -> Vec<View> {
     let text_fields = pipeline.text_fields();
     let pos = |f: &str| text_fields.iter().position(|x| x == f);
