@@ -10,7 +10,7 @@ ROOT=$(cd -- "$BENCH/.." && pwd -P)
 CACHE=$BENCH/.cache
 SHARED=${DERIVER_SHARED_DIR:-$ROOT/../shared}
 
-ALL_PHASES=(raw_redis raw_tantivy raw_decode snapshot stream freshness reindex search catchup bigtxn)
+ALL_PHASES=(raw_redis raw_tantivy raw_decode snapshot stream freshness reindex audit search catchup bigtxn)
 
 usage() {
   cat <<EOF

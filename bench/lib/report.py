@@ -101,6 +101,17 @@ if s_app and s_off and len(s_app["values"]) == len(s_off["values"]):
 r_catchup = ratio("catch-up / decode", "catchup", "changes_per_s", decode, f"catch-up changes/s ÷ {fmt(decode)} (decode limit)")
 r_reindex = ratio("reindex / tantivy bulk", "reindex", "docs_per_s", bulk, f"reindex docs/s ÷ {fmt(bulk)} (tantivy bulk limit)")
 r_snapshot = ratio("first-start snapshot / tantivy bulk", "snapshot", "docs_per_s", bulk, f"snapshot docs/s ÷ {fmt(bulk)} (tantivy bulk limit)")
+# Audit: measured against a plain bulk derivation of the same rows in the same phase, per
+# repetition (audit_over_bulk = audit secs ÷ bulk derivation secs).
+s_aob = stats("audit", "audit_over_bulk")
+r_audit = s_aob and s_aob["median"]
+if s_aob:
+    ratios.append(("audit / plain bulk derivation", s_aob["median"], s_aob["min"], s_aob["max"],
+                   "deriver audit docs secs ÷ secs of the bulk SQL read into records (same rows, same phase)"))
+else:
+    ratios.append(("audit / plain bulk derivation", None, None, None, "audit phase not run"))
+reindex_secs = med("reindex", "secs")
+ratio("audit / full reindex", "audit", "audit_secs", reindex_secs, f"audit secs ÷ {fmt(reindex_secs)} s (median reindex secs)")
 pg_p99 = med("search", "postgres_p99")
 r_search = ratio("search p99: Postgres FTS / deriver", "search", "deriver_p99", pg_p99,
                  f"{fmt(pg_p99)} ms (Postgres p99) ÷ deriver p99", invert=True)
@@ -126,6 +137,7 @@ target("reindex peak RSS ≤ 1 GiB", rr and rr["max"], lambda v: v <= 1024, f"{f
 sp99 = med("search", "deriver_p99")
 target("search p99 ≤ 20 ms", sp99, lambda v: v <= 20, f"{fmt(sp99)} ms")
 target("search p99 ≥ 30× better than Postgres FTS", r_search, lambda v: v >= 30, f"{fmt(r_search)}×")
+target("audit ≤ 2× plain bulk derivation", r_audit, lambda v: v <= 2.0, f"{fmt(r_audit)}×")
 bi = stats("bigtxn", "insert_peak_rss")
 bd = stats("bigtxn", "delete_peak_rss")
 big = max([s["max"] for s in (bi, bd) if s], default=None)
@@ -143,6 +155,7 @@ PHASE_TITLES = {
     "stream": "Streaming under full-rate churn",
     "freshness": "Freshness (commit → visible, POST /v1/wait)",
     "reindex": "Full reindex (deriver reindex docs)",
+    "audit": "Audit (deriver audit docs vs a plain bulk derivation)",
     "search": "Search (deriver vs Postgres FTS)",
     "catchup": "Catch-up after a stopped period of churn",
     "bigtxn": "One huge transaction",

@@ -208,8 +208,8 @@ impl Task {
         }
         let mut strays = Vec::new();
         if let Some(rs) = checker.redis.as_mut() {
-            let mut candidates = rs.scan_candidates(p, sample, cap).await?;
-            for k in rs.ledger_pass(sample, &mut candidates, cap).await? {
+            let mut candidates = rs.space.scan_candidates(p, sample, cap).await?;
+            for k in rs.space.ledger_pass(sample, &mut candidates, cap).await? {
                 full |= !add(&mut keys, k, cap);
             }
             strays = candidates.into_iter().collect();
@@ -250,7 +250,7 @@ impl Task {
             repaired = link.repair(p, &drifted_keys).await?;
             if let Some(rs) = checker.redis.as_mut() {
                 for k in &strays {
-                    let _: () = redis::cmd("DEL").arg(k).query_async(&mut rs.conn).await?;
+                    let _: () = redis::cmd("DEL").arg(k).query_async(&mut rs.space.conn).await?;
                 }
                 repaired += strays.len();
             }

@@ -21,6 +21,7 @@
 pub mod continuous;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -30,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tantivy::schema::Value as _;
 use tokio_postgres::{Client, Statement};
+use tracing::debug;
 
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -380,10 +382,19 @@ impl Search {
 type Renderer = Box<dyn Fn(&Record) -> std::result::Result<Vec<ViewWrite>, String> + Send + Sync>;
 
 struct RedisSide {
+    space: KeySpace,
+    render: Renderer,
+    /// Hashes of every view key the compared records produce (a full audit: what the key space
+    /// may hold besides them are stray keys).
+    expected: Option<HashSet<u64>>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+/// The pipeline's Redis key space: its view keys and its ledger.
+struct KeySpace {
     conn: MultiplexedConnection,
     prefix: String,
     ledger_key: String,
-    render: Renderer,
 }
 
 /// One view's (expected, actual) when they differ.
@@ -446,6 +457,42 @@ fn parse<T: redis::FromRedisValue>(v: redis::Value) -> Result<T> {
     redis::from_redis_value(v).map_err(|e| Error::from(redis::RedisError::from(e)))
 }
 
+/// Whether an `HGETALL` reply holds exactly these field/value pairs (the common case, checked
+/// without allocating; anything else goes the slow way).
+fn hash_equal(got: &redis::Value, want: &[String]) -> bool {
+    let redis::Value::Array(items) = got else { return false };
+    if items.len() != want.len() || want.len() > 64 {
+        return false;
+    }
+    items.chunks(2).all(|pair| match pair {
+        [redis::Value::BulkString(f), redis::Value::BulkString(v)] => want.chunks(2).any(|kv| kv[0].as_bytes() == f.as_slice() && kv[1].as_bytes() == v.as_slice()),
+        _ => false,
+    })
+}
+
+/// Whether a ledger entry is exactly the JSON list of these views' keys as the apply script
+/// writes it (the common case, checked without parsing); `false` means "parse and compare".
+fn ledger_text_matches(entry: &str, views: &[ViewWrite]) -> bool {
+    if views.is_empty() || views.iter().any(|v| !matches!(v.kind, "json" | "hash") || v.key.contains(['"', '\\', '/']) || v.key.chars().any(char::is_control)) {
+        return false;
+    }
+    let mut expected = String::with_capacity(entry.len());
+    expected.push('[');
+    for (i, v) in views.iter().enumerate() {
+        if views[..i].iter().any(|w| w.key == v.key) {
+            continue;
+        }
+        if expected.len() > 1 {
+            expected.push(',');
+        }
+        expected.push('"');
+        expected.push_str(&v.key);
+        expected.push('"');
+    }
+    expected.push(']');
+    expected == entry
+}
+
 /// Compares one view with what Redis returned for it: `None` when equal, else
 /// (expected, actual, absent) — `absent` when Redis holds nothing of it.
 fn compare_view(v: &ViewWrite, got: redis::Value) -> Result<Option<(Value, Value, bool)>> {
@@ -464,6 +511,7 @@ fn compare_view(v: &ViewWrite, got: redis::Value) -> Result<Option<(Value, Value
                 None => Some((parse_json(&v.values[0]), Value::Null, true)),
             }
         }
+        "hash" if hash_equal(&got, &v.values) => None,
         "hash" => {
             let got: BTreeMap<String, String> = parse(got)?;
             let want: BTreeMap<&str, &str> = v.values.chunks(2).map(|kv| (kv[0].as_str(), kv[1].as_str())).collect();
@@ -492,11 +540,16 @@ impl RedisSide {
     async fn open(cfg: &Config, p: &Pipeline) -> Result<RedisSide> {
         let keys = rsink::Keys::new(&cfg.redis.prefix, &p.name);
         Ok(RedisSide {
-            conn: rsink::connect(cfg.redis_url()?).await?,
-            prefix: cfg.redis.prefix.clone(),
-            ledger_key: keys.ledger,
+            space: KeySpace { conn: rsink::connect(cfg.redis_url()?).await?, prefix: cfg.redis.prefix.clone(), ledger_key: keys.ledger },
             render: Box::new(rsink::view_renderer(&cfg.redis.prefix, p)),
+            expected: None,
+            hasher: Default::default(),
         })
+    }
+
+    /// The key space on the same (multiplexed) connection, to scan it while comparing.
+    fn space(&self) -> KeySpace {
+        KeySpace { conn: self.space.conn.clone(), prefix: self.space.prefix.clone(), ledger_key: self.space.ledger_key.clone() }
     }
 
     /// What Redis holds for each (key, record): the ledger entries with one `HMGET`, every view
@@ -510,7 +563,7 @@ impl RedisSide {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         let mut hmget = redis::cmd("HMGET");
-        hmget.arg(&self.ledger_key);
+        hmget.arg(&self.space.ledger_key);
         for (k, _) in items {
             hmget.arg(k);
         }
@@ -523,11 +576,11 @@ impl RedisSide {
                 _ => pipe.cmd("ZSCORE").arg(&v.key).arg(&v.values[0]),
             };
         }
-        let replies: Vec<redis::Value> = pipe.query_async(&mut self.conn).await?;
+        let replies: Vec<redis::Value> = pipe.query_async(&mut self.space.conn).await?;
         let mut replies = replies.into_iter();
         let ledger = replies.next().ok_or_else(|| Error::transient("Redis returned no reply"))?;
         if let Some(e) = redis_error(&ledger) {
-            return Err(Error::fatal(format!("cannot read the ledger {}", self.ledger_key)).with_detail(e));
+            return Err(Error::fatal(format!("cannot read the ledger {}", self.space.ledger_key)).with_detail(e));
         }
         let ledger: Vec<Option<String>> = parse(ledger)?;
         let mut out = Vec::with_capacity(items.len());
@@ -554,10 +607,17 @@ impl RedisSide {
             let missing = entry.is_none() && all_absent && !views.is_empty();
             // The ledger must list exactly these views, or deriver would leave or remove the
             // wrong keys when the record changes.
-            let want_ids: BTreeSet<String> = views.iter().map(entry_id).collect();
-            let have_ids = entry.as_deref().map(|e| ledger_ids(e).unwrap_or_default()).unwrap_or_default();
-            if want_ids != have_ids && !missing {
-                diffs.push(("(ledger)".into(), serde_json::json!(want_ids), serde_json::json!(have_ids)));
+            if !entry.as_deref().is_some_and(|e| ledger_text_matches(e, views)) {
+                let want_ids: BTreeSet<String> = views.iter().map(entry_id).collect();
+                let have_ids = entry.as_deref().map(|e| ledger_ids(e).unwrap_or_default()).unwrap_or_default();
+                if want_ids != have_ids && !missing {
+                    diffs.push(("(ledger)".into(), serde_json::json!(want_ids), serde_json::json!(have_ids)));
+                }
+            }
+            if let Some(expected) = self.expected.as_mut() {
+                for v in views {
+                    expected.insert(self.hasher.hash_one(&v.key));
+                }
             }
             let held = if missing {
                 Held::Absent
@@ -571,6 +631,9 @@ impl RedisSide {
         Ok(out)
     }
 
+}
+
+impl KeySpace {
     /// View keys under the pipeline's templates (in `sample`): candidates for stray keys.
     async fn scan_candidates(&mut self, p: &Pipeline, sample: Sample, cap: usize) -> Result<HashSet<String>> {
         let mut out = HashSet::new();
@@ -854,7 +917,7 @@ impl<'a> Checker<'a> {
             }
             if !strays_checked {
                 if let Some(r) = self.redis.as_mut() {
-                    strays_left = r.recheck_strays(&strays_left).await?;
+                    strays_left = r.space.recheck_strays(&strays_left).await?;
                 }
                 strays_checked = !last_timed_out;
             }
@@ -947,7 +1010,7 @@ async fn read_bulk(reader: Client, bulk: String, chunk: usize, sample: Sample, t
             if sample.contains(&r.key) {
                 part.push(r);
             }
-            if rows % chunk as u64 == 0 && tx.send(Ok((rows, std::mem::take(&mut part)))).await.is_err() {
+            if rows % chunk as u64 == 0 && tx.send(Ok((rows, std::mem::replace(&mut part, Vec::with_capacity(chunk))))).await.is_err() {
                 return Ok(());
             }
         }
@@ -978,28 +1041,60 @@ pub async fn audit_pipeline(
     let sample = Sample::percent(sample_pct);
     let chunk = cfg.runtime.derive_chunk.max(1);
 
-    // Pass 1: the whole source in key order, read by a task while the previous chunk is compared.
+    // Pass 1: the whole source in key order, read by a task while the previous chunk is
+    // compared; the Redis key space is scanned meanwhile.
     let reader = pg::connect(cfg.postgres_url()?).await?;
     reader.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
     let start_lsn = pg::current_wal_lsn(&reader).await?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
     let producer = tokio::spawn(read_bulk(reader, sql.bulk.clone(), chunk, sample, tx));
     let mut checker = Checker::open(&link, client, p, sql, info.key.len(), KeyFilter::Sample(sample), usize::MAX).await?;
+    debug!(pipeline = %p.name, secs = started.elapsed().as_secs_f64(), "audit: targets open");
+    let space = checker.redis.as_ref().map(RedisSide::space);
+    // Which keys of the key space are views of a record: on a full audit, those the records
+    // produce (collected while comparing; the few left are checked against the ledger when
+    // re-checked); on a sample, those the ledger lists (candidates first, then the ledger: a view
+    // written in between has its ledger entry).
+    let by_ledger = !sample.is_all();
+    if let Some(r) = checker.redis.as_mut().filter(|_| !by_ledger) {
+        r.expected = Some(HashSet::new());
+    }
+    let scan = async {
+        let Some(mut space) = space else { return Ok((HashSet::new(), Vec::new())) };
+        let mut candidates = space.scan_candidates(p, sample, usize::MAX).await?;
+        debug!(pipeline = %p.name, secs = started.elapsed().as_secs_f64(), keys = candidates.len(), "audit: view keys scanned");
+        let mut unparsed = HashSet::new();
+        let ledger_keys = space.ledger_pass(sample, if by_ledger { &mut candidates } else { &mut unparsed }, usize::MAX).await?;
+        debug!(pipeline = %p.name, secs = started.elapsed().as_secs_f64(), "audit: Redis key space scanned");
+        Ok::<_, Error>((candidates, ledger_keys))
+    };
     let mut seen: HashSet<String> = HashSet::new();
     let mut findings = Findings::default();
     let mut records = 0u64;
-    while let Some(msg) = rx.recv().await {
-        let (rows, part) = msg?;
-        records = rows;
-        let items: Vec<(String, Option<Record>)> = part
-            .into_iter()
-            .map(|r| {
-                seen.insert(r.key.clone());
-                (r.key.clone(), Some(r))
-            })
-            .collect();
-        checker.compare(&items, &mut findings, false).await?;
-        on_progress(records);
+    let compare = async {
+        while let Some(msg) = rx.recv().await {
+            let (rows, part) = msg?;
+            records = rows;
+            let items: Vec<(String, Option<Record>)> = part
+                .into_iter()
+                .map(|r| {
+                    seen.insert(r.key.clone());
+                    (r.key.clone(), Some(r))
+                })
+                .collect();
+            checker.compare(&items, &mut findings, false).await?;
+            on_progress(records);
+        }
+        debug!(pipeline = %p.name, secs = started.elapsed().as_secs_f64(), "audit: source compared");
+        Ok::<_, Error>(())
+    };
+    let (compared, scanned) = tokio::join!(compare, scan);
+    compared?;
+    let (mut candidates, ledger_keys) = scanned?;
+    if let Some(r) = checker.redis.as_mut() {
+        if let Some(expected) = r.expected.take() {
+            candidates.retain(|k| !expected.contains(&r.hasher.hash_one(k)));
+        }
     }
     producer.await.map_err(|e| Error::fatal("the audit's reader failed").with_detail(e))?;
 
@@ -1008,18 +1103,15 @@ pub async fn audit_pipeline(
         let extra: Vec<String> = s.docs.keys().filter(|k| !seen.contains(*k)).cloned().collect();
         findings.target(&s.label).extra.extend(extra);
     }
-    let mut strays = Vec::new();
-    if let Some(rs) = checker.redis.as_mut() {
-        // Candidates first, then the ledger: a view written in between has its ledger entry.
-        let mut candidates = rs.scan_candidates(p, sample, usize::MAX).await?;
-        let ledger_keys = rs.ledger_pass(sample, &mut candidates, usize::MAX).await?;
+    if checker.redis.is_some() {
         findings.target("redis").extra.extend(ledger_keys.into_iter().filter(|k| !seen.contains(k)));
-        strays = candidates.into_iter().collect();
-        strays.sort();
     }
+    let mut strays: Vec<String> = candidates.into_iter().collect();
+    strays.sort();
     drop(seen);
 
     let settled = checker.settle(&link, client, findings.suspects(), strays, 3).await?;
+    debug!(pipeline = %p.name, secs = started.elapsed().as_secs_f64(), suspects_left = settled.keys.len(), "audit: suspects re-checked");
     let (mut reports, mut diffs, keys, mut strays) = (settled.findings.targets, settled.findings.diffs, settled.keys, settled.strays);
     let unverified = settled.unverified;
     let drifted = keys.len() + strays.len();
@@ -1029,7 +1121,7 @@ pub async fn audit_pipeline(
         repaired = link.repair(p, &keys).await?;
         if let Some(rs) = checker.redis.as_mut() {
             for k in &strays {
-                let _: () = redis::cmd("DEL").arg(k).query_async(&mut rs.conn).await?;
+                let _: () = redis::cmd("DEL").arg(k).query_async(&mut rs.space.conn).await?;
             }
             repaired += strays.len();
         }
@@ -1127,6 +1219,34 @@ mod tests {
         let tiny = Sample::window(7, 0.001);
         assert_eq!(tiny.width, 1);
         assert_eq!(Sample::window(3, 100.0), Sample::all());
+    }
+
+    fn view(key: &str, kind: &'static str, values: &[&str]) -> ViewWrite {
+        ViewWrite { key: key.into(), kind, values: values.iter().map(|v| v.to_string()).collect() }
+    }
+
+    #[test]
+    fn hash_replies_compare_without_order() {
+        let want: Vec<String> = ["a", "1", "b", "2"].iter().map(|s| s.to_string()).collect();
+        let bulk = |s: &str| redis::Value::BulkString(s.as_bytes().to_vec());
+        assert!(hash_equal(&redis::Value::Array(vec![bulk("b"), bulk("2"), bulk("a"), bulk("1")]), &want));
+        assert!(!hash_equal(&redis::Value::Array(vec![bulk("b"), bulk("2"), bulk("a"), bulk("9")]), &want));
+        assert!(!hash_equal(&redis::Value::Array(vec![bulk("a"), bulk("1")]), &want));
+        assert!(!hash_equal(&redis::Value::Array(vec![bulk("a"), bulk("1"), bulk("b"), bulk("2"), bulk("c"), bulk("3")]), &want));
+        let v = view("p:h:1", "hash", &["a", "1", "b", "2"]);
+        assert_eq!(compare_view(&v, redis::Value::Array(vec![bulk("b"), bulk("2"), bulk("a"), bulk("1")])).unwrap(), None);
+        let (_, _, absent) = compare_view(&v, redis::Value::Array(vec![])).unwrap().unwrap();
+        assert!(absent);
+    }
+
+    #[test]
+    fn ledger_text_fast_path_is_exact() {
+        let views = vec![view("p:film:1", "json", &["{}"]), view("p:film:1:summary", "hash", &[])];
+        assert!(ledger_text_matches(r#"["p:film:1","p:film:1:summary"]"#, &views));
+        assert!(!ledger_text_matches(r#"["p:film:1"]"#, &views));
+        assert!(!ledger_text_matches(r#"["p:film:1:summary","p:film:1"]"#, &views), "another order: parsed and compared as sets");
+        assert!(!ledger_text_matches(r#"["a\/b"]"#, &[view("a/b", "json", &["{}"])]), "escapes take the slow path");
+        assert!(!ledger_text_matches(r#"[["p:s",  "1", "s"]]"#, &[view("p:s", "set", &["1"])]));
     }
 
     #[test]

@@ -73,6 +73,12 @@ pub async fn run(cfg: &Config, pipelines: Vec<String>, all: bool, repair: bool, 
             for d in &r.diffs {
                 println!("    {} key {} {}: expected {}, found {}", d.target, d.key, d.field, d.expected, d.actual);
             }
+            if r.unverified > 0 {
+                println!(
+                    "    {} of these keys could not be re-checked: the daemon had not applied the changes committed meanwhile in time (it lags); audit again later",
+                    r.unverified
+                );
+            }
         }
     }
     Ok(if reports.iter().all(|r| r.remaining == 0) { 0 } else { 1 })
