@@ -83,7 +83,8 @@ pub struct PipelinesConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {
-    /// Flush a batch once it holds this many changed rows …
+    /// A batch is flushed as soon as the stream has nothing more queued at a transaction
+    /// boundary; under a continuous stream, once it holds this many changed rows …
     #[serde(default = "default_batch_changes")]
     pub batch_max_changes: usize,
     /// … or once its oldest transaction waited this long.
@@ -98,6 +99,13 @@ pub struct RuntimeConfig {
     /// Dirty keys per pipeline kept in memory before a large transaction spills them to disk.
     #[serde(default = "default_dirty_keys")]
     pub dirty_keys_in_memory: usize,
+    /// A standby process tries to take the slot's ownership lock this often.
+    #[serde(default = "default_lock_ms")]
+    pub lock_poll_ms: u64,
+    /// The owner checks its lock session this often; a check failing (or not answering within
+    /// three intervals) fences the process.
+    #[serde(default = "default_lock_ms")]
+    pub lock_check_ms: u64,
 }
 
 /// `[audit]`: the continuous audit `deriver run` does in the background (an addition to the spec;
@@ -195,6 +203,9 @@ fn default_batch_ms() -> u64 {
 fn default_derive_chunk() -> usize {
     1000
 }
+fn default_lock_ms() -> u64 {
+    1000
+}
 fn default_idle_ms() -> u64 {
     1000
 }
@@ -230,6 +241,8 @@ impl Default for RuntimeConfig {
             derive_chunk: default_derive_chunk(),
             idle_ms: default_idle_ms(),
             dirty_keys_in_memory: default_dirty_keys(),
+            lock_poll_ms: default_lock_ms(),
+            lock_check_ms: default_lock_ms(),
         }
     }
 }

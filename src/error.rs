@@ -14,6 +14,9 @@ pub enum ErrorKind {
     Fatal,
     /// A single record could not be derived or written; the rest goes on.
     Record,
+    /// This process lost ownership of its slot (another process took over): stop writing now
+    /// and stand by.
+    Fenced,
 }
 
 #[derive(Debug, thiserror::Error)]

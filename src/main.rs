@@ -44,6 +44,46 @@ async fn run_daemon(cfg: Config, resnapshot: bool) -> Result<()> {
         .install_recorder()
         .map_err(|e| error::Error::fatal("cannot install the metrics recorder").with_detail(e))?;
     let shared = Arc::new(runtime::status::Shared::default());
+    // The API answers from the start: a standby reports itself in /v1/status and /readyz.
+    http::serve(&cfg.http.listen, http::router(shared.clone(), handle, cfg.http.token.clone()), cancel.clone()).await?;
+    let mut resnapshot = resnapshot;
+    let mut first = true;
+    loop {
+        // Only the process holding the slot's advisory lock runs the pipelines.
+        let Some(lease) = runtime::lease::acquire(&cfg, &shared, &cancel, first).await? else { return Ok(()) };
+        first = false;
+        let daemon_cancel = cancel.child_token();
+        let lost = lease.lost.clone();
+        let stop_on_loss = daemon_cancel.clone();
+        tokio::spawn(async move {
+            lost.cancelled().await;
+            stop_on_loss.cancel();
+        });
+        let result = own_slot(&cfg, &shared, daemon_cancel.clone(), lease.lost.clone(), resnapshot).await;
+        daemon_cancel.cancel();
+        resnapshot = false;
+        match result {
+            Err(e) if e.kind == ErrorKind::Fenced || (lease.lost.is_cancelled() && !cancel.is_cancelled()) => {
+                tracing::warn!(error = %e, "lost ownership of the slot; standing by again");
+                drop(lease);
+                // Give the sinks' writer threads a moment to release their locks.
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            }
+            Ok(()) if lease.lost.is_cancelled() && !cancel.is_cancelled() => {
+                tracing::warn!("lost ownership of the slot; standing by again");
+                drop(lease);
+            }
+            other => {
+                lease.release(&cfg.postgres.slot).await;
+                cancel.cancel();
+                return other;
+            }
+        }
+    }
+}
+
+/// Runs the pipelines while this process owns the slot.
+async fn own_slot(cfg: &Config, shared: &Arc<runtime::status::Shared>, cancel: CancellationToken, fence: CancellationToken, resnapshot: bool) -> Result<()> {
     if resnapshot {
         let client = source::postgres::connect(cfg.postgres_url()?).await?;
         if source::postgres::slot_info(&client, &cfg.postgres.slot).await?.is_some() {
@@ -51,11 +91,27 @@ async fn run_daemon(cfg: Config, resnapshot: bool) -> Result<()> {
             client.execute("SELECT pg_drop_replication_slot($1)", &[&cfg.postgres.slot]).await?;
         }
     }
-    let daemon = runtime::Daemon::prepare(cfg.clone(), shared.clone(), cancel.clone(), resnapshot).await?;
-    http::serve(&cfg.http.listen, http::router(shared.clone(), handle, cfg.http.token.clone()), cancel.clone()).await?;
-    let result = daemon.run().await;
-    cancel.cancel();
-    result
+    // A previous owner on this host may still hold the index writer (it lets go once it notices
+    // it lost the lock): wait for it, saying so every 10 s, for as long as this process owns the slot.
+    let mut attempts = 0u64;
+    let mut daemon = loop {
+        match runtime::Daemon::prepare(cfg.clone(), shared.clone(), cancel.clone(), resnapshot).await {
+            Ok(d) => break d,
+            Err(e) if e.message.contains("is locked by another process") && !cancel.is_cancelled() => {
+                if attempts % 10 == 0 {
+                    tracing::warn!(error = %e, "cannot open the search index yet; waiting for the other writer to let go");
+                }
+                attempts += 1;
+                tokio::select! {
+                    _ = cancel.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    daemon.own(fence).await?;
+    daemon.run().await
 }
 
 async fn dispatch(cli: Cli) -> Result<i32> {

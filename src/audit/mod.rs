@@ -306,10 +306,37 @@ impl Link<'_> {
     }
 }
 
+/// A fast, non-keyed hasher for the audit's big in-memory maps (the keys come from deriver's own
+/// targets; collisions only cost probing).
+#[derive(Default, Clone, Copy)]
+struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let w = u64::from_le_bytes(c.try_into().expect("8 bytes"));
+            self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(K);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(K);
+        }
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FxHasher>>;
+
 /// Key → content hash of the documents of `searcher` whose key passes `filter` (fast fields
 /// only: each segment's key dictionary is read once, in order).
-fn scan_hashes(searcher: &tantivy::Searcher, filter: &KeyFilter, cap: usize) -> Result<HashMap<String, u64>> {
-    let mut docs = HashMap::new();
+fn scan_hashes(searcher: &tantivy::Searcher, filter: &KeyFilter, cap: usize) -> Result<FastMap<String, Doc>> {
+    let mut docs = FastMap::default();
+    if matches!(filter, KeyFilter::Sample(s) if s.is_all()) {
+        docs.reserve(searcher.num_docs().min(cap as u64) as usize);
+    }
     for seg in searcher.segment_readers() {
         let ff = seg.fast_fields();
         let keys = ff.str(KEY_FIELD)?.ok_or_else(|| Error::fatal("the index has no _key column"))?;
@@ -327,29 +354,40 @@ fn scan_hashes(searcher: &tantivy::Searcher, filter: &KeyFilter, cap: usize) -> 
                 if docs.len() >= cap {
                     return Ok(docs);
                 }
-                docs.insert(k.clone(), hashes.first(doc).unwrap_or(0));
+                docs.insert(k.clone(), Doc { hash: hashes.first(doc).unwrap_or(0), compared: false });
             }
         }
     }
     Ok(docs)
 }
 
+/// A search document as the audit knows it: its content hash, and whether a record was
+/// compared with it (documents no record was compared with are extras).
+struct Doc {
+    hash: u64,
+    compared: bool,
+}
+
 struct Search {
     label: String,
-    docs: HashMap<String, u64>,
+    docs: FastMap<String, Doc>,
     searcher: tantivy::Searcher,
     target: crate::pipeline::SearchTarget,
     id_pos: usize,
 }
 
 impl Search {
-    fn held(&self, key: &str, record: Option<&Record>) -> Held {
-        match (self.docs.get(key), record) {
+    fn held(&mut self, key: &str, record: Option<&Record>) -> Held {
+        match (self.docs.get_mut(key), record) {
             (None, None) => Held::Same,
             (None, Some(_)) => Held::Absent,
-            (Some(_), None) => Held::Different,
-            (Some(h), Some(r)) => {
-                if *h == content_hash(&r.json) {
+            (Some(d), None) => {
+                d.compared = true;
+                Held::Different
+            }
+            (Some(d), Some(r)) => {
+                d.compared = true;
+                if d.hash == content_hash(&r.json) {
                     Held::Same
                 } else {
                     Held::Different
@@ -388,6 +426,8 @@ struct RedisSide {
     /// may hold besides them are stray keys).
     expected: Option<HashSet<u64>>,
     hasher: std::collections::hash_map::RandomState,
+    /// Ledger entries found for derived records so far.
+    ledger_present: u64,
 }
 
 /// The pipeline's Redis key space: its view keys and its ledger.
@@ -493,6 +533,40 @@ fn ledger_text_matches(entry: &str, views: &[ViewWrite]) -> bool {
     expected == entry
 }
 
+/// Compares a hash view with `[HLEN, HMGET of its fields]`: like [`compare_view`].
+fn compare_hash_fields(v: &ViewWrite, got: redis::Value) -> Result<Option<(Value, Value, bool)>> {
+    let redis::Value::Array(mut parts) = got else { return Err(Error::transient("unexpected reply to HLEN/HMGET")) };
+    let values = parts.pop().unwrap_or(redis::Value::Nil);
+    let len = parts.pop().unwrap_or(redis::Value::Nil);
+    for r in [&len, &values] {
+        if let Some(err) = redis_error(r) {
+            return Ok(Some((Value::String("a hash view".into()), err, false)));
+        }
+    }
+    let len: usize = parse(len)?;
+    let n = v.values.len() / 2;
+    let same_values = match &values {
+        redis::Value::Array(got) if got.len() == n => got.iter().zip(v.values.iter().skip(1).step_by(2)).all(|(g, w)| matches!(g, redis::Value::BulkString(b) if b.as_slice() == w.as_bytes())),
+        _ => n == 0,
+    };
+    if len == n && same_values {
+        return Ok(None);
+    }
+    let got: Vec<Option<String>> = if n == 0 { Vec::new() } else { parse(values)? };
+    let want: BTreeMap<&str, &str> = v.values.chunks(2).map(|kv| (kv[0].as_str(), kv[1].as_str())).collect();
+    let mut actual = serde_json::Map::new();
+    for (kv, g) in v.values.chunks(2).zip(got) {
+        if let Some(g) = g {
+            actual.insert(kv[0].clone(), Value::String(g));
+        }
+    }
+    let others = len.saturating_sub(actual.len());
+    if others > 0 {
+        actual.insert("(other fields)".into(), serde_json::json!(others));
+    }
+    Ok(Some((serde_json::to_value(want).unwrap_or_default(), Value::Object(actual), len == 0)))
+}
+
 /// Compares one view with what Redis returned for it: `None` when equal, else
 /// (expected, actual, absent) — `absent` when Redis holds nothing of it.
 fn compare_view(v: &ViewWrite, got: redis::Value) -> Result<Option<(Value, Value, bool)>> {
@@ -544,6 +618,7 @@ impl RedisSide {
             render: Box::new(rsink::view_renderer(&cfg.redis.prefix, p)),
             expected: None,
             hasher: Default::default(),
+            ledger_present: 0,
         })
     }
 
@@ -554,7 +629,10 @@ impl RedisSide {
 
     /// What Redis holds for each (key, record): the ledger entries with one `HMGET`, every view
     /// the records produce with one command each, all in one pipelined round trip.
-    async fn held_many(&mut self, items: &[(String, Option<Record>)]) -> Result<Vec<(Held, Vec<ViewDiff>)>> {
+    ///
+    /// Without `detail`, a hash view is read as `HLEN` + `HMGET` of its fields (fewer values
+    /// than `HGETALL`, and enough to tell equal from not); with it, whole (for diffs).
+    async fn held_many(&mut self, items: &[(String, Option<Record>)], detail: bool) -> Result<Vec<(Held, Vec<ViewDiff>)>> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
@@ -571,7 +649,19 @@ impl RedisSide {
         for v in views.iter().flatten().flatten() {
             match v.kind {
                 "json" => pipe.cmd("GET").arg(&v.key),
-                "hash" => pipe.cmd("HGETALL").arg(&v.key),
+                "hash" if detail => pipe.cmd("HGETALL").arg(&v.key),
+                "hash" => {
+                    pipe.cmd("HLEN").arg(&v.key);
+                    if !v.values.is_empty() {
+                        let mut fields = redis::cmd("HMGET");
+                        fields.arg(&v.key);
+                        for f in v.values.iter().step_by(2) {
+                            fields.arg(f);
+                        }
+                        pipe.add_command(fields);
+                    }
+                    &mut pipe
+                }
                 "set" => pipe.cmd("SISMEMBER").arg(&v.key).arg(&v.values[0]),
                 _ => pipe.cmd("ZSCORE").arg(&v.key).arg(&v.values[0]),
             };
@@ -586,6 +676,9 @@ impl RedisSide {
         let mut out = Vec::with_capacity(items.len());
         for (i, (_, record)) in items.iter().enumerate() {
             let entry = ledger.get(i).cloned().flatten();
+            if entry.is_some() && record.is_some() {
+                self.ledger_present += 1;
+            }
             let Some(views) = &views[i] else {
                 let held = if record.is_none() && entry.is_some() { Held::Different } else { Held::Same };
                 out.push((held, Vec::new()));
@@ -594,8 +687,13 @@ impl RedisSide {
             let mut diffs = Vec::new();
             let mut all_absent = true;
             for v in views {
-                let got = replies.next().ok_or_else(|| Error::transient("Redis returned too few replies"))?;
-                match compare_view(v, got)? {
+                let mut got = replies.next().ok_or_else(|| Error::transient("Redis returned too few replies"))?;
+                if v.kind == "hash" && !detail {
+                    let values = if v.values.is_empty() { redis::Value::Array(Vec::new()) } else { replies.next().ok_or_else(|| Error::transient("Redis returned too few replies"))? };
+                    got = redis::Value::Array(vec![got, values]);
+                }
+                let compared = if v.kind == "hash" && !detail { compare_hash_fields(v, got)? } else { compare_view(v, got)? };
+                match compared {
                     Some((want, actual, absent)) => {
                         all_absent &= absent;
                         diffs.push((v.key.clone(), want, actual));
@@ -647,13 +745,13 @@ impl KeySpace {
                     crate::pipeline::TemplatePart::Field(_) => "*".into(),
                 })
                 .collect();
-            let pattern = format!("{}:{glob}", self.prefix);
+            let pattern = format!("{}:{glob}", self.prefix.replace(['*', '?', '[', ']', '\\'], "?"));
             let mut cursor: u64 = 0;
             loop {
                 let (next, keys): (u64, Vec<String>) =
                     redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(SCAN_COUNT).query_async(&mut self.conn).await?;
                 for k in keys {
-                    let bare = &k[self.prefix.len() + 1..];
+                    let Some(bare) = k.strip_prefix(self.prefix.as_str()).and_then(|r| r.strip_prefix(':')) else { continue };
                     if !bare.starts_with('_') && matches_template(&t.key, bare) && sample.contains(&k) && out.len() < cap {
                         out.insert(k);
                     }
@@ -808,7 +906,7 @@ impl<'a> Checker<'a> {
 
     /// Compares every target with `items` (key, record or `None` when the source has none).
     async fn compare(&mut self, items: &[(String, Option<Record>)], out: &mut Findings, want_diffs: bool) -> Result<()> {
-        for s in &self.search {
+        for s in &mut self.search {
             for (key, rec) in items {
                 let held = s.held(key, rec.as_ref());
                 if held == Held::Different && want_diffs && out.diffs.len() < DIFFS_KEPT {
@@ -827,7 +925,7 @@ impl<'a> Checker<'a> {
             }
         }
         if let Some(r) = self.redis.as_mut() {
-            let held = r.held_many(items).await?;
+            let held = r.held_many(items, want_diffs).await?;
             for ((key, rec), (held, view_diffs)) in items.iter().zip(held) {
                 if held == Held::Different && want_diffs {
                     for (view, expected, actual) in view_diffs {
@@ -1046,7 +1144,7 @@ pub async fn audit_pipeline(
     let reader = pg::connect(cfg.postgres_url()?).await?;
     reader.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
     let start_lsn = pg::current_wal_lsn(&reader).await?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+    let (tx, mut rx) = tokio::sync::mpsc::channel(64);
     let producer = tokio::spawn(read_bulk(reader, sql.bulk.clone(), chunk, sample, tx));
     let mut checker = Checker::open(&link, client, p, sql, info.key.len(), KeyFilter::Sample(sample), usize::MAX).await?;
     debug!(pipeline = %p.name, secs = started.elapsed().as_secs_f64(), "audit: targets open");
@@ -1059,16 +1157,29 @@ pub async fn audit_pipeline(
     if let Some(r) = checker.redis.as_mut().filter(|_| !by_ledger) {
         r.expected = Some(HashSet::new());
     }
+    // The pipeline's Redis checkpoint before the pass: when it has not moved after it, and the
+    // ledger holds exactly as many entries as the records had, no entry lacks a record and the
+    // ledger need not be read.
+    let checkpoint_key = rsink::Keys::new(&cfg.redis.prefix, &p.name).checkpoint;
+    let checkpoint_before: Option<String> = match checker.redis.as_mut() {
+        Some(r) if !by_ledger => redis::cmd("GET").arg(&checkpoint_key).query_async(&mut r.space.conn).await?,
+        _ => None,
+    };
     let scan = async {
-        let Some(mut space) = space else { return Ok((HashSet::new(), Vec::new())) };
+        let Some(mut space) = space else { return Ok((HashSet::new(), None)) };
         let mut candidates = space.scan_candidates(p, sample, usize::MAX).await?;
         debug!(pipeline = %p.name, secs = started.elapsed().as_secs_f64(), keys = candidates.len(), "audit: view keys scanned");
-        let mut unparsed = HashSet::new();
-        let ledger_keys = space.ledger_pass(sample, if by_ledger { &mut candidates } else { &mut unparsed }, usize::MAX).await?;
-        debug!(pipeline = %p.name, secs = started.elapsed().as_secs_f64(), "audit: Redis key space scanned");
-        Ok::<_, Error>((candidates, ledger_keys))
+        if !by_ledger {
+            return Ok((candidates, None));
+        }
+        let ledger_keys = space.ledger_pass(sample, &mut candidates, usize::MAX).await?;
+        debug!(pipeline = %p.name, secs = started.elapsed().as_secs_f64(), "audit: ledger read");
+        Ok::<_, Error>((candidates, Some(ledger_keys)))
     };
-    let mut seen: HashSet<String> = HashSet::new();
+    // Source keys seen, by hash (for ledger entries no record has).
+    let seen_hasher = std::collections::hash_map::RandomState::new();
+    let track = checker.redis.is_some();
+    let mut seen: HashSet<u64> = HashSet::new();
     let mut findings = Findings::default();
     let mut records = 0u64;
     let compare = async {
@@ -1078,7 +1189,9 @@ pub async fn audit_pipeline(
             let items: Vec<(String, Option<Record>)> = part
                 .into_iter()
                 .map(|r| {
-                    seen.insert(r.key.clone());
+                    if track {
+                        seen.insert(seen_hasher.hash_one(&r.key));
+                    }
                     (r.key.clone(), Some(r))
                 })
                 .collect();
@@ -1090,21 +1203,33 @@ pub async fn audit_pipeline(
     };
     let (compared, scanned) = tokio::join!(compare, scan);
     compared?;
-    let (mut candidates, ledger_keys) = scanned?;
+    let (mut candidates, mut ledger_keys) = scanned?;
     if let Some(r) = checker.redis.as_mut() {
         if let Some(expected) = r.expected.take() {
             candidates.retain(|k| !expected.contains(&r.hasher.hash_one(k)));
         }
+        if ledger_keys.is_none() {
+            let (len, checkpoint_after): (u64, Option<String>) =
+                redis::pipe().cmd("HLEN").arg(&r.space.ledger_key).cmd("GET").arg(&checkpoint_key).query_async(&mut r.space.conn).await?;
+            ledger_keys = if len == r.ledger_present && checkpoint_after == checkpoint_before {
+                Some(Vec::new())
+            } else {
+                let keys = r.space.ledger_pass(sample, &mut HashSet::new(), usize::MAX).await?;
+                debug!(pipeline = %p.name, secs = started.elapsed().as_secs_f64(), "audit: ledger read");
+                Some(keys)
+            };
+        }
     }
+    let ledger_keys = ledger_keys.unwrap_or_default();
     producer.await.map_err(|e| Error::fatal("the audit's reader failed").with_detail(e))?;
 
     // Extras: what targets hold that the source does not produce (suspects until re-checked).
     for s in &checker.search {
-        let extra: Vec<String> = s.docs.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+        let extra: Vec<String> = s.docs.iter().filter(|(_, d)| !d.compared).map(|(k, _)| k.clone()).collect();
         findings.target(&s.label).extra.extend(extra);
     }
     if checker.redis.is_some() {
-        findings.target("redis").extra.extend(ledger_keys.into_iter().filter(|k| !seen.contains(k)));
+        findings.target("redis").extra.extend(ledger_keys.into_iter().filter(|k| !seen.contains(&seen_hasher.hash_one(k))));
     }
     let mut strays: Vec<String> = candidates.into_iter().collect();
     strays.sort();
@@ -1237,6 +1362,23 @@ mod tests {
         assert_eq!(compare_view(&v, redis::Value::Array(vec![bulk("b"), bulk("2"), bulk("a"), bulk("1")])).unwrap(), None);
         let (_, _, absent) = compare_view(&v, redis::Value::Array(vec![])).unwrap().unwrap();
         assert!(absent);
+    }
+
+    #[test]
+    fn hash_fields_and_length_decide_equality() {
+        let bulk = |s: &str| redis::Value::BulkString(s.as_bytes().to_vec());
+        let v = view("p:h:1", "hash", &["a", "1", "b", "2"]);
+        let reply = |len: i64, vals: Vec<redis::Value>| redis::Value::Array(vec![redis::Value::Int(len), redis::Value::Array(vals)]);
+        assert_eq!(compare_hash_fields(&v, reply(2, vec![bulk("1"), bulk("2")])).unwrap(), None);
+        let (_, actual, absent) = compare_hash_fields(&v, reply(3, vec![bulk("1"), bulk("2")])).unwrap().unwrap();
+        assert!(!absent);
+        assert_eq!(actual, serde_json::json!({"a": "1", "b": "2", "(other fields)": 1}));
+        assert!(compare_hash_fields(&v, reply(2, vec![bulk("1"), bulk("3")])).unwrap().is_some());
+        let (_, _, absent) = compare_hash_fields(&v, reply(0, vec![redis::Value::Nil, redis::Value::Nil])).unwrap().unwrap();
+        assert!(absent);
+        let empty = view("p:h:2", "hash", &[]);
+        assert_eq!(compare_hash_fields(&empty, reply(0, vec![])).unwrap(), None);
+        assert!(compare_hash_fields(&empty, reply(1, vec![])).unwrap().is_some());
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod changes;
 pub mod error;
 pub mod filter;
 pub mod freshness;
+pub mod health;
 pub mod query;
 pub mod ranking;
 pub mod search;
@@ -131,11 +132,17 @@ async fn healthz() -> &'static str {
 }
 
 async fn readyz(State(state): State<AppState>) -> Response {
+    if let Some(owner) = state.shared.standby() {
+        let by = owner.map(|h| format!(" (the slot is owned by pid {} {})", h.pid, h.application_name.unwrap_or_default())).unwrap_or_default();
+        return error(StatusCode::SERVICE_UNAVAILABLE, "standby", &format!("this process stands by{by}"));
+    }
     match state.shared.snapshot() {
         None => error(StatusCode::SERVICE_UNAVAILABLE, "starting", "deriver is starting"),
         Some(doc) => {
-            let not_ready: Vec<String> =
+            let mut not_ready: Vec<String> =
                 doc.pipelines.iter().filter(|p| p.state != "streaming").map(|p| format!("{} is {}", p.name, p.state)).collect();
+            // A dependency that is failing (being retried): the pipelines are not keeping up.
+            not_ready.extend(health::failing().into_iter().map(|(dep, e)| format!("{dep} is failing: {}", e.lines().next().unwrap_or_default())));
             if not_ready.is_empty() {
                 (StatusCode::OK, Json(json!({ "ready": true }))).into_response()
             } else {
@@ -146,8 +153,27 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn status(State(state): State<AppState>) -> Response {
+    if let Some(owner) = state.shared.standby() {
+        // A standby process: the last status it had as owner (pipelines marked `standby`) when
+        // nobody else owns the slot, else no pipelines of its own until it takes the slot over.
+        let mut v = state.shared.snapshot().map(|d| serde_json::to_value(d).unwrap_or(Value::Null)).unwrap_or_else(|| json!({ "server_lsn": null, "slot": null, "pipelines": [] }));
+        if let Some(obj) = v.as_object_mut() {
+            obj.insert("role".into(), json!("standby"));
+            obj.insert("owner".into(), json!(owner));
+            obj.insert("dependencies".into(), serde_json::to_value(health::snapshot()).unwrap_or(Value::Null));
+        }
+        return Json(v).into_response();
+    }
     match state.shared.snapshot() {
-        Some(doc) => Json(doc).into_response(),
+        Some(doc) => {
+            // The status document plus `role` and `dependencies` (additions to the spec's document).
+            let mut v = serde_json::to_value(doc).unwrap_or(Value::Null);
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("role".into(), json!("owner"));
+                obj.insert("dependencies".into(), serde_json::to_value(health::snapshot()).unwrap_or(Value::Null));
+            }
+            Json(v).into_response()
+        }
         None => error(StatusCode::SERVICE_UNAVAILABLE, "starting", "deriver is starting"),
     }
 }

@@ -11,6 +11,7 @@ pub mod derive;
 pub mod dead_letters;
 pub mod dirty;
 pub mod failpoint;
+pub mod lease;
 pub mod reindex;
 pub mod status;
 
@@ -24,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::sql::{compile, DerivationSql, KeyColumn};
 use crate::pipeline::{OnError, Pipeline};
 use crate::sink::redis::RedisSink;
@@ -160,6 +161,8 @@ pub struct Daemon {
     pending_reindex: Vec<usize>,
     dead: dead_letters::DeadLetters,
     last_sql_retry: Instant,
+    /// Cancelled when this process lost ownership of the slot: no sink commit may happen after.
+    fence: CancellationToken,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -189,6 +192,9 @@ struct Batch {
     changes: usize,
     end_lsn: Option<Lsn>,
     dirty: Vec<Dirty>,
+    /// Transactions of this batch that changed something a pipeline reads: the derivation must
+    /// not run before each of them is visible to new snapshots.
+    xids: Vec<u32>,
 }
 
 struct Dirty {
@@ -349,6 +355,7 @@ impl Daemon {
             routes,
             shared,
             cancel,
+            fence: CancellationToken::new(),
             resnapshot,
             rebuilds: Vec::new(),
             next_rebuild: 1,
@@ -362,6 +369,22 @@ impl Daemon {
         };
         daemon.publish_status("snapshotting").await;
         Ok(daemon)
+    }
+
+    /// Makes this daemon stop committing once `fence` is cancelled (its process lost ownership
+    /// of the slot), and claims ownership of the Redis views: batches of a previous owner are
+    /// refused from now on.
+    pub async fn own(&mut self, fence: CancellationToken) -> Result<()> {
+        self.fence = fence;
+        for p in &mut self.pipelines {
+            for s in &mut p.sinks {
+                if let AnySink::Redis(r) = s {
+                    let epoch = r.claim_ownership().await?;
+                    info!(pipeline = %p.def.name, epoch, "claimed the Redis views");
+                }
+            }
+        }
+        Ok(())
     }
 
     fn new_batch(&self) -> Batch {
@@ -428,7 +451,7 @@ impl Daemon {
             Some(info) => {
                 if info.wal_status.as_deref() == Some("lost") {
                     return Err(Error::fatal(format!(
-                        "replication slot `{slot}` was invalidated (wal_status=lost): Postgres removed WAL deriver had not yet applied; drop the slot and start again to re-derive everything (`SELECT pg_drop_replication_slot('{slot}')`)"
+                        "replication slot `{slot}` was invalidated (wal_status=lost): Postgres removed WAL deriver had not yet applied; run `deriver run --resnapshot` to drop the slot and re-derive everything from a new one"
                     )));
                 }
                 if info.plugin.as_deref() != Some("pgoutput") {
@@ -624,7 +647,11 @@ impl Daemon {
             };
             let stream_cancel = self.cancel.child_token();
             let (rx, acker) = match repl.start(start, self.interest.clone(), idle, stream_cancel.clone()).await {
-                Ok(x) => x,
+                Ok(x) => {
+                    // Streaming again: the next outage starts from the shortest wait.
+                    backoff = Duration::from_millis(500);
+                    x
+                }
                 Err(e) if e.is_transient() => {
                     warn!(error = %e, "cannot start streaming; retrying");
                     if self.sleep_or_cancel(backoff).await {
@@ -697,6 +724,8 @@ impl Daemon {
         let mut batch = self.new_batch();
         let mut last_pub_check = Instant::now();
         let mut in_txn = false;
+        // The open transaction's xid and the batch's change count when it began.
+        let mut txn: (u32, usize) = (0, 0);
         let mut applied = start;
         let max_wait = self.cfg.runtime.batch_max_wait();
         let max_changes = self.cfg.runtime.batch_max_changes.max(1);
@@ -708,56 +737,13 @@ impl Daemon {
             tokio::select! {
                 biased;
                 _ = self.cancel.cancelled() => {
+                    check_fence(&self.fence)?;
                     if !in_txn {
                         applied = self.flush(&mut batch, applied).await?;
                         self.checkpoint_idle_sinks(applied).await?;
                     }
                     self.ack(acker, true).await;
                     return Ok(());
-                }
-                ev = rx.recv() => {
-                    let Some(ev) = ev else { return Err(Error::transient("the replication stream ended")) };
-                    match ev? {
-                        SourceEvent::Begin { .. } => in_txn = true,
-                        SourceEvent::Change(change) => {
-                            self.route(&change, &mut batch)?;
-                        }
-                        SourceEvent::Truncate { tables } => {
-                            for t in tables {
-                                let routes = self.routes.get(&*t).cloned().unwrap_or_default();
-                                for r in routes {
-                                    match r {
-                                        Route::Source(i) => batch.dirty[i].truncate = true,
-                                        Route::Dep(i, di) => {
-                                            batch.dirty[i].rederive_all = true;
-                                            if let Some(l) = self.pipelines[i].ledger() {
-                                                l.clear_relation(di);
-                                            }
-                                        }
-                                    }
-                                    batch.changes += 1;
-                                }
-                            }
-                        }
-                        SourceEvent::Commit { end_lsn, .. } => {
-                            tracing::debug!(%end_lsn, changes = batch.changes, "commit");
-                            failpoint("after_buffer");
-                            in_txn = false;
-                            batch.end_lsn = Some(end_lsn);
-                            batch.started.get_or_insert_with(Instant::now);
-                            if batch.changes >= max_changes {
-                                applied = self.flush(&mut batch, applied).await?;
-                                self.ack(acker, false).await;
-                            }
-                        }
-                        SourceEvent::Idle { lsn } => {
-                            tracing::trace!(%lsn, "idle");
-                            if !in_txn && !batch.has_work() {
-                                applied = applied.max(lsn).max(batch.end_lsn.unwrap_or(Lsn::ZERO));
-                                batch = self.new_batch();
-                            }
-                        }
-                    }
                 }
                 Some(built) = built_rx.recv(), if !in_txn => {
                     applied = self.flush(&mut batch, applied).await?;
@@ -793,6 +779,61 @@ impl Daemon {
                     }
                     if !in_txn {
                         self.retry_dead_letters(applied).await?;
+                    }
+                }
+                ev = rx.recv() => {
+                    let Some(ev) = ev else { return Err(Error::transient("the replication stream ended")) };
+                    match ev? {
+                        SourceEvent::Begin { xid } => {
+                            in_txn = true;
+                            txn = (xid, batch.changes);
+                        }
+                        SourceEvent::Change(change) => {
+                            self.route(&change, &mut batch)?;
+                        }
+                        SourceEvent::Truncate { tables } => {
+                            for t in tables {
+                                let routes = self.routes.get(&*t).cloned().unwrap_or_default();
+                                for r in routes {
+                                    match r {
+                                        Route::Source(i) => batch.dirty[i].truncate = true,
+                                        Route::Dep(i, di) => {
+                                            batch.dirty[i].rederive_all = true;
+                                            if let Some(l) = self.pipelines[i].ledger() {
+                                                l.clear_relation(di);
+                                            }
+                                        }
+                                    }
+                                    batch.changes += 1;
+                                }
+                            }
+                        }
+                        SourceEvent::Commit { end_lsn, .. } => {
+                            tracing::debug!(%end_lsn, changes = batch.changes, "commit");
+                            failpoint("after_buffer");
+                            in_txn = false;
+                            if batch.changes > txn.1 {
+                                batch.xids.push(txn.0);
+                            }
+                            batch.end_lsn = Some(end_lsn);
+                            batch.started.get_or_insert_with(Instant::now);
+                            // Flush at once when nothing more is queued (an idle stream gets the
+                            // lowest latency; under load, changes pile up during a flush and the
+                            // next batch is larger) or when the batch is full; otherwise the flush
+                            // tick bounds how long a batch waits under a continuous stream.
+                            let waited = batch.started.is_some_and(|t| t.elapsed() >= max_wait);
+                            if batch.changes >= max_changes || rx.is_empty() || waited {
+                                applied = self.flush(&mut batch, applied).await?;
+                                self.ack(acker, false).await;
+                            }
+                        }
+                        SourceEvent::Idle { lsn } => {
+                            tracing::trace!(%lsn, "idle");
+                            if !in_txn && !batch.has_work() {
+                                applied = applied.max(lsn).max(batch.end_lsn.unwrap_or(Lsn::ZERO));
+                                batch = self.new_batch();
+                            }
+                        }
                     }
                 }
             }
@@ -845,7 +886,11 @@ impl Daemon {
         }
         let mut backoff = Duration::from_millis(200);
         loop {
-            match self.try_flush(&mut batch.dirty, lsn, batch.changes).await {
+            let attempt = match self.wait_visible(&batch.xids).await {
+                Ok(()) => self.try_flush(&mut batch.dirty, lsn, batch.changes).await,
+                Err(e) => Err(e),
+            };
+            match attempt {
                 Ok(()) => break,
                 Err(e) if e.is_transient() => {
                     for p in &mut self.pipelines {
@@ -854,10 +899,16 @@ impl Daemon {
                         }
                     }
                     warn!(error = %e, "applying a batch failed; retrying");
-                    if self.cancel.is_cancelled() {
+                    for i in 0..self.pipelines.len() {
+                        if batch.dirty[i].has_work() {
+                            self.set_pipeline_error(i, Some(format!("retrying: {}", e.message)));
+                        }
+                    }
+                    // Lag keeps counting while the batch waits.
+                    self.refresh_server_status().await;
+                    if self.sleep_or_cancel(backoff).await {
                         return Err(e);
                     }
-                    tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(30));
                     if let Err(e2) = self.reconnect_pg().await {
                         warn!(error = %e2, "reconnecting to Postgres failed");
@@ -867,6 +918,16 @@ impl Daemon {
             }
         }
         self.settle_dead_letters()?;
+        if backoff > Duration::from_millis(200) {
+            // The batch went through after retries: the outage is over.
+            self.shared.update(|doc| {
+                for p in &mut doc.pipelines {
+                    if p.error.as_deref().is_some_and(|e| e.starts_with("retrying: ")) {
+                        p.error = None;
+                    }
+                }
+            });
+        }
         let n = batch.changes;
         let elapsed = batch.started.map(|t| t.elapsed());
         *batch = self.new_batch();
@@ -876,6 +937,33 @@ impl Daemon {
         }
         self.update_targets(lsn);
         Ok(applied.max(lsn))
+    }
+
+    /// Waits until every transaction in `xids` is visible to new snapshots. Postgres sends a
+    /// transaction's commit to the walsender once the commit record is flushed, a moment before
+    /// the committing backend leaves the proc array; a derivation in that moment would read the
+    /// rows as they were before the transaction and store that under its LSN. Without
+    /// `pg_read_all_stats` rights, `pg_current_snapshot()` is the portable way to tell.
+    async fn wait_visible(&self, xids: &[u32]) -> Result<()> {
+        if xids.is_empty() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let mut warned = false;
+        loop {
+            let snap: String = self.pg.query_one("SELECT pg_current_snapshot()::text", &[]).await?.get(0);
+            let Some((xmin, xmax, running)) = parse_snapshot(&snap) else {
+                return Err(Error::fatal(format!("unexpected snapshot text from Postgres: {snap}")));
+            };
+            if !xids.iter().any(|&x| !visible_in(x, xmin, xmax, &running)) {
+                return Ok(());
+            }
+            if !warned && started.elapsed() > Duration::from_secs(5) {
+                warn!("a committed transaction is still not visible to new snapshots after 5 s; waiting");
+                warned = true;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
     async fn try_flush(&mut self, dirty_all: &mut [Dirty], lsn: Lsn, changes: usize) -> Result<()> {
@@ -1005,12 +1093,7 @@ impl Daemon {
                 )));
             }
             let started = Instant::now();
-            for (n, &j) in active.iter().enumerate() {
-                if n > 0 {
-                    failpoint("between_sink_commits");
-                }
-                p.sinks[j].commit().await?;
-            }
+            commit_sinks(&mut p.sinks, &active, &self.fence).await?;
             failpoint("after_sink_commits");
             metrics::histogram!("deriver_commit_latency_seconds", "pipeline" => p.def.name.clone()).record(started.elapsed().as_secs_f64());
             if truncated_notice {
@@ -1467,6 +1550,7 @@ impl Daemon {
             for s in &mut p.sinks {
                 let behind = s.checkpoint().await?.is_none_or(|c| c.lsn < applied);
                 if behind && applied > Lsn::ZERO {
+                    check_fence(&self.fence)?;
                     let result = async {
                         if s.begin(applied, BatchMode::Incremental { clear_all: false }).await? {
                             s.commit().await?;
@@ -1559,10 +1643,19 @@ impl Daemon {
 
     /// Fails when the publication stopped covering a table a pipeline reads (or gained a row
     /// filter): changes would be lost silently otherwise.
-    async fn check_publication(&self) -> Result<()> {
+    async fn check_publication(&mut self) -> Result<()> {
+        // A derivation connection that died while nothing needed it is reconnected here, so the
+        // check runs again as soon as Postgres is back (and says so while it is not).
+        if let Err(e) = self.reconnect_pg().await {
+            warn!(error = %e, "cannot check the publication: Postgres is unreachable; retrying");
+            return Ok(());
+        }
         let published = match pg::publication_tables(&self.pg, &self.cfg.postgres.publication).await {
             Ok(p) => p,
-            Err(e) if e.is_transient() => return Ok(()),
+            Err(e) if e.is_transient() => {
+                warn!(error = %e, "checking the publication failed; retrying");
+                return Ok(());
+            }
             Err(e) => return Err(e),
         };
         let Some(published) = published else {
@@ -1584,8 +1677,9 @@ impl Daemon {
     }
 
     async fn refresh_server_status(&self) {
-        let server = pg::current_wal_lsn(&self.pg).await.ok();
-        let slot = pg::slot_info(&self.pg, &self.cfg.postgres.slot).await.ok().flatten();
+        let limit = Duration::from_secs(2);
+        let server = tokio::time::timeout(limit, pg::current_wal_lsn(&self.pg)).await.ok().and_then(|r| r.ok());
+        let slot = tokio::time::timeout(limit, pg::slot_info(&self.pg, &self.cfg.postgres.slot)).await.ok().and_then(|r| r.ok()).flatten();
         let name = self.cfg.postgres.slot.clone();
         self.shared.update(|doc| {
             if server.is_some() {
@@ -1598,3 +1692,93 @@ impl Daemon {
     }
 }
 
+/// Refuses to go on once this process lost ownership of its slot.
+fn check_fence(fence: &CancellationToken) -> Result<()> {
+    if fence.is_cancelled() {
+        return Err(Error::new(ErrorKind::Fenced, "this process lost ownership of the replication slot; it stopped writing"));
+    }
+    Ok(())
+}
+
+/// Commits a batch to the sinks `active` (indexes into `sinks`). The data sinks commit
+/// concurrently (each carries its own checkpoint, so their order does not matter); the dependency
+/// ledger commits only after all of them, since a ledger ahead of the data would forget join
+/// values the data still needs.
+async fn commit_sinks(sinks: &mut [AnySink], active: &[usize], fence: &CancellationToken) -> Result<()> {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    check_fence(fence)?;
+    let mut ledger: Option<&mut AnySink> = None;
+    let mut data = FuturesUnordered::new();
+    for (j, s) in sinks.iter_mut().enumerate() {
+        if !active.contains(&j) {
+            continue;
+        }
+        if matches!(s, AnySink::Ledger(_)) {
+            ledger = Some(s);
+        } else {
+            data.push(async move { s.commit().await });
+        }
+    }
+    let mut done = 0;
+    let mut first_err = None;
+    while let Some(r) = data.next().await {
+        done += 1;
+        if let Err(e) = r {
+            first_err.get_or_insert(e);
+        } else if done == 1 && first_err.is_none() {
+            failpoint("between_sink_commits");
+        }
+    }
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    if let Some(l) = ledger {
+        if done > 0 {
+            failpoint("between_sink_commits");
+        }
+        check_fence(fence)?;
+        l.commit().await?;
+    }
+    Ok(())
+}
+
+/// `xmin:xmax:xip,…` of `pg_current_snapshot()` (64-bit transaction ids).
+fn parse_snapshot(text: &str) -> Option<(u64, u64, Vec<u64>)> {
+    let mut parts = text.trim().splitn(3, ':');
+    let xmin = parts.next()?.parse().ok()?;
+    let xmax = parts.next()?.parse().ok()?;
+    let running = parts.next()?.split(',').filter(|x| !x.is_empty()).map(|x| x.parse().ok()).collect::<Option<Vec<u64>>>()?;
+    Some((xmin, xmax, running))
+}
+
+/// Whether the 32-bit `xid` (as pgoutput sends it) is visible in a snapshot: widened to 64 bits
+/// with the epoch of `xmax` (an id above `xmax`'s low half belongs to the previous epoch).
+fn visible_in(xid: u32, xmin: u64, xmax: u64, running: &[u64]) -> bool {
+    let mut full = (xmax & !0xFFFF_FFFF) | u64::from(xid);
+    if full >= xmax && full >= 1 << 32 {
+        full -= 1 << 32;
+    }
+    full < xmin || (full < xmax && !running.contains(&full))
+}
+
+#[cfg(test)]
+mod visibility_tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_parse_and_decide_visibility() {
+        assert_eq!(parse_snapshot("10:20:12,15"), Some((10, 20, vec![12, 15])));
+        assert_eq!(parse_snapshot("10:10:"), Some((10, 10, vec![])));
+        assert_eq!(parse_snapshot("garbage"), None);
+        let (xmin, xmax, run) = parse_snapshot("10:20:12,15").unwrap();
+        assert!(visible_in(9, xmin, xmax, &run), "below xmin");
+        assert!(visible_in(13, xmin, xmax, &run), "finished between xmin and xmax");
+        assert!(!visible_in(12, xmin, xmax, &run), "still running");
+        assert!(!visible_in(20, xmin, xmax, &run), "not yet started as of the snapshot");
+        // Epoch 1: xmax = 2^32 + 5; xid 3 is 2^32 + 3 (visible), xid 4_000_000_000 is from epoch 0.
+        let xmax = (1u64 << 32) + 5;
+        assert!(visible_in(3, 1 << 32, xmax, &[]));
+        assert!(visible_in(4_000_000_000, 1 << 32, xmax, &[]));
+        assert!(!visible_in(4, 0, xmax, &[(1u64 << 32) + 4]));
+    }
+}

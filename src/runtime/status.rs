@@ -123,6 +123,8 @@ pub struct Shared {
     pub history: RwLock<std::collections::VecDeque<Arc<ChangeNotice>>>,
     /// Where the admin endpoint sends requests (set by the running daemon).
     pub admin: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<AdminRequest>>>,
+    /// `Some` while this process stands by, with the process holding the slot (when known).
+    pub standby: RwLock<Option<Option<crate::runtime::lease::Holder>>>,
 }
 
 impl Default for Shared {
@@ -134,6 +136,7 @@ impl Default for Shared {
             changes: tokio::sync::broadcast::channel(1024).0,
             history: RwLock::new(std::collections::VecDeque::new()),
             admin: std::sync::Mutex::new(None),
+            standby: RwLock::new(None),
         }
     }
 }
@@ -176,6 +179,37 @@ impl Shared {
         let guard = self.status.read().expect("status lock");
         let label = format!("search:{index}");
         guard.as_ref()?.pipelines.iter().find_map(|p| p.targets.get(&label).copied().flatten())
+    }
+
+    /// Standing by (`Some`, with the owner when known) or owning the slot (`None`). Standing by
+    /// forgets the status and the index readers of an earlier ownership: they would go stale.
+    /// With no known owner (the lock session was lost with Postgres, say), the last status is
+    /// kept with every pipeline marked `standby`, so an outage stays visible per pipeline.
+    pub fn set_standby(&self, standby: Option<Option<crate::runtime::lease::Holder>>) {
+        match &standby {
+            Some(Some(_)) => {
+                *self.status.write().expect("status lock") = None;
+                self.indexes.write().expect("indexes lock").clear();
+            }
+            Some(None) => {
+                if let Some(doc) = self.status.write().expect("status lock").as_mut() {
+                    for p in &mut doc.pipelines {
+                        p.state = "standby".into();
+                    }
+                }
+                self.indexes.write().expect("indexes lock").clear();
+            }
+            None => {}
+        }
+        if standby.is_some() {
+            *self.admin.lock().expect("admin lock") = None;
+        }
+        *self.standby.write().expect("standby lock") = standby;
+        self.progress.send_modify(|v| *v += 1);
+    }
+
+    pub fn standby(&self) -> Option<Option<crate::runtime::lease::Holder>> {
+        self.standby.read().expect("standby lock").clone()
     }
 
     pub fn snapshot(&self) -> Option<StatusDoc> {

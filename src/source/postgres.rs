@@ -23,11 +23,14 @@ pub async fn connect(url: &str) -> Result<Client> {
     if cfg.get_connect_timeout().is_none() {
         cfg.connect_timeout(std::time::Duration::from_secs(10));
     }
-    let (client, connection) = cfg.connect(NoTls).await.map_err(|e| {
-        Error::transient(format!("cannot connect to Postgres at {}", redact(url))).with_detail(e)
-    })?;
+    let (client, connection) = crate::http::health::observe(
+        "postgres",
+        cfg.connect(NoTls).await.map_err(|e| Error::transient(format!("cannot connect to Postgres at {}", redact(url))).with_detail(e)),
+    )?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
+            // Lost (server gone, connection cut): down until the next successful connect.
+            crate::http::health::report_error("postgres", &e);
             tracing::debug!(error = %e, "postgres connection closed");
         }
     });

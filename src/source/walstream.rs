@@ -15,6 +15,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ChangeKind, ColumnTexts, Interest, Lsn, RowChange, SourceEvent, TableName};
 use crate::error::{Error, ErrorKind, Result};
+use crate::http::health;
+
+/// The dependency name of the replication connection in `http::health`.
+const REPLICATION: &str = "replication";
 
 /// Maps a replication error to deriver's kinds: connection trouble is retried, the rest stops.
 pub fn classify(e: ReplicationError) -> Error {
@@ -69,7 +73,7 @@ pub struct Replication {
 pub async fn create_slot(conninfo: &str, slot: &str, publication: &str) -> Result<CreatedSlot> {
     let options = ReplicationSlotOptions { snapshot: Some("export".to_string()), ..Default::default() };
     let config = stream_config(slot, publication).with_slot_options(options);
-    let mut stream = LogicalReplicationStream::new(conninfo, config).await.map_err(classify)?;
+    let mut stream = health::observe(REPLICATION, LogicalReplicationStream::new(conninfo, config).await.map_err(classify))?;
     stream.ensure_replication_slot().await.map_err(classify)?;
     let Some(name) = stream.exported_snapshot_name().map(str::to_string) else {
         return Err(Error::fatal(format!(
@@ -82,7 +86,7 @@ pub async fn create_slot(conninfo: &str, slot: &str, publication: &str) -> Resul
 /// Opens a replication connection for an existing slot.
 pub async fn open(conninfo: &str, slot: &str, publication: &str) -> Result<Replication> {
     let config = stream_config(slot, publication).with_existing_slot_required(true);
-    let stream = LogicalReplicationStream::new(conninfo, config).await.map_err(classify)?;
+    let stream = health::observe(REPLICATION, LogicalReplicationStream::new(conninfo, config).await.map_err(classify))?;
     Ok(Replication { stream })
 }
 
@@ -109,7 +113,7 @@ impl Replication {
         idle: Duration,
         cancel: CancellationToken,
     ) -> Result<(mpsc::Receiver<Result<SourceEvent>>, Acker)> {
-        self.stream.start(Some(start.0)).await.map_err(classify)?;
+        health::observe(REPLICATION, self.stream.start(Some(start.0)).await.map_err(classify))?;
         let acker = Acker { feedback: self.stream.shared_lsn_feedback.clone() };
         let (tx, rx) = mpsc::channel(4096);
         let reader = Reader { stream: self.stream, interest, relations: HashMap::new(), in_txn: false, tx };
@@ -152,7 +156,9 @@ impl Reader {
                     }
                 },
                 Ok(Err(e)) => {
-                    let _ = self.tx.send(Err(classify(e))).await;
+                    let e = classify(e);
+                    health::report_error(REPLICATION, &e);
+                    let _ = self.tx.send(Err(e)).await;
                     break;
                 }
             };

@@ -14,6 +14,9 @@ use std::time::{Duration, Instant};
 
 pub use deriver::source::Lsn;
 
+pub mod observe;
+pub mod proxy;
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

@@ -7,11 +7,19 @@
 -- ARGV[6]: '1' to return deleted view keys; ARGV[7]: definition hash
 -- ARGV[8]: '1' to apply even when the checkpoint covers the batch (repair, rewrite); the
 --          checkpoint then only moves forward.
--- ARGV[9..]: ops. Per source key: key, n views, then per view: view key, type, m, m values.
+-- KEYS[4] owner epoch key (<prefix>:_meta:<pipeline>:owner_epoch); KEYS[5] count of refused
+--         (fenced) batches. ARGV[9]: the epoch this process claimed, or '' (no fencing).
+--         A batch whose epoch is not the stored one comes from a process that lost ownership:
+--         it is refused whole (error FENCED) and counted.
+-- ARGV[10..]: ops. Per source key: key, n views, then per view: view key, type, m, m values.
 --            n = 0 means the record is gone. json: m=1 (the JSON text); hash: field/value pairs;
 --            set: m=1 (member); zset: m=2 (member, score).
 -- Ledger entries: a view key (json, hash) or {key, member, 's'|'z'} (a set/zset contribution).
 -- Returns {1, deleted...} when applied, {0} when the stored checkpoint already covers the batch.
+if ARGV[9] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[9] then
+  redis.call('INCR', KEYS[5])
+  return redis.error_reply('FENCED another deriver process owns this pipeline now (owner epoch moved past ' .. ARGV[9] .. ')')
+end
 local cp = redis.call('GET', KEYS[1])
 local covered = false
 if cp then
@@ -51,7 +59,7 @@ if ARGV[5] == '1' then
   until cursor == '0'
   redis.call('DEL', KEYS[2])
 end
-local i = 9
+local i = 10
 local n_args = #ARGV
 while i <= n_args do
   local src = ARGV[i]

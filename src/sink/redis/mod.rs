@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::{BatchMode, Checkpoint, Record, Rejected, Sink, Write};
 use std::collections::HashSet;
 use crate::config::redact;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::pipeline::{Pipeline, RedisTarget, RedisType};
 use crate::source::Lsn;
 
@@ -31,6 +31,10 @@ pub struct Keys {
     pub ledger: String,
     pub hash: String,
     pub changes: String,
+    /// Incremented by each process that takes ownership; batches carry the value they claimed.
+    pub epoch: String,
+    /// Batches refused because they carried an old epoch (a fenced process tried to write).
+    pub fenced: String,
 }
 
 impl Keys {
@@ -40,6 +44,8 @@ impl Keys {
             ledger: format!("{prefix}:_ledger:{pipeline}"),
             hash: format!("{prefix}:_meta:{pipeline}:definition_hash"),
             changes: format!("{prefix}:_changes:{pipeline}"),
+            epoch: format!("{prefix}:_meta:{pipeline}:owner_epoch"),
+            fenced: format!("{prefix}:_meta:{pipeline}:fenced_writes"),
         }
     }
 }
@@ -52,9 +58,9 @@ pub async fn connect(url: &str) -> Result<MultiplexedConnection> {
     let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60)));
     let conn = tokio::time::timeout(Duration::from_secs(10), client.get_multiplexed_async_connection_with_config(&config))
         .await
-        .map_err(|_| Error::transient(format!("cannot connect to Redis at {}: timed out", redact(url))))?
-        .map_err(|e| Error::transient(format!("cannot connect to Redis at {}", redact(url))).with_detail(e))?;
-    Ok(conn)
+        .map_err(|_| Error::transient(format!("cannot connect to Redis at {}: timed out", redact(url))))
+        .and_then(|r| r.map_err(|e| Error::transient(format!("cannot connect to Redis at {}", redact(url))).with_detail(e)));
+    crate::http::health::observe("redis", conn)
 }
 
 /// Reads a pipeline's Redis checkpoint (for `status` and start-up).
@@ -217,6 +223,8 @@ pub struct RedisSink {
     durable: Option<Lsn>,
     delay: Duration,
     max_value: usize,
+    /// The owner epoch this process claimed (see [`RedisSink::claim_ownership`]); empty: unfenced.
+    epoch: String,
 }
 
 struct OpenBatch {
@@ -259,7 +267,19 @@ impl RedisSink {
             recent: VecDeque::new(),
             delay,
             max_value,
+            epoch: String::new(),
         })
+    }
+
+    /// Claims ownership of this pipeline's views: bumps the owner epoch, so a batch from any
+    /// process that owned them before is refused from now on. Call it after taking the slot's
+    /// ownership lock and before the first write.
+    pub async fn claim_ownership(&mut self) -> Result<u64> {
+        let key = self.keys.epoch.clone();
+        let conn = self.conn().await?;
+        let epoch: u64 = redis::cmd("INCR").arg(&key).query_async(conn).await?;
+        self.epoch = epoch.to_string();
+        Ok(epoch)
     }
 
     /// The newest LSN Redis is trusted to have made durable.
@@ -310,12 +330,13 @@ impl RedisSink {
             flag(self.notify),
             self.hash.clone().into_bytes(),
             flag(open.force),
+            self.epoch.clone().into_bytes(),
         ]
     }
 
     fn eval_cmd(&self, header: Vec<Vec<u8>>, args: &[Vec<u8>]) -> redis::Cmd {
         let mut cmd = redis::cmd("EVAL");
-        cmd.arg(SCRIPT).arg(3).arg(&self.keys.checkpoint).arg(&self.keys.ledger).arg(&self.keys.hash);
+        cmd.arg(SCRIPT).arg(5).arg(&self.keys.checkpoint).arg(&self.keys.ledger).arg(&self.keys.hash).arg(&self.keys.epoch).arg(&self.keys.fenced);
         for a in header.iter().chain(args) {
             cmd.arg(a.as_slice());
         }
@@ -333,7 +354,7 @@ impl RedisSink {
             if atomic && !open.in_multi {
                 redis::cmd("MULTI").query_async::<()>(conn).await?;
             }
-            let reply: RValue = cmd.query_async(conn).await?;
+            let reply: RValue = cmd.query_async(conn).await.map_err(map_script_error)?;
             if !atomic {
                 Self::deleted_from(&reply, &mut open.deleted)?;
             }
@@ -341,6 +362,7 @@ impl RedisSink {
         }
         .await;
         if let Err(e) = result {
+            crate::http::health::report_error("redis", &e);
             self.conn = None;
             return Err(e);
         }
@@ -363,9 +385,23 @@ impl RedisSink {
                 }
                 Ok(applied)
             }
+            RValue::ServerError(e) if format!("{e:?}").contains("FENCED") => Err(fenced()),
             RValue::ServerError(e) => Err(Error::fatal("the Redis apply script failed").with_detail(format!("{e:?}"))),
             other => Err(Error::fatal("the Redis apply script returned an unexpected value").with_detail(format!("{other:?}"))),
         }
+    }
+}
+
+fn fenced() -> Error {
+    Error::new(ErrorKind::Fenced, "another deriver process took this pipeline over: Redis refused this process's batch (owner epoch)")
+}
+
+/// A script error reply outside MULTI arrives as a redis-rs error.
+fn map_script_error(e: redis::RedisError) -> Error {
+    if e.code() == Some("FENCED") || e.to_string().contains("FENCED") {
+        fenced()
+    } else {
+        Error::from(e)
     }
 }
 
@@ -476,25 +512,27 @@ impl Sink for RedisSink {
         let result: Result<bool> = async {
             let conn = self.conn().await?;
             if in_multi {
-                let _: RValue = cmd.query_async(conn).await?;
-                let replies: Vec<RValue> = redis::cmd("EXEC").query_async(conn).await?;
+                let _: RValue = cmd.query_async(conn).await.map_err(map_script_error)?;
+                let replies: Vec<RValue> = redis::cmd("EXEC").query_async(conn).await.map_err(map_script_error)?;
                 let mut applied = true;
                 for r in &replies {
                     applied &= Self::deleted_from(r, &mut open.deleted)?;
                 }
                 Ok(applied)
             } else {
-                let reply: RValue = cmd.query_async(conn).await?;
+                let reply: RValue = cmd.query_async(conn).await.map_err(map_script_error)?;
                 Self::deleted_from(&reply, &mut open.deleted)
             }
         }
         .await;
         match result {
             Err(e) => {
+                crate::http::health::report_error("redis", &e);
                 self.conn = None;
                 Err(e)
             }
             Ok(applied) => {
+                crate::http::health::report_ok("redis");
                 if applied && self.notify && (!open.written.is_empty() || !open.deleted.is_empty()) {
                     let notice = serde_json::json!({ "lsn": open.lsn, "keys": open.written, "deleted": open.deleted }).to_string();
                     let channel = self.keys.changes.clone();

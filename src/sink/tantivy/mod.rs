@@ -5,6 +5,8 @@
 
 pub mod schema;
 
+use std::collections::HashSet;
+use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -213,7 +215,7 @@ impl SearchSink {
         register_tokenizers(&index, target);
         let writer: IndexWriter<TantivyDocument> = index.writer_with_num_threads(1, writer_mb.max(16) * 1024 * 1024).map_err(|e| {
             if matches!(e, tantivy::TantivyError::LockFailure(..)) {
-                Error::fatal(format!("search index `{}` is locked by another process (only one writer per index generation)", target.index))
+                Error::transient(format!("search index `{}` is locked by another process (one writer per index generation; a previous owner may still be letting go)", target.index))
             } else {
                 Error::from(e)
             }
@@ -263,8 +265,83 @@ impl SearchSink {
     }
 }
 
+/// Whether a key may already have a document that an upsert or delete must remove. Each
+/// `delete_term` costs tantivy a boxed query weight (over 1 KiB) held in its delete queue until the
+/// commit, so a million-row transaction or a full rebuild must not issue one per key blindly: a
+/// delete is needed only when the key is in the last committed index (unless this batch cleared
+/// it) or was added earlier in this batch (spilled dirty keys may repeat). Keys added in the batch
+/// are remembered by a 64-bit hash; a collision only causes a harmless extra delete.
+struct DeleteFilter {
+    cleared: bool,
+    added: HashSet<u64>,
+    searcher: Option<tantivy::Searcher>,
+}
+
+impl DeleteFilter {
+    fn new() -> DeleteFilter {
+        DeleteFilter { cleared: false, added: HashSet::new(), searcher: None }
+    }
+
+    fn begin(&mut self, reader: &IndexReader, cleared: bool) {
+        self.cleared = cleared;
+        self.added = HashSet::new();
+        self.searcher = Some(reader.searcher());
+    }
+
+    fn classify(&mut self, term: &Term, key: &str, adding: bool) -> Prior {
+        let mut h = std::hash::DefaultHasher::new();
+        key.hash(&mut h);
+        let hash = h.finish();
+        let seen = if adding { !self.added.insert(hash) } else { self.added.contains(&hash) };
+        if seen {
+            return Prior::ThisBatch;
+        }
+        if self.cleared {
+            return Prior::None;
+        }
+        // No searcher (no Begin seen): be safe. A committed document counts even if deleted since.
+        if self.searcher.as_ref().is_none_or(|s| s.doc_freq(term).map_or(true, |n| n > 0)) {
+            Prior::Committed
+        } else {
+            Prior::None
+        }
+    }
+}
+
+/// Where an earlier document of a key may be.
+enum Prior {
+    None,
+    /// In the last commit: deleted together with the rest of its group.
+    Committed,
+    /// Added earlier in this batch (a repeated key): the group before it must be applied first.
+    ThisBatch,
+}
+
+/// Applies one group of upserts: a single set-delete for the keys that had documents (one weight
+/// for the whole group instead of one per key), then the adds, whose later opstamps keep them.
+fn apply_group(writer: &IndexWriter<TantivyDocument>, deletes: &mut Vec<Term>, adds: &mut Vec<TantivyDocument>, failed: &mut Option<String>) {
+    match deletes.len() {
+        0 => {}
+        1 => {
+            writer.delete_term(deletes.pop().expect("one term"));
+        }
+        _ => {
+            let query = tantivy::query::TermSetQuery::new(std::mem::take(deletes));
+            if let Err(e) = writer.delete_query(Box::new(query)) {
+                failed.get_or_insert(e.to_string());
+            }
+        }
+    }
+    for doc in adds.drain(..) {
+        if let Err(e) = writer.add_document(doc) {
+            failed.get_or_insert(e.to_string());
+        }
+    }
+}
+
 fn writer_thread(mut writer: IndexWriter<TantivyDocument>, reader: IndexReader, key_field: Field, mut rx: mpsc::Receiver<Cmd>) {
     let mut failed: Option<String> = None;
+    let mut filter = DeleteFilter::new();
     while let Some(cmd) = rx.blocking_recv() {
         match cmd {
             Cmd::Begin { clear_all } => {
@@ -274,16 +351,23 @@ fn writer_thread(mut writer: IndexWriter<TantivyDocument>, reader: IndexReader, 
                         failed = Some(e.to_string());
                     }
                 }
+                filter.begin(&reader, clear_all);
             }
             Cmd::Docs(docs) => {
+                let (mut deletes, mut adds) = (Vec::new(), Vec::new());
                 for (key, doc) in docs {
-                    writer.delete_term(Term::from_field_text(key_field, &key));
-                    if let Some(doc) = doc {
-                        if let Err(e) = writer.add_document(doc) {
-                            failed.get_or_insert(e.to_string());
+                    let term = Term::from_field_text(key_field, &key);
+                    match filter.classify(&term, &key, doc.is_some()) {
+                        Prior::None => {}
+                        Prior::Committed => deletes.push(term),
+                        Prior::ThisBatch => {
+                            apply_group(&writer, &mut deletes, &mut adds, &mut failed);
+                            writer.delete_term(term);
                         }
                     }
+                    adds.extend(doc);
                 }
+                apply_group(&writer, &mut deletes, &mut adds, &mut failed);
             }
             Cmd::Commit { payload, reply } => {
                 let result = match failed.take() {
@@ -296,11 +380,13 @@ fn writer_thread(mut writer: IndexWriter<TantivyDocument>, reader: IndexReader, 
                 if result.is_err() {
                     let _ = writer.rollback();
                 }
+                filter = DeleteFilter::new();
                 let _ = reply.send(result);
             }
             Cmd::Abort { reply } => {
                 let _ = writer.rollback();
                 failed = None;
+                filter = DeleteFilter::new();
                 let _ = reply.send(());
             }
         }
@@ -388,7 +474,8 @@ impl Sink for SearchSink {
         let payload = serde_json::json!({ "lsn": cp.lsn, "definition_hash": cp.definition_hash, "pipeline": self.pipeline }).to_string();
         let (reply, rx) = oneshot::channel();
         self.send(Cmd::Commit { payload, reply }).await?;
-        rx.await.map_err(|_| Error::fatal("the index writer stopped during a commit"))??;
+        let committed = rx.await.map_err(|_| Error::fatal("the index writer stopped during a commit"))?;
+        crate::http::health::observe(&format!("index:{}", self.live.name), committed)?;
         self.checkpoint = Some(cp);
         Ok(())
     }
