@@ -64,6 +64,8 @@ fn audit_finds_injected_drift_exactly_and_repairs_it() {
     let _: () = redis::cmd("SET").arg(format!("{p}:film:13")).arg(r#"{"film_id": 13, "title": "TAMPERED"}"#).query(&mut c).unwrap();
     let _: () = redis::cmd("HSET").arg(format!("{p}:film:14:summary")).arg("title").arg("TAMPERED").query(&mut c).unwrap();
     let _: () = redis::cmd("SET").arg(format!("{p}:film:424242")).arg("{}").query(&mut c).unwrap();
+    // A ledger entry for a record that does not exist (its view is gone too).
+    let _: () = redis::cmd("HSET").arg(format!("{p}:_ledger:films")).arg("999999").arg(format!(r#"["{p}:film:999999"]"#)).query(&mut c).unwrap();
     w.start();
     w.catch_up(&["films"], &["films"]);
     w.wait_ready();
@@ -71,7 +73,13 @@ fn audit_finds_injected_drift_exactly_and_repairs_it() {
     let (code, report, _) = audit_json(&w, &["films"]);
     assert_eq!(code, 1, "{report}");
     let keys = drifted_keys(&report);
-    assert_eq!(keys, vec!["(key) t:".to_string() + &w.db + ":film:424242", "11".into(), "12".into(), "13".into(), "14".into()].into_iter().map(|k| k.replace(&format!("t:{}", w.db), &p)).collect::<Vec<_>>(), "{report}");
+    assert_eq!(
+        keys,
+        vec![format!("(key) {p}:film:424242"), "11".into(), "12".into(), "13".into(), "14".into(), "999999".into()],
+        "{report}"
+    );
+    let redis_target = report["pipelines"][0]["targets"].as_array().unwrap().iter().find(|t| t["target"] == "redis").unwrap();
+    assert!(redis_target["extra"].as_array().unwrap().contains(&serde_json::json!("999999")), "{report}");
     let search = report["pipelines"][0]["targets"].as_array().unwrap().iter().find(|t| t["target"] == "search:films").unwrap();
     assert_eq!(search["missing"], serde_json::json!(["11"]));
     assert!(report["pipelines"][0]["diffs"].as_array().unwrap().iter().any(|d| d["key"] == "13"), "{report}");
@@ -85,6 +93,8 @@ fn audit_finds_injected_drift_exactly_and_repairs_it() {
     assert_eq!(report["pipelines"][0]["remaining"], 0);
     check_films(&w);
     assert!(w.redis_get("film:424242").is_none());
+    let ledger: Option<String> = redis::cmd("HGET").arg(format!("{p}:_ledger:films")).arg("999999").query(&mut c).unwrap();
+    assert!(ledger.is_none(), "the orphan ledger entry is gone");
     let (code, report, _) = audit_json(&w, &["films"]);
     assert_eq!(code, 0, "{report}");
     // The last audit shows in status.
