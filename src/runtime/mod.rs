@@ -612,6 +612,7 @@ impl Daemon {
                 return Err(Error::fatal(format!("pipeline `{name}` rejected key {} ({}) and says `on_error: stop`", p.failed[0].0, p.failed[0].1)));
             }
             info!(pipeline = %name, rows = total, secs = started.elapsed().as_secs_f64(), "derived every record");
+            release_memory();
             self.settle_dead_letters()?;
         }
         Ok(())
@@ -748,6 +749,7 @@ impl Daemon {
                 Some(built) = built_rx.recv(), if !in_txn => {
                     applied = self.flush(&mut batch, applied).await?;
                     self.finish_rebuild(built, applied).await?;
+                    release_memory();
                     self.ack(acker, false).await;
                 }
                 Some(req) = admin_rx.recv(), if !in_txn => {
@@ -931,6 +933,9 @@ impl Daemon {
         let n = batch.changes;
         let elapsed = batch.started.map(|t| t.elapsed());
         *batch = self.new_batch();
+        if n >= 10_000 {
+            release_memory();
+        }
         metrics::counter!("deriver_changes_applied_total").increment(n as u64);
         if let Some(e) = elapsed {
             metrics::histogram!("deriver_batch_latency_seconds").record(e.as_secs_f64());
@@ -1689,6 +1694,16 @@ impl Daemon {
                 doc.slot = Some(SlotStatus { name, confirmed_flush_lsn: s.confirmed_flush_lsn, wal_status: s.wal_status });
             }
         });
+    }
+}
+
+/// Gives the memory a large batch or a bulk derivation freed back to the OS: glibc keeps freed
+/// heap in its arenas, so without this the RSS would stay at the peak of the largest batch seen.
+fn release_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages of the allocator's arenas to the kernel.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
