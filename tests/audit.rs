@@ -214,7 +214,7 @@ fn continuous_mode_finds_drift_without_false_positives_and_repairs_only_when_tol
             while !stop2.load(Ordering::Relaxed) {
                 n += 1;
                 // Films and the tables they join (actors' names) change all the time.
-                let sql = if n % 4 == 0 {
+                let sql = if n.is_multiple_of(4) {
                     format!("UPDATE actor SET last_name = 'L{n}' WHERE actor_id = {}", 1 + n % 200)
                 } else {
                     format!("UPDATE film SET title = 'C{n}', rental_rate = {}.99 WHERE film_id = {}", n % 5, 1 + (n * 37) % 1000)

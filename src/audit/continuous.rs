@@ -42,13 +42,15 @@ pub fn spawn(cfg: Config, shared: Arc<Shared>, cancel: CancellationToken) {
     });
 }
 
+/// A Postgres connection and the pipelines as the daemon loaded them.
+type Loaded = (Client, Vec<(Pipeline, TableInfo, DerivationSql)>);
+
 struct Task {
     cfg: Config,
     shared: Arc<Shared>,
     /// Report files already shown, with their modification times.
     reports_seen: HashMap<String, SystemTime>,
-    /// A Postgres connection and the pipelines as the daemon loaded them.
-    conn: Option<(Client, Vec<(Pipeline, TableInfo, DerivationSql)>)>,
+    conn: Option<Loaded>,
 }
 
 impl Task {
@@ -116,7 +118,7 @@ impl Task {
         }
     }
 
-    async fn connection(&mut self) -> Result<&mut (Client, Vec<(Pipeline, TableInfo, DerivationSql)>)> {
+    async fn connection(&mut self) -> Result<&mut Loaded> {
         if self.conn.as_ref().is_some_and(|(c, _)| c.is_closed()) {
             self.conn = None;
         }

@@ -1108,7 +1108,7 @@ async fn read_bulk(reader: Client, bulk: String, chunk: usize, sample: Sample, t
             if sample.contains(&r.key) {
                 part.push(r);
             }
-            if rows % chunk as u64 == 0 && tx.send(Ok((rows, std::mem::replace(&mut part, Vec::with_capacity(chunk))))).await.is_err() {
+            if rows.is_multiple_of(chunk as u64) && tx.send(Ok((rows, std::mem::replace(&mut part, Vec::with_capacity(chunk))))).await.is_err() {
                 return Ok(());
             }
         }
