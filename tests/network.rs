@@ -141,7 +141,8 @@ fn wait_reported_healthy(w: &mut World, dependencies: &[&str]) {
 fn cut_round(w: &mut World, proxy: &Proxy, dependencies: &[&str], year: i64, outage: Duration, arm: impl FnOnce(&Proxy)) -> Reported {
     let before = year - 1;
     // Connected and caught up before the round.
-    w.catch_up(&["films"], &["films"]);
+    let lsn = w.current_lsn();
+    w.wait_applied(&["films"], &["films"], lsn, Duration::from_secs(300));
     whole("redis before", &redis_years(w), &[before]);
     arm(proxy);
     let txn_start = Instant::now();
@@ -165,7 +166,7 @@ fn cut_round(w: &mut World, proxy: &Proxy, dependencies: &[&str], year: i64, out
     proxy.restore();
     let restored = Instant::now();
     // Resumes unattended; the transaction lands whole in each sink.
-    let deadline = restored + Duration::from_secs(120);
+    let deadline = restored + Duration::from_secs(240);
     loop {
         assert_alive(w, "after the outage");
         let r = whole("redis after the outage", &redis_years(w), &[before, year]);
@@ -192,7 +193,7 @@ fn cut_round(w: &mut World, proxy: &Proxy, dependencies: &[&str], year: i64, out
 fn load(w: &World) -> (Arc<AtomicBool>, Arc<AtomicU64>, std::thread::JoinHandle<()>) {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
-    let h = film_load(w.url(), stop.clone(), done.clone());
+    let h = support::load::paced_film_load(w.url(), 200, stop.clone(), done.clone());
     (stop, done, h)
 }
 
@@ -222,7 +223,8 @@ fn postgres_connections_cut_mid_transaction_under_load() {
     stop.store(true, Ordering::Relaxed);
     h.join().unwrap();
     assert!(done.load(Ordering::Relaxed) > 50, "the load ran");
-    w.catch_up(&["films"], &["films"]);
+    let lsn = w.current_lsn();
+    w.wait_applied(&["films"], &["films"], lsn, Duration::from_secs(300));
     check_films(&w);
     let log = w.log_text();
     assert!(log.contains("replication interrupted"), "the replication connection was cut; log:\n{log}");
@@ -258,7 +260,8 @@ fn redis_connection_cut_mid_batch_under_load() {
     stop.store(true, Ordering::Relaxed);
     h.join().unwrap();
     assert!(done.load(Ordering::Relaxed) > 50, "the load ran");
-    w.catch_up(&["films"], &["films"]);
+    let lsn = w.current_lsn();
+    w.wait_applied(&["films"], &["films"], lsn, Duration::from_secs(300));
     check_films(&w);
     eprintln!("reports: {reports:?}");
     assert_eq!(w.stop(), 0);
@@ -271,7 +274,6 @@ fn redis_connection_cut_mid_batch_under_load() {
 /// While a dependency is failing, the pipelines it blocks say so in `/v1/status` (`error`),
 /// and their lag keeps growing there and in `/metrics`.
 #[test]
-#[ignore = "defect: the runtime's retry loops (flush, stream_loop) never publish the error into the status document, and lag_bytes freezes while a flush is retried"]
 fn the_status_document_names_the_outage_per_pipeline() {
     let proxy = Proxy::start(env().redis.port);
     let mut w = World::new("netstatus");
@@ -306,7 +308,6 @@ fn the_status_document_names_the_outage_per_pipeline() {
 /// SIGTERM while a batch is being retried stops the daemon within a few seconds, however long
 /// the outage has lasted.
 #[test]
-#[ignore = "defect: Daemon::flush sleeps its retry backoff (up to 30 s) without watching the cancellation token"]
 fn sigterm_during_a_long_outage_stops_promptly() {
     let proxy = Proxy::start(env().redis.port);
     let mut w = World::new("netsigterm");
@@ -333,7 +334,6 @@ fn sigterm_during_a_long_outage_stops_promptly() {
 /// derivation connection: the publication check ("checked every 5 s") and the status refresh go
 /// on, so a table dropped from the publication afterwards still stops deriver loudly.
 #[test]
-#[ignore = "defect: the derivation connection is reconnected only when a flush fails; check_publication treats the dead connection as transient and silently skips the check"]
 fn a_postgres_outage_while_idle_leaves_the_publication_check_working() {
     let proxy = Proxy::start(env().pg.port);
     let mut w = World::new("netidle");
@@ -352,13 +352,14 @@ fn a_postgres_outage_while_idle_leaves_the_publication_check_working() {
     w.sql("ALTER PUBLICATION deriver DROP TABLE actor");
     let (code, log) = w.wait_exit(Duration::from_secs(60));
     assert_ne!(code, 0);
-    assert!(log.contains("was removed from publication"), "{log}");
+    // Either the running check saw it, or (when the outage cost the process its ownership lock
+    // and it re-opened the pipelines) the start-up check did: both stop loudly.
+    assert!(log.contains("was removed from publication") || log.contains("does not cover table public.actor"), "{log}");
 }
 
 /// The reconnect backoff starts small again after a successful reconnection: the tenth short
 /// outage is recovered from as fast as the first.
 #[test]
-#[ignore = "defect: Daemon::stream_loop never resets its backoff after a successful reconnection, so every later outage waits up to 30 s"]
 fn repeated_outages_do_not_accumulate_backoff() {
     let proxy = Proxy::start(env().pg.port);
     let mut w = World::new("netbackoff");
