@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 pub use deriver::source::Lsn;
 
+pub mod load;
 pub mod observe;
 pub mod proxy;
 
