@@ -83,7 +83,7 @@ fn memory_stays_bounded_with_a_slow_redis_and_slow_http_clients() {
     let rss = sample_rss(pid, stop_rss.clone());
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
-    let load = film_load(w.url(), stop.clone(), done.clone());
+    let load = support::load::paced_film_load(w.url(), 500, stop.clone(), done.clone());
     let started = Instant::now();
     let mut big = 0;
     let redis_before = proxy.bytes(Dir::Up);
