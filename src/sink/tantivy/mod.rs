@@ -391,8 +391,14 @@ fn writer_thread(mut writer: IndexWriter<TantivyDocument>, reader: IndexReader, 
             }
         }
     }
-    // Channel closed: drop uncommitted work and release the lock.
+    // Channel closed: drop uncommitted work, then wait for the merges still running before the
+    // lock is released. A merge ending after a new writer opened this index (the same process
+    // owning its slot again after an outage) would publish its segment list over the new
+    // writer's: the new writer's deletes would miss documents in it.
     let _ = writer.rollback();
+    if let Err(e) = writer.wait_merging_threads() {
+        tracing::warn!(error = %e, "waiting for the index merges to end failed");
+    }
 }
 
 fn commit(writer: &mut IndexWriter<TantivyDocument>, payload: &str) -> Result<()> {
