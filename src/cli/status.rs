@@ -52,7 +52,14 @@ fn dechunk(body: &str) -> String {
 
 pub async fn collect(cfg: &Config) -> Result<StatusDoc> {
     if let Some((200, body)) = daemon_get(&cfg.http.listen, "/v1/status", cfg.http.token.as_deref()).await {
-        if let Ok(doc) = serde_json::from_str::<StatusDoc>(&body) {
+        if let Ok(mut doc) = serde_json::from_str::<StatusDoc>(&body) {
+            // The daemon looks for new audit reports every few seconds; the report files are
+            // the source, so an audit that just finished shows here at once.
+            for p in &mut doc.pipelines {
+                if let Some(report) = crate::audit::last_report(cfg, &p.name) {
+                    p.audit = Some(crate::runtime::status::AuditSummary::of(&report));
+                }
+            }
             return Ok(doc);
         }
     }
