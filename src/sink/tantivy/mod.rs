@@ -339,7 +339,31 @@ fn apply_group(writer: &IndexWriter<TantivyDocument>, deletes: &mut Vec<Term>, a
     }
 }
 
+/// Works around a tantivy 0.27 defect that loses deletes (duplicate documents). A writer opened
+/// or rolled back on an index whose last commit has opstamp `C` stamps its first operation `C`
+/// too (and `delete_all_documents` rewinds the stamper to `C`). A merge started before the next
+/// commit applies the deletes up to `C` to each input segment, except that a segment whose
+/// deletes were last applied at `C` is skipped as "up to date" — while the merged segment takes
+/// its delete cursor from the first input, which did consume the operation stamped `C`. A delete
+/// issued as the first operation of a fresh writer is then never applied to the documents of
+/// such a merge. Found as a duplicated search document after the process re-opened the index
+/// (ownership regained after an outage). Spending opstamp `C` on a delete that matches nothing
+/// keeps every real delete above it.
+fn spend_first_opstamp(writer: &IndexWriter<TantivyDocument>) -> tantivy::Result<()> {
+    writer.delete_query(Box::new(tantivy::query::EmptyQuery)).map(|_| ())
+}
+
+/// Drops uncommitted work: a fresh writer on the last commit, its first opstamp spent.
+fn rollback(writer: &mut IndexWriter<TantivyDocument>) {
+    if let Err(e) = writer.rollback().and_then(|_| spend_first_opstamp(writer)) {
+        tracing::warn!(error = %e, "rolling back the index writer failed");
+    }
+}
+
 fn writer_thread(mut writer: IndexWriter<TantivyDocument>, reader: IndexReader, key_field: Field, mut rx: mpsc::Receiver<Cmd>) {
+    if let Err(e) = spend_first_opstamp(&writer) {
+        tracing::warn!(error = %e, "preparing the index writer failed");
+    }
     let mut failed: Option<String> = None;
     let mut filter = DeleteFilter::new();
     while let Some(cmd) = rx.blocking_recv() {
@@ -347,7 +371,7 @@ fn writer_thread(mut writer: IndexWriter<TantivyDocument>, reader: IndexReader, 
             Cmd::Begin { clear_all } => {
                 failed = None;
                 if clear_all {
-                    if let Err(e) = writer.delete_all_documents() {
+                    if let Err(e) = writer.delete_all_documents().and_then(|_| spend_first_opstamp(&writer)) {
                         failed = Some(e.to_string());
                     }
                 }
@@ -371,34 +395,26 @@ fn writer_thread(mut writer: IndexWriter<TantivyDocument>, reader: IndexReader, 
             }
             Cmd::Commit { payload, reply } => {
                 let result = match failed.take() {
-                    Some(e) => {
-                        let _ = writer.rollback();
-                        Err(Error::transient("writing to the search index failed").with_detail(e))
-                    }
+                    Some(e) => Err(Error::transient("writing to the search index failed").with_detail(e)),
                     None => commit(&mut writer, &payload).and_then(|_| reader.reload().map_err(Error::from)),
                 };
                 if result.is_err() {
-                    let _ = writer.rollback();
+                    rollback(&mut writer);
                 }
                 filter = DeleteFilter::new();
                 let _ = reply.send(result);
             }
             Cmd::Abort { reply } => {
-                let _ = writer.rollback();
+                rollback(&mut writer);
                 failed = None;
                 filter = DeleteFilter::new();
                 let _ = reply.send(());
             }
         }
     }
-    // Channel closed: drop uncommitted work, then wait for the merges still running before the
-    // lock is released. A merge ending after a new writer opened this index (the same process
-    // owning its slot again after an outage) would publish its segment list over the new
-    // writer's: the new writer's deletes would miss documents in it.
-    let _ = writer.rollback();
-    if let Err(e) = writer.wait_merging_threads() {
-        tracing::warn!(error = %e, "waiting for the index merges to end failed");
-    }
+    // Channel closed: dropping the writer discards uncommitted work and releases the index lock.
+    // Merges still running end unpublished (the writer's segment updater is killed on drop).
+    drop(writer);
 }
 
 fn commit(writer: &mut IndexWriter<TantivyDocument>, payload: &str) -> Result<()> {
@@ -505,5 +521,61 @@ impl SearchSink {
     /// The checkpoint of the last commit (no I/O).
     pub fn current_checkpoint(&self) -> Option<Checkpoint> {
         self.checkpoint.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tantivy::schema::{Schema, STORED, STRING};
+    use tantivy::{doc, Index, IndexWriter, TantivyDocument, Term};
+
+    /// The defect `spend_first_opstamp` works around, reproduced step by step: segment A's
+    /// deletes were last applied at the last commit's opstamp; a re-opened writer deletes a
+    /// key of A as its first operation, and a merge of B (listed first) and A starts before the
+    /// next commit. The deleted document must stay deleted.
+    #[test]
+    fn a_delete_that_is_the_first_operation_of_a_reopened_writer_survives_a_merge() {
+        let mut builder = Schema::builder();
+        let key = builder.add_text_field("_key", STRING | STORED);
+        let schema = builder.build();
+        let dir = tempfile::tempdir().unwrap();
+        let index = Index::create_in_dir(dir.path(), schema).unwrap();
+        let open = |index: &Index| -> IndexWriter<TantivyDocument> {
+            let w = index.writer_with_num_threads(1, 15_000_000).unwrap();
+            w.set_merge_policy(Box::new(tantivy::indexer::NoMergePolicy));
+            w
+        };
+        {
+            let mut w = open(&index);
+            for k in ["a1", "a2", "a3"] {
+                w.add_document(doc!(key => k)).unwrap();
+            }
+            w.commit().unwrap();
+            for k in ["b1", "b2", "b3"] {
+                w.add_document(doc!(key => k)).unwrap();
+            }
+            w.commit().unwrap();
+            // A's deletes are now applied at the last commit's opstamp; B has none.
+            w.delete_term(Term::from_field_text(key, "a1"));
+            w.commit().unwrap();
+        }
+        let segments = index.searchable_segment_metas().unwrap();
+        let a = segments.iter().find(|m| m.has_deletes()).unwrap().id();
+        let b = segments.iter().find(|m| !m.has_deletes()).unwrap().id();
+
+        let mut w = open(&index);
+        super::spend_first_opstamp(&w).unwrap();
+        w.delete_term(Term::from_field_text(key, "a2"));
+        w.merge(&[b, a]).wait().unwrap();
+        w.add_document(doc!(key => "a2")).unwrap();
+        w.commit().unwrap();
+
+        let reader = index.reader().unwrap();
+        let searcher = reader.searcher();
+        let alive = |k: &str| searcher.search(&tantivy::query::TermQuery::new(Term::from_field_text(key, k), tantivy::schema::IndexRecordOption::Basic), &tantivy::collector::Count).unwrap();
+        assert_eq!(alive("a1"), 0);
+        assert_eq!(alive("a2"), 1, "the old document of a2 came back with the merge");
+        assert_eq!(alive("a3"), 1);
+        assert_eq!(searcher.num_docs(), 5);
     }
 }
