@@ -21,7 +21,7 @@ use futures::Stream;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::runtime::status::{ChangeNotice, Shared, CHANGE_HISTORY};
+use crate::runtime::status::{ChangeNotice, Shared};
 use crate::source::Lsn;
 
 /// Per pipeline, the applied LSN the daemon had when this process first saw it: change notices
@@ -90,8 +90,8 @@ fn start(shared: &Shared, floors: &Floors, pipeline: &str, since: Option<Lsn>) -
         Ok(h) => h,
         Err(p) => p.into_inner(),
     };
-    // History entries older than its front were dropped once it filled up.
-    let history_floor = (history.len() >= CHANGE_HISTORY).then(|| history.front().map(|n| n.lsn)).flatten();
+    // Notices dropped to keep the history within its bounds.
+    let history_floor = history.dropped_through();
     let floor = match (floors.floor(pipeline), history_floor) {
         (Some(a), Some(b)) => Some(a.max(b)),
         (Some(a), None) => Some(a),
@@ -228,7 +228,7 @@ mod tests {
         // A full history that dropped older notices.
         let sh = shared(Lsn(1));
         floors.observe(&sh);
-        for i in 0..(CHANGE_HISTORY as u64 + 5) {
+        for i in 0..(crate::runtime::status::CHANGE_HISTORY as u64 + 5) {
             sh.notify_change(notice("films", 10 + i, "k"));
         }
         let floors = Arc::new(Floors::default());

@@ -13,6 +13,15 @@ pub struct StatusDoc {
     pub server_lsn: Option<Lsn>,
     pub slot: Option<SlotStatus>,
     pub pipelines: Vec<PipelineStatus>,
+    /// Added by the daemon's `/v1/status` (not part of the spec's document): `owner` or `standby`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// Added by the daemon's `/v1/status` while standing by: the process holding the slot.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<serde_json::Value>,
+    /// Added by the daemon's `/v1/status`: the health of each dependency it reported on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dependencies: Option<BTreeMap<String, crate::http::health::DependencyHealth>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -108,8 +117,59 @@ pub struct ChangeNotice {
     pub deleted: Vec<String>,
 }
 
-/// How many recent change notices are kept for `changes?since=` resumption.
+/// How many recent change notices are kept for `changes?since=` resumption ...
 pub const CHANGE_HISTORY: usize = 10_000;
+/// ... and how much memory they may hold together (key text plus per-key overhead).
+pub const CHANGE_HISTORY_BYTES: usize = 32 << 20;
+
+impl ChangeNotice {
+    /// Approximate heap bytes held by the notice.
+    pub fn bytes(&self) -> usize {
+        let key = |k: &String| k.len() + std::mem::size_of::<String>();
+        std::mem::size_of::<ChangeNotice>() + self.pipeline.len() + self.keys.iter().map(key).sum::<usize>() + self.deleted.iter().map(key).sum::<usize>()
+    }
+}
+
+/// The most recent change notices, bounded by count and by bytes, oldest first.
+#[derive(Default)]
+pub struct ChangeHistory {
+    notices: std::collections::VecDeque<Arc<ChangeNotice>>,
+    bytes: usize,
+    /// The newest LSN dropped to stay within bounds: a client resuming before it missed changes.
+    dropped_through: Option<Lsn>,
+}
+
+impl ChangeHistory {
+    pub fn push(&mut self, notice: Arc<ChangeNotice>) {
+        self.bytes += notice.bytes();
+        self.notices.push_back(notice);
+        while self.notices.len() > CHANGE_HISTORY || (self.bytes > CHANGE_HISTORY_BYTES && self.notices.len() > 1) {
+            let Some(old) = self.notices.pop_front() else { break };
+            self.bytes -= old.bytes();
+            self.dropped_through = self.dropped_through.max(Some(old.lsn));
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<ChangeNotice>> {
+        self.notices.iter()
+    }
+
+    pub fn dropped_through(&self) -> Option<Lsn> {
+        self.dropped_through
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn len(&self) -> usize {
+        self.notices.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.notices.is_empty()
+    }
+}
 
 pub struct Shared {
     pub status: RwLock<Option<StatusDoc>>,
@@ -119,8 +179,8 @@ pub struct Shared {
     pub progress: tokio::sync::watch::Sender<u64>,
     /// Applied batches, as they happen.
     pub changes: tokio::sync::broadcast::Sender<Arc<ChangeNotice>>,
-    /// The most recent notices (bounded), oldest first.
-    pub history: RwLock<std::collections::VecDeque<Arc<ChangeNotice>>>,
+    /// The most recent notices (bounded by count and bytes), oldest first.
+    pub history: RwLock<ChangeHistory>,
     /// Where the admin endpoint sends requests (set by the running daemon).
     pub admin: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<AdminRequest>>>,
     /// `Some` while this process stands by, with the process holding the slot (when known).
@@ -134,7 +194,7 @@ impl Default for Shared {
             indexes: RwLock::new(BTreeMap::new()),
             progress: tokio::sync::watch::channel(0).0,
             changes: tokio::sync::broadcast::channel(1024).0,
-            history: RwLock::new(std::collections::VecDeque::new()),
+            history: RwLock::new(ChangeHistory::default()),
             admin: std::sync::Mutex::new(None),
             standby: RwLock::new(None),
         }
@@ -158,13 +218,7 @@ impl Shared {
     /// Records and broadcasts an applied batch.
     pub fn notify_change(&self, notice: ChangeNotice) {
         let notice = Arc::new(notice);
-        {
-            let mut h = self.history.write().expect("history lock");
-            if h.len() >= CHANGE_HISTORY {
-                h.pop_front();
-            }
-            h.push_back(notice.clone());
-        }
+        self.history.write().expect("history lock").push(notice.clone());
         let _ = self.changes.send(notice);
     }
 
@@ -214,5 +268,40 @@ impl Shared {
 
     pub fn snapshot(&self) -> Option<StatusDoc> {
         self.status.read().expect("status lock").clone()
+    }
+}
+
+#[cfg(test)]
+mod history_tests {
+    use super::*;
+
+    fn notice(lsn: u64, keys: usize, key_len: usize) -> Arc<ChangeNotice> {
+        Arc::new(ChangeNotice { pipeline: "p".into(), lsn: Lsn(lsn), keys: (0..keys).map(|i| format!("{i:0key_len$}")).collect(), deleted: Vec::new() })
+    }
+
+    #[test]
+    fn the_change_history_is_bounded_by_bytes_and_says_what_it_dropped() {
+        let mut h = ChangeHistory::default();
+        // 10,000-key notices of 100-byte keys: ~1.2 MB each, far fewer than CHANGE_HISTORY fit.
+        for lsn in 1..=100 {
+            h.push(notice(lsn, 10_000, 100));
+            assert!(h.bytes() <= CHANGE_HISTORY_BYTES, "{} bytes after {lsn}", h.bytes());
+        }
+        assert!(h.len() < 100 && h.len() > 10, "{}", h.len());
+        let oldest = h.iter().next().unwrap().lsn;
+        assert_eq!(h.dropped_through(), Some(Lsn(oldest.0 - 1)));
+        assert_eq!(h.bytes(), h.iter().map(|n| n.bytes()).sum::<usize>());
+        // Small notices are bounded by count.
+        let mut h = ChangeHistory::default();
+        for lsn in 1..=(CHANGE_HISTORY as u64 + 3) {
+            h.push(notice(lsn, 1, 4));
+        }
+        assert_eq!(h.len(), CHANGE_HISTORY);
+        assert_eq!(h.dropped_through(), Some(Lsn(3)));
+        // One notice larger than the whole bound is still kept (the newest is always there).
+        let mut h = ChangeHistory::default();
+        h.push(notice(1, 400_000, 100));
+        assert_eq!(h.len(), 1);
+        assert_eq!(h.dropped_through(), None);
     }
 }
