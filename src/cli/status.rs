@@ -118,7 +118,7 @@ async fn offline(cfg: &Config) -> Result<StatusDoc> {
         p.refresh(server_lsn);
         pipelines.push(p);
     }
-    Ok(StatusDoc { server_lsn, slot, pipelines })
+    Ok(StatusDoc { server_lsn, slot, pipelines, role: None, owner: None, dependencies: None })
 }
 
 pub fn print_table(doc: &StatusDoc) {
@@ -132,6 +132,12 @@ pub fn print_table(doc: &StatusDoc) {
             s.wal_status.as_deref().unwrap_or("-")
         ),
         None => println!("slot: none yet"),
+    }
+    if let Some(role) = &doc.role {
+        println!("role {role}{}", doc.owner.as_ref().map(|o| format!(" (slot owned by {o})")).unwrap_or_default());
+    }
+    for (name, h) in doc.dependencies.iter().flatten().filter(|(_, h)| !h.up) {
+        println!("DOWN {name} since {}: {}", h.since, h.last_error.as_deref().unwrap_or("-"));
     }
     println!();
     println!("{:<20} {:<12} {:>4} {:<14} {:>12} {:>6}  {}", "PIPELINE", "STATE", "GEN", "APPLIED", "LAG(bytes)", "DEAD", "HASH");
