@@ -425,7 +425,7 @@ impl Daemon {
             confirmed_flush_lsn: s.confirmed_flush_lsn,
             wal_status: s.wal_status,
         });
-        let mut doc = StatusDoc { server_lsn, slot, pipelines };
+        let mut doc = StatusDoc { server_lsn, slot, pipelines, role: None, owner: None, dependencies: None };
         for p in &mut doc.pipelines {
             p.refresh(server_lsn);
         }
@@ -577,9 +577,21 @@ impl Daemon {
                     }
                 }
             }
-            let mut sinks: Vec<&mut AnySink> = p.sinks.iter_mut().enumerate().filter(|(j, _)| active.contains(j)).map(|(_, s)| s).collect();
             client.batch_execute("SAVEPOINT deriver_bulk").await?;
-            let total = match reindex::stream_bulk(client, &p.sql.bulk, chunk, &mut sinks, None, &name).await {
+            // The active sinks go to their writer tasks for the bulk load and come back after it.
+            let mut slots: Vec<Option<AnySink>> = std::mem::take(&mut p.sinks).into_iter().map(Some).collect();
+            let taken: Vec<AnySink> = active.iter().filter_map(|&j| slots[j].take()).collect();
+            let (back, result) = reindex::stream_bulk(client, &p.sql.bulk, chunk, taken, None, &name).await;
+            let complete = back.len() == active.len();
+            for (&j, s) in active.iter().zip(back) {
+                slots[j] = Some(s);
+            }
+            p.sinks = slots.into_iter().flatten().collect();
+            if !complete {
+                return Err(Error::fatal(format!("a sink of pipeline `{name}` failed during the bulk derivation")));
+            }
+            let mut sinks: Vec<&mut AnySink> = p.sinks.iter_mut().enumerate().filter(|(j, _)| active.contains(j)).map(|(_, s)| s).collect();
+            let total = match result {
                 Ok((total, rejected)) => {
                     note_rejects(&p.def.name, &mut p.failed, &rejected);
                     total

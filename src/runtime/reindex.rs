@@ -58,13 +58,74 @@ pub async fn estimate_rows(client: &Client, table: &crate::source::TableName) ->
     }
 }
 
-/// Streams every record of `sql` (run in `client`'s open transaction) into `sinks`, `chunk` at a
-/// time; the caller has begun and will commit them. Returns (rows, rejected records).
+/// Streams every record of `sql` (run in `client`'s open transaction) into `sinks`, `chunk` rows
+/// at a time; the caller has begun and will commit them. Returns the sinks (also after an error)
+/// and (rows, rejected records).
+///
+/// Each sink writes from its own task, fed by a channel of one chunk, while this task reads and
+/// decodes the next chunk: Postgres decoding, search document building and Redis encoding run on
+/// separate cores. At most three chunks per sink are in memory (one being read, one queued, one
+/// being written).
 pub async fn stream_bulk(
     client: &Client,
     sql: &str,
     chunk: usize,
-    sinks: &mut [&mut AnySink],
+    sinks: Vec<AnySink>,
+    progress: Option<&Progress>,
+    pipeline: &str,
+) -> (Vec<AnySink>, Result<(u64, Vec<Rejected>)>) {
+    let mut feeds = Vec::with_capacity(sinks.len());
+    let mut tasks = Vec::with_capacity(sinks.len());
+    for mut sink in sinks {
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Arc<Vec<Write>>>(1);
+        feeds.push(tx);
+        tasks.push(tokio::spawn(async move {
+            let mut rejected = Vec::new();
+            while let Some(buf) = rx.recv().await {
+                match sink.write(&buf).await {
+                    Ok(r) => rejected.extend(r),
+                    Err(e) => return (sink, Err(e)),
+                }
+            }
+            (sink, Ok(rejected))
+        }));
+    }
+    let read = read_bulk(client, sql, chunk, &feeds, progress, pipeline).await;
+    drop(feeds);
+    let mut sinks = Vec::with_capacity(tasks.len());
+    let mut written: Result<Vec<Rejected>> = Ok(Vec::new());
+    for task in tasks {
+        match task.await {
+            Ok((sink, r)) => {
+                sinks.push(sink);
+                match (&mut written, r) {
+                    (Ok(all), Ok(r)) => all.extend(r),
+                    (Ok(_), Err(e)) => written = Err(e),
+                    (Err(_), _) => {}
+                }
+            }
+            Err(e) => written = Err(Error::fatal("a sink writer task failed").with_detail(e)),
+        }
+    }
+    // A sink's error explains a read that stopped because that sink went away.
+    let result = match (read, written) {
+        (_, Err(e)) => Err(e),
+        (Err(e), _) => Err(e),
+        (Ok((rows, mut rejected)), Ok(more)) => {
+            rejected.extend(more);
+            Ok((rows, rejected))
+        }
+    };
+    (sinks, result)
+}
+
+/// Reads `sql`'s records and hands each chunk to every feed. Returns (rows, records that could
+/// not be decoded).
+async fn read_bulk(
+    client: &Client,
+    sql: &str,
+    chunk: usize,
+    feeds: &[tokio::sync::mpsc::Sender<Arc<Vec<Write>>>],
     progress: Option<&Progress>,
     pipeline: &str,
 ) -> Result<(u64, Vec<Rejected>)> {
@@ -89,13 +150,16 @@ pub async fn stream_bulk(
         }
         if buf.len() >= chunk.max(1) || (done && !buf.is_empty()) {
             super::failpoint::failpoint("bulk_chunk");
-            for s in sinks.iter_mut() {
-                rejected.extend(s.write(&buf).await?);
+            let n = buf.len() as u64;
+            let full = Arc::new(std::mem::replace(&mut buf, Vec::with_capacity(chunk)));
+            for feed in feeds {
+                if feed.send(full.clone()).await.is_err() {
+                    return Err(Error::fatal("a sink stopped during the bulk derivation"));
+                }
             }
             if let Some(p) = progress {
-                p.rows_done.fetch_add(buf.len() as u64, Ordering::Relaxed);
+                p.rows_done.fetch_add(n, Ordering::Relaxed);
             }
-            buf.clear();
         }
         if last_log.elapsed() > Duration::from_secs(10) {
             tracing::info!(pipeline, rows = total, "still deriving");
@@ -161,14 +225,15 @@ impl BuildJob {
         if let Some(r) = self.redis.as_mut() {
             r.begin(self.from, BatchMode::Rewrite).await?;
         }
-        let mut sinks: Vec<&mut AnySink> = Vec::new();
-        if let Some(s) = self.search.as_mut() {
-            sinks.push(s);
+        let sinks: Vec<AnySink> = self.search.take().into_iter().chain(self.redis.take()).collect();
+        let has_search = sinks.iter().any(|s| matches!(s, AnySink::Search(_)));
+        let (mut sinks, result) = stream_bulk(&client, &self.sql, self.chunk, sinks, Some(&self.progress), &self.pipeline).await;
+        // Back in place (search first), also after an error: `run` hands the sink back.
+        if sinks.len() == 2 || (has_search && sinks.len() == 1) {
+            self.search = Some(sinks.remove(0));
         }
-        if let Some(r) = self.redis.as_mut() {
-            sinks.push(r);
-        }
-        let (rows, rejected) = stream_bulk(&client, &self.sql, self.chunk, &mut sinks, Some(&self.progress), &self.pipeline).await?;
+        self.redis = sinks.pop();
+        let (rows, rejected) = result?;
         for r in &rejected {
             tracing::error!(pipeline = %self.pipeline, key = %r.key, reason = %r.reason, "record rejected during the rebuild (dead letter)");
         }
