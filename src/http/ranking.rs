@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use tantivy::collector::{Collector, SegmentCollector};
 use tantivy::columnar::{Column, StrColumn};
 use tantivy::index::{InvertedIndexReader, SegmentId};
+use tantivy::query::Weight;
 use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::{DocAddress, DocId, DocSet, Score, Searcher, SegmentOrdinal, SegmentReader, TERMINATED};
 
@@ -310,6 +311,18 @@ fn cmp_missing_last(a: Option<Pos>, b: Option<Pos>, desc: bool) -> Ordering {
     }
 }
 
+/// The largest score below `s` (pruning keeps only scores strictly above its threshold).
+fn next_down(s: Score) -> Score {
+    if s.is_nan() || s == Score::NEG_INFINITY {
+        return Score::MIN;
+    }
+    if s == 0.0 {
+        return -Score::from_bits(1);
+    }
+    let bits = s.to_bits();
+    Score::from_bits(if s > 0.0 { bits - 1 } else { bits + 1 })
+}
+
 fn cmp_score(a: Score, b: Score, desc: bool) -> Ordering {
     let o = a.total_cmp(&b);
     if desc {
@@ -454,6 +467,40 @@ impl Collector for RankCollector {
         true
     }
 
+    /// Sorted by score (descending) alone, without facets: the best hits come from tantivy's
+    /// pruning scorers (block-max WAND on unions), which skip blocks that cannot beat the worst
+    /// kept hit, and the total from `Weight::count`, which does not score. The result is the
+    /// same as visiting every match.
+    fn collect_segment(&self, weight: &dyn Weight, segment_ord: u32, reader: &SegmentReader) -> tantivy::Result<tantivy::Result<SegFruit>> {
+        let mut seg = self.for_segment(segment_ord, reader)?;
+        let prunable = seg.facets.is_empty() && seg.keep > 0 && matches!(seg.keys.as_slice(), [LocalKey::Score { desc: true }]);
+        if !prunable {
+            match reader.alive_bitset() {
+                Some(alive) => weight.for_each(reader, &mut |doc, score| {
+                    if alive.is_alive(doc) {
+                        seg.collect(doc, score);
+                    }
+                })?,
+                None => weight.for_each(reader, &mut |doc, score| seg.collect(doc, score))?,
+            }
+            return Ok(seg.harvest_inner());
+        }
+        let count = weight.count(reader)? as u64;
+        let alive = reader.alive_bitset();
+        weight.for_each_pruning(Score::MIN, reader, &mut |doc, score| {
+            if alive.is_none_or(|a| a.is_alive(doc)) {
+                seg.collect(doc, score);
+            }
+            // Ties with the worst kept hit still compete (by id): pass just below its score.
+            match &seg.worst {
+                Some(w) => next_down(w.score),
+                None => Score::MIN,
+            }
+        })?;
+        seg.count = count;
+        Ok(seg.harvest_inner())
+    }
+
     fn merge_fruits(&self, fruits: Vec<tantivy::Result<SegFruit>>) -> tantivy::Result<Ranked> {
         let mut ranked = Ranked { facets: vec![HashMap::new(); self.facet_fields.len()], ..Default::default() };
         for fruit in fruits {
@@ -585,6 +632,13 @@ impl SegmentCollector for SegCollector {
         if self.keep == 0 {
             return;
         }
+        // Sorted by score first: a worse score than the worst kept hit cannot enter, whatever
+        // the other keys (no candidate is built for the bulk of the matches).
+        if let (Some(LocalKey::Score { desc }), Some(w)) = (self.keys.first(), &self.worst) {
+            if cmp_score(score, w.score, *desc) == Ordering::Greater {
+                return;
+            }
+        }
         let vals: Vec<Option<u64>> = self
             .keys
             .iter()
@@ -639,6 +693,60 @@ mod tests {
             assert_eq!(e.code, "invalid_sort", "{bad}");
         }
         assert!(SortSpec::parse(Some(&["n".into(), "n:desc".into()]), &t).is_err());
+    }
+
+    /// The pruned path (score order, no facets) returns exactly the order of visiting every
+    /// match — score descending, id ascending on ties — page after page, with deletes.
+    #[test]
+    fn pruned_score_ranking_equals_the_full_order_across_pages() {
+        use tantivy::schema::{Schema, STORED, STRING, TEXT};
+        let mut b = Schema::builder();
+        let id = b.add_text_field("_id", STRING | STORED);
+        let body = b.add_text_field("body", TEXT);
+        let index = tantivy::Index::create_in_ram(b.build());
+        let mut w: tantivy::IndexWriter<tantivy::TantivyDocument> = index.writer_with_num_threads(1, 15_000_000).unwrap();
+        w.set_merge_policy(Box::new(tantivy::indexer::NoMergePolicy));
+        // Few distinct texts: many exact score ties, and ids that decrease along the documents,
+        // so a tie found later always wins over the kept ones; several segments; some deletes.
+        for n in 0..3000u32 {
+            let text = format!("{} filler {}", "w ".repeat(1 + (n % 4) as usize), "x ".repeat((n % 7) as usize));
+            w.add_document(tantivy::doc!(id => format!("d{:05}", 9999 - n), body => text)).unwrap();
+            if n % 900 == 899 {
+                w.commit().unwrap();
+            }
+        }
+        for n in (0..3000u32).step_by(13) {
+            w.delete_term(tantivy::Term::from_field_text(id, &format!("d{:05}", 9999 - n)));
+        }
+        w.commit().unwrap();
+        let searcher = index.reader().unwrap().searcher();
+        assert!(searcher.segment_readers().len() >= 3);
+        let query = tantivy::query::TermQuery::new(tantivy::Term::from_field_text(body, "w"), IndexRecordOption::WithFreqs);
+        // The full order, from every match.
+        let all = searcher.search(&query, &tantivy::collector::TopDocs::with_limit(10_000).order_by_score()).unwrap();
+        let mut expected: Vec<(Score, String)> = all
+            .iter()
+            .map(|(score, addr)| {
+                let doc: tantivy::TantivyDocument = searcher.doc(*addr).unwrap();
+                (*score, tantivy::schema::Value::as_str(&doc.get_first(id).unwrap()).unwrap().to_string())
+            })
+            .collect();
+        expected.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+        let spec = Arc::new(SortSpec { keys: vec![SortKey { kind: SortKind::Score, desc: true }] });
+        let mut cursor: Option<Arc<Cursor>> = None;
+        let mut got: Vec<(Score, String)> = Vec::new();
+        loop {
+            let c = RankCollector { spec: spec.clone(), cursor: cursor.clone(), keep: 7, facet_fields: Vec::new(), id_field: id, id_ords: Vec::new() };
+            let ranked = searcher.search(&query, &c).unwrap();
+            if cursor.is_none() {
+                assert_eq!(ranked.total, expected.len() as u64, "the total counts every live match");
+            }
+            let Some(last) = ranked.hits.last() else { break };
+            cursor = Some(Arc::new(Cursor::after(&spec, last)));
+            got.extend(ranked.hits.iter().map(|h| (h.score, h.id.clone())));
+        }
+        assert_eq!(got.len(), expected.len());
+        assert_eq!(got, expected);
     }
 
     #[test]
