@@ -498,8 +498,8 @@ fn an_index_disk_that_turns_read_only_is_reported_and_survived_after_the_operato
 
 /// A pipeline with dependencies keeps its ledger under `index.dir` too (`_ledger/*.redb`); it
 /// commits after the index, so with the disk full the index commit fails first and the batch is
-/// retried whole: the daemon survives and converges. (A disk that fills exactly between the
-/// index commit and the ledger commit would stop it: ledger errors are fatal. Not reproduced.)
+/// retried whole: the daemon survives and converges. (The ledger failing alone, after the index
+/// committed, is the next test.)
 #[test]
 fn a_full_disk_under_a_pipeline_with_a_dependency_ledger_is_survived() {
     let w = World::new("diskledger");
@@ -527,5 +527,51 @@ fn a_full_disk_under_a_pipeline_with_a_dependency_ledger_is_survived() {
     std::fs::remove_file(fs.path.join("filler")).unwrap();
     w.catch_up(&["films"], &["films"]);
     check_films(&w);
+    assert_eq!(w.stop(), 0);
+}
+
+/// The ledger's own disk full while the index and Redis commit fine: the ledger's commit (the last
+/// of a batch) fails after the others; the batch is retried with its staged join values (the
+/// ledger's handle is re-opened: redb refuses a handle that saw an I/O error) until space is
+/// freed, and a later change of a child row still reaches the right records.
+#[test]
+fn a_full_disk_under_the_dependency_ledger_alone_is_retried_not_fatal() {
+    let w = World::new("diskledger2");
+    let fs = match Tmpfs::mount(&w.index_dir().join("_ledger"), "4m") {
+        Ok(fs) => fs,
+        Err(e) => {
+            eprintln!("SKIPPED: cannot mount a tmpfs for the ledger here ({e})");
+            return;
+        }
+    };
+    let mut w = w;
+    w.add_repo_pipeline("films");
+    w.setup();
+    w.start();
+    w.wait_ready();
+    w.catch_up(&["films"], &["films"]);
+    fs.fill("filler");
+    // A child row whose parent the ledger must remember (inventory.film_id is not in the WAL's
+    // old key), staged while the ledger cannot commit.
+    w.sql("INSERT INTO inventory (inventory_id, film_id, store_id) VALUES (900001, 5, 1)");
+    for i in 0..200 {
+        w.sql(&format!("UPDATE film SET title = 'LEDGER FULL {i}' WHERE film_id = {}", 1 + i % 50));
+    }
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(10) {
+        assert_alive(&mut w, "with the ledger's disk full");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = w.log_text();
+    assert!(log.contains("dependency ledger cannot write"), "the ledger's commit never failed; log:\n{log}");
+    std::fs::remove_file(fs.path.join("filler")).unwrap();
+    w.catch_up(&["films"], &["films"]);
+    check_films(&w);
+    // The ledger kept the join values staged during the outage: moving that copy to film 6
+    // re-derives film 5 too (its copy count goes down), which only the ledger knows.
+    w.sql("UPDATE inventory SET film_id = 6 WHERE inventory_id = 900001");
+    w.catch_up(&["films"], &["films"]);
+    check_films(&w);
+    assert_alive(&mut w, "after the ledger's disk was freed");
     assert_eq!(w.stop(), 0);
 }

@@ -33,9 +33,21 @@ fn io(e: impl std::fmt::Display) -> Error {
     Error::fatal("the dependency ledger failed").with_detail(e)
 }
 
+/// A storage error: I/O (disk full, read-only, gone) is retried — the handle is re-opened, as redb
+/// refuses every later operation on it — anything else (corruption, …) stops deriver.
+fn storage(e: impl Into<redb::Error>) -> Error {
+    match e.into() {
+        e @ (redb::Error::Io(_) | redb::Error::PreviousIo | redb::Error::DatabaseClosed) => {
+            Error::transient("the dependency ledger cannot write (is its disk full or read-only?)").with_detail(e)
+        }
+        e => io(e),
+    }
+}
+
 pub struct Ledger {
     path: PathBuf,
-    db: Database,
+    /// `None` after an I/O error until it is re-opened.
+    db: Option<Database>,
     hash: String,
     checkpoint: Option<Checkpoint>,
     /// Changes of the open batch: (relation, identity) → join values (None = row gone).
@@ -69,7 +81,7 @@ impl Ledger {
                 Err(e) => return Err(io(e)),
             }
         };
-        Ok(Ledger { path, db, hash: hash.to_string(), checkpoint, overlay: HashMap::new(), loaded: Vec::new(), open: None, cleared: Vec::new() })
+        Ok(Ledger { path, db: Some(db), hash: hash.to_string(), checkpoint, overlay: HashMap::new(), loaded: Vec::new(), open: None, cleared: Vec::new() })
     }
 
     pub fn path(&self) -> &Path {
@@ -84,13 +96,14 @@ impl Ledger {
         if self.cleared.contains(&rel) {
             return Ok(None);
         }
-        let r = self.db.begin_read().map_err(io)?;
+        let db = self.db.as_ref().ok_or_else(|| Error::transient("the dependency ledger is being re-opened after an I/O error"))?;
+        let r = db.begin_read().map_err(storage)?;
         let t = match r.open_table(ROWS) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(io(e)),
+            Err(e) => return Err(storage(e)),
         };
-        match t.get(row_key(rel, identity).as_str()).map_err(io)? {
+        match t.get(row_key(rel, identity).as_str()).map_err(storage)? {
             Some(v) => Ok(Some(serde_json::from_str(v.value()).map_err(io)?)),
             None => Ok(None),
         }
@@ -121,43 +134,70 @@ impl Ledger {
         self.loaded.clear();
     }
 
+    /// Commits the staged rows with the batch LSN in one write transaction. The staged rows are
+    /// kept until the commit succeeded, so a retried batch commits them after a failure.
     fn commit_blocking(&mut self, lsn: Lsn, replace: bool) -> Result<()> {
         if replace {
             // The snapshot already reflects every staged change.
             self.overlay.clear();
             self.cleared.clear();
         }
-        let w = self.db.begin_write().map_err(io)?;
-        {
-            let mut rows = w.open_table(ROWS).map_err(io)?;
-            if replace {
-                rows.retain(|_, _| false).map_err(io)?;
-            }
-            for rel in &self.cleared {
-                let prefix = format!("{rel}{SEP}");
-                rows.retain(|k, _| !k.starts_with(&prefix)).map_err(io)?;
-            }
-            for (rel, identity, values) in self.loaded.drain(..) {
-                rows.insert(row_key(rel, &identity).as_str(), serde_json::to_string(&values).map_err(io)?.as_str()).map_err(io)?;
-            }
-            for ((rel, identity), values) in self.overlay.drain() {
-                let k = row_key(rel, &identity);
-                match values {
-                    Some(v) => {
-                        rows.insert(k.as_str(), serde_json::to_string(&v).map_err(io)?.as_str()).map_err(io)?;
-                    }
-                    None => {
-                        rows.remove(k.as_str()).map_err(io)?;
+        if self.db.is_none() {
+            self.reopen()?;
+        }
+        let db = self.db.as_ref().expect("opened above");
+        let result = (|| -> Result<()> {
+            let w = db.begin_write().map_err(storage)?;
+            {
+                let mut rows = w.open_table(ROWS).map_err(storage)?;
+                if replace {
+                    rows.retain(|_, _| false).map_err(storage)?;
+                }
+                for rel in &self.cleared {
+                    let prefix = format!("{rel}{SEP}");
+                    rows.retain(|k, _| !k.starts_with(&prefix)).map_err(storage)?;
+                }
+                for (rel, identity, values) in &self.loaded {
+                    rows.insert(row_key(*rel, identity).as_str(), serde_json::to_string(values).map_err(io)?.as_str()).map_err(storage)?;
+                }
+                for ((rel, identity), values) in &self.overlay {
+                    let k = row_key(*rel, identity);
+                    match values {
+                        Some(v) => {
+                            rows.insert(k.as_str(), serde_json::to_string(v).map_err(io)?.as_str()).map_err(storage)?;
+                        }
+                        None => {
+                            rows.remove(k.as_str()).map_err(storage)?;
+                        }
                     }
                 }
+                let mut meta = w.open_table(META).map_err(storage)?;
+                meta.insert("lsn", lsn.to_string().as_str()).map_err(storage)?;
+                meta.insert("hash", self.hash.as_str()).map_err(storage)?;
             }
-            let mut meta = w.open_table(META).map_err(io)?;
-            meta.insert("lsn", lsn.to_string().as_str()).map_err(io)?;
-            meta.insert("hash", self.hash.as_str()).map_err(io)?;
+            w.commit().map_err(storage)
+        })();
+        if let Err(e) = result {
+            if e.is_transient() {
+                // redb refuses every later operation on a handle that saw an I/O error.
+                self.db = None;
+                if let Err(again) = self.reopen() {
+                    tracing::warn!(error = %again, "re-opening the dependency ledger failed; retrying with the batch");
+                }
+            }
+            return Err(e);
         }
-        w.commit().map_err(io)?;
+        self.loaded.clear();
+        self.overlay.clear();
         self.cleared.clear();
         self.checkpoint = Some(Checkpoint { lsn, definition_hash: Some(self.hash.clone()) });
+        Ok(())
+    }
+
+    fn reopen(&mut self) -> Result<()> {
+        self.db = None;
+        let db = Database::create(&self.path).map_err(storage)?;
+        self.db = Some(db);
         Ok(())
     }
 
