@@ -502,20 +502,7 @@ fn an_index_disk_that_turns_read_only_is_reported_and_survived_after_the_operato
 /// committed, is the next test.)
 #[test]
 fn a_full_disk_under_a_pipeline_with_a_dependency_ledger_is_survived() {
-    let w = World::new("diskledger");
-    let fs = match Tmpfs::mount(&w.index_dir(), "48m") {
-        Ok(fs) => fs,
-        Err(e) => {
-            eprintln!("SKIPPED: cannot mount a tmpfs for index.dir here ({e})");
-            return;
-        }
-    };
-    let mut w = w;
-    w.add_repo_pipeline("films");
-    w.setup();
-    w.start();
-    w.wait_ready();
-    w.catch_up(&["films"], &["films"]);
+    let Some((mut w, fs)) = films_on_tmpfs("diskledger", "", "48m") else { return };
     fs.fill("filler");
     // A change of a child table: the ledger records join values.
     w.sql("UPDATE film_actor SET actor_id = 2 WHERE film_id = 1 AND actor_id = 1; UPDATE film SET title = 'FULL DISK' WHERE film_id = 2");
@@ -536,20 +523,7 @@ fn a_full_disk_under_a_pipeline_with_a_dependency_ledger_is_survived() {
 /// freed, and a later change of a child row still reaches the right records.
 #[test]
 fn a_full_disk_under_the_dependency_ledger_alone_is_retried_not_fatal() {
-    let w = World::new("diskledger2");
-    let fs = match Tmpfs::mount(&w.index_dir().join("_ledger"), "4m") {
-        Ok(fs) => fs,
-        Err(e) => {
-            eprintln!("SKIPPED: cannot mount a tmpfs for the ledger here ({e})");
-            return;
-        }
-    };
-    let mut w = w;
-    w.add_repo_pipeline("films");
-    w.setup();
-    w.start();
-    w.wait_ready();
-    w.catch_up(&["films"], &["films"]);
+    let Some((mut w, fs)) = films_on_tmpfs("diskledger2", "_ledger", "4m") else { return };
     fs.fill("filler");
     // A child row whose parent the ledger must remember (inventory.film_id is not in the WAL's
     // old key), staged while the ledger cannot commit.
@@ -574,4 +548,23 @@ fn a_full_disk_under_the_dependency_ledger_alone_is_retried_not_fatal() {
     check_films(&w);
     assert_alive(&mut w, "after the ledger's disk was freed");
     assert_eq!(w.stop(), 0);
+}
+
+/// The repo's `films` pipeline, running and caught up, with `index.dir/<sub>` on a tmpfs of `size`
+/// (`None`, after saying SKIPPED, where tmpfs cannot be mounted).
+fn films_on_tmpfs(name: &str, sub: &str, size: &str) -> Option<(World, Tmpfs)> {
+    let mut w = World::new(name);
+    let fs = match Tmpfs::mount(&w.index_dir().join(sub), size) {
+        Ok(fs) => fs,
+        Err(e) => {
+            eprintln!("SKIPPED: cannot mount a tmpfs for index.dir/{sub} here ({e})");
+            return None;
+        }
+    };
+    w.add_repo_pipeline("films");
+    w.setup();
+    w.start();
+    w.wait_ready();
+    w.catch_up(&["films"], &["films"]);
+    Some((w, fs))
 }

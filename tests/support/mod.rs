@@ -604,16 +604,7 @@ pub fn film_load(url: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool
             let mut n: u64 = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 n += 1;
-                let id = 1 + (n * 7919) % 1000;
-                let sql = match n % 7 {
-                    0 => format!("UPDATE film SET title = 'T{n}', rental_rate = {}.{:02} WHERE film_id = {id}", n % 5, n % 100),
-                    1 => format!("INSERT INTO film (film_id, title, language_id, rental_rate) VALUES ({}, 'NEW {n}', 1, 1.99)", 100000 + n),
-                    2 => "DELETE FROM film WHERE film_id = (SELECT min(film_id) FROM film WHERE film_id > 100000)".to_string(),
-                    3 => format!("BEGIN; UPDATE film SET description = 'D{n}' WHERE film_id = {id}; UPDATE film SET length = {} WHERE film_id = {}; COMMIT", n % 180, 1 + (id + 13) % 1000),
-                    4 => format!("BEGIN; UPDATE film SET title = 'ROLLED BACK' WHERE film_id = {id}; ROLLBACK"),
-                    5 => format!("UPDATE film SET film_id = film_id + 500000 WHERE film_id = (SELECT max(film_id) FROM film WHERE film_id BETWEEN 100000 AND 500000) AND {n} % 2 = 0"),
-                    _ => format!("UPDATE film SET special_features = ARRAY['Trailers', 'T{n}'] WHERE film_id = {id}"),
-                };
+                let sql = load::film_statement(n);
                 if let Err(e) = client.batch_execute(&sql).await {
                     panic!("load statement failed: {sql}: {e}");
                 }
