@@ -116,6 +116,29 @@ pg_p99 = med("search", "postgres_p99")
 r_search = ratio("search p99: Postgres FTS / deriver", "search", "deriver_p99", pg_p99,
                  f"{fmt(pg_p99)} ms (Postgres p99) ÷ deriver p99", invert=True)
 
+# ------------------------------------------------------------------------------------ ceilings
+# What this machine allows, from figures of the same run: a target a ratio cannot reach here is
+# shown with the measurement that bounds it.
+ceilings = []  # (what, value, explanation)
+cores = next((float(r[1]) for r in machine if r and r[0] == "cores" and len(r) > 1 and r[1].replace(".", "").isdigit()), None)
+churn_max = med("raw_decode", "churn_max_changes_per_s")
+if churn_max and stream_limit:
+    ceilings.append(("streaming ratio reachable with this workload", churn_max / stream_limit,
+                     f"pgbench alone (no deriver) commits at most {fmt(churn_max)} changes/s here; ÷ {fmt(stream_limit)} "
+                     f"({which} limit). Streaming cannot apply more than is committed, so the ratio is bounded by this "
+                     "whatever deriver does; `streaming applied / offered` says whether deriver kept up."))
+r_cpu = [med("reindex", k) for k in ("deriver_cpu_cores", "postgres_cpu_cores", "redis_cpu_cores")]
+r_dps = med("reindex", "docs_per_s")
+if cores and bulk and r_dps and all(v is not None for v in r_cpu):
+    per_doc = sum(r_cpu) / r_dps  # CPU-seconds per document, all processes of the pipeline
+    if per_doc > 0:
+        ceiling = cores / per_doc
+        ceilings.append(("reindex ratio reachable at the measured CPU cost per document", ceiling / bulk,
+                         f"deriver + Postgres + Redis used {fmt(sum(r_cpu))} cores at {fmt(r_dps)} docs/s = "
+                         f"{per_doc * 1e6:.0f} µs of CPU per document; {fmt(cores)} cores allow at most "
+                         f"{fmt(ceiling)} docs/s = {fmt(ceiling / bulk)} × the tantivy bulk limit ({fmt(bulk)}, tantivy "
+                         f"alone). Reaching 0.8 needs ≤ {cores / (0.8 * bulk) * 1e6:.0f} µs per document."))
+
 # ------------------------------------------------------------------------------------ targets
 targets = []  # (text, status, measured)
 
@@ -178,6 +201,13 @@ md.append("| --- | ---: | ---: | ---: | --- |")
 for name, m, lo, hi, d in ratios:
     md.append(f"| {name} | {fmt(m)} | {fmt(lo)} | {fmt(hi)} | {d} |")
 md.append("")
+if ceilings:
+    md.append("## Ceilings on this machine\n")
+    md.append("| ceiling | value | from |")
+    md.append("| --- | ---: | --- |")
+    for what, v, why in ceilings:
+        md.append(f"| {what} | {fmt(v)} | {why} |")
+    md.append("")
 md.append("## Machine\n")
 md.append("| | |")
 md.append("| --- | --- |")
