@@ -376,6 +376,7 @@ impl RedisSink {
         }
         .await;
         if let Err(e) = result {
+            let e = self.retryable(e);
             crate::http::health::report_error("redis", &e);
             self.conn = None;
             return Err(e);
@@ -386,6 +387,17 @@ impl RedisSink {
         open.bytes = 0;
         self.open = Some(open);
         Ok(())
+    }
+
+    /// On a cluster, a master that became a replica (a failover) refuses writes with READONLY:
+    /// the batch is retried on a connection to the slot's new master. (On a single server it
+    /// means `redis.url` names a replica, which retrying does not fix.)
+    fn retryable(&self, e: Error) -> Error {
+        let readonly = e.message.contains("READONLY") || e.detail.as_deref().is_some_and(|d| d.contains("READONLY"));
+        if self.cfg.cluster && readonly && e.kind == ErrorKind::Fatal {
+            return Error { kind: ErrorKind::Transient, ..e };
+        }
+        e
     }
 
     fn deleted_from(value: &RValue, into: &mut Vec<String>) -> Result<bool> {
@@ -541,7 +553,8 @@ impl Sink for RedisSink {
         .await;
         match result {
             Err(e) => {
-                    crate::http::health::report_error("redis", &e);
+                let e = self.retryable(e);
+                crate::http::health::report_error("redis", &e);
                 self.conn = None;
                 Err(e)
             }
