@@ -9,6 +9,17 @@ use std::time::{Duration, Instant};
 
 use super::{free_port, register_cleanup, Cleanup};
 
+/// A free loopback port whose cluster bus port (port + 10000) is free too (`cluster-port`, to
+/// choose the bus port, needs Redis 7).
+fn free_port_with_bus() -> u16 {
+    loop {
+        let port = free_port();
+        if port <= 55535 && std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+            return port;
+        }
+    }
+}
+
 pub struct RedisCluster {
     /// The masters' client ports.
     pub ports: Vec<u16>,
@@ -28,16 +39,13 @@ impl RedisCluster {
         let mut ports = Vec::new();
         let mut pids = Vec::new();
         for _ in 0..masters {
-            let (port, bus) = (free_port(), free_port());
+            let port = free_port_with_bus();
             let node_dir = dir.join(port.to_string());
             std::fs::create_dir_all(&node_dir).unwrap();
             let mut child = Command::new("redis-server")
                 .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--cluster-enabled", "yes"])
                 .arg("--port")
                 .arg(port.to_string())
-                // The bus port is port + 10000 unless set; a free one of its own avoids clashes.
-                .arg("--cluster-port")
-                .arg(bus.to_string())
                 .arg("--cluster-config-file")
                 .arg(node_dir.join("nodes.conf"))
                 .arg("--cluster-node-timeout")
