@@ -39,7 +39,12 @@ pub struct PostgresConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
+    /// One `redis://`/`rediss://` URL; with `cluster = true`, a comma-separated list of seed nodes.
     pub url: Option<String>,
+    /// `url` names a Redis Cluster: each pipeline's keys carry the hash tag `{<pipeline>}`, so
+    /// they live in one hash slot (see `sink::redis::Keys`).
+    #[serde(default)]
+    pub cluster: bool,
     #[serde(default = "default_name")]
     pub prefix: String,
     /// How long after a write Redis is trusted to have made it durable (AOF `everysec` needs ~1 s).
@@ -215,7 +220,7 @@ fn default_dirty_keys() -> usize {
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        RedisConfig { url: None, prefix: default_name(), durability_delay_ms: None, max_value_bytes: default_max_value() }
+        RedisConfig { url: None, cluster: false, prefix: default_name(), durability_delay_ms: None, max_value_bytes: default_max_value() }
     }
 }
 impl Default for IndexConfig {
@@ -283,6 +288,7 @@ impl Config {
             Error::config(format!("invalid configuration{hint}")).with_detail(detail)
         })?;
         cfg.check_names()?;
+        cfg.redis.check()?;
         cfg.audit.check()?;
         Ok(cfg)
     }
@@ -305,10 +311,56 @@ impl Config {
         })
     }
 
-    pub fn redis_url(&self) -> Result<&str> {
-        self.redis.url.as_deref().ok_or_else(|| {
+}
+
+impl RedisConfig {
+    /// The URLs to connect to: `url` itself, or with `cluster = true` its comma-separated seeds.
+    pub fn nodes(&self) -> Result<Vec<String>> {
+        let url = self.url.as_deref().ok_or_else(|| {
             Error::config("a pipeline has a redis target but redis.url is not set (set it in deriver.toml or DERIVER__REDIS__URL)")
-        })
+        })?;
+        if !self.cluster {
+            return Ok(vec![url.to_string()]);
+        }
+        Ok(url.split(',').map(str::trim).filter(|u| !u.is_empty()).map(String::from).collect())
+    }
+
+    /// What can be told without connecting: a cluster's seed list and a prefix that cannot hold
+    /// a hash tag of its own; a seed list without `cluster = true`.
+    fn check(&self) -> Result<()> {
+        let Some(url) = self.url.as_deref() else { return Ok(()) };
+        if !self.cluster {
+            if url.split(',').skip(1).any(|n| n.trim_start().starts_with("redis://") || n.trim_start().starts_with("rediss://")) {
+                return Err(Error::config(format!(
+                    "redis.url `{}` lists several nodes; set redis.cluster = true (DERIVER__REDIS__CLUSTER=true) for a Redis Cluster",
+                    redact(url)
+                )));
+            }
+            return Ok(());
+        }
+        let nodes = self.nodes()?;
+        if nodes.is_empty() {
+            return Err(Error::config("redis.cluster = true but redis.url names no node (a comma-separated list of redis:// or rediss:// URLs)"));
+        }
+        let scheme = |u: &str| u.split_once("://").map(|(s, _)| s.to_string());
+        for n in &nodes {
+            if !matches!(scheme(n).as_deref(), Some("redis" | "rediss")) {
+                return Err(Error::config(format!(
+                    "redis.url: the cluster node `{}` is not a redis:// or rediss:// URL (a cluster is reached over TCP; list its nodes separated by commas)",
+                    redact(n)
+                )));
+            }
+        }
+        if nodes.iter().any(|n| scheme(n) != scheme(&nodes[0])) {
+            return Err(Error::config("redis.url: the cluster nodes mix redis:// and rediss:// (all of them use TLS or none)"));
+        }
+        if self.prefix.contains(['{', '}']) {
+            return Err(Error::config(format!(
+                "redis.prefix `{}` must not contain `{{` or `}}` with redis.cluster = true: deriver puts each pipeline's keys in one hash slot with the hash tag `{{<pipeline>}}`",
+                self.prefix
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -376,7 +428,39 @@ pub fn redact(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redact;
+    use super::{redact, RedisConfig};
+
+    #[test]
+    fn redis_cluster_settings_are_checked() {
+        let cfg = |url: &str, cluster: bool, prefix: &str| RedisConfig { url: Some(url.into()), cluster, prefix: prefix.into(), ..RedisConfig::default() };
+        // Single server: the URL as it is (a comma inside a password stays).
+        assert_eq!(cfg("redis://:a,b@h:1/", false, "deriver").nodes().unwrap(), vec!["redis://:a,b@h:1/"]);
+        assert!(cfg("redis://:a,b@h:1/", false, "deriver").check().is_ok());
+        for url in ["redis://h:1/,redis://h:2/", "rediss://h:1/, rediss://h:2/"] {
+            let e = cfg(url, false, "deriver").check().unwrap_err();
+            assert!(e.message.contains("set redis.cluster = true"), "{}", e.message);
+        }
+        // Cluster: comma-separated seeds, spaces allowed.
+        let c = cfg("redis://:pw@h:1/, redis://:pw@h:2/,", true, "deriver");
+        assert!(c.check().is_ok());
+        assert_eq!(c.nodes().unwrap(), vec!["redis://:pw@h:1/", "redis://:pw@h:2/"]);
+        assert!(cfg("rediss://h:1/", true, "deriver").check().is_ok());
+        for (url, prefix, want) in [
+            ("redis://h:1/,rediss://h:2/", "deriver", "mix redis:// and rediss://"),
+            ("unix:///tmp/r.sock", "deriver", "not a redis:// or rediss:// URL"),
+            ("h:1", "deriver", "not a redis:// or rediss:// URL"),
+            (" , ", "deriver", "names no node"),
+            ("redis://h:1/", "app{x}", "must not contain"),
+        ] {
+            let e = cfg(url, true, prefix).check().unwrap_err();
+            assert!(e.message.contains(want), "{url}: {}", e.message);
+        }
+        // Braces in the prefix are fine on a single server (no hash tags there).
+        assert!(cfg("redis://h:1/", false, "app{x}").check().is_ok());
+        // No secret in the message.
+        let e = cfg("redis://:s3cr3t@h:1/,redis://:s3cr3t@h:2/", false, "deriver").check().unwrap_err();
+        assert!(!e.message.contains("s3cr3t"), "{}", e.message);
+    }
 
     #[test]
     fn redacts_url_passwords() {

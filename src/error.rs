@@ -90,7 +90,15 @@ impl From<redis::RedisError> for Error {
             || e.is_connection_dropped()
             || e.is_connection_refusal()
             || e.is_timeout()
-            || matches!(e.kind(), redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading) | redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain));
+            || matches!(e.kind(), redis::ErrorKind::Server(redis::ServerErrorKind::BusyLoading) | redis::ErrorKind::Server(redis::ServerErrorKind::TryAgain))
+            // Only a Redis Cluster answers these: a slot moved or is moving, or the cluster is
+            // failing over. The batch is retried on a new connection to the slot's master.
+            || matches!(
+                e.kind(),
+                redis::ErrorKind::Server(
+                    redis::ServerErrorKind::Moved | redis::ServerErrorKind::Ask | redis::ServerErrorKind::ClusterDown | redis::ServerErrorKind::MasterDown
+                )
+            );
         let kind = if transient { ErrorKind::Transient } else { ErrorKind::Fatal };
         Error::new(kind, "Redis error").with_detail(&e)
     }

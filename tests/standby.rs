@@ -193,9 +193,9 @@ fn redis_refuses_every_batch_of_an_earlier_owner() {
     };
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
-        let url = env().redis.url();
-        let mut a = RedisSink::open(&url, &prefix, &p, Some(0), 1 << 26).await.unwrap();
-        let mut b = RedisSink::open(&url, &prefix, &p, Some(0), 1 << 26).await.unwrap();
+        let cfg = deriver::config::RedisConfig { url: Some(env().redis.url()), prefix: prefix.clone(), durability_delay_ms: Some(0), ..Default::default() };
+        let mut a = RedisSink::open(&cfg, &p).await.unwrap();
+        let mut b = RedisSink::open(&cfg, &p).await.unwrap();
         assert_eq!(a.claim_ownership().await.unwrap(), 1);
         assert!(a.begin(Lsn(100), BatchMode::Incremental { clear_all: false }).await.unwrap());
         a.write(&[record(1, "from a")]).await.unwrap();

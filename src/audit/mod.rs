@@ -26,7 +26,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::{pin_mut, TryStreamExt};
-use redis::aio::MultiplexedConnection;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tantivy::schema::Value as _;
@@ -432,9 +431,13 @@ struct RedisSide {
 
 /// The pipeline's Redis key space: its view keys and its ledger.
 struct KeySpace {
-    conn: MultiplexedConnection,
+    conn: rsink::RedisConn,
+    /// What the pipeline's view keys start with (`Keys::views`).
     prefix: String,
     ledger_key: String,
+    /// On a Redis Cluster, the hash slot of every key of the pipeline: its views are scanned on
+    /// that slot's master only.
+    slot: Option<u16>,
 }
 
 /// One view's (expected, actual) when they differ.
@@ -612,10 +615,12 @@ fn compare_view(v: &ViewWrite, got: redis::Value) -> Result<Option<(Value, Value
 
 impl RedisSide {
     async fn open(cfg: &Config, p: &Pipeline) -> Result<RedisSide> {
-        let keys = rsink::Keys::new(&cfg.redis.prefix, &p.name);
+        let keys = rsink::Keys::of(&cfg.redis, &p.name);
+        let mut conn = rsink::connect(&cfg.redis).await?;
+        let slot = conn.slot_of(&keys.ledger).await?;
         Ok(RedisSide {
-            space: KeySpace { conn: rsink::connect(cfg.redis_url()?).await?, prefix: cfg.redis.prefix.clone(), ledger_key: keys.ledger },
-            render: Box::new(rsink::view_renderer(&cfg.redis.prefix, p)),
+            render: Box::new(rsink::view_renderer(&keys.views, p)),
+            space: KeySpace { conn, prefix: keys.views, ledger_key: keys.ledger, slot },
             expected: None,
             hasher: Default::default(),
             ledger_present: 0,
@@ -624,7 +629,7 @@ impl RedisSide {
 
     /// The key space on the same (multiplexed) connection, to scan it while comparing.
     fn space(&self) -> KeySpace {
-        KeySpace { conn: self.space.conn.clone(), prefix: self.space.prefix.clone(), ledger_key: self.space.ledger_key.clone() }
+        KeySpace { conn: self.space.conn.clone(), prefix: self.space.prefix.clone(), ledger_key: self.space.ledger_key.clone(), slot: self.space.slot }
     }
 
     /// What Redis holds for each (key, record): the ledger entries with one `HMGET`, every view
@@ -748,8 +753,8 @@ impl KeySpace {
             let pattern = format!("{}:{glob}", self.prefix.replace(['*', '?', '[', ']', '\\'], "?"));
             let mut cursor: u64 = 0;
             loop {
-                let (next, keys): (u64, Vec<String>) =
-                    redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(SCAN_COUNT).query_async(&mut self.conn).await?;
+                let scan = redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(SCAN_COUNT).clone();
+                let (next, keys): (u64, Vec<String>) = self.conn.query_at_slot(self.slot, &scan).await?;
                 for k in keys {
                     let Some(bare) = k.strip_prefix(self.prefix.as_str()).and_then(|r| r.strip_prefix(':')) else { continue };
                     if !bare.starts_with('_') && matches_template(&t.key, bare) && sample.contains(&k) && out.len() < cap {
@@ -1160,7 +1165,7 @@ pub async fn audit_pipeline(
     // The pipeline's Redis checkpoint before the pass: when it has not moved after it, and the
     // ledger holds exactly as many entries as the records had, no entry lacks a record and the
     // ledger need not be read.
-    let checkpoint_key = rsink::Keys::new(&cfg.redis.prefix, &p.name).checkpoint;
+    let checkpoint_key = rsink::Keys::of(&cfg.redis, &p.name).checkpoint;
     let checkpoint_before: Option<String> = match checker.redis.as_mut() {
         Some(r) if !by_ledger => redis::cmd("GET").arg(&checkpoint_key).query_async(&mut r.space.conn).await?,
         _ => None,

@@ -34,10 +34,10 @@ pub async fn run(cfg: &Config) -> Result<i32> {
         }
         if !def.redis.is_empty() {
             if redis.is_none() {
-                redis = Some(rsink::connect(cfg.redis_url()?).await?);
+                redis = Some(rsink::connect(&cfg.redis).await?);
             }
             let conn = redis.as_mut().expect("connected");
-            match rsink::read_checkpoint(conn, &rsink::Keys::new(&cfg.redis.prefix, &def.name)).await? {
+            match rsink::read_checkpoint(conn, &rsink::Keys::of(&cfg.redis, &def.name)).await? {
                 None => {
                     in_place = true;
                     reasons.push("redis views are not written yet".into());

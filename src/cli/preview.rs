@@ -45,7 +45,7 @@ pub async fn run(cfg: &Config, pipeline: &str, keys: &[String]) -> Result<i32> {
                         },
                     }
                 }
-                match crate::sink::redis::preview(&cfg.redis.prefix, &def, r) {
+                match crate::sink::redis::preview(&crate::sink::redis::Keys::of(&cfg.redis, &def.name).views, &def, r) {
                     Ok(views) => {
                         for v in views {
                             println!("  redis {} {} {}", v.kind, v.key, serde_json::to_string(&v.values).unwrap_or_default());

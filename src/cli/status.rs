@@ -91,10 +91,10 @@ async fn offline(cfg: &Config) -> Result<StatusDoc> {
         }
         if !def.redis.is_empty() {
             if redis.is_none() {
-                redis = Some(rsink::connect(cfg.redis_url()?).await?);
+                redis = Some(rsink::connect(&cfg.redis).await?);
             }
             let conn = redis.as_mut().expect("connected");
-            let cp = rsink::read_checkpoint(conn, &rsink::Keys::new(&cfg.redis.prefix, &def.name)).await?;
+            let cp = rsink::read_checkpoint(conn, &rsink::Keys::of(&cfg.redis, &def.name)).await?;
             for t in &def.redis {
                 targets.insert(t.label(), cp.as_ref().map(|c| c.lsn));
             }

@@ -308,8 +308,7 @@ impl Daemon {
                 sinks.push(AnySink::Search(sink));
             }
             if !def.redis.is_empty() {
-                let url = cfg.redis_url()?;
-                let sink = RedisSink::open(url, &cfg.redis.prefix, &def, cfg.redis.durability_delay_ms, cfg.redis.max_value_bytes)
+                let sink = RedisSink::open(&cfg.redis, &def)
                     .await
                     .map_err(|e| Error::fatal(e.message.clone()).with_detail(e.detail.unwrap_or_default()))?;
                 sinks.push(AnySink::Redis(sink));
@@ -1210,8 +1209,7 @@ impl Daemon {
             };
             let redis_sink = if !redis_done {
                 redis_done = true;
-                let url = self.cfg.redis_url()?;
-                Some(AnySink::Redis(RedisSink::open(url, &self.cfg.redis.prefix, &p.def, self.cfg.redis.durability_delay_ms, self.cfg.redis.max_value_bytes).await?))
+                Some(AnySink::Redis(RedisSink::open(&self.cfg.redis, &p.def).await?))
             } else {
                 None
             };

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 pub use deriver::source::Lsn;
 
+pub mod cluster;
 pub mod load;
 pub mod observe;
 pub mod proxy;
@@ -264,6 +265,9 @@ pub struct World {
     pub http_port: u16,
     pub daemon: Option<Child>,
     pub log: PathBuf,
+    /// Set by [`World::use_redis_cluster`]: deriver writes to the local Redis Cluster, and the
+    /// `redis_*` helpers read the views of this pipeline there.
+    pub cluster_views: Option<String>,
 }
 
 impl World {
@@ -283,11 +287,34 @@ impl World {
         let dir = tempfile::Builder::new().prefix(&format!("deriver-{name}-")).tempdir().unwrap().keep();
         let pipelines = dir.join("pipelines");
         std::fs::create_dir_all(&pipelines).unwrap();
-        World { cluster, name: name.to_string(), log: dir.join("deriver.log"), db, dir, pipelines, http_port: free_port(), daemon: None }
+        World { cluster, name: name.to_string(), log: dir.join("deriver.log"), db, dir, pipelines, http_port: free_port(), daemon: None, cluster_views: None }
     }
 
     pub fn prefix(&self) -> String {
         format!("t:{}", self.db)
+    }
+
+    /// Runs deriver against the local Redis Cluster (`redis.cluster = true`); the `redis_*`
+    /// helpers then read `pipeline`'s views (keys `<prefix>:{<pipeline>}:<template>`).
+    pub fn use_redis_cluster(&mut self, pipeline: &str) {
+        cluster::redis_cluster();
+        self.cluster_views = Some(pipeline.to_string());
+    }
+
+    /// What this world's view keys start with (before `:<template>`).
+    pub fn view_prefix(&self) -> String {
+        match &self.cluster_views {
+            Some(p) => format!("{}:{{{p}}}", self.prefix()),
+            None => self.prefix(),
+        }
+    }
+
+    /// A connection to this world's Redis: the server, or the cluster.
+    pub fn redis_conn(&self) -> Box<dyn redis::ConnectionLike> {
+        match self.cluster_views {
+            Some(_) => Box::new(cluster::redis_cluster().conn()),
+            None => Box::new(env().redis.conn()),
+        }
     }
 
     pub fn sql(&self, sql: &str) -> String {
@@ -320,7 +347,8 @@ impl World {
             .env("DERIVER__POSTGRES__URL", self.url())
             .env("DERIVER__POSTGRES__SLOT", &self.db)
             .env("DERIVER__POSTGRES__PUBLICATION", "deriver")
-            .env("DERIVER__REDIS__URL", env.redis.url())
+            .env("DERIVER__REDIS__URL", if self.cluster_views.is_some() { cluster::redis_cluster().url() } else { env.redis.url() })
+            .env("DERIVER__REDIS__CLUSTER", self.cluster_views.is_some().to_string())
             .env("DERIVER__REDIS__PREFIX", self.prefix())
             .env("DERIVER__INDEX__DIR", self.index_dir())
             .env("DERIVER__HTTP__LISTEN", format!("127.0.0.1:{}", self.http_port))
@@ -434,8 +462,9 @@ impl World {
 
     /// The Redis checkpoint of a pipeline.
     pub fn redis_applied(&self, pipeline: &str) -> Option<Lsn> {
-        let mut c = env().redis.conn();
-        let v: Option<String> = redis::cmd("GET").arg(format!("{}:_meta:{pipeline}:applied_lsn", self.prefix())).query(&mut c).unwrap();
+        let mut c = self.redis_conn();
+        let p = if self.cluster_views.is_some() { format!("{{{pipeline}}}") } else { pipeline.to_string() };
+        let v: Option<String> = redis::cmd("GET").arg(format!("{}:_meta:{p}:applied_lsn", self.prefix())).query(&mut *c).unwrap();
         v.map(|s| s.parse().unwrap())
     }
 
@@ -477,26 +506,29 @@ impl World {
     }
 
     pub fn redis_get(&self, key: &str) -> Option<String> {
-        let mut c = env().redis.conn();
-        redis::cmd("GET").arg(format!("{}:{key}", self.prefix())).query(&mut c).unwrap()
+        let mut c = self.redis_conn();
+        redis::cmd("GET").arg(format!("{}:{key}", self.view_prefix())).query(&mut *c).unwrap()
     }
 
     /// A sorted set as (member, score) pairs, in score order.
     pub fn redis_zrange(&self, key: &str) -> Vec<(String, f64)> {
-        let mut c = env().redis.conn();
-        redis::cmd("ZRANGE").arg(format!("{}:{key}", self.prefix())).arg(0).arg(-1).arg("WITHSCORES").query(&mut c).unwrap()
+        let mut c = self.redis_conn();
+        redis::cmd("ZRANGE").arg(format!("{}:{key}", self.view_prefix())).arg(0).arg(-1).arg("WITHSCORES").query(&mut *c).unwrap()
     }
 
     pub fn redis_hgetall(&self, key: &str) -> std::collections::BTreeMap<String, String> {
-        let mut c = env().redis.conn();
-        redis::cmd("HGETALL").arg(format!("{}:{key}", self.prefix())).query(&mut c).unwrap()
+        let mut c = self.redis_conn();
+        redis::cmd("HGETALL").arg(format!("{}:{key}", self.view_prefix())).query(&mut *c).unwrap()
     }
 
     /// Every view key under this world's prefix, without the prefix (bookkeeping keys excluded).
+    /// On the cluster: the keys of every master.
     pub fn redis_keys(&self, pattern: &str) -> Vec<String> {
-        let mut c = env().redis.conn();
-        let prefix = self.prefix();
-        let mut keys: Vec<String> = redis::cmd("KEYS").arg(format!("{prefix}:{pattern}")).query(&mut c).unwrap();
+        let prefix = self.view_prefix();
+        let mut keys: Vec<String> = match self.cluster_views {
+            Some(_) => cluster::redis_cluster().keys_by_node(&format!("{prefix}:{pattern}")).into_iter().map(|(_, k)| k).collect(),
+            None => redis::cmd("KEYS").arg(format!("{prefix}:{pattern}")).query(&mut env().redis.conn()).unwrap(),
+        };
         keys.retain(|k| !k[prefix.len() + 1..].starts_with('_'));
         let mut keys: Vec<String> = keys.into_iter().map(|k| k[prefix.len() + 1..].to_string()).collect();
         keys.sort();

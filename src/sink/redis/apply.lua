@@ -1,4 +1,6 @@
 -- deriver: apply one chunk of a pipeline batch to Redis views, atomically with its checkpoint.
+-- On a Redis Cluster every key named here (declared or passed in ARGV) carries the pipeline's
+-- hash tag ({<pipeline>}, e.g. <prefix>:_meta:{<pipeline>}:applied_lsn): all are in one slot.
 -- KEYS[1] checkpoint key (<prefix>:_meta:<pipeline>:applied_lsn)
 -- KEYS[2] ledger hash (<prefix>:_ledger:<pipeline>): source key -> JSON list of view keys it wrote
 -- KEYS[3] definition hash key (<prefix>:_meta:<pipeline>:definition_hash)

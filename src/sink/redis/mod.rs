@@ -3,18 +3,25 @@
 //! (from a per-pipeline ledger of emitted keys) and stores the batch LSN, all in one atomic step.
 //! A batch too large for one script call is queued as several script calls inside MULTI/EXEC, so
 //! deriver's memory stays bounded while Redis still applies the batch atomically.
+//!
+//! On a Redis Cluster (`redis.cluster = true`) every key of a pipeline carries the hash tag
+//! `{<pipeline>}` (see [`Keys`]), so they all live in one hash slot and the script and the
+//! transaction run on one node; the sink talks to that node over a pinned connection
+//! ([`connect_pinned`]).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use redis::aio::MultiplexedConnection;
-use redis::{Client, Value as RValue};
+use redis::Value as RValue;
 use serde_json::Value;
 
 use super::{BatchMode, Checkpoint, Record, Rejected, Sink, Write};
 use std::collections::HashSet;
-use crate::config::redact;
+use crate::config::RedisConfig;
 use crate::error::{Error, ErrorKind, Result};
+
+mod conn;
+pub use conn::{connect, connect_pinned, RedisConn};
 use crate::pipeline::{Pipeline, RedisTarget, RedisType};
 use crate::source::Lsn;
 
@@ -24,12 +31,22 @@ const CHUNK_BYTES: usize = 4 << 20;
 /// The default limit on one view value (`redis.max_value_bytes`).
 pub const MAX_VALUE_BYTES: usize = 64 << 20;
 
-/// Key layout of one pipeline's bookkeeping.
+/// Key layout of one pipeline: its bookkeeping keys, and what its view keys start with.
+///
+/// On a single server (`redis.cluster = false`): views `<prefix>:<template>`, bookkeeping
+/// `<prefix>:_meta:<pipeline>:…`, `<prefix>:_ledger:<pipeline>`. On a Redis Cluster the pipeline
+/// name becomes the hash tag `{<pipeline>}` in every key: views `<prefix>:{<pipeline>}:<template>`,
+/// `<prefix>:_meta:{<pipeline>}:…`, `<prefix>:_ledger:{<pipeline>}`, so one pipeline is one hash
+/// slot. Every Redis key deriver reads or writes is built here or from [`Keys::views`].
 #[derive(Debug, Clone)]
 pub struct Keys {
+    /// What every view key of the pipeline starts with, before `:<rendered template>`.
+    pub views: String,
     pub checkpoint: String,
     pub ledger: String,
     pub hash: String,
+    /// The notice channel (a channel, not a key: the same name on a cluster, where PUBLISH
+    /// reaches subscribers on every node).
     pub changes: String,
     /// Incremented by each process that takes ownership; batches carry the value they claimed.
     pub epoch: String,
@@ -38,33 +55,27 @@ pub struct Keys {
 }
 
 impl Keys {
-    pub fn new(prefix: &str, pipeline: &str) -> Keys {
+    pub fn new(prefix: &str, pipeline: &str, cluster: bool) -> Keys {
+        let p = if cluster { format!("{{{pipeline}}}") } else { pipeline.to_string() };
         Keys {
-            checkpoint: format!("{prefix}:_meta:{pipeline}:applied_lsn"),
-            ledger: format!("{prefix}:_ledger:{pipeline}"),
-            hash: format!("{prefix}:_meta:{pipeline}:definition_hash"),
+            views: if cluster { format!("{prefix}:{p}") } else { prefix.to_string() },
+            checkpoint: format!("{prefix}:_meta:{p}:applied_lsn"),
+            ledger: format!("{prefix}:_ledger:{p}"),
+            hash: format!("{prefix}:_meta:{p}:definition_hash"),
             changes: format!("{prefix}:_changes:{pipeline}"),
-            epoch: format!("{prefix}:_meta:{pipeline}:owner_epoch"),
-            fenced: format!("{prefix}:_meta:{pipeline}:fenced_writes"),
+            epoch: format!("{prefix}:_meta:{p}:owner_epoch"),
+            fenced: format!("{prefix}:_meta:{p}:fenced_writes"),
         }
+    }
+
+    /// The layout the configuration asks for.
+    pub fn of(cfg: &RedisConfig, pipeline: &str) -> Keys {
+        Keys::new(&cfg.prefix, pipeline, cfg.cluster)
     }
 }
 
-pub async fn connect(url: &str) -> Result<MultiplexedConnection> {
-    let client = Client::open(url).map_err(|e| Error::config("redis.url is not a valid Redis URL").with_detail(e))?;
-    // redis-rs gives every reply 500 ms by default; the EVAL of a 4 MiB chunk or the EXEC of a
-    // large batch takes longer (found by the benchmarks). A reply that takes a minute is a hung
-    // server: the batch is retried (its writes are absolute and checkpoint-guarded).
-    let config = redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(60)));
-    let conn = tokio::time::timeout(Duration::from_secs(10), client.get_multiplexed_async_connection_with_config(&config))
-        .await
-        .map_err(|_| Error::transient(format!("cannot connect to Redis at {}: timed out", redact(url))))
-        .and_then(|r| r.map_err(|e| Error::transient(format!("cannot connect to Redis at {}", redact(url))).with_detail(e)));
-    crate::http::health::observe("redis", conn)
-}
-
 /// Reads a pipeline's Redis checkpoint (for `status` and start-up).
-pub async fn read_checkpoint(conn: &mut MultiplexedConnection, keys: &Keys) -> Result<Option<Checkpoint>> {
+pub async fn read_checkpoint(conn: &mut RedisConn, keys: &Keys) -> Result<Option<Checkpoint>> {
     let (lsn, hash): (Option<String>, Option<String>) =
         redis::pipe().get(&keys.checkpoint).get(&keys.hash).query_async(conn).await?;
     match lsn {
@@ -77,7 +88,7 @@ pub async fn read_checkpoint(conn: &mut MultiplexedConnection, keys: &Keys) -> R
 }
 
 /// How long after a write Redis is trusted to have it on disk, from its persistence settings.
-pub async fn durability_delay(conn: &mut MultiplexedConnection, configured: Option<u64>) -> Result<Duration> {
+pub async fn durability_delay(conn: &mut RedisConn, configured: Option<u64>) -> Result<Duration> {
     if let Some(ms) = configured {
         return Ok(Duration::from_millis(ms));
     }
@@ -107,13 +118,15 @@ pub struct ViewWrite {
     pub values: Vec<String>,
 }
 
-/// The Redis writes one record makes under a pipeline's targets (what `deriver preview` shows).
+/// The Redis writes one record makes under a pipeline's targets (what `deriver preview` shows);
+/// `prefix` is the pipeline's [`Keys::views`].
 pub fn preview(prefix: &str, pipeline: &Pipeline, record: &Record) -> std::result::Result<Vec<ViewWrite>, String> {
     render_views(prefix, &build_views(pipeline), record, usize::MAX)
 }
 
 /// The views each record produces, like [`preview`], with the pipeline's view definitions built
-/// once: for callers that render many records (audits read exactly these views back).
+/// once: for callers that render many records (audits read exactly these views back). `prefix` is
+/// the pipeline's [`Keys::views`].
 pub fn view_renderer(prefix: &str, pipeline: &Pipeline) -> impl Fn(&Record) -> std::result::Result<Vec<ViewWrite>, String> + Send + Sync {
     let prefix = prefix.to_string();
     let views = build_views(pipeline);
@@ -212,8 +225,9 @@ pub struct RedisSink {
     hash: String,
     prefix: String,
     keys: Keys,
-    url: String,
-    conn: Option<MultiplexedConnection>,
+    cfg: RedisConfig,
+    /// To the server holding the pipeline's keys (pinned on a cluster: see [`connect_pinned`]).
+    conn: Option<RedisConn>,
     views: Vec<View>,
     notify: bool,
     open: Option<OpenBatch>,
@@ -246,27 +260,27 @@ struct OpenBatch {
 }
 
 impl RedisSink {
-    pub async fn open(url: &str, prefix: &str, pipeline: &Pipeline, delay_ms: Option<u64>, max_value: usize) -> Result<RedisSink> {
-        let mut conn = connect(url).await?;
-        let keys = Keys::new(prefix, &pipeline.name);
+    pub async fn open(cfg: &RedisConfig, pipeline: &Pipeline) -> Result<RedisSink> {
+        let keys = Keys::of(cfg, &pipeline.name);
+        let mut conn = connect_pinned(cfg, &keys.checkpoint).await?;
         let checkpoint = read_checkpoint(&mut conn, &keys).await?;
-        let delay = durability_delay(&mut conn, delay_ms).await?;
+        let delay = durability_delay(&mut conn, cfg.durability_delay_ms).await?;
         let views = build_views(pipeline);
         Ok(RedisSink {
             pipeline: pipeline.name.clone(),
             hash: pipeline.redis_hash(),
-            prefix: prefix.to_string(),
+            prefix: keys.views.clone(),
             durable: checkpoint.as_ref().map(|c| c.lsn),
             checkpoint,
             keys,
-            url: url.to_string(),
+            cfg: cfg.clone(),
             conn: Some(conn),
             views,
             notify: pipeline.redis.iter().any(|t| t.notify),
             open: None,
             recent: VecDeque::new(),
             delay,
-            max_value,
+            max_value: cfg.max_value_bytes,
             epoch: String::new(),
         })
     }
@@ -296,9 +310,9 @@ impl RedisSink {
         self.durable
     }
 
-    async fn conn(&mut self) -> Result<&mut MultiplexedConnection> {
+    async fn conn(&mut self) -> Result<&mut RedisConn> {
         if self.conn.is_none() {
-            self.conn = Some(connect(&self.url).await?);
+            self.conn = Some(connect_pinned(&self.cfg, &self.keys.checkpoint).await?);
         }
         Ok(self.conn.as_mut().expect("just connected"))
     }
@@ -362,6 +376,7 @@ impl RedisSink {
         }
         .await;
         if let Err(e) = result {
+            let e = self.retryable(e);
             crate::http::health::report_error("redis", &e);
             self.conn = None;
             return Err(e);
@@ -372,6 +387,17 @@ impl RedisSink {
         open.bytes = 0;
         self.open = Some(open);
         Ok(())
+    }
+
+    /// On a cluster, a master that became a replica (a failover) refuses writes with READONLY:
+    /// the batch is retried on a connection to the slot's new master. (On a single server it
+    /// means `redis.url` names a replica, which retrying does not fix.)
+    fn retryable(&self, e: Error) -> Error {
+        let readonly = e.message.contains("READONLY") || e.detail.as_deref().is_some_and(|d| d.contains("READONLY"));
+        if self.cfg.cluster && readonly && e.kind == ErrorKind::Fatal {
+            return Error { kind: ErrorKind::Transient, ..e };
+        }
+        e
     }
 
     fn deleted_from(value: &RValue, into: &mut Vec<String>) -> Result<bool> {
@@ -527,6 +553,7 @@ impl Sink for RedisSink {
         .await;
         match result {
             Err(e) => {
+                let e = self.retryable(e);
                 crate::http::health::report_error("redis", &e);
                 self.conn = None;
                 Err(e)
@@ -571,5 +598,38 @@ impl RedisSink {
     /// The checkpoint of the last commit (no I/O).
     pub fn current_checkpoint(&self) -> Option<Checkpoint> {
         self.checkpoint.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Keys;
+
+    #[test]
+    fn key_layout_single_server_and_cluster() {
+        let k = Keys::new("deriver", "films", false);
+        assert_eq!(k.views, "deriver");
+        assert_eq!(k.checkpoint, "deriver:_meta:films:applied_lsn");
+        assert_eq!(k.ledger, "deriver:_ledger:films");
+        assert_eq!(k.hash, "deriver:_meta:films:definition_hash");
+        assert_eq!(k.epoch, "deriver:_meta:films:owner_epoch");
+        assert_eq!(k.fenced, "deriver:_meta:films:fenced_writes");
+        assert_eq!(k.changes, "deriver:_changes:films");
+
+        let k = Keys::new("deriver", "films", true);
+        assert_eq!(k.views, "deriver:{films}");
+        assert_eq!(k.checkpoint, "deriver:_meta:{films}:applied_lsn");
+        assert_eq!(k.ledger, "deriver:_ledger:{films}");
+        assert_eq!(k.hash, "deriver:_meta:{films}:definition_hash");
+        assert_eq!(k.epoch, "deriver:_meta:{films}:owner_epoch");
+        assert_eq!(k.fenced, "deriver:_meta:{films}:fenced_writes");
+        // A channel, not a key: no slot.
+        assert_eq!(k.changes, "deriver:_changes:films");
+        // The first `{…}` of every key is the pipeline's tag (Redis hashes only that part).
+        for key in [format!("{}:film:1", k.views), k.checkpoint, k.ledger, k.hash, k.epoch, k.fenced] {
+            let open = key.find('{').unwrap();
+            let close = open + key[open..].find('}').unwrap();
+            assert_eq!(&key[open + 1..close], "films", "{key}");
+        }
     }
 }
