@@ -93,15 +93,19 @@ while i <= n_args do
     i = i + m
   end
   local old = redis.call('HGET', KEYS[2], src)
-  if old then
-    for _, e in ipairs(cjson.decode(old)) do
-      if not new[entry_id(e)] then remove(e) end
+  local enc = #list > 0 and cjson.encode(list) or nil
+  -- The same views as before (the common case): nothing to remove, the entry stays as it is.
+  if not (old and old == enc) then
+    if old then
+      for _, e in ipairs(cjson.decode(old)) do
+        if not new[entry_id(e)] then remove(e) end
+      end
     end
-  end
-  if #list > 0 then
-    redis.call('HSET', KEYS[2], src, cjson.encode(list))
-  elseif old then
-    redis.call('HDEL', KEYS[2], src)
+    if enc then
+      redis.call('HSET', KEYS[2], src, enc)
+    elseif old then
+      redis.call('HDEL', KEYS[2], src)
+    end
   end
 end
 if ARGV[4] == '1' and not covered then
