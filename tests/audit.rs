@@ -22,26 +22,6 @@ fn delete_document(w: &World, index: &str, key: &str) {
     prepared.commit().unwrap();
 }
 
-fn audit_json(w: &World, args: &[&str]) -> (i32, serde_json::Value, String) {
-    let mut all = vec!["audit", "--json"];
-    all.extend_from_slice(args);
-    let (code, out, err) = w.run_cli(&all);
-    let v = serde_json::from_str(&out).unwrap_or_else(|e| panic!("audit output is not JSON ({e}): {out}\n{err}"));
-    (code, v, err)
-}
-
-fn drifted_keys(report: &serde_json::Value) -> Vec<String> {
-    let mut keys: Vec<String> = report["pipelines"][0]["targets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|t| ["missing", "extra", "different"].into_iter().flat_map(move |k| t[k].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string())))
-        .collect();
-    keys.sort();
-    keys.dedup();
-    keys
-}
-
 #[test]
 fn audit_finds_injected_drift_exactly_and_repairs_it() {
     let mut w = World::new("audit");

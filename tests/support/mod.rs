@@ -664,3 +664,25 @@ pub fn strip_ansi(raw: &str) -> String {
     }
     out
 }
+
+/// `deriver audit --json ARGS…`: (exit code, the report, stderr).
+pub fn audit_json(w: &World, args: &[&str]) -> (i32, serde_json::Value, String) {
+    let mut all = vec!["audit", "--json"];
+    all.extend_from_slice(args);
+    let (code, out, err) = w.run_cli(&all);
+    let v = serde_json::from_str(&out).unwrap_or_else(|e| panic!("audit output is not JSON ({e}): {out}\n{err}"));
+    (code, v, err)
+}
+
+/// Every key an audit report lists as missing, extra or different (first pipeline), sorted.
+pub fn drifted_keys(report: &serde_json::Value) -> Vec<String> {
+    let mut keys: Vec<String> = report["pipelines"][0]["targets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|t| ["missing", "extra", "different"].into_iter().flat_map(move |k| t[k].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string())))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    keys
+}
