@@ -175,63 +175,8 @@ fn an_owner_that_loses_its_lock_is_fenced_and_stands_by() {
 /// batch of the first is refused whole (small or chunked in MULTI) and counted; nothing of it lands.
 #[test]
 fn redis_refuses_every_batch_of_an_earlier_owner() {
-    use deriver::sink::redis::RedisSink;
-    use deriver::sink::{BatchMode, Record, Sink, Write};
-    use deriver::source::Lsn;
-    let yaml = "version: 1\npipeline: items\nsource: { table: item }\nfields: { id: item.id, title: item.title }\ntargets:\n  - redis: { key: \"item:{id}\" }\n";
-    let p = deriver::pipeline::check::check(std::path::Path::new("items.yaml"), yaml).unwrap_or_else(|d| panic!("{d:?}"));
     let prefix = format!("t:fence-{}", std::process::id());
-    let fields = p.text_fields();
-    let record = |id: u64, title: &str| {
-        let value: serde_json::Map<String, serde_json::Value> = serde_json::from_value(serde_json::json!({ "id": id, "title": title })).unwrap();
-        let texts = fields.iter().map(|f| Some(if f == "id" { id.to_string() } else { title.to_string() })).collect();
-        Write::Upsert(Record { key: id.to_string(), json: serde_json::Value::Object(value.clone()).to_string(), value, texts })
-    };
-    let get = |key: &str| -> Option<String> {
-        let mut c = env().redis.conn();
-        redis::cmd("GET").arg(format!("{prefix}:{key}")).query(&mut c).unwrap()
-    };
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let cfg = deriver::config::RedisConfig { url: Some(env().redis.url()), prefix: prefix.clone(), durability_delay_ms: Some(0), ..Default::default() };
-        let mut a = RedisSink::open(&cfg, &p).await.unwrap();
-        let mut b = RedisSink::open(&cfg, &p).await.unwrap();
-        assert_eq!(a.claim_ownership().await.unwrap(), 1);
-        assert!(a.begin(Lsn(100), BatchMode::Incremental { clear_all: false }).await.unwrap());
-        a.write(&[record(1, "from a")]).await.unwrap();
-        a.commit().await.unwrap();
-        assert!(get("item:1").unwrap().contains("from a"));
-
-        assert_eq!(b.claim_ownership().await.unwrap(), 2);
-        // A small batch of the old owner.
-        assert!(a.begin(Lsn(200), BatchMode::Incremental { clear_all: false }).await.unwrap());
-        a.write(&[record(1, "stale"), record(2, "stale")]).await.unwrap();
-        let e = a.commit().await.expect_err("the old owner's batch is refused");
-        assert_eq!(e.kind, deriver::error::ErrorKind::Fenced, "{e}");
-        // A batch large enough to be queued in MULTI as several script calls.
-        assert!(a.begin(Lsn(300), BatchMode::Incremental { clear_all: false }).await.unwrap());
-        let big = "x".repeat(64 * 1024);
-        let writes: Vec<Write> = (10..110).map(|i| record(i, &big)).collect();
-        let r = async {
-            a.write(&writes).await?;
-            a.commit().await
-        }
-        .await;
-        assert_eq!(r.expect_err("the old owner's chunked batch is refused").kind, deriver::error::ErrorKind::Fenced);
-        a.abort().await;
-        assert!(get("item:1").unwrap().contains("from a"), "nothing of the refused batches landed");
-        assert_eq!(get("item:2"), None);
-        assert_eq!(get("item:10"), None);
-        let mut c = env().redis.conn();
-        let cp: Option<String> = redis::cmd("GET").arg(format!("{prefix}:_meta:items:applied_lsn")).query(&mut c).unwrap();
-        assert_eq!(cp.as_deref(), Some("0/64"), "the checkpoint stayed where the real owner left it");
-        let fenced: i64 = redis::cmd("GET").arg(format!("{prefix}:_meta:items:fenced_writes")).query(&mut c).unwrap();
-        assert!(fenced >= 2, "refusals are counted: {fenced}");
-
-        // The new owner writes normally.
-        assert!(b.begin(Lsn(400), BatchMode::Incremental { clear_all: false }).await.unwrap());
-        b.write(&[record(1, "from b")]).await.unwrap();
-        b.commit().await.unwrap();
-        assert!(get("item:1").unwrap().contains("from b"));
-    });
+    let cfg = deriver::config::RedisConfig { url: Some(env().redis.url()), prefix: prefix.clone(), durability_delay_ms: Some(0), ..Default::default() };
+    let get = |key: &str| -> Option<String> { redis::cmd("GET").arg(format!("{prefix}:{key}")).query(&mut env().redis.conn()).unwrap() };
+    support::fencing::redis_refuses_every_batch_of_an_earlier_owner(cfg, "items", "", &get);
 }

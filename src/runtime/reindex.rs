@@ -226,13 +226,14 @@ impl BuildJob {
             r.begin(self.from, BatchMode::Rewrite).await?;
         }
         let sinks: Vec<AnySink> = self.search.take().into_iter().chain(self.redis.take()).collect();
-        let has_search = sinks.iter().any(|s| matches!(s, AnySink::Search(_)));
-        let (mut sinks, result) = stream_bulk(&client, &self.sql, self.chunk, sinks, Some(&self.progress), &self.pipeline).await;
-        // Back in place (search first), also after an error: `run` hands the sink back.
-        if sinks.len() == 2 || (has_search && sinks.len() == 1) {
-            self.search = Some(sinks.remove(0));
+        let (sinks, result) = stream_bulk(&client, &self.sql, self.chunk, sinks, Some(&self.progress), &self.pipeline).await;
+        // Back in place, also after an error (a sink whose task failed is gone; the result says so).
+        for s in sinks {
+            match s {
+                AnySink::Search(_) => self.search = Some(s),
+                _ => self.redis = Some(s),
+            }
         }
-        self.redis = sinks.pop();
         let (rows, rejected) = result?;
         for r in &rejected {
             tracing::error!(pipeline = %self.pipeline, key = %r.key, reason = %r.reason, "record rejected during the rebuild (dead letter)");

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 pub use deriver::source::Lsn;
 
 pub mod cluster;
+pub mod fencing;
 pub mod load;
 pub mod observe;
 pub mod proxy;
