@@ -27,6 +27,15 @@ pub fn assert_alive(w: &mut World, when: &str) {
     assert!(alive(w), "deriver exited {when}; log:\n{}", w.log_text());
 }
 
+/// Checks every 200 ms for `secs` that deriver keeps running (it retries, it does not exit).
+pub fn assert_stays_alive(w: &mut World, secs: u64, when: &str) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(secs) {
+        assert_alive(w, when);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
 /// `GET path` on the daemon's HTTP port: (status, body), or `None` when it does not answer.
 pub fn http_get(w: &World, path: &str) -> Option<(u16, String)> {
     let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
