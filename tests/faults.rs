@@ -90,35 +90,26 @@ fn on_error_stop_stops_the_daemon_with_the_reason() {
 #[test]
 fn redis_and_postgres_restarts_are_survived() {
     // A Redis server of this test's own, restarted under deriver.
-    let redis = RedisServer::start();
+    let mut redis = RedisServer::start();
     let mut w = World::new("restarts");
     w.add_repo_pipeline("films");
     w.setup();
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&w.log).unwrap();
     w.daemon = Some(w.command().env("DERIVER__REDIS__URL", redis.url()).arg("run").stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap());
     w.wait_ready();
+    let redis_url = redis.url();
     let redis_applied = |w: &World| -> Option<Lsn> {
-        let mut c = redis::Client::open(redis.url()).ok()?.get_connection().ok()?;
+        let mut c = redis::Client::open(redis_url.as_str()).ok()?.get_connection().ok()?;
         let v: Option<String> = redis::cmd("GET").arg(format!("{}:_meta:films:applied_lsn", w.prefix())).query(&mut c).ok()?;
         v.map(|s| s.parse().unwrap())
     };
     wait_for("the snapshot", Duration::from_secs(60), || redis_applied(&w).is_some());
     // Redis goes away for a while (SIGKILL: with appendfsync everysec the last second may be lost).
-    unsafe {
-        libc::kill(redis.pid as i32, libc::SIGKILL);
-    }
+    redis.kill();
     w.sql("UPDATE film SET title = 'DURING REDIS OUTAGE' WHERE film_id = 1");
     std::thread::sleep(Duration::from_secs(3));
     assert!(w.daemon.as_mut().unwrap().try_wait().unwrap().is_none(), "deriver must keep running while Redis is down");
-    let restarted = std::process::Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "everysec"])
-        .arg("--port")
-        .arg(redis.port.to_string())
-        .arg("--dir")
-        .arg(&redis.dir)
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    redis.restart();
     let target = w.current_lsn();
     wait_for("Redis views to catch up after the outage", Duration::from_secs(60), || redis_applied(&w).is_some_and(|l| l >= target));
     let mut c = redis::Client::open(redis.url()).unwrap().get_connection().unwrap();
@@ -134,5 +125,4 @@ fn redis_and_postgres_restarts_are_survived() {
     assert!(v.contains("AFTER PG RESTART"), "{}", w.log_text());
     assert!(w.daemon.as_mut().unwrap().try_wait().unwrap().is_none(), "deriver survived: {}", w.log_text());
     assert_eq!(w.stop(), 0);
-    drop(restarted);
 }

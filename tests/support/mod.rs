@@ -169,7 +169,15 @@ pub struct RedisServer {
 impl RedisServer {
     pub fn start() -> RedisServer {
         let dir = tempfile::Builder::new().prefix("deriver-redis-").tempdir().unwrap().keep();
+        register_cleanup(Cleanup::Dir(dir.clone()));
         let port = free_port();
+        let pid = Self::spawn(port, &dir);
+        RedisServer { port, dir, pid }
+    }
+
+    /// Starts redis-server on `port` with its data in `dir` and waits until it accepts
+    /// connections; it is killed when the test binary exits.
+    fn spawn(port: u16, dir: &Path) -> u32 {
         let mut child = Command::new("redis-server")
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "yes", "--appendfsync", "everysec"])
             .arg("--port")
@@ -191,7 +199,20 @@ impl RedisServer {
         }
         std::mem::forget(child);
         register_cleanup(Cleanup::Pid(pid));
-        RedisServer { port, dir, pid }
+        pid
+    }
+
+    /// SIGKILL: the server goes away at once (with `appendfsync everysec` the last second of
+    /// writes may be lost).
+    pub fn kill(&self) {
+        unsafe {
+            libc::kill(self.pid as i32, libc::SIGKILL);
+        }
+    }
+
+    /// Starts the server again on the same port and data directory.
+    pub fn restart(&mut self) {
+        self.pid = Self::spawn(self.port, &self.dir);
     }
 
     pub fn url(&self) -> String {
@@ -206,12 +227,15 @@ impl RedisServer {
 enum Cleanup {
     Pg(PathBuf),
     Pid(u32),
+    Dir(PathBuf),
 }
 
 static CLEANUP: Mutex<Vec<Cleanup>> = Mutex::new(Vec::new());
 
 extern "C" fn cleanup_at_exit() {
-    if let Ok(list) = CLEANUP.lock() {
+    if let Ok(mut list) = CLEANUP.lock() {
+        // Processes first, then the directories they used.
+        list.sort_by_key(|c| !matches!(c, Cleanup::Pid(_)));
         for c in list.iter() {
             match c {
                 Cleanup::Pg(dir) => {
@@ -221,6 +245,9 @@ extern "C" fn cleanup_at_exit() {
                 Cleanup::Pid(pid) => unsafe {
                     libc::kill(*pid as i32, libc::SIGKILL);
                 },
+                Cleanup::Dir(dir) => {
+                    let _ = std::fs::remove_dir_all(dir);
+                }
             }
         }
     }
