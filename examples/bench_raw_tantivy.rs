@@ -28,6 +28,10 @@ use deriver::sink::tantivy::schema::{build_schema, register_tokenizers, DocBuild
 use deriver::sink::tantivy::KEY_FIELD;
 use deriver::sink::Record;
 
+/// The same allocator as deriver's binary, so the raw limits are not handicapped by another one.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 struct Args {
     pipeline: PathBuf,
     url: String,

@@ -12,6 +12,12 @@ use cli::{Cli, Command};
 use config::Config;
 use error::{ErrorKind, Result};
 
+/// mimalloc instead of glibc's malloc: deriver allocates many small, short-lived values per row
+/// (records, documents, Redis commands) across threads. Measured on the 810k-document benchmark:
+/// `deriver audit` 9.7 s → 7.5 s, its peak RSS 408 → 300 MiB.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("DERIVER_LOG").or_else(|_| EnvFilter::try_from_default_env()).unwrap_or_else(|_| EnvFilter::new("info,tantivy=warn,pg_walstream=warn"));
@@ -98,7 +104,7 @@ async fn own_slot(cfg: &Config, shared: &Arc<runtime::status::Shared>, cancel: C
         match runtime::Daemon::prepare(cfg.clone(), shared.clone(), cancel.clone(), resnapshot).await {
             Ok(d) => break d,
             Err(e) if e.message.contains("is locked by another process") && !cancel.is_cancelled() => {
-                if attempts % 10 == 0 {
+                if attempts.is_multiple_of(10) {
                     tracing::warn!(error = %e, "cannot open the search index yet; waiting for the other writer to let go");
                 }
                 attempts += 1;
