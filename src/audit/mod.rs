@@ -6,7 +6,8 @@
 //! compared: search documents by the content hash stored with every document (a fast field, so
 //! no document is read unless it differs), Redis views by reading exactly the views the record
 //! should produce — one pipelined round trip per chunk (the ledger entries with one `HMGET`, then
-//! a `GET`/`HGETALL`/`SISMEMBER`/`ZSCORE` per view). Keys the targets hold but the source does not
+//! a `GET`/`HGETALL`/`SISMEMBER`/`ZSCORE` per view), sent ahead so that Redis answers while deriver
+//! compares (up to `READS_IN_FLIGHT` chunks). Keys the targets hold but the source does not
 //! produce (extras: documents, ledger entries) and view keys no ledger entry owns (stray keys
 //! written behind deriver's back) come from one pass over each target.
 //!
@@ -49,6 +50,8 @@ use crate::source::Lsn;
 const DIFFS_KEPT: usize = 20;
 /// Keys per `SCAN`/`HSCAN` call.
 const SCAN_COUNT: usize = 5000;
+/// Chunks whose Redis reads may be in flight while the audit compares.
+const READS_IN_FLIGHT: usize = 2;
 /// How long one re-check waits for the daemon to apply the position it needs.
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -443,6 +446,13 @@ struct KeySpace {
 /// One view's (expected, actual) when they differ.
 type ViewDiff = (String, Value, Value);
 
+/// Redis reads sent for a chunk of records and not yet compared: the views the records should
+/// produce, and the task that reads what Redis holds for them.
+struct PendingReads {
+    views: Vec<Option<Vec<ViewWrite>>>,
+    replies: Option<tokio::task::JoinHandle<Result<Vec<redis::Value>>>>,
+}
+
 fn ledger_ids(text: &str) -> Option<BTreeSet<String>> {
     let Ok(Value::Array(items)) = serde_json::from_str::<Value>(text) else { return None };
     let mut ids = BTreeSet::new();
@@ -632,17 +642,20 @@ impl RedisSide {
         KeySpace { conn: self.space.conn.clone(), prefix: self.space.prefix.clone(), ledger_key: self.space.ledger_key.clone(), slot: self.space.slot }
     }
 
-    /// What Redis holds for each (key, record): the ledger entries with one `HMGET`, every view
-    /// the records produce with one command each, all in one pipelined round trip.
+    /// Sends the reads that tell what Redis holds for each (key, record) — the ledger entries
+    /// with one `HMGET`, every view the records produce with one command each, in one pipelined
+    /// round trip — on a task of its own, and returns at once: the caller compares the search
+    /// targets (and sends the next chunk's reads) while Redis answers; [`evaluate`](Self::evaluate)
+    /// compares the replies.
     ///
     /// Without `detail`, a hash view is read as `HLEN` + `HMGET` of its fields (fewer values
     /// than `HGETALL`, and enough to tell equal from not); with it, whole (for diffs).
-    async fn held_many(&mut self, items: &[(String, Option<Record>)], detail: bool) -> Result<Vec<(Held, Vec<ViewDiff>)>> {
-        if items.is_empty() {
-            return Ok(Vec::new());
-        }
+    fn request(&self, items: &[(String, Option<Record>)], detail: bool) -> PendingReads {
         // None: the record is gone, or the sink would refuse it (a dead letter, not comparable).
         let views: Vec<Option<Vec<ViewWrite>>> = items.iter().map(|(_, r)| r.as_ref().and_then(|r| (self.render)(r).ok())).collect();
+        if items.is_empty() {
+            return PendingReads { views, replies: None };
+        }
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         let mut hmget = redis::cmd("HMGET");
@@ -671,7 +684,16 @@ impl RedisSide {
                 _ => pipe.cmd("ZSCORE").arg(&v.key).arg(&v.values[0]),
             };
         }
-        let replies: Vec<redis::Value> = pipe.query_async(&mut self.space.conn).await?;
+        let mut conn = self.space.conn.clone();
+        let replies = tokio::spawn(async move { pipe.query_async::<Vec<redis::Value>>(&mut conn).await.map_err(Error::from) });
+        PendingReads { views, replies: Some(replies) }
+    }
+
+    /// Waits for the replies of `pending` (sent for `items`) and compares them with the views.
+    async fn evaluate(&mut self, items: &[(String, Option<Record>)], pending: PendingReads, detail: bool) -> Result<Vec<(Held, Vec<ViewDiff>)>> {
+        let PendingReads { views, replies } = pending;
+        let Some(replies) = replies else { return Ok(Vec::new()) };
+        let replies = replies.await.map_err(|e| Error::fatal("the audit's Redis reads failed").with_detail(e))??;
         let mut replies = replies.into_iter();
         let ledger = replies.next().ok_or_else(|| Error::transient("Redis returned no reply"))?;
         if let Some(e) = redis_error(&ledger) {
@@ -911,6 +933,13 @@ impl<'a> Checker<'a> {
 
     /// Compares every target with `items` (key, record or `None` when the source has none).
     async fn compare(&mut self, items: &[(String, Option<Record>)], out: &mut Findings, want_diffs: bool) -> Result<()> {
+        let pending = self.redis.as_ref().map(|r| r.request(items, want_diffs));
+        self.compare_search(items, out, want_diffs);
+        self.compare_redis(items, pending, out, want_diffs).await
+    }
+
+    /// Compares the search targets with `items`.
+    fn compare_search(&mut self, items: &[(String, Option<Record>)], out: &mut Findings, want_diffs: bool) {
         for s in &mut self.search {
             for (key, rec) in items {
                 let held = s.held(key, rec.as_ref());
@@ -929,18 +958,21 @@ impl<'a> Checker<'a> {
                 out.note(&s.label, key, held, rec.is_some());
             }
         }
-        if let Some(r) = self.redis.as_mut() {
-            let held = r.held_many(items, want_diffs).await?;
-            for ((key, rec), (held, view_diffs)) in items.iter().zip(held) {
-                if held == Held::Different && want_diffs {
-                    for (view, expected, actual) in view_diffs {
-                        if out.diffs.len() < DIFFS_KEPT {
-                            out.diffs.push(FieldDiff { key: key.clone(), target: format!("redis:{view}"), field: "(view)".into(), expected, actual });
-                        }
+    }
+
+    /// Compares Redis with `items`, from the reads `pending` sent for them.
+    async fn compare_redis(&mut self, items: &[(String, Option<Record>)], pending: Option<PendingReads>, out: &mut Findings, want_diffs: bool) -> Result<()> {
+        let (Some(r), Some(pending)) = (self.redis.as_mut(), pending) else { return Ok(()) };
+        let held = r.evaluate(items, pending, want_diffs).await?;
+        for ((key, rec), (held, view_diffs)) in items.iter().zip(held) {
+            if held == Held::Different && want_diffs {
+                for (view, expected, actual) in view_diffs {
+                    if out.diffs.len() < DIFFS_KEPT {
+                        out.diffs.push(FieldDiff { key: key.clone(), target: format!("redis:{view}"), field: "(view)".into(), expected, actual });
                     }
                 }
-                out.note("redis", key, held, rec.is_some());
             }
+            out.note("redis", key, held, rec.is_some());
         }
         Ok(())
     }
@@ -1188,20 +1220,38 @@ pub async fn audit_pipeline(
     let mut findings = Findings::default();
     let mut records = 0u64;
     let compare = async {
-        while let Some(msg) = rx.recv().await {
-            let (rows, part) = msg?;
-            records = rows;
-            let items: Vec<(String, Option<Record>)> = part
-                .into_iter()
-                .map(|r| {
-                    if track {
-                        seen.insert(seen_hasher.hash_one(&r.key));
-                    }
-                    (r.key.clone(), Some(r))
-                })
-                .collect();
-            checker.compare(&items, &mut findings, false).await?;
-            on_progress(records);
+        // Redis reads of the next chunks are in flight while a chunk is compared: Redis answers
+        // while deriver compares the search targets and renders the next chunk's views.
+        // (rows read so far, the chunk's items, its Redis reads)
+        type InFlight = (u64, Vec<(String, Option<Record>)>, Option<PendingReads>);
+        let mut in_flight: std::collections::VecDeque<InFlight> = Default::default();
+        loop {
+            let msg = rx.recv().await;
+            let done = msg.is_none();
+            if let Some(msg) = msg {
+                let (rows, part) = msg?;
+                let items: Vec<(String, Option<Record>)> = part
+                    .into_iter()
+                    .map(|r| {
+                        if track {
+                            seen.insert(seen_hasher.hash_one(&r.key));
+                        }
+                        (r.key.clone(), Some(r))
+                    })
+                    .collect();
+                let pending = checker.redis.as_ref().map(|r| r.request(&items, false));
+                checker.compare_search(&items, &mut findings, false);
+                in_flight.push_back((rows, items, pending));
+            }
+            while in_flight.len() > READS_IN_FLIGHT || (done && !in_flight.is_empty()) {
+                let (rows, items, pending) = in_flight.pop_front().expect("not empty");
+                checker.compare_redis(&items, pending, &mut findings, false).await?;
+                records = rows;
+                on_progress(records);
+            }
+            if done {
+                break;
+            }
         }
         debug!(pipeline = %p.name, secs = started.elapsed().as_secs_f64(), "audit: source compared");
         Ok::<_, Error>(())
