@@ -192,6 +192,8 @@ pub struct RankedHit {
 pub struct Ranked {
     pub hits: Vec<RankedHit>,
     pub total: u64,
+    /// `total` is a lower bound: counting stopped at the collector's `total_cap`.
+    pub total_capped: bool,
     /// Per requested facet field: value → number of matching documents.
     pub facets: Vec<HashMap<String, u64>>,
 }
@@ -262,6 +264,12 @@ pub struct RankCollector {
     pub id_field: Field,
     /// From [`IdOrdCache::for_searcher`], by segment ordinal.
     pub id_ords: Vec<IdOrds>,
+    /// Matches counted exactly up to this many when the hits come from pruning scorers (beyond,
+    /// the total is reported as "at least"): counting every match of a frequent word walks its
+    /// whole posting lists, which the pruning scorers exist to avoid.
+    pub total_cap: u64,
+    /// Matches counted so far by the segments of this search (against `total_cap`).
+    pub counted: std::sync::atomic::AtomicU64,
 }
 
 enum LocalKey {
@@ -469,8 +477,8 @@ impl Collector for RankCollector {
 
     /// Sorted by score (descending) alone, without facets: the best hits come from tantivy's
     /// pruning scorers (block-max WAND on unions), which skip blocks that cannot beat the worst
-    /// kept hit, and the total from `Weight::count`, which does not score. The result is the
-    /// same as visiting every match.
+    /// kept hit, and the total from counting without scoring, exactly up to `total_cap` matches
+    /// over all segments. The hits are the same as visiting every match.
     fn collect_segment(&self, weight: &dyn Weight, segment_ord: u32, reader: &SegmentReader) -> tantivy::Result<tantivy::Result<SegFruit>> {
         let mut seg = self.for_segment(segment_ord, reader)?;
         let prunable = seg.facets.is_empty() && seg.keep > 0 && matches!(seg.keys.as_slice(), [LocalKey::Score { desc: true }]);
@@ -485,7 +493,9 @@ impl Collector for RankCollector {
             }
             return Ok(seg.harvest_inner());
         }
-        let count = weight.count(reader)? as u64;
+        let budget = self.total_cap.saturating_sub(self.counted.load(std::sync::atomic::Ordering::Relaxed));
+        let (count, capped) = count_up_to(weight, reader, budget)?;
+        self.counted.fetch_add(count, std::sync::atomic::Ordering::Relaxed);
         let alive = reader.alive_bitset();
         weight.for_each_pruning(Score::MIN, reader, &mut |doc, score| {
             if alive.is_none_or(|a| a.is_alive(doc)) {
@@ -498,7 +508,11 @@ impl Collector for RankCollector {
             }
         })?;
         seg.count = count;
-        Ok(seg.harvest_inner())
+        let mut fruit = seg.harvest_inner();
+        if let Ok(f) = fruit.as_mut() {
+            f.capped = capped;
+        }
+        Ok(fruit)
     }
 
     fn merge_fruits(&self, fruits: Vec<tantivy::Result<SegFruit>>) -> tantivy::Result<Ranked> {
@@ -506,6 +520,7 @@ impl Collector for RankCollector {
         for fruit in fruits {
             let fruit = fruit?;
             ranked.total += fruit.count;
+            ranked.total_capped |= fruit.capped;
             ranked.hits.extend(fruit.hits);
             for (into, from) in ranked.facets.iter_mut().zip(fruit.facets) {
                 for (k, n) in from {
@@ -517,6 +532,26 @@ impl Collector for RankCollector {
         ranked.hits.truncate(self.keep);
         Ok(ranked)
     }
+}
+
+/// Live matches of `weight` in a segment, counted up to `budget`: (count, whether it stopped
+/// there, leaving matches uncounted).
+fn count_up_to(weight: &dyn Weight, reader: &SegmentReader, budget: u64) -> tantivy::Result<(u64, bool)> {
+    use tantivy::{DocSet, TERMINATED};
+    let mut scorer = weight.scorer(reader, 1.0)?;
+    let alive = reader.alive_bitset();
+    let mut n = 0u64;
+    let mut doc = scorer.doc();
+    while doc != TERMINATED {
+        if alive.is_none_or(|a| a.is_alive(doc)) {
+            if n == budget {
+                return Ok((n, true));
+            }
+            n += 1;
+        }
+        doc = scorer.advance();
+    }
+    Ok((n, false))
 }
 
 /// The global order of hits from different segments.
@@ -554,6 +589,8 @@ pub fn cmp_hits(spec: &SortSpec, a: &RankedHit, b: &RankedHit) -> Ordering {
 
 pub struct SegFruit {
     count: u64,
+    /// Counting stopped at the budget: `count` is a lower bound.
+    capped: bool,
     hits: Vec<RankedHit>,
     facets: Vec<HashMap<String, u64>>,
 }
@@ -609,7 +646,7 @@ impl SegCollector {
             }
             facets.push(named);
         }
-        Ok(SegFruit { count: self.count, hits, facets })
+        Ok(SegFruit { count: self.count, capped: false, hits, facets })
     }
 }
 
@@ -695,6 +732,22 @@ mod tests {
         assert!(SortSpec::parse(Some(&["n".into(), "n:desc".into()]), &t).is_err());
     }
 
+    impl RankCollector {
+        /// The same request, counters reset.
+        fn clone_spec(&self) -> RankCollector {
+            RankCollector {
+                spec: self.spec.clone(),
+                cursor: self.cursor.clone(),
+                keep: self.keep,
+                facet_fields: self.facet_fields.clone(),
+                id_field: self.id_field,
+                id_ords: self.id_ords.clone(),
+                total_cap: self.total_cap,
+                counted: Default::default(),
+            }
+        }
+    }
+
     /// The pruned path (score order, no facets) returns exactly the order of visiting every
     /// match — score descending, id ascending on ties — page after page, with deletes.
     #[test]
@@ -736,10 +789,31 @@ mod tests {
         let mut cursor: Option<Arc<Cursor>> = None;
         let mut got: Vec<(Score, String)> = Vec::new();
         loop {
-            let c = RankCollector { spec: spec.clone(), cursor: cursor.clone(), keep: 7, facet_fields: Vec::new(), id_field: id, id_ords: Vec::new() };
+            let c = RankCollector {
+                spec: spec.clone(),
+                cursor: cursor.clone(),
+                keep: 7,
+                facet_fields: Vec::new(),
+                id_field: id,
+                id_ords: Vec::new(),
+                total_cap: u64::MAX,
+                counted: Default::default(),
+            };
             let ranked = searcher.search(&query, &c).unwrap();
             if cursor.is_none() {
                 assert_eq!(ranked.total, expected.len() as u64, "the total counts every live match");
+                assert!(!ranked.total_capped);
+                // A cap below the number of matches: the same hits, the total stops at the cap
+                // (counted across segments, deleted documents not counted) and says so.
+                for cap in [1u64, 899, 1000, expected.len() as u64 - 1] {
+                    let capped = RankCollector { total_cap: cap, counted: Default::default(), cursor: None, ..c.clone_spec() };
+                    let r = searcher.search(&query, &capped).unwrap();
+                    assert_eq!((r.total, r.total_capped), (cap, true), "cap {cap}");
+                    assert_eq!(r.hits.iter().map(|h| &h.id).collect::<Vec<_>>(), ranked.hits.iter().map(|h| &h.id).collect::<Vec<_>>());
+                }
+                let exact = RankCollector { total_cap: expected.len() as u64, counted: Default::default(), cursor: None, ..c.clone_spec() };
+                let r = searcher.search(&query, &exact).unwrap();
+                assert_eq!((r.total, r.total_capped), (expected.len() as u64, false), "a cap equal to the matches is exact");
             }
             let Some(last) = ranked.hits.last() else { break };
             cursor = Some(Arc::new(Cursor::after(&spec, last)));

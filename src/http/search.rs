@@ -28,6 +28,10 @@ use crate::source::Lsn;
 /// `offset + limit` may not exceed this; deeper pages use `cursor`.
 pub const MAX_WINDOW: usize = 1000;
 pub const DEFAULT_LIMIT: usize = 20;
+/// A search sorted by relevance alone (no facets, no field sort) counts its matches exactly up to
+/// this many; beyond, `total` is `{"value": 10000, "relation": "gte"}` (as in Elasticsearch).
+/// Counting every match of a frequent word costs more than finding its best hits.
+pub const TOTAL_EXACT_UP_TO: u64 = 10_000;
 pub const DEFAULT_FACET_SIZE: usize = 10;
 pub const MAX_FACET_SIZE: usize = 1000;
 pub const MAX_FACETS: usize = 16;
@@ -229,6 +233,8 @@ impl Plan {
             facet_fields: self.facets.iter().map(|(n, _)| n.clone()).collect(),
             id_field,
             id_ords: cache.for_searcher(&index.name, &searcher, id_field)?,
+            total_cap: TOTAL_EXACT_UP_TO,
+            counted: Default::default(),
         };
         let mut ranked = searcher.search(&query, &collector)?;
         let more = ranked.hits.len() > self.offset + self.limit;
@@ -262,7 +268,7 @@ impl Plan {
         }
         Ok(SearchResponse {
             hits,
-            total: Total { value: ranked.total, relation: "eq" },
+            total: Total { value: ranked.total, relation: if ranked.total_capped { "gte" } else { "eq" } },
             facets,
             next_cursor,
             took_ms: (started.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
