@@ -899,8 +899,15 @@ impl Daemon {
         }
         let mut backoff = Duration::from_millis(200);
         loop {
+            let visible_started = Instant::now();
             let attempt = match self.wait_visible(&batch.xids).await {
-                Ok(()) => self.try_flush(&mut batch.dirty, lsn, batch.changes).await,
+                Ok(()) => {
+                    let waited = visible_started.elapsed();
+                    if waited > Duration::from_millis(2) {
+                        tracing::debug!(ms = waited.as_secs_f64() * 1e3, "waited for the batch's transactions to become visible");
+                    }
+                    self.try_flush(&mut batch.dirty, lsn, batch.changes).await
+                }
                 Err(e) => Err(e),
             };
             match attempt {
@@ -1060,13 +1067,17 @@ impl Daemon {
                 continue;
             }
             let stmt = p.stmt.clone().ok_or_else(|| Error::transient("no prepared statement"))?;
+            let stages = Instant::now();
+            let mut deriving = Duration::ZERO;
             // Keys for the change notice, kept only up to a bound (a huge batch says so).
             let mut upserted: Vec<String> = Vec::new();
             let mut deleted: Vec<String> = Vec::new();
             let mut truncated_notice = dirty.truncate;
             let mut chunks = dirty.keys.chunks(chunk)?;
             while let Some(part) = chunks.next_chunk()? {
+                let derive_started = Instant::now();
                 let (writes, rejected) = derive_keys(&self.pg, &stmt, p.key.len(), &part).await?;
+                deriving += derive_started.elapsed();
                 failpoint("after_derive");
                 tracing::trace!(pipeline = %p.def.name, keys = part.len(), writes = writes.len(), "derived");
                 if upserted.len() + deleted.len() < NOTICE_KEYS {
@@ -1111,7 +1122,17 @@ impl Daemon {
             let started = Instant::now();
             commit_sinks(&mut p.sinks, &active, &self.fence).await?;
             failpoint("after_sink_commits");
-            metrics::histogram!("deriver_commit_latency_seconds", "pipeline" => p.def.name.clone()).record(started.elapsed().as_secs_f64());
+            let committing = started.elapsed();
+            metrics::histogram!("deriver_commit_latency_seconds", "pipeline" => p.def.name.clone()).record(committing.as_secs_f64());
+            tracing::debug!(
+                pipeline = %p.def.name,
+                %lsn,
+                changes,
+                derive_ms = deriving.as_secs_f64() * 1e3,
+                write_ms = started.duration_since(stages).saturating_sub(deriving).as_secs_f64() * 1e3,
+                commit_ms = committing.as_secs_f64() * 1e3,
+                "batch applied"
+            );
             if truncated_notice {
                 // Too many keys (or a TRUNCATE) to list: an empty notice with `keys: ["*"]` tells
                 // readers to re-read everything.
