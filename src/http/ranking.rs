@@ -270,6 +270,10 @@ pub struct RankCollector {
     pub total_cap: u64,
     /// Matches counted so far by the segments of this search (against `total_cap`).
     pub counted: std::sync::atomic::AtomicU64,
+    /// On the pruned path: the bits of a score that `keep` hits of one segment already reach (0:
+    /// none yet). No hit scoring below it can make the page, so later segments start their
+    /// pruning there instead of from nothing.
+    pub floor: std::sync::atomic::AtomicU32,
 }
 
 enum LocalKey {
@@ -497,16 +501,23 @@ impl Collector for RankCollector {
         let (count, capped) = count_up_to(weight, reader, budget)?;
         self.counted.fetch_add(count, std::sync::atomic::Ordering::Relaxed);
         let alive = reader.alive_bitset();
-        weight.for_each_pruning(Score::MIN, reader, &mut |doc, score| {
+        // Ties with a kept hit's score still compete (by id): thresholds sit just below it.
+        let floor = Score::from_bits(self.floor.load(std::sync::atomic::Ordering::Relaxed));
+        let start = if floor > 0.0 { next_down(floor) } else { Score::MIN };
+        weight.for_each_pruning(start, reader, &mut |doc, score| {
             if alive.is_none_or(|a| a.is_alive(doc)) {
                 seg.collect(doc, score);
             }
-            // Ties with the worst kept hit still compete (by id): pass just below its score.
             match &seg.worst {
-                Some(w) => next_down(w.score),
-                None => Score::MIN,
+                Some(w) => next_down(w.score).max(start),
+                None => start,
             }
         })?;
+        seg.compact();
+        if let Some(w) = seg.worst.as_ref().filter(|w| w.score > 0.0) {
+            // Positive floats order as their bits do.
+            self.floor.fetch_max(w.score.to_bits(), std::sync::atomic::Ordering::Relaxed);
+        }
         seg.count = count;
         let mut fruit = seg.harvest_inner();
         if let Ok(f) = fruit.as_mut() {
@@ -744,6 +755,7 @@ mod tests {
                 id_ords: self.id_ords.clone(),
                 total_cap: self.total_cap,
                 counted: Default::default(),
+                floor: Default::default(),
             }
         }
     }
@@ -798,6 +810,7 @@ mod tests {
                 id_ords: Vec::new(),
                 total_cap: u64::MAX,
                 counted: Default::default(),
+                floor: Default::default(),
             };
             let ranked = searcher.search(&query, &c).unwrap();
             if cursor.is_none() {
@@ -806,12 +819,12 @@ mod tests {
                 // A cap below the number of matches: the same hits, the total stops at the cap
                 // (counted across segments, deleted documents not counted) and says so.
                 for cap in [1u64, 899, 1000, expected.len() as u64 - 1] {
-                    let capped = RankCollector { total_cap: cap, counted: Default::default(), cursor: None, ..c.clone_spec() };
+                    let capped = RankCollector { total_cap: cap, cursor: None, ..c.clone_spec() };
                     let r = searcher.search(&query, &capped).unwrap();
                     assert_eq!((r.total, r.total_capped), (cap, true), "cap {cap}");
                     assert_eq!(r.hits.iter().map(|h| &h.id).collect::<Vec<_>>(), ranked.hits.iter().map(|h| &h.id).collect::<Vec<_>>());
                 }
-                let exact = RankCollector { total_cap: expected.len() as u64, counted: Default::default(), cursor: None, ..c.clone_spec() };
+                let exact = RankCollector { total_cap: expected.len() as u64, cursor: None, ..c.clone_spec() };
                 let r = searcher.search(&query, &exact).unwrap();
                 assert_eq!((r.total, r.total_capped), (expected.len() as u64, false), "a cap equal to the matches is exact");
             }

@@ -216,13 +216,13 @@ impl Plan {
     /// Runs the search (blocking).
     pub fn run(&self, index: &SearchIndex, cache: &IdOrdCache, applied_lsn: Option<Lsn>) -> ApiResult<SearchResponse> {
         let started = Instant::now();
-        let text = compile_text(&self.parsed, index, None);
-        let mut parts: Vec<(Occur, Box<dyn Query>)> = Vec::new();
-        parts.push((Occur::Must, text.unwrap_or_else(|| Box::new(AllQuery))));
-        if let Some(f) = &self.filter {
-            parts.push((Occur::Must, Box::new(ConstScoreQuery::new(filter::compile(f, index)?, 0.0))));
-        }
-        let query = BooleanQuery::new(parts);
+        let text = compile_text(&self.parsed, index, None).unwrap_or_else(|| Box::new(AllQuery));
+        // Without a filter the text query runs as it is (not inside a boolean of one clause,
+        // which would hide its structure from tantivy's pruning scorers).
+        let query: Box<dyn Query> = match &self.filter {
+            None => text,
+            Some(f) => Box::new(BooleanQuery::new(vec![(Occur::Must, text), (Occur::Must, Box::new(ConstScoreQuery::new(filter::compile(f, index)?, 0.0)))])),
+        };
         let searcher = index.reader.searcher();
         let id_field = index.schema.get_field(ID_FIELD)?;
         let collector = RankCollector {
@@ -235,8 +235,9 @@ impl Plan {
             id_ords: cache.for_searcher(&index.name, &searcher, id_field)?,
             total_cap: TOTAL_EXACT_UP_TO,
             counted: Default::default(),
+            floor: Default::default(),
         };
-        let mut ranked = searcher.search(&query, &collector)?;
+        let mut ranked = searcher.search(&*query, &collector)?;
         let more = ranked.hits.len() > self.offset + self.limit;
         let page: Vec<_> = ranked.hits.drain(..).skip(self.offset).take(self.limit).collect();
         let next_cursor = if more { page.last().map(|h| Cursor::after(&self.sort, h).encode()) } else { None };
@@ -352,6 +353,12 @@ fn compile_text(parsed: &ParsedQuery, index: &SearchIndex, highlight: Option<&Se
     }
     if !any_positive {
         must.push((Occur::Must, Box::new(AllQuery)));
+    }
+    // A single required clause is the query itself: wrapped, tantivy sees one opaque sub-scorer
+    // and scores every match; bare, a word over several fields is a union of term queries that
+    // tantivy prunes with block-max WAND (the cost of a frequent word drops severalfold).
+    if must.len() == 1 && matches!(must[0].0, Occur::Must) {
+        return must.pop().map(|(_, q)| q);
     }
     Some(Box::new(BooleanQuery::new(must)))
 }
