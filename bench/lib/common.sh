@@ -295,14 +295,16 @@ wait_watch() {
   return 1
 }
 
-# rss_start PID FILE : resets the peak (VmHWM) and samples VmRSS every 100 ms into FILE
+# rss_start PID FILE : resets the peak (VmHWM) and samples every 100 ms into FILE one line
+# "VmRSS RssAnon RssFile" (KiB). RssFile is mostly the memory-mapped index: clean page cache the
+# kernel can take back, which a merge reading whole segments raises for its duration.
 rss_start() {
   local pid=$1 file=$2
   echo 5 >"/proc/$pid/clear_refs" 2>/dev/null || true
   : >"$file"
   (
     while alive "$pid"; do
-      awk '/^VmRSS:/ { print $2 }' "/proc/$pid/status" 2>/dev/null >>"$file"
+      awk '/^VmRSS:/ { r = $2 } /^RssAnon:/ { a = $2 } /^RssFile:/ { f = $2 } END { if (r != "") print r, a, f }' "/proc/$pid/status" 2>/dev/null >>"$file"
       sleep 0.1
     done
   ) 3>&- &
@@ -315,9 +317,12 @@ rss_stop() {
   spid=$(state_get rss_pid) && { kill "$spid" 2>/dev/null; wait "$spid" 2>/dev/null; }
   tpid=$(state_get rss_target)
   hwm=$(awk '/^VmHWM:/ { print $2 }' "/proc/$tpid/status" 2>/dev/null || true)
-  { cat "$file"; [[ -n $hwm ]] && echo "$hwm"; } | sort -n | tail -1 | awk '{ printf "%.1f\n", $1 / 1024 }'
+  { awk '{ print $1 }' "$file"; [[ -n $hwm ]] && echo "$hwm"; } | sort -n | tail -1 | awk '{ printf "%.1f\n", $1 / 1024 }'
   rm -f "$STATE/rss_pid"
 }
+# rss_anon_peak FILE : the largest sampled RssAnon in MiB (anonymous memory: heap, stacks,
+# tantivy's indexing arena; no file pages), after rss_stop
+rss_anon_peak() { awk 'NF >= 2 && $2 > m { m = $2 } END { printf "%.1f\n", m / 1024 }' "$1"; }
 
 # rss_now PID : current VmRSS in MiB
 rss_now() { awk '/^VmRSS:/ { printf "%.1f\n", $2 / 1024 }' "/proc/$1/status" 2>/dev/null || echo 0; }

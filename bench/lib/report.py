@@ -164,10 +164,18 @@ target("audit ≤ 2× plain bulk derivation", r_audit, lambda v: v <= 2.0, f"{fm
 bi = stats("bigtxn", "insert_peak_rss")
 bd = stats("bigtxn", "delete_peak_rss")
 big = max([s["max"] for s in (bi, bd) if s], default=None)
-target("peak RSS ≤ 512 MiB during a 1M-row transaction (insert and delete)", big, lambda v: v <= 512, f"{fmt(big)} MiB (max)")
+# The targets are judged on VmRSS (what `ps` shows); the anonymous part (RssAnon, without the
+# pages of the memory-mapped index, which the kernel can reclaim) is shown beside it.
+def anon_max(*names):
+    vals = [s["max"] for s in (stats(*n) for n in names) if s]
+    return f"; anonymous memory {fmt(max(vals))} MiB (max)" if vals else ""
+
+
+target("peak RSS ≤ 512 MiB during a 1M-row transaction (insert and delete)", big, lambda v: v <= 512,
+       f"{fmt(big)} MiB (max)" + anon_max(("bigtxn", "insert_peak_anon_rss"), ("bigtxn", "delete_peak_anon_rss")))
 cu = stats("catchup", "peak_rss")
 target("peak RSS ≤ 512 MiB during catch-up after stopped churn", cu and cu["max"], lambda v: v <= 512,
-       f"{fmt(cu and cu['max'])} MiB (max)")
+       f"{fmt(cu and cu['max'])} MiB (max)" + anon_max(("catchup", "peak_anon_rss")))
 
 # ------------------------------------------------------------------------------------ results.md
 PHASE_TITLES = {

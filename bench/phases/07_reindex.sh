@@ -20,6 +20,7 @@ phase_reindex() {
     deriver_cli reindex docs
     secs=$(secs_since "$t0")
     peak=$(rss_stop "$RUN/tmp/rss_reindex_$rep.txt")
+    anon=$(rss_anon_peak "$RUN/tmp/rss_reindex_$rep.txt")
     perf_wait reindex
     echo "rep $rep: $docs docs in $secs s, peak RSS $peak MiB"
     ((profiled)) && continue
@@ -27,6 +28,7 @@ phase_reindex() {
     figure reindex docs_per_s docs/s "$rep" "$(calc "$docs / $secs")"
     figure reindex secs s "$rep" "$secs"
     figure reindex peak_rss MiB "$rep" "$peak"
+    figure reindex peak_anon_rss MiB "$rep" "$anon"
     figure reindex rss_after MiB "$rep" "$(rss_now "$(deriver_pid)")"
   done
 }

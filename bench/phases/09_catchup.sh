@@ -29,6 +29,7 @@ phase_catchup() {
     reached=$(wait_watch "$wfile" "$(lsn_to_int "$last")" 3600) || die "deriver did not catch up to $last"
     secs=$(calc "$reached / 1000 - $t0")
     peak=$(rss_stop "$RUN/tmp/rss_catchup_$rep.txt")
+    anon=$(rss_anon_peak "$RUN/tmp/rss_catchup_$rep.txt")
     watch_stop
     perf_wait catchup
     echo "rep $rep: $changes changes, $txns txns caught up in $secs s, peak RSS $peak MiB"
@@ -39,6 +40,7 @@ phase_catchup() {
     figure catchup changes_per_s changes/s "$rep" "$(calc "$changes / $secs")"
     figure catchup txns_per_s txns/s "$rep" "$(calc "$txns / $secs")"
     figure catchup peak_rss MiB "$rep" "$peak"
+    figure catchup peak_anon_rss MiB "$rep" "$anon"
   done
   wait_streaming 600
 }

@@ -19,6 +19,7 @@ phase_bigtxn() {
       tc=$(secs_since "$t0")
       wait_s=$(wait_applied "$lsn" 1800) || die "deriver did not apply the $what of $BIGTXN_ROWS rows"
       peak=$(rss_stop "$RUN/tmp/rss_bigtxn_${what}_$rep.txt")
+      figure bigtxn "${what}_peak_anon_rss" MiB "$rep" "$(rss_anon_peak "$RUN/tmp/rss_bigtxn_${what}_$rep.txt")"
       echo "rep $rep $what: statement+commit $tc s, applied $wait_s s after the commit, peak RSS $peak MiB"
       figure bigtxn "${what}_peak_rss" MiB "$rep" "$peak"
       figure bigtxn "${what}_rss_after" MiB "$rep" "$(rss_now "$(deriver_pid)")"
