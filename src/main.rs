@@ -13,8 +13,9 @@ use config::Config;
 use error::{ErrorKind, Result};
 
 /// mimalloc instead of glibc's malloc: deriver allocates many small, short-lived values per row
-/// (records, documents, Redis commands) across threads. Measured on the 810k-document benchmark:
-/// `deriver audit` 9.7 s → 7.5 s, its peak RSS 408 → 300 MiB.
+/// (records, documents, Redis commands) across threads. On the 810k-document benchmark it was
+/// measured to take `deriver audit` from 9.7 s to 7.5 s and its peak RSS from 408 to 300 MiB
+/// (bench/README.md; with it, run I in docs/operations.md measured 7.7 s and 291 MiB).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
