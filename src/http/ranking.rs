@@ -513,15 +513,16 @@ impl Collector for RankCollector {
                 None => start,
             }
         })?;
-        seg.compact();
-        if let Some(w) = seg.worst.as_ref().filter(|w| w.score > 0.0) {
-            // Positive floats order as their bits do.
-            self.floor.fetch_max(w.score.to_bits(), std::sync::atomic::Ordering::Relaxed);
-        }
         seg.count = count;
+        let keep = seg.keep;
         let mut fruit = seg.harvest_inner();
         if let Ok(f) = fruit.as_mut() {
             f.capped = capped;
+            // The segment's page is full: its worst hit's score is a floor for the others.
+            if let Some(worst) = f.hits.last().filter(|h| f.hits.len() == keep && h.score > 0.0) {
+                // Positive floats order as their bits do.
+                self.floor.fetch_max(worst.score.to_bits(), std::sync::atomic::Ordering::Relaxed);
+            }
         }
         Ok(fruit)
     }
