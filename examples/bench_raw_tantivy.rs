@@ -24,9 +24,9 @@ use tantivy::{Index, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 use deriver::pipeline::check::check;
 use deriver::pipeline::sql::compile;
 use deriver::runtime::derive::row_to_record;
-use deriver::sink::tantivy::schema::{build_schema, register_tokenizers, DocBuilder};
+use deriver::sink::tantivy::schema::{build_schema, register_tokenizers, DocBuilder, HASH_FIELD};
 use deriver::sink::tantivy::KEY_FIELD;
-use deriver::sink::Record;
+use deriver::sink::{content_hash, Record};
 
 /// The same allocator as deriver's binary, so the raw limits are not handicapped by another one.
 #[global_allocator]
@@ -152,10 +152,13 @@ fn main() {
     let schema = build_schema(&target);
     let builder = DocBuilder::new(&schema, &target);
     let key_field = schema.get_field(KEY_FIELD).expect("_key");
+    let hash_field = schema.get_field(HASH_FIELD).expect("_hash");
+    // The document deriver's search sink writes: the built fields, the key, the content hash.
     let make_doc = |r: &Record| -> Option<TantivyDocument> {
         let id = r.texts.get(id_pos).cloned().flatten()?;
         let mut doc = builder.build(&id, &r.value).ok()?;
         doc.add_text(key_field, &r.key);
+        doc.add_u64(hash_field, content_hash(&r.json));
         Some(doc)
     };
 

@@ -164,27 +164,46 @@ impl DocBuilder {
     pub fn build(&self, id: &str, record: &Map<String, Value>) -> Result<TantivyDocument, String> {
         let mut doc = TantivyDocument::default();
         doc.add_text(self.id, id);
-        let mut stored = Map::new();
-        if let Some(v) = record.get(&self.id_name) {
-            stored.insert(self.id_name.clone(), v.clone());
-        }
+        // `_source`: the id field, then every stored field (null when absent), each once, as a
+        // JSON object serialized straight from the record's values.
+        let mut source = Vec::with_capacity(256);
+        source.push(b'{');
+        let mut put = |name: &str, value: &Value| {
+            if source.len() > 1 {
+                source.push(b',');
+            }
+            serde_json::to_writer(&mut source, name).expect("JSON serializes");
+            source.push(b':');
+            serde_json::to_writer(&mut source, value).expect("JSON serializes");
+        };
+        let has_id = match record.get(&self.id_name) {
+            Some(v) => {
+                put(&self.id_name, v);
+                true
+            }
+            None => false,
+        };
         for (f, handle) in &self.fields {
             let value = record.get(&f.name).unwrap_or(&Value::Null);
-            if f.stored || f.ty == SearchType::StoredOnly {
-                stored.insert(f.name.clone(), value.clone());
+            if (f.stored || f.ty == SearchType::StoredOnly) && !(has_id && f.name == self.id_name) {
+                put(&f.name, value);
             }
             let Some(handle) = *handle else { continue };
-            let items: Vec<&Value> = match value {
-                Value::Null => Vec::new(),
-                Value::Array(items) => items.iter().filter(|v| !v.is_null()).collect(),
-                v => vec![v],
+            let items = match value {
+                Value::Null => &[][..],
+                Value::Array(items) => &items[..],
+                v => std::slice::from_ref(v),
             };
             for item in items {
-                let owned = convert(f, item).map_err(|e| format!("field `{}`: {e}", f.name))?;
-                doc.add_field_value(handle, &owned);
+                match (f.ty, item) {
+                    (_, Value::Null) => {}
+                    (SearchType::Text | SearchType::Keyword, Value::String(s)) => doc.add_text(handle, s),
+                    _ => doc.add_field_value(handle, &convert(f, item).map_err(|e| format!("field `{}`: {e}", f.name))?),
+                }
             }
         }
-        doc.add_text(self.source, serde_json::to_string(&stored).expect("JSON serializes"));
+        source.push(b'}');
+        doc.add_text(self.source, String::from_utf8(source).expect("serde_json writes UTF-8"));
         Ok(doc)
     }
 }
@@ -266,6 +285,21 @@ pub mod tests {
         assert!(err.contains("field `n`: 4.5 does not fit type i64"), "{err}");
         let bad_date: Map<String, Value> = serde_json::from_str(r#"{"id": 1, "at": "yesterday"}"#).unwrap();
         assert!(b.build("1", &bad_date).is_err());
+    }
+
+    #[test]
+    fn source_holds_the_id_and_stored_fields_once_in_order() {
+        use tantivy::schema::Value as _;
+        let t = target();
+        let schema = build_schema(&t);
+        let b = DocBuilder::new(&schema, &t);
+        let source = |rec: &str| {
+            let rec: Map<String, Value> = serde_json::from_str(rec).unwrap();
+            let doc = b.build("1", &rec).unwrap();
+            doc.get_first(schema.get_field(SOURCE_FIELD).unwrap()).and_then(|v| v.as_str().map(str::to_string)).unwrap()
+        };
+        assert_eq!(source(r#"{"tags": ["a", null], "title": "Al \"pha\"\n", "id": 7, "n": 5}"#), r#"{"id":7,"title":"Al \"pha\"\n","tags":["a",null]}"#);
+        assert_eq!(source(r#"{"n": 5}"#), r#"{"title":null,"tags":null}"#, "absent stored fields are null; an absent id is left out");
     }
 
     #[test]
