@@ -739,6 +739,8 @@ impl Daemon {
         // The open transaction's xid and the batch's change count when it began.
         let mut txn: (u32, usize) = (0, 0);
         let mut applied = start;
+        // An idle position not yet stored in the sinks (see the flush tick).
+        let mut idle_pending = false;
         let max_wait = self.cfg.runtime.batch_max_wait();
         let max_changes = self.cfg.runtime.batch_max_changes.max(1);
         let mut flush_tick = tokio::time::interval(max_wait.max(Duration::from_millis(5)));
@@ -771,6 +773,14 @@ impl Daemon {
                     if !in_txn && batch.started.is_some_and(|t| t.elapsed() >= max_wait) {
                         applied = self.flush(&mut batch, applied).await?;
                         self.ack(acker, false).await;
+                    }
+                    // The server moved past the last transaction with nothing for deriver in
+                    // between: store that position now (at most once a tick), so a reader
+                    // waiting for a position after its own commit is answered without waiting
+                    // for the idle tick.
+                    if idle_pending && !in_txn && !batch.has_work() {
+                        idle_pending = false;
+                        self.checkpoint_idle_sinks(applied).await?;
                     }
                 }
                 _ = cp_tick.tick() => {
@@ -843,7 +853,9 @@ impl Daemon {
                         SourceEvent::Idle { lsn } => {
                             tracing::trace!(%lsn, "idle");
                             if !in_txn && !batch.has_work() {
+                                let before = applied;
                                 applied = applied.max(lsn).max(batch.end_lsn.unwrap_or(Lsn::ZERO));
+                                idle_pending |= applied > before;
                                 batch = self.new_batch();
                             }
                         }

@@ -124,6 +124,9 @@ impl Replication {
 
 type RelationEntry = Option<(Arc<TableName>, Arc<[String]>)>;
 
+/// How often a quiet stream checks whether a keepalive moved the server's position.
+const IDLE_POLL: Duration = Duration::from_millis(20);
+
 struct Reader {
     stream: LogicalReplicationStream,
     interest: Interest,
@@ -133,19 +136,27 @@ struct Reader {
 }
 
 impl Reader {
+    /// Reads events until cancelled. Between transactions, an `Idle` position is sent as soon as
+    /// the server reports (in a keepalive) that its WAL moved past what was delivered — WAL with
+    /// nothing for deriver in it, which a reader waiting for a position after its own commit
+    /// would otherwise wait for — and at least every `idle` as a heartbeat.
     async fn run(mut self, idle: Duration, cancel: CancellationToken) {
         let token = CancellationToken::new();
+        let poll = idle.min(IDLE_POLL);
+        let mut reported = Lsn(self.stream.current_lsn());
+        let mut last_sent = std::time::Instant::now();
         loop {
             let next = tokio::select! {
                 _ = cancel.cancelled() => break,
-                r = tokio::time::timeout(idle, self.stream.next_event(&token)) => r,
+                r = tokio::time::timeout(poll, self.stream.next_event(&token)) => r,
             };
             let event = match next {
                 Err(_elapsed) => {
-                    if self.in_txn {
+                    let lsn = Lsn(self.stream.current_lsn());
+                    if self.in_txn || (lsn <= reported && last_sent.elapsed() < idle) {
                         continue;
                     }
-                    SourceEvent::Idle { lsn: Lsn(self.stream.current_lsn()) }
+                    SourceEvent::Idle { lsn }
                 }
                 Ok(Ok(ev)) => match self.map(ev) {
                     Ok(Some(ev)) => ev,
@@ -165,6 +176,8 @@ impl Reader {
             if !self.deliver(event, &cancel).await {
                 break;
             }
+            reported = reported.max(Lsn(self.stream.current_lsn()));
+            last_sent = std::time::Instant::now();
         }
         let _ = self.stream.stop().await;
     }
