@@ -462,3 +462,22 @@ fn token_auth_body_limit_and_page() {
     api.search("films", big).err(413, "payload_too_large");
     assert_eq!(w.stop(), 0);
 }
+
+/// A position past the last change — a write followed by WAL with nothing for deriver in it (a
+/// checkpoint record) — is reached as soon as the server reports it, not at the next idle
+/// heartbeat (here 30 s, beyond the wait's timeout).
+#[test]
+fn wait_past_the_last_change_does_not_wait_for_the_idle_heartbeat() {
+    let (mut w, api) = started("http_waitidle", &[("DERIVER__RUNTIME__IDLE_MS", "30000")]);
+    api.ready(&mut w, &["films"], &["films", "titles"]);
+    for round in 0..3 {
+        w.sql(&format!("UPDATE film SET title = 'QUIET {round}' WHERE film_id = 8"));
+        w.sql("CHECKPOINT");
+        let past = w.current_lsn();
+        let r = api.post("/v1/wait", json!({ "lsn": past.to_string(), "timeout_ms": 10000 }));
+        assert_eq!(r.status, 200, "round {round}: {}\n{}", r.body, w.log_text());
+        assert!(lsn(&r.body["applied_lsn"]) >= past, "{}", r.body);
+        assert_eq!(w.index_docs("films")["8"]["title"], format!("QUIET {round}"));
+    }
+    assert_eq!(w.stop(), 0);
+}
