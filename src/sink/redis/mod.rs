@@ -357,12 +357,7 @@ impl RedisSink {
         let read: Result<Vec<RValue>> = async { Ok(pipe.query_async(self.conn().await?).await?) }.await;
         let replies = match read {
             Ok(r) => r,
-            Err(e) => {
-                let e = self.retryable(e);
-                crate::http::health::report_error("redis", &e);
-                self.conn = None;
-                return Err(e);
-            }
+            Err(e) => return Err(self.failed(e)),
         };
         let mut replies = replies.into_iter();
         let ledger = replies.next().ok_or_else(|| Error::transient("Redis returned no reply"))?;
@@ -425,10 +420,7 @@ impl RedisSink {
         }
         .await;
         if let Err(e) = result {
-            let e = self.retryable(e);
-            crate::http::health::report_error("redis", &e);
-            self.conn = None;
-            return Err(e);
+            return Err(self.failed(e));
         }
         open.in_multi = atomic;
         open.clear_all = false;
@@ -436,6 +428,14 @@ impl RedisSink {
         open.bytes = 0;
         self.open = Some(open);
         Ok(())
+    }
+
+    /// A failed round trip: reported to health, the connection dropped (the next call reconnects).
+    fn failed(&mut self, e: Error) -> Error {
+        let e = self.retryable(e);
+        crate::http::health::report_error("redis", &e);
+        self.conn = None;
+        e
     }
 
     /// On a cluster, a master that became a replica (a failover) refuses writes with READONLY:
@@ -639,12 +639,7 @@ impl Sink for RedisSink {
         }
         .await;
         match result {
-            Err(e) => {
-                let e = self.retryable(e);
-                crate::http::health::report_error("redis", &e);
-                self.conn = None;
-                Err(e)
-            }
+            Err(e) => Err(self.failed(e)),
             Ok(applied) => {
                 crate::http::health::report_ok("redis");
                 if applied && self.notify && (!open.written.is_empty() || !open.deleted.is_empty()) {
