@@ -38,10 +38,47 @@ pub fn row_to_record(row: &Row) -> Result<Record> {
     let json: String = row.try_get(1).map_err(|e| Error::record("the derived record is NULL").with_detail(e))?;
     let value: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(&json).map_err(|e| Error::record("Postgres returned a record that is not a JSON object").with_detail(e))?;
-    // Compact form, same field order and exact numbers (serde_json keeps both).
-    let json = serde_json::to_string(&value).map_err(|e| Error::record("cannot serialize a record").with_detail(e))?;
+    // Compact form, same field order and exact numbers: the text Postgres wrote, without its
+    // whitespace. Postgres escapes strings as serde_json does and `to_jsonb` leaves no duplicate
+    // keys, so this is what serializing `value` again would give, without its cost per record.
+    let json = compact_json(&json);
+    debug_assert_eq!(json, serde_json::to_string(&value).unwrap_or_default(), "compact_json differs from serde_json");
     let texts = (2..row.len()).map(|i| row.try_get::<_, Option<String>>(i).ok().flatten()).collect();
     Ok(Record { key, json, value, texts })
+}
+
+/// `text` (valid JSON) without the whitespace between its tokens; strings are copied as they are.
+pub fn compact_json(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    let mut from = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'"' => {
+                // To the closing quote: the next `"` not escaped. An escape is `\` and one ASCII
+                // character (`\uXXXX` goes on with hex digits), so every cut is a char boundary.
+                i += 1;
+                while let Some(j) = bytes.get(i..).and_then(|rest| memchr::memchr2(b'"', b'\\', rest)) {
+                    i += j;
+                    if bytes[i] == b'\\' {
+                        i += 2;
+                    } else {
+                        break;
+                    }
+                }
+                i = (i + 1).min(bytes.len());
+            }
+            b' ' | b'\n' | b'\r' | b'\t' => {
+                out.push_str(&text[from..i]);
+                i += 1;
+                from = i;
+            }
+            _ => i += 1,
+        }
+    }
+    out.push_str(&text[from..]);
+    out
 }
 
 /// Derives the records of `keys`: an `Upsert` for each key that yields a record, a `Delete` for
@@ -105,6 +142,30 @@ async fn query_keys(client: &Client, stmt: &Statement, n_key_cols: usize, keys: 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compact_json_is_serde_json_compact_form() {
+        for text in [
+            r#"{"id" : 1, "title" : "a \"quoted\" \\ word", "tags" : ["x", "y z"], "n" : 1.50, "o" : {"a": [1, 2], "b": null}}"#,
+            r#"{"s" : "tab\tnl\ncr\r\u0001 \\\" end", "e" : "", "u" : "é ☃ 𝄞", "t" : true, "f" : false}"#,
+            r#"{ "k" : "\\", "k2" : "\\\\\"" }"#,
+            "{}",
+        ] {
+            let value: serde_json::Value = serde_json::from_str(text).unwrap();
+            assert_eq!(compact_json(text), serde_json::to_string(&value).unwrap(), "{text}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any JSON, written with spaces and newlines between tokens (as Postgres's `json` and
+        /// `jsonb` output does), compacts to what serde_json writes.
+        #[test]
+        fn compact_json_matches_serde_json_on_any_value(strings in proptest::collection::vec(".*", 1..6), n in proptest::num::i64::ANY) {
+            let value = serde_json::json!({ "s": strings, "n": n, "nested": { "first": strings[0], "list": [n, null, true] } });
+            let pretty = serde_json::to_string_pretty(&value).unwrap();
+            proptest::prop_assert_eq!(compact_json(&pretty), serde_json::to_string(&value).unwrap());
+        }
+    }
 
     #[test]
     fn composite_key_texts_round_trip() {
