@@ -28,6 +28,9 @@ pub async fn run(cfg: &Config) -> Result<i32> {
                     if cp.definition_hash.as_deref() != Some(def.search_hash(t).as_str()) {
                         rebuild = true;
                         reasons.push(format!("search index `{}`: records or search fields changed", t.index));
+                    } else if tantivy::live_schema_matches(&cfg.index.dir, t)? == Some(false) {
+                        rebuild = true;
+                        reasons.push(format!("search index `{}`: this deriver lays out the index differently (rebuilt in the background)", t.index));
                     }
                 }
             }

@@ -254,7 +254,7 @@ impl Plan {
             let mut highlights = Map::new();
             if let Some(hl) = &self.highlight {
                 for (name, gen) in &snippets {
-                    let mut snippet = gen.snippet_from_doc(&doc);
+                    let mut snippet = gen.snippet(&source_text(&source, name));
                     if !snippet.is_empty() {
                         snippet.set_snippet_prefix_postfix(&hl.pre, &hl.post);
                         highlights.insert(name.clone(), Value::String(snippet.to_html()));
@@ -296,6 +296,29 @@ fn stored_source(doc: &TantivyDocument, source_field: Field) -> Value {
         .and_then(|v| v.as_str())
         .and_then(|s| serde_json::from_str(s).ok())
         .unwrap_or_else(|| Value::Object(Map::new()))
+}
+
+/// The text of field `name` in `_source`, as tantivy's `snippet_from_doc` joins a field's stored
+/// values: each value that is not null, separated by a space (the forms `DocBuilder` indexes).
+fn source_text(source: &Value, name: &str) -> String {
+    let mut text = String::new();
+    let mut push = |v: &Value| match v {
+        Value::Null => {}
+        Value::String(s) => {
+            text.push(' ');
+            text.push_str(s);
+        }
+        other => {
+            text.push(' ');
+            text.push_str(&other.to_string());
+        }
+    };
+    match source.get(name) {
+        Some(Value::Array(items)) => items.iter().for_each(&mut push),
+        Some(v) => push(v),
+        None => {}
+    }
+    text.trim().to_string()
 }
 
 fn project(source: Value, fields: Option<&[String]>) -> Value {

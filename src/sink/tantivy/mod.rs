@@ -94,6 +94,16 @@ pub fn read_checkpoint(index_root: &Path, index: &str) -> Result<Option<(u64, Ch
     Ok(payload_checkpoint(&idx)?.map(|c| (gen, c)))
 }
 
+/// Whether the live generation of `target`'s index has the schema this binary builds (`None`: not
+/// built yet). A generation written by a deriver that laid fields out differently opens frozen
+/// and is rebuilt in the background.
+pub fn live_schema_matches(index_root: &Path, target: &SearchTarget) -> Result<Option<bool>> {
+    let dir = index_root.join(&target.index);
+    let Some(gen) = read_generation(&dir) else { return Ok(None) };
+    let idx = Index::open_in_dir(generation_dir(&dir, gen))?;
+    Ok(Some(idx.schema() == build_schema(target)))
+}
+
 fn payload_checkpoint(index: &Index) -> Result<Option<Checkpoint>> {
     let metas = index.load_metas()?;
     match metas.payload {
@@ -567,6 +577,38 @@ impl SearchSink {
 mod tests {
     use tantivy::schema::{Schema, STORED, STRING};
     use tantivy::{doc, Index, IndexWriter, TantivyDocument, Term};
+
+    /// A generation written with another field layout (here: text fields stored in tantivy as
+    /// well as in `_source`, as deriver did before) is recognised, so `plan` says `rebuild`.
+    #[test]
+    fn a_generation_with_another_field_layout_is_told_apart() {
+        let target = super::schema::tests::target();
+        let root = tempfile::tempdir().unwrap();
+        assert_eq!(super::live_schema_matches(root.path(), &target).unwrap(), None, "nothing built yet");
+        let build = |gen: u64, schema: Schema| {
+            let dir = super::generation_dir(&root.path().join(&target.index), gen);
+            std::fs::create_dir_all(&dir).unwrap();
+            Index::create_in_dir(&dir, schema).unwrap();
+            super::set_current(root.path(), &target.index, gen).unwrap();
+        };
+        build(1, super::build_schema(&target));
+        assert_eq!(super::live_schema_matches(root.path(), &target).unwrap(), Some(true));
+        let mut old = Schema::builder();
+        for (_, entry) in super::build_schema(&target).fields() {
+            let mut entry = entry.clone();
+            if entry.name() == "title" {
+                let opts = entry.field_type().get_index_record_option().map(|o| {
+                    tantivy::schema::TextOptions::default()
+                        .set_indexing_options(tantivy::schema::TextFieldIndexing::default().set_tokenizer("deriver_default").set_index_option(o))
+                        .set_stored()
+                });
+                entry = tantivy::schema::FieldEntry::new_text("title".into(), opts.unwrap());
+            }
+            old.add_field(entry);
+        }
+        build(2, old.build());
+        assert_eq!(super::live_schema_matches(root.path(), &target).unwrap(), Some(false));
+    }
 
     /// The defect `spend_first_opstamp` works around, reproduced step by step: segment A's
     /// deletes were last applied at the last commit's opstamp; a re-opened writer deletes a

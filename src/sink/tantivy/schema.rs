@@ -100,11 +100,9 @@ pub fn build_schema(target: &SearchTarget) -> Schema {
                 let indexing = TextFieldIndexing::default()
                     .set_tokenizer(&tokenizer_name(&f.analyzer))
                     .set_index_option(IndexRecordOption::WithFreqsAndPositions);
-                let mut opts = TextOptions::default().set_indexing_options(indexing);
-                if f.stored {
-                    opts = opts.set_stored();
-                }
-                b.add_text_field(&f.name, opts);
+                // Not stored in tantivy: a stored field's text lives in `_source`, once; the
+                // search API returns it and cuts highlights from it.
+                b.add_text_field(&f.name, TextOptions::default().set_indexing_options(indexing));
             }
             SearchType::Keyword => {
                 let mut opts = STRING;
