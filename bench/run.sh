@@ -177,7 +177,9 @@ build() {
     done
     (cd "$tmp" && find . -type f) | while read -r f; do
       if ! cmp -s "$tmp/$f" "$src/$f"; then
-        mkdir -p "$(dirname "$src/$f")" && cp -p "$tmp/$f" "$src/$f"
+        # A plain copy (not -p): the file gets the current time, so cargo rebuilds it even when
+        # git archive's commit time is older than the last build (a --patch, an older commit).
+        mkdir -p "$(dirname "$src/$f")" && cp "$tmp/$f" "$src/$f"
       fi
     done
     (cd "$src" && find . -type f -not -path './target/*') | while read -r f; do
