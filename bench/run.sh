@@ -173,7 +173,9 @@ build() {
     local p
     for p in "${PATCHES[@]}"; do
       log "applying $p to the build copy"
-      (cd "$tmp" && git apply --unsafe-paths -p1 "$p") || die "the patch $p does not apply to HEAD"
+      # The copy lies inside this repository: without the ceiling, git apply would take the
+      # repository's root as its base and skip every path outside the copy, silently.
+      (cd "$tmp" && GIT_CEILING_DIRECTORIES=$(cd .. && pwd -P) git apply --unsafe-paths -p1 "$p") || die "the patch $p does not apply to HEAD"
     done
     (cd "$tmp" && find . -type f) | while read -r f; do
       if ! cmp -s "$tmp/$f" "$src/$f"; then
