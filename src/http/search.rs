@@ -254,7 +254,7 @@ impl Plan {
             let mut highlights = Map::new();
             if let Some(hl) = &self.highlight {
                 for (name, gen) in &snippets {
-                    let mut snippet = gen.snippet(&source_text(&source, name));
+                    let mut snippet = gen.snippet(source_text(&source, name).trim());
                     if !snippet.is_empty() {
                         snippet.set_snippet_prefix_postfix(&hl.pre, &hl.post);
                         highlights.insert(name.clone(), Value::String(snippet.to_html()));
@@ -299,7 +299,8 @@ fn stored_source(doc: &TantivyDocument, source_field: Field) -> Value {
 }
 
 /// The text of field `name` in `_source`, as tantivy's `snippet_from_doc` joins a field's stored
-/// values: each value that is not null, separated by a space (the forms `DocBuilder` indexes).
+/// values: each value that is not null, after a space (the forms `DocBuilder` indexes); the
+/// caller trims it, as tantivy does.
 fn source_text(source: &Value, name: &str) -> String {
     let mut text = String::new();
     let mut push = |v: &Value| match v {
@@ -318,7 +319,7 @@ fn source_text(source: &Value, name: &str) -> String {
         Some(v) => push(v),
         None => {}
     }
-    text.trim().to_string()
+    text
 }
 
 fn project(source: Value, fields: Option<&[String]>) -> Value {

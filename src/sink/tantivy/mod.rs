@@ -88,9 +88,7 @@ fn open_for_writing(path: &Path) -> Result<Index> {
 
 /// Reads the checkpoint of an index directory without opening a writer (for `status`).
 pub fn read_checkpoint(index_root: &Path, index: &str) -> Result<Option<(u64, Checkpoint)>> {
-    let dir = index_root.join(index);
-    let Some(gen) = read_generation(&dir) else { return Ok(None) };
-    let idx = Index::open_in_dir(generation_dir(&dir, gen))?;
+    let Some((gen, idx)) = open_live(index_root, index)? else { return Ok(None) };
     Ok(payload_checkpoint(&idx)?.map(|c| (gen, c)))
 }
 
@@ -98,10 +96,14 @@ pub fn read_checkpoint(index_root: &Path, index: &str) -> Result<Option<(u64, Ch
 /// built yet). A generation written by a deriver that laid fields out differently opens frozen
 /// and is rebuilt in the background.
 pub fn live_schema_matches(index_root: &Path, target: &SearchTarget) -> Result<Option<bool>> {
-    let dir = index_root.join(&target.index);
+    Ok(open_live(index_root, &target.index)?.map(|(_, idx)| idx.schema() == build_schema(target)))
+}
+
+/// The live generation of an index, opened read-only (`None`: not built yet).
+fn open_live(index_root: &Path, index: &str) -> Result<Option<(u64, Index)>> {
+    let dir = index_root.join(index);
     let Some(gen) = read_generation(&dir) else { return Ok(None) };
-    let idx = Index::open_in_dir(generation_dir(&dir, gen))?;
-    Ok(Some(idx.schema() == build_schema(target)))
+    Ok(Some((gen, Index::open_in_dir(generation_dir(&dir, gen))?)))
 }
 
 fn payload_checkpoint(index: &Index) -> Result<Option<Checkpoint>> {
@@ -595,15 +597,13 @@ mod tests {
         assert_eq!(super::live_schema_matches(root.path(), &target).unwrap(), Some(true));
         let mut old = Schema::builder();
         for (_, entry) in super::build_schema(&target).fields() {
-            let mut entry = entry.clone();
-            if entry.name() == "title" {
-                let opts = entry.field_type().get_index_record_option().map(|o| {
-                    tantivy::schema::TextOptions::default()
-                        .set_indexing_options(tantivy::schema::TextFieldIndexing::default().set_tokenizer("deriver_default").set_index_option(o))
-                        .set_stored()
-                });
-                entry = tantivy::schema::FieldEntry::new_text("title".into(), opts.unwrap());
-            }
+            // The same field with the same indexing, only stored as well.
+            let entry = match entry.field_type() {
+                tantivy::schema::FieldType::Str(opts) if entry.name() == "title" => {
+                    tantivy::schema::FieldEntry::new_text("title".into(), opts.clone().set_stored())
+                }
+                _ => entry.clone(),
+            };
             old.add_field(entry);
         }
         build(2, old.build());
