@@ -452,6 +452,53 @@ const TYPED_ROWS: &[(i32, &str, &str, &str, &str, &str, bool)] = &[
     (19, "-0", "'1e-300'", "'2262-04-11 00:00+00'", "'false'", "'{\"obj\": true}'", true),
 ];
 
+/// The types deriver hands to `json_build_object` without `to_jsonb` (`JSON_AS_IS_TYPES`) come
+/// out exactly as through `to_jsonb`, for values at the edges of each type, in the pinned session
+/// and in one with another time zone and date style.
+#[test]
+fn json_as_is_types_are_written_as_to_jsonb_writes_them() {
+    let w = World::new("json_as_is");
+    let strings = [
+        "''",
+        "'plain words'",
+        r#"E'quote " backslash \\ slash / tab \t nl \n cr \r bell \007 esc \033 del \177 u001f \037'"#,
+        "'é ☃ 𝄞 \u{2028} \u{2029} \u{feff}'",
+        "'trailing spaces   '",
+        "repeat('long ', 20000)",
+    ];
+    let values: &[(&str, &[&str])] = &[
+        ("text", &strings),
+        ("varchar", &strings),
+        ("bpchar", &["'a'", "'padded'::char(12)", r#"E'x"y\\z'::char(8)"#, "''"]),
+        ("int2", &["0", "-32768", "32767"]),
+        ("int4", &["0", "-2147483648", "2147483647"]),
+        ("int8", &["0", "-9223372036854775808", "9223372036854775807"]),
+        ("bool", &["true", "false"]),
+        ("date", &["'2024-02-29'", "'0001-01-01 BC'", "'294276-12-31'", "'infinity'", "'-infinity'", "'epoch'"]),
+        (
+            "timestamp",
+            &["'2024-02-29 23:59:59.999999'", "'1999-01-08 04:05:06'", "'4713-01-01 00:00:00 BC'", "'infinity'", "'-infinity'"],
+        ),
+        (
+            "timestamptz",
+            &["'2024-02-29 23:59:59.123456+05:45'", "'1901-12-13 20:45:52-00:00'", "'0010-06-01 12:00:00+14 BC'", "'infinity'", "'-infinity'"],
+        ),
+    ];
+    let listed: Vec<&str> = values.iter().map(|(t, _)| *t).collect();
+    assert_eq!(listed, deriver::pipeline::sql::JSON_AS_IS_TYPES, "every as-is type has values to check");
+    for session in [PINNED, "SET datestyle = 'SQL, DMY'; SET timezone = 'America/St_Johns'; SET extra_float_digits = 0; "] {
+        for (ty, vals) in values {
+            let rows: Vec<String> = std::iter::once("(NULL)".to_string()).chain(vals.iter().map(|v| format!("(({v})::{ty})"))).collect();
+            let out = w.sql(&format!(
+                "{session}SELECT count(*) || ' ' || count(*) FILTER (WHERE a IS DISTINCT FROM b) || coalesce(' ' || string_agg(a || ' <> ' || b, ' | ') FILTER (WHERE a IS DISTINCT FROM b), '') \
+                 FROM (SELECT json_build_object('v', v)::text AS a, json_build_object('v', to_jsonb(v))::text AS b FROM (VALUES {}) AS t(v)) AS q",
+                rows.join(", ")
+            ));
+            assert_eq!(out, format!("{} 0", vals.len() + 1), "{ty} under `{session}`: a value differs");
+        }
+    }
+}
+
 fn insert_typed(w: &World, rows: &[(i32, &str, &str, &str, &str, &str, bool)]) {
     for (id, n, fx, d, b, k, _) in rows {
         w.sql(&format!("INSERT INTO typed VALUES ({id}, {n}, {fx}, {d}, {b}, {k}, 'row {id}')"));

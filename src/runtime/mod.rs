@@ -26,7 +26,7 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
-use crate::pipeline::sql::{compile, DerivationSql, KeyColumn};
+use crate::pipeline::sql::{compile_typed, DerivationSql, KeyColumn};
 use crate::pipeline::{OnError, Pipeline};
 use crate::sink::redis::RedisSink;
 use crate::sink::tantivy::SearchSink;
@@ -107,10 +107,30 @@ pub async fn load_pipelines(cfg: &Config, client: &Client) -> Result<Vec<(Pipeli
         let info = pg::table_info(client, &def.source.table, def.source.key.as_deref())
             .await
             .map_err(|e| Error::config(format!("pipeline `{}`: {}", def.name, e.message)))?;
-        let sql = compile(&def, &info.key);
+        let sql = compile_typed(&def, &info.key, &json_as_is_fields(client, &def).await);
         out.push((def, info, sql));
     }
     Ok(out)
+}
+
+/// The fields of `def` whose type `json_build_object` writes as `to_jsonb` would (see
+/// `pipeline::sql::JSON_AS_IS_TYPES`), from the types Postgres gives the field expressions. When
+/// the types cannot be learned (a statement Postgres refuses is reported when it runs), every
+/// field keeps `to_jsonb`.
+pub async fn json_as_is_fields(client: &Client, def: &Pipeline) -> std::collections::HashSet<String> {
+    match client.prepare(&crate::pipeline::sql::field_types_sql(def)).await {
+        Ok(stmt) => def
+            .fields
+            .iter()
+            .zip(stmt.columns())
+            .filter(|(_, c)| crate::pipeline::sql::JSON_AS_IS_TYPES.contains(&c.type_().name()))
+            .map(|(f, _)| f.name.clone())
+            .collect(),
+        Err(e) => {
+            tracing::debug!(pipeline = %def.name, error = %e, "cannot learn the field types: every field goes through to_jsonb");
+            Default::default()
+        }
+    }
 }
 
 /// Checks that deletes and key changes of a source table carry the pipeline's key columns.
