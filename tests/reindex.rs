@@ -231,3 +231,34 @@ fn reindex_rewrites_the_redis_views_that_differ_and_only_those() {
     assert_eq!(exact, w.expected(FILMS_EXPECTED).len() - 7, "{line}");
     assert_eq!(w.stop(), 0);
 }
+
+/// A column whose type changes under a running daemon (`ALTER TABLE … TYPE`, which Postgres does
+/// not stream) from one that skips `to_jsonb` (text) to one that needs it (float8): the reindex
+/// operations.md asks for afterwards derives every record as `to_jsonb` gives it, not as the SQL
+/// compiled at start would (`1e+300` instead of the digits `to_jsonb` writes).
+#[test]
+fn a_reindex_after_a_column_type_change_derives_as_to_jsonb_gives_it() {
+    let mut w = World::new("typechange");
+    w.sql("CREATE TABLE reading (id int PRIMARY KEY, value text); INSERT INTO reading VALUES (1, '1e300'), (2, '0.1'), (3, '12345678.125')");
+    w.add_pipeline(
+        "readings",
+        "version: 1\npipeline: readings\nsource: { table: reading }\nfields: { id: reading.id, value: reading.value }\ntargets:\n  - redis: { key: \"reading:{id}\" }\n",
+    );
+    w.setup();
+    w.start();
+    w.catch_up(&["readings"], &[]);
+    let view = |id: u32| -> serde_json::Value { serde_json::from_str(&w.redis_get(&format!("reading:{id}")).expect("view")).unwrap() };
+    assert_eq!(view(1)["value"], "1e300", "a text column is a JSON string");
+
+    w.sql("ALTER TABLE reading ALTER COLUMN value TYPE float8 USING value::float8");
+    let (code, out, err) = w.run_cli(&["reindex", "readings"]);
+    assert_eq!(code, 0, "{out}{err}\n{}", w.log_text());
+    let expected = w.expected(
+        "SELECT id::text, json_build_object('id', to_jsonb(id), 'value', to_jsonb(value)) FROM reading",
+    );
+    for id in 1..=3u32 {
+        assert_eq!(view(id), expected[&id.to_string()], "reading {id} after the reindex");
+    }
+    assert!(w.log_text().contains("a field's type changed since the derivation SQL was compiled"), "{}", w.log_text());
+    assert_eq!(w.stop(), 0);
+}

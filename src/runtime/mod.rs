@@ -1235,6 +1235,7 @@ impl Daemon {
     /// Starts a background full reprocess of a pipeline: a new generation for each search target
     /// (and, when `redis`, a rewrite of its Redis views in place), from position `from`.
     async fn start_rebuild(&mut self, i: usize, redis: bool, from: Lsn) -> Result<Vec<String>> {
+        self.refresh_field_types(i).await?;
         let mut started = Vec::new();
         let total = reindex::estimate_rows(&self.pg, &self.pipelines[i].def.source.table).await;
         let search_sinks: Vec<usize> =
@@ -1593,6 +1594,21 @@ impl Daemon {
                 }
             }
         });
+    }
+
+    /// Learns pipeline `i`'s field types again and, when a field's type moved in or out of the
+    /// types that skip `to_jsonb` (an `ALTER TABLE … TYPE` since the daemon started), compiles
+    /// and prepares its SQL again: the reindex that operations.md asks for after such a change
+    /// then derives every record as `to_jsonb` gives it.
+    async fn refresh_field_types(&mut self, i: usize) -> Result<()> {
+        let p = &mut self.pipelines[i];
+        let sql = compile_typed(&p.def, &p.key, &json_as_is_fields(&self.pg, &p.def).await);
+        if sql.keyed != p.sql.keyed {
+            info!(pipeline = %p.def.name, "a field's type changed since the derivation SQL was compiled: compiling it again");
+            p.stmt = Some(self.pg.prepare(&sql.keyed).await?);
+            p.sql = sql;
+        }
+        Ok(())
     }
 
     async fn reconnect_pg(&mut self) -> Result<()> {
