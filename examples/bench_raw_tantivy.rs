@@ -22,7 +22,6 @@ use tantivy::schema::Field;
 use tantivy::{Index, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
 use deriver::pipeline::check::check;
-use deriver::pipeline::sql::compile_typed;
 use deriver::runtime::derive::row_to_record;
 use deriver::sink::tantivy::schema::{build_schema, register_tokenizers, DocBuilder, HASH_FIELD};
 use deriver::sink::tantivy::KEY_FIELD;
@@ -130,7 +129,7 @@ fn main() {
         let info = deriver::source::postgres::table_info(&client, &pipeline.source.table, pipeline.source.key.as_deref())
             .await
             .unwrap_or_else(|e| fail(e));
-        let sql = compile_typed(&pipeline, &info.key, &deriver::runtime::json_as_is_fields(&client, &pipeline).await);
+        let sql = deriver::runtime::derivation_sql(&client, &pipeline, &info.key).await;
         let bulk = match args.limit {
             Some(n) => format!("{} LIMIT {n}", sql.bulk),
             None => sql.bulk.clone(),

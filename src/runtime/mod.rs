@@ -107,17 +107,22 @@ pub async fn load_pipelines(cfg: &Config, client: &Client) -> Result<Vec<(Pipeli
         let info = pg::table_info(client, &def.source.table, def.source.key.as_deref())
             .await
             .map_err(|e| Error::config(format!("pipeline `{}`: {}", def.name, e.message)))?;
-        let sql = compile_typed(&def, &info.key, &json_as_is_fields(client, &def).await);
+        let sql = derivation_sql(client, &def, &info.key).await;
         out.push((def, info, sql));
     }
     Ok(out)
+}
+
+/// A pipeline's derivation SQL, compiled with the field types Postgres gives it now.
+pub async fn derivation_sql(client: &Client, def: &Pipeline, key: &[KeyColumn]) -> DerivationSql {
+    compile_typed(def, key, &json_as_is_fields(client, def).await)
 }
 
 /// The fields of `def` whose type `json_build_object` writes as `to_jsonb` would (see
 /// `pipeline::sql::JSON_AS_IS_TYPES`), from the types Postgres gives the field expressions. When
 /// the types cannot be learned (a statement Postgres refuses is reported when it runs), every
 /// field keeps `to_jsonb`.
-pub async fn json_as_is_fields(client: &Client, def: &Pipeline) -> std::collections::HashSet<String> {
+async fn json_as_is_fields(client: &Client, def: &Pipeline) -> std::collections::HashSet<String> {
     match client.prepare(&crate::pipeline::sql::field_types_sql(def)).await {
         Ok(stmt) => def
             .fields
@@ -1602,7 +1607,7 @@ impl Daemon {
     /// then derives every record as `to_jsonb` gives it.
     async fn refresh_field_types(&mut self, i: usize) -> Result<()> {
         let p = &mut self.pipelines[i];
-        let sql = compile_typed(&p.def, &p.key, &json_as_is_fields(&self.pg, &p.def).await);
+        let sql = derivation_sql(&self.pg, &p.def, &p.key).await;
         if sql.keyed != p.sql.keyed {
             info!(pipeline = %p.def.name, "a field's type changed since the derivation SQL was compiled: compiling it again");
             p.stmt = Some(self.pg.prepare(&sql.keyed).await?);

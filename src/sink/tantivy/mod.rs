@@ -85,9 +85,9 @@ const MERGE_NICE: i32 = 10;
 
 /// Lowers the scheduling priority of this process's tantivy merge threads (`merge_thread_<n>`)
 /// to [`MERGE_NICE`]. tantivy creates a writer's merge pool when the writer is created (and again
-/// on a rollback) and gives no hook to set its threads' priority, so they are found by name. A
-/// thread that is not named yet is caught on a later call; one that cannot be changed is left as
-/// it is (the priority only shapes latency, never correctness).
+/// on a rollback) and gives no hook to set its threads' priority, so they are found by name; the
+/// writer thread calls this at a writer's first commit, when they are running and named. A thread
+/// whose priority cannot be changed is left as it is (it only shapes latency, never correctness).
 #[cfg(target_os = "linux")]
 fn lower_merge_priority() {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return };
@@ -435,8 +435,10 @@ fn writer_thread(mut writer: IndexWriter<TantivyDocument>, reader: IndexReader, 
     }
     let mut failed: Option<String> = None;
     let mut filter = DeleteFilter::new();
-    // The writer's merge threads get a lower priority once they are running and named (by the
-    // first commit); a rollback makes a new writer with new merge threads.
+    // The writer's merge threads get a lower priority at the first commit, when they have long
+    // been running and named (not right after the writer is made, when a thread may not have
+    // named itself yet); a rollback makes a new writer with new merge threads, lowered at the
+    // commit after it.
     let mut merge_priority_set = false;
     while let Some(cmd) = rx.blocking_recv() {
         match cmd {
@@ -466,6 +468,10 @@ fn writer_thread(mut writer: IndexWriter<TantivyDocument>, reader: IndexReader, 
                 apply_group(&writer, &mut deletes, &mut adds, &mut failed);
             }
             Cmd::Commit { payload, reply } => {
+                if !merge_priority_set {
+                    lower_merge_priority();
+                    merge_priority_set = true;
+                }
                 let result = match failed.take() {
                     Some(e) => Err(Error::transient("writing to the search index failed").with_detail(e)),
                     None => {
@@ -488,10 +494,6 @@ fn writer_thread(mut writer: IndexWriter<TantivyDocument>, reader: IndexReader, 
                 }
                 filter = DeleteFilter::new();
                 let _ = reply.send(result);
-                if !merge_priority_set {
-                    lower_merge_priority();
-                    merge_priority_set = true;
-                }
             }
             Cmd::Abort { reply } => {
                 rollback(&mut writer);
