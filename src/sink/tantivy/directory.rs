@@ -83,11 +83,12 @@ impl DurableDirectory {
         let target = self.root.join(path);
         let spares = self.spares.get_or_init(|| Spares::start(&self.root));
         if let Some(pool) = spares {
-            if let Some((spare, file)) = pool.take() {
+            if let Some(spare) = pool.take() {
                 match rename_noreplace(&spare, &target) {
-                    Ok(()) => return Ok(file),
+                    // Spares are kept closed (a pool of open files would eat the descriptor limit).
+                    Ok(()) => return OpenOptions::new().write(true).open(target),
                     Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                        pool.put_back(spare, file);
+                        pool.put_back(spare);
                         return Err(e);
                     }
                     Err(e) => {
@@ -178,7 +179,7 @@ struct Spares {
 }
 
 struct SpareState {
-    ready: Vec<(PathBuf, File)>,
+    ready: Vec<PathBuf>,
     stopped: bool,
 }
 
@@ -206,7 +207,7 @@ impl Spares {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn take(&self) -> Option<(PathBuf, File)> {
+    fn take(&self) -> Option<PathBuf> {
         let mut st = self.lock();
         let spare = st.ready.pop();
         if st.ready.len() < SPARE_LOW {
@@ -215,8 +216,8 @@ impl Spares {
         spare
     }
 
-    fn put_back(&self, path: PathBuf, file: File) {
-        self.lock().ready.push((path, file));
+    fn put_back(&self, path: PathBuf) {
+        self.lock().ready.push(path);
     }
 
     fn stop(&self) {
@@ -244,7 +245,7 @@ impl Spares {
                 let path = self.folder.join(made.to_string());
                 made += 1;
                 match OpenOptions::new().write(true).create_new(true).open(&path) {
-                    Ok(file) => self.lock().ready.push((path, file)),
+                    Ok(_) => self.lock().ready.push(path),
                     Err(e) => {
                         tracing::debug!(error = %e, "making spare index files stopped");
                         self.lock().stopped = true;
@@ -386,7 +387,7 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "the pool fills");
             std::thread::sleep(Duration::from_millis(10));
         }
-        let next_spare = pool.lock().ready.last().unwrap().1.metadata().unwrap().ino();
+        let next_spare = std::fs::metadata(pool.lock().ready.last().unwrap()).unwrap().ino();
         write("second.bin", b"two");
         assert_eq!(std::fs::metadata(root.join("second.bin")).unwrap().ino(), next_spare, "the file is the spare, renamed");
         assert_eq!(pool.lock().ready.len(), SPARE_TARGET - 1);
