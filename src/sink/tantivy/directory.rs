@@ -168,8 +168,6 @@ const SPARE_TARGET: usize = 256;
 const SPARE_LOW: usize = SPARE_TARGET * 3 / 4;
 /// Folder names of spare pools: `.spare-<pid>-<n>`.
 const SPARE_PREFIX: &str = ".spare-";
-/// How much lower the pool's thread runs than the rest of deriver (a `nice` increment).
-const SPARE_NICE: libc::c_int = 10;
 
 /// The spare pool of one directory and the thread that fills it.
 struct Spares {
@@ -228,7 +226,7 @@ impl Spares {
     /// The pool's thread: keeps [`SPARE_TARGET`] files ready until the directory is dropped
     /// (only this thread holds the pool then) or a file cannot be made; then removes the folder.
     fn fill(self: Arc<Self>) {
-        lower_own_priority();
+        super::lower_thread_priority(0);
         let mut made: u64 = 0;
         loop {
             let missing = {
@@ -256,15 +254,6 @@ impl Spares {
         }
         self.lock().ready.clear();
         let _ = std::fs::remove_dir_all(&self.folder);
-    }
-}
-
-/// Lowers the calling thread's priority by [`SPARE_NICE`] (Linux: `setpriority` on thread 0
-/// is the calling thread).
-fn lower_own_priority() {
-    // SAFETY: plain integers; 0 names the calling thread.
-    unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, 0, SPARE_NICE);
     }
 }
 
@@ -387,6 +376,28 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "the pool fills");
             std::thread::sleep(Duration::from_millis(10));
         }
+        // The pool's thread runs at the background priority (every such thread of this process,
+        // tried a few times: another test's pool may have only just started).
+        let spare_nices = || -> Vec<i32> {
+            let mut out = Vec::new();
+            for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+                if std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim() == "index-spares") {
+                    let tid: libc::id_t = task.file_name().to_str().unwrap().parse().unwrap();
+                    // SAFETY: plain integers; errno is not consulted (a nice of -1 fails the test).
+                    out.push(unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) });
+                }
+            }
+            out
+        };
+        let mut nices = spare_nices();
+        for _ in 0..50 {
+            if !nices.is_empty() && nices.iter().all(|&n| n == super::super::BACKGROUND_NICE) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+            nices = spare_nices();
+        }
+        assert!(!nices.is_empty() && nices.iter().all(|&n| n == super::super::BACKGROUND_NICE), "index-spares threads' nice values: {nices:?}");
         let next_spare = std::fs::metadata(pool.lock().ready.last().unwrap()).unwrap().ino();
         write("second.bin", b"two");
         assert_eq!(std::fs::metadata(root.join("second.bin")).unwrap().ino(), next_spare, "the file is the spare, renamed");

@@ -80,14 +80,27 @@ fn merge_policy() -> tantivy::indexer::LogMergePolicy {
 /// A merge is background work: it can wait, a commit cannot. Measured under steady churn on two
 /// cores, merges took about 40 % of deriver's CPU and competed with every commit's segment write
 /// and delete application, which sit on the path from a transaction's commit to its visibility.
-/// At +10 (a tenth of the weight) a merge still uses whatever CPU is idle.
-const MERGE_NICE: i32 = 10;
+/// At +10 (a tenth of the weight) a merge still uses whatever CPU is idle. The thread that makes
+/// spare index files (`directory.rs`) runs at the same priority, for the same reason.
+const BACKGROUND_NICE: i32 = 10;
+
+/// Lowers one thread of this process (`0`: the calling thread) to [`BACKGROUND_NICE`]. A thread
+/// whose priority cannot be changed is left as it is (it only shapes latency, never correctness).
+#[cfg(target_os = "linux")]
+fn lower_thread_priority(tid: libc::id_t) {
+    // SAFETY: setpriority takes plain integers; 0 or a thread id of this process is valid.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, tid, BACKGROUND_NICE);
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_thread_priority(_tid: u32) {}
 
 /// Lowers the scheduling priority of this process's tantivy merge threads (`merge_thread_<n>`)
-/// to [`MERGE_NICE`]. tantivy creates a writer's merge pool when the writer is created (and again
+/// to [`BACKGROUND_NICE`]. tantivy creates a writer's merge pool when the writer is created (and again
 /// on a rollback) and gives no hook to set its threads' priority, so they are found by name; the
-/// writer thread calls this at a writer's first commit, when they are running and named. A thread
-/// whose priority cannot be changed is left as it is (it only shapes latency, never correctness).
+/// writer thread calls this at a writer's first commit, when they are running and named.
 #[cfg(target_os = "linux")]
 fn lower_merge_priority() {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return };
@@ -95,10 +108,7 @@ fn lower_merge_priority() {
         let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<libc::id_t>().ok()) else { continue };
         let is_merge = std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.starts_with("merge_thread_"));
         if is_merge {
-            // SAFETY: setpriority takes plain integers; a thread id of this process is valid.
-            unsafe {
-                libc::setpriority(libc::PRIO_PROCESS, tid, MERGE_NICE);
-            }
+            lower_thread_priority(tid);
         }
     }
 }
@@ -675,12 +685,12 @@ mod tests {
         for _ in 0..50 {
             super::lower_merge_priority();
             nices = merge_nices();
-            if !nices.is_empty() && nices.iter().all(|&n| n == super::MERGE_NICE) {
+            if !nices.is_empty() && nices.iter().all(|&n| n == super::BACKGROUND_NICE) {
                 return;
             }
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
-        panic!("merge threads' nice values: {nices:?} (want all {})", super::MERGE_NICE);
+        panic!("merge threads' nice values: {nices:?} (want all {})", super::BACKGROUND_NICE);
     }
 
     /// The defect `spend_first_opstamp` works around, reproduced step by step: segment A's
