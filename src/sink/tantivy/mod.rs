@@ -4,6 +4,7 @@
 //! pipeline's definition hash as its payload, so the checkpoint is durable with the data.
 
 mod directory;
+mod merge;
 pub mod schema;
 
 use std::collections::HashSet;
@@ -60,20 +61,6 @@ fn read_generation(dir: &Path) -> Option<u64> {
 
 fn generation_dir(dir: &Path, gen: u64) -> PathBuf {
     dir.join(format!("gen-{gen:06}"))
-}
-
-/// Segments below this many documents count as one size class when merging.
-const MIN_MERGE_LAYER_DOCS: u32 = 1_000;
-
-/// tantivy's log merge policy with a smaller first size class. Streaming commits a small segment
-/// every batch (tens to hundreds of documents); with tantivy's default class of 10,000 documents,
-/// every merge of eight small segments rewrites the growing one of up to 10,000 documents again,
-/// a merge load that took half a core under steady churn and delayed commits. With a class of
-/// 1,000, documents are rewritten a few times on their way up, not dozens.
-fn merge_policy() -> tantivy::indexer::LogMergePolicy {
-    let mut policy = tantivy::indexer::LogMergePolicy::default();
-    policy.set_min_layer_size(MIN_MERGE_LAYER_DOCS);
-    policy
 }
 
 /// How much lower tantivy's merge threads run than the rest of deriver (a `nice` increment).
@@ -232,13 +219,14 @@ impl SearchSink {
                 Ok(sink)
             }
             Some(gen) => {
-                let index = open_for_writing(&generation_dir(&dir, gen))?;
+                let path = generation_dir(&dir, gen);
+                let index = open_for_writing(&path)?;
                 let checkpoint = payload_checkpoint(&index)?;
                 let stale_def = checkpoint.as_ref().is_some_and(|c| c.definition_hash.as_deref() != Some(pipeline.search_hash(target).as_str()));
                 if index.schema() != build_schema(target) || stale_def {
                     SearchSink::frozen(pipeline, target, gen, index, checkpoint)
                 } else {
-                    SearchSink::with_writer(pipeline, target, gen, index, checkpoint, writer_mb)
+                    SearchSink::with_writer(pipeline, target, gen, &path, index, checkpoint, writer_mb)
                 }
             }
         }
@@ -252,7 +240,7 @@ impl SearchSink {
         }
         std::fs::create_dir_all(&path)?;
         let index = Index::create(durable_directory(&path)?, build_schema(target), Default::default())?;
-        SearchSink::with_writer(pipeline, target, gen, index, None, writer_mb)
+        SearchSink::with_writer(pipeline, target, gen, &path, index, None, writer_mb)
     }
 
     /// Opens an existing generation with a writer (rollback).
@@ -266,7 +254,7 @@ impl SearchSink {
             return Err(Error::config(format!("generation {gen} of index `{}` was built with another search schema", target.index)));
         }
         let checkpoint = payload_checkpoint(&index)?;
-        SearchSink::with_writer(pipeline, target, gen, index, checkpoint, writer_mb)
+        SearchSink::with_writer(pipeline, target, gen, &path, index, checkpoint, writer_mb)
     }
 
     fn frozen(pipeline: &Pipeline, target: &SearchTarget, gen: u64, index: Index, checkpoint: Option<Checkpoint>) -> Result<SearchSink> {
@@ -288,7 +276,7 @@ impl SearchSink {
         })
     }
 
-    fn with_writer(pipeline: &Pipeline, target: &SearchTarget, gen: u64, index: Index, checkpoint: Option<Checkpoint>, writer_mb: usize) -> Result<SearchSink> {
+    fn with_writer(pipeline: &Pipeline, target: &SearchTarget, gen: u64, path: &Path, index: Index, checkpoint: Option<Checkpoint>, writer_mb: usize) -> Result<SearchSink> {
         let schema = index.schema();
         register_tokenizers(&index, target);
         let writer: IndexWriter<TantivyDocument> = index.writer_with_num_threads(1, writer_mb.max(16) * 1024 * 1024).map_err(|e| {
@@ -298,7 +286,7 @@ impl SearchSink {
                 Error::from(e)
             }
         })?;
-        writer.set_merge_policy(Box::new(merge_policy()));
+        writer.set_merge_policy(Box::new(merge::MergePolicy::new(path)));
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         let live = Arc::new(SearchIndex { name: target.index.clone(), generation: gen, index, reader, schema: schema.clone(), target: target.clone() });
         let key_field = schema.get_field(KEY_FIELD).expect("schema has _key");
