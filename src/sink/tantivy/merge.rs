@@ -8,8 +8,9 @@
 //! from 240 MiB to 578 MiB during catch-up, and to 660 MiB during a million-row transaction, for the
 //! length of the merge. So a merge here reads at most [`MergePolicy::budget`] bytes of segments:
 //! 64 MiB, or an eighth of the segments considered, whichever is larger. The floor keeps small
-//! indexes in few segments; the eighth keeps a big index in about 8 to 16 large segments instead of
-//! hundreds of small ones (each segment costs every search and every commit a little).
+//! indexes in few segments; the eighth keeps a big index in about 8 to 16 large segments (each
+//! between half the budget and the budget) instead of hundreds of small ones: each segment costs
+//! every search and every commit a little.
 //!
 //! * A segment larger than half the budget no longer takes part in size-class merges (two of
 //!   them would exceed it). It is rewritten alone once more than half of its documents are deleted
