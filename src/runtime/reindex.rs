@@ -64,8 +64,9 @@ pub async fn estimate_rows(client: &Client, table: &crate::source::TableName) ->
 ///
 /// Each sink writes from its own task, fed by a channel of one chunk, while this task reads and
 /// decodes the next chunk: Postgres decoding, search document building and Redis encoding run on
-/// separate cores. At most three chunks per sink are in memory (one being read, one queued, one
-/// being written).
+/// separate cores. At most three chunks per sink are in memory here (one being read, one queued,
+/// one being written); past that, a search sink queues documents for its writer thread up to its
+/// writer memory budget (`sink/tantivy/queue.rs`).
 pub async fn stream_bulk(
     client: &Client,
     sql: &str,

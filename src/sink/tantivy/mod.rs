@@ -1,10 +1,12 @@
 //! The search sink: one tantivy index per search target, in generation directories
 //! (`<index.dir>/<index>/gen-<n>`, the live one named by `CURRENT`). The blocking `IndexWriter`
-//! lives on its own thread fed by a bounded channel; each commit carries the batch LSN and the
-//! pipeline's definition hash as its payload, so the checkpoint is durable with the data.
+//! lives on its own thread fed by a queue bounded by bytes (`queue.rs`); each commit carries the
+//! batch LSN and the pipeline's definition hash as its payload, so the checkpoint is durable with
+//! the data.
 
 mod directory;
 mod merge;
+mod queue;
 pub mod schema;
 
 use std::collections::HashSet;
@@ -21,6 +23,7 @@ use crate::error::{Error, Result};
 use crate::pipeline::{Pipeline, SearchTarget};
 use crate::source::Lsn;
 use directory::DurableDirectory;
+use queue::{Charge, QueueBudget};
 use schema::{build_schema, register_tokenizers, DocBuilder};
 
 pub const KEY_FIELD: &str = "_key";
@@ -37,7 +40,8 @@ pub struct SearchIndex {
 
 enum Cmd {
     Begin { clear_all: bool },
-    Docs(Vec<(String, Option<TantivyDocument>)>),
+    /// Documents (None: the key's document is deleted), holding their share of the queue budget.
+    Docs(Vec<(String, Option<TantivyDocument>)>, Charge),
     Commit { payload: String, reply: oneshot::Sender<Result<()>> },
     Abort { reply: oneshot::Sender<()> },
 }
@@ -49,7 +53,9 @@ pub struct SearchSink {
     builder: DocBuilder,
     /// Position of the target's `id` field in `Pipeline::text_fields()`.
     id_pos: usize,
-    tx: mpsc::Sender<Cmd>,
+    /// Unbounded by count: only `Cmd::Docs` carries data, and `queue` bounds it by bytes.
+    tx: mpsc::UnboundedSender<Cmd>,
+    queue: QueueBudget,
     open: Option<Lsn>,
     checkpoint: Option<Checkpoint>,
     frozen: bool,
@@ -262,7 +268,7 @@ impl SearchSink {
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         let schema = index.schema();
         let live = Arc::new(SearchIndex { name: target.index.clone(), generation: gen, index, reader, schema, target: target.clone() });
-        let (tx, _rx) = mpsc::channel(1);
+        let (tx, _rx) = mpsc::unbounded_channel();
         Ok(SearchSink {
             pipeline: pipeline.name.clone(),
             hash: pipeline.search_hash(target),
@@ -270,6 +276,7 @@ impl SearchSink {
             live,
             id_pos: pipeline.text_fields().iter().position(|f| f == &target.id).expect("id is a text field"),
             tx,
+            queue: QueueBudget::new(0),
             open: None,
             checkpoint,
             frozen: true,
@@ -290,7 +297,7 @@ impl SearchSink {
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into()?;
         let live = Arc::new(SearchIndex { name: target.index.clone(), generation: gen, index, reader, schema: schema.clone(), target: target.clone() });
         let key_field = schema.get_field(KEY_FIELD).expect("schema has _key");
-        let (tx, rx) = mpsc::channel(8);
+        let (tx, rx) = mpsc::unbounded_channel();
         let reader_for_thread = live.reader.clone();
         std::thread::Builder::new()
             .name(format!("tantivy-{}", target.index))
@@ -304,6 +311,7 @@ impl SearchSink {
             live,
             id_pos,
             tx,
+            queue: QueueBudget::new(writer_mb.max(16)),
             open: None,
             checkpoint,
             frozen: false,
@@ -327,8 +335,8 @@ impl SearchSink {
         self.live.clone()
     }
 
-    async fn send(&self, cmd: Cmd) -> Result<()> {
-        self.tx.send(cmd).await.map_err(|_| Error::fatal(format!("the index writer of `{}` stopped", self.live.name)))
+    fn send(&self, cmd: Cmd) -> Result<()> {
+        self.tx.send(cmd).map_err(|_| Error::fatal(format!("the index writer of `{}` stopped", self.live.name)))
     }
 }
 
@@ -427,7 +435,7 @@ fn rollback(writer: &mut IndexWriter<TantivyDocument>) {
     }
 }
 
-fn writer_thread(mut writer: IndexWriter<TantivyDocument>, reader: IndexReader, key_field: Field, mut rx: mpsc::Receiver<Cmd>) {
+fn writer_thread(mut writer: IndexWriter<TantivyDocument>, reader: IndexReader, key_field: Field, mut rx: mpsc::UnboundedReceiver<Cmd>) {
     if let Err(e) = spend_first_opstamp(&writer) {
         tracing::warn!(error = %e, "preparing the index writer failed");
     }
@@ -449,7 +457,7 @@ fn writer_thread(mut writer: IndexWriter<TantivyDocument>, reader: IndexReader, 
                 }
                 filter.begin(&reader, clear_all);
             }
-            Cmd::Docs(docs) => {
+            Cmd::Docs(docs, charge) => {
                 let (mut deletes, mut adds) = (Vec::new(), Vec::new());
                 for (key, doc) in docs {
                     let term = Term::from_field_text(key_field, &key);
@@ -464,6 +472,8 @@ fn writer_thread(mut writer: IndexWriter<TantivyDocument>, reader: IndexReader, 
                     adds.extend(doc);
                 }
                 apply_group(&writer, &mut deletes, &mut adds, &mut failed);
+                // Handed to tantivy (its own channel holds up to 10,000 more): the space is free.
+                drop(charge);
             }
             Cmd::Commit { payload, reply } => {
                 if !merge_priority_set {
@@ -536,7 +546,9 @@ impl Sink for SearchSink {
             _ => lsn,
         };
         let clear_all = matches!(mode, BatchMode::Replace | BatchMode::Rewrite | BatchMode::Incremental { clear_all: true });
-        self.send(Cmd::Begin { clear_all }).await?;
+        // A full build may queue up to the writer's memory budget (see `queue.rs`).
+        self.queue.set_bulk(matches!(mode, BatchMode::Replace)).await;
+        self.send(Cmd::Begin { clear_all })?;
         self.open = Some(lsn);
         Ok(true)
     }
@@ -544,10 +556,15 @@ impl Sink for SearchSink {
     async fn write(&mut self, writes: &[Write]) -> Result<Vec<Rejected>> {
         let mut rejected = Vec::new();
         let mut docs = Vec::with_capacity(writes.len());
+        let mut bytes = 0;
         for w in writes {
             match w {
-                Write::Delete { key } => docs.push((key.clone(), None)),
+                Write::Delete { key } => {
+                    bytes += queue::doc_bytes(key.len());
+                    docs.push((key.clone(), None))
+                }
                 Write::Upsert(r) => {
+                    bytes += queue::doc_bytes(r.json.len());
                     let Some(id) = r.texts.get(self.id_pos).cloned().flatten() else {
                         rejected.push(Rejected { key: r.key.clone(), reason: format!("search id field `{}` is NULL", self.live.target.id) });
                         continue;
@@ -563,7 +580,8 @@ impl Sink for SearchSink {
                 }
             }
         }
-        self.send(Cmd::Docs(docs)).await?;
+        let charge = self.queue.charge(bytes).await;
+        self.send(Cmd::Docs(docs, charge))?;
         Ok(rejected)
     }
 
@@ -585,7 +603,7 @@ impl Sink for SearchSink {
         let cp = Checkpoint { lsn, definition_hash: Some(self.hash.clone()) };
         let payload = serde_json::json!({ "lsn": cp.lsn, "definition_hash": cp.definition_hash, "pipeline": self.pipeline }).to_string();
         let (reply, rx) = oneshot::channel();
-        self.send(Cmd::Commit { payload, reply }).await?;
+        self.send(Cmd::Commit { payload, reply })?;
         let committed = rx.await.map_err(|_| Error::fatal("the index writer stopped during a commit"))?;
         crate::http::health::observe(&format!("index:{}", self.live.name), committed)?;
         self.checkpoint = Some(cp);
@@ -595,7 +613,7 @@ impl Sink for SearchSink {
     async fn abort(&mut self) {
         if self.open.take().is_some() {
             let (reply, rx) = oneshot::channel();
-            if self.send(Cmd::Abort { reply }).await.is_ok() {
+            if self.send(Cmd::Abort { reply }).is_ok() {
                 let _ = rx.await;
             }
         }
