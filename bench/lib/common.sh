@@ -368,27 +368,31 @@ redis_cpu_ticks() {
   local pid
   pid=$(cat "$REDIS_DIR/redis.pid" 2>/dev/null) && cpu_ticks "$pid" || echo 0
 }
-# machine_busy_ticks : busy (non-idle, non-iowait) ticks of all CPUs since boot
+# machine_busy_ticks : busy (non-idle, non-iowait) ticks of all CPUs since boot, steal included
 machine_busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+# machine_steal_ticks : ticks the hypervisor gave this machine's CPUs to other guests, since boot
+machine_steal_ticks() { awk '/^cpu / { print $9 }' /proc/stat; }
 
-# cpu_mark : "<now> <deriver> <postgres> <redis> <machine busy>" (ticks) for cpu_figures
+# cpu_mark : "<now> <deriver> <postgres> <redis> <machine busy> <steal>" (ticks) for cpu_figures
 cpu_mark() {
   local d=0 pid
   pid=$(deriver_pid) && d=$(cpu_ticks "$pid")
-  printf '%s %s %s %s %s\n' "$(now_s)" "$d" "$(pg_cpu_ticks)" "$(redis_cpu_ticks)" "$(machine_busy_ticks)"
+  printf '%s %s %s %s %s %s\n' "$(now_s)" "$d" "$(pg_cpu_ticks)" "$(redis_cpu_ticks)" "$(machine_busy_ticks)" "$(machine_steal_ticks)"
 }
 # cpu_figures PHASE REP MARK : CPU cores deriver and Postgres used since MARK (a deriver restarted in
 # between counts from zero)
 cpu_figures() {
-  local phase=$1 rep=$2 t0 d0 p0 r0 m0 t1 d1 p1 r1 m1
-  read -r t0 d0 p0 r0 m0 <<<"$3"
-  read -r t1 d1 p1 r1 m1 <<<"$(cpu_mark)"
+  local phase=$1 rep=$2 t0 d0 p0 r0 m0 s0 t1 d1 p1 r1 m1 s1
+  read -r t0 d0 p0 r0 m0 s0 <<<"$3"
+  read -r t1 d1 p1 r1 m1 s1 <<<"$(cpu_mark)"
   ((d1 >= d0)) || d0=0
   figure "$phase" deriver_cpu_cores cores "$rep" "$(calc "($d1 - $d0) / $CLK_TCK / ($t1 - $t0)")"
   figure "$phase" postgres_cpu_cores cores "$rep" "$(calc "($p1 - $p0) / $CLK_TCK / ($t1 - $t0)")"
   figure "$phase" redis_cpu_cores cores "$rep" "$(calc "($r1 - $r0) / $CLK_TCK / ($t1 - $t0)")"
   # Everything else on the machine (pgbench, the bench's own clients, other users' work).
-  figure "$phase" other_cpu_cores cores "$rep" "$(calc "(($m1 - $m0) - ($d1 - $d0) - ($p1 - $p0) - ($r1 - $r0)) / $CLK_TCK / ($t1 - $t0)")"
+  figure "$phase" other_cpu_cores cores "$rep" "$(calc "(($m1 - $m0) - ($s1 - $s0) - ($d1 - $d0) - ($p1 - $p0) - ($r1 - $r0)) / $CLK_TCK / ($t1 - $t0)")"
+  # CPU time the hypervisor gave to other guests: on a shared host, the cores this run did not get.
+  figure "$phase" steal_cpu_cores cores "$rep" "$(calc "($s1 - $s0) / $CLK_TCK / ($t1 - $t0)")"
 }
 
 # ensure_deriver : starts deriver (streaming from its checkpoints) unless it runs
