@@ -375,7 +375,18 @@ fn fault_round(w: &mut World, before: &str, tag: &str, break_disk: impl FnOnce()
     repair_disk(w);
     let repaired = Instant::now();
     w.wait_applied(&["items"], &["items"], committed, Duration::from_secs(90));
-    let (tags, _) = searched_tags(w);
+    // The durable checkpoint can precede visibility: the reader reloads after the commit, and a
+    // commit attempt that failed after writing its meta.json is applied again (and reloaded) by
+    // the retry. Searches report what they see as `applied_lsn`: wait for it, then check it all.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let tags = loop {
+        let (tags, lsn) = searched_tags(w);
+        if lsn.is_some_and(|l| l >= committed) {
+            break tags;
+        }
+        assert!(Instant::now() < deadline, "searches still see {lsn:?} (committed by {committed}, durable); log:\n{}", w.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    };
     whole("searched after the repair", &tags, &[tag]);
     whole("redis after the repair", &redis_tags(w), &[tag]);
     wait_for("the index to be reported up again", Duration::from_secs(30), || {
