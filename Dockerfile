@@ -4,7 +4,7 @@
 # ---- build ------------------------------------------------------------------------------------
 FROM rust:1-bookworm AS builder
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libpq-dev pkg-config \
+ && apt-get install -y --no-install-recommends libpq-dev libssl-dev pkg-config \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
@@ -18,7 +18,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # ---- runtime ----------------------------------------------------------------------------------
 FROM debian:bookworm-slim
 RUN apt-get update \
- && apt-get install -y --no-install-recommends libpq5 ca-certificates \
+ && apt-get install -y --no-install-recommends libpq5 libssl3 ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
  && useradd --system --user-group --home-dir /var/lib/deriver --shell /usr/sbin/nologin deriver \
  && mkdir -p /var/lib/deriver /etc/deriver \

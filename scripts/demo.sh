@@ -9,9 +9,12 @@ usage() {
   cat <<'USAGE'
 Usage: scripts/demo.sh [--no-run]
 
-Starts the project-local PostgreSQL 15 (pagila loaded) and Redis with scripts/dev-stack.sh up,
-installs Rust with rustup only if cargo is missing, builds deriver (cargo build --release), runs
-`deriver setup`, then replaces itself with `deriver run` (stop it with Ctrl-C).
+Starts the project-local PostgreSQL (≥ 14: the one installed, else the distribution's) with
+pagila loaded, and Redis, with scripts/dev-stack.sh up (which installs missing system packages,
+never the browser), creates the indexes the sample pipelines join on
+(migrations/003_demo_indexes.sql), installs Rust with rustup only if cargo is missing, builds deriver
+(cargo build --release), runs `deriver setup`, then replaces itself with `deriver run` (stop it
+with Ctrl-C).
 
 Configuration: ./deriver.toml, overridden by the DERIVER__* variables of .dev/env.
 
@@ -49,6 +52,9 @@ cd "$ROOT"
 scripts/dev-stack.sh up
 # shellcheck source=/dev/null
 source .dev/env
+# The indexes the sample pipelines join on, so that `deriver validate` is clean (idempotent).
+log "indexes for the sample pipelines (migrations/003_demo_indexes.sql)"
+PGOPTIONS='-c client_min_messages=warning' scripts/dev-stack.sh psql -X -q -v ON_ERROR_STOP=1 -f migrations/003_demo_indexes.sql
 
 if ! command -v cargo >/dev/null 2>&1; then
   if [[ -x ${CARGO_HOME:-$HOME/.cargo}/bin/cargo ]]; then

@@ -1,9 +1,17 @@
 #!/usr/bin/env bash
-# dev-stack.sh: a project-local PostgreSQL 15 (logical replication on) and Redis for developing deriver.
+# dev-stack.sh: a project-local PostgreSQL (≥ 14, logical replication on) and Redis for developing
+# deriver.
 #
 # Everything lives under .dev/ in the repository root; the system-wide PostgreSQL cluster and Redis
-# service that Debian's packages may start are never used or touched. Run with --help for usage.
+# service that the distribution's packages may start are never used or touched. Run with --help for
+# usage.
 set -euo pipefail
+
+# mapfile, and "${empty_array[@]}" under set -u, need bash ≥ 4.4 (macOS ships 3.2 as /bin/bash).
+if ((BASH_VERSINFO[0] < 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] < 4))); then
+  printf 'dev-stack: error: needs bash >= 4.4, this is %s (macOS: brew install bash)\n' "$BASH_VERSION" >&2
+  exit 1
+fi
 
 SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd -P)
 ROOT=$(cd -- "$SCRIPT_DIR/.." && pwd -P)
@@ -15,23 +23,58 @@ DB_NAME=pagila
 PG_PORT_START=54329
 REDIS_PORT_START=63790
 # Stable per-checkout suffix for the few things that may have to live outside .dev (see pg_prepare_dirs).
-REPO_HASH=$(printf '%s' "$ROOT" | sha256sum | cut -c1-10)
+if command -v sha256sum >/dev/null 2>&1; then
+  REPO_HASH=$(printf '%s' "$ROOT" | sha256sum | cut -c1-10)
+else # macOS
+  REPO_HASH=$(printf '%s' "$ROOT" | shasum -a 256 | cut -c1-10)
+fi
 SOCK_FALLBACK="/tmp/deriver-pg-$REPO_HASH"
 PG_FALLBACK="/var/tmp/deriver-dev-$REPO_HASH"
 
-APT_PACKAGES=(postgresql-15 postgresql-contrib-15 redis-server libpq-dev pkg-config build-essential curl chromium chromium-driver)
+# Oldest PostgreSQL major version deriver supports.
+PG_MIN_MAJOR=14
+# Where find_pg_bin looks for the server binaries after $PG_BIN and `pg_config --bindir`, in order;
+# each glob is tried highest version first: Debian/Ubuntu, RHEL/Fedora from PGDG, Homebrew (Apple
+# silicon, then Intel), and last /usr/bin, where Fedora's and Arch's own packages put them.
+PG_SEARCH_DEFAULT='/usr/lib/postgresql/*/bin:/usr/pgsql-*/bin:/opt/homebrew/opt/postgresql@*/bin:/usr/local/opt/postgresql@*/bin:/opt/homebrew/bin:/usr/local/bin:/usr/bin'
+# The caller's PG_BIN, kept apart: PG_BIN itself is the result of find_pg_bin.
+PG_BIN_ENV=${PG_BIN:-}
+PG_BIN=
+PG_MAJOR=
+
+# System packages per package manager. The PostgreSQL server ones (*_PG, apt_pg_packages) are
+# installed only when find_pg_bin finds no server; the browser ones (*_BROWSER) only for
+# `install --with-browser` (tests/browser.rs), never for `up`: the demo needs no 130 MB Chromium.
+APT_BASE=(redis-server libpq-dev libssl-dev openssl pkg-config build-essential curl)
+APT_BROWSER=(chromium chromium-driver)
+DNF_BASE=(redis libpq-devel openssl-devel openssl pkg-config gcc)
+DNF_PG=(postgresql-server postgresql-contrib)
+DNF_BROWSER=(chromium chromedriver)
+# macOS brings curl, and a C compiler with Xcode's command line tools (not a Homebrew formula).
+BREW_BASE=(redis libpq openssl@3 pkg-config)
+BREW_PG=(postgresql@16)
 
 usage() {
+  local search entries=()
+  IFS=: read -ra entries <<<"$PG_SEARCH_DEFAULT"
+  search=$(printf '                        %s\n' "pg_config --bindir" "${entries[@]}")
   cat <<EOF
 Usage: scripts/dev-stack.sh COMMAND [ARGS...]
 
-A project-local PostgreSQL 15 and Redis for deriver, kept under .dev/ in the repository root.
+A project-local PostgreSQL (≥ $PG_MIN_MAJOR) and Redis for deriver, kept under .dev/ in the repository root.
 
 Commands:
-  install   apt-get install whatever is missing of: ${APT_PACKAGES[*]}
-  up        install, then create (once) and start the PostgreSQL cluster (.dev/pg) and Redis
-            (.dev/redis) on free loopback ports, load the pagila sample database (once) and
-            write .dev/env. Idempotent: a second run is a quick no-op.
+  install [--with-browser]
+            install whatever is missing of the system packages deriver needs: a PostgreSQL
+            server (only when pg-bin finds none), Redis, the libpq and OpenSSL headers, the
+            openssl tool, pkg-config, a C compiler and curl; --with-browser adds Chromium and
+            chromedriver (for tests/browser.rs; scripts/test.sh asks for them). Uses apt-get
+            (Debian/Ubuntu), dnf (Fedora/RHEL) or brew (macOS), through sudo when not root; as
+            root, also creates the 'postgres' OS user if no package did.
+  pg-bin    print the directory of the PostgreSQL ≥ $PG_MIN_MAJOR server binaries (see PG_BIN below)
+  up        install (without the browser), then create (once) and start the PostgreSQL cluster
+            (.dev/pg) and Redis (.dev/redis) on free loopback ports, load the pagila sample
+            database (once) and write .dev/env. Idempotent: a second run is a quick no-op.
   down      stop both (idempotent)
   status    show whether each is running, their ports and the env file; exit 0 only if both run
   reset     down, then delete .dev entirely (the cluster, Redis data, remembered ports)
@@ -43,7 +86,15 @@ After 'up':  source .dev/env   # DERIVER__POSTGRES__URL, DERIVER__REDIS__URL, PG
 
 Environment:
   DERIVER_SHARED_DIR  sample data folder (default: <repo>/../shared)
-  PG_BIN              PostgreSQL server binaries (default: /usr/lib/postgresql/15/bin)
+  PG_BIN              PostgreSQL server binaries: a directory with postgres, pg_ctl and initdb
+                      of version ≥ $PG_MIN_MAJOR. Default: the first such directory of
+$search
+                      (each glob highest version first). An existing .dev cluster needs the
+                      major version that created it.
+  DERIVER_PG_SEARCH_PATHS
+                      colon-separated directories (globs allowed) searched instead of that
+                      default list, pg_config included; for trying the discovery on other
+                      layouts, e.g. DERIVER_PG_SEARCH_PATHS='/tmp/x/usr/pgsql-*/bin' dev-stack.sh pg-bin
 EOF
 }
 
@@ -52,9 +103,15 @@ die() {
   printf 'dev-stack: error: %s\n' "$*" >&2
   exit 1
 }
+usage_error() {
+  printf 'dev-stack: %s\n\n' "$*" >&2
+  usage >&2
+  exit 2
+}
 
 # PostgreSQL refuses to run as root: as root, the cluster belongs to the 'postgres' system user
-# (created by the postgresql-15 package); otherwise to the current user.
+# (created by Debian's and Fedora's server packages, else by ensure_pg_user); otherwise to the
+# current user.
 if [[ $EUID -eq 0 ]]; then IS_ROOT=1; else IS_ROOT=0; fi
 
 # Runs a command as the OS user that owns the cluster, from / so that its working directory is
@@ -67,28 +124,160 @@ as_pg() {
   fi
 }
 
+# --------------------------------------------------------------------------- postgres discovery
+
+# Prints the major version of the PostgreSQL server in directory $1; fails (silently) unless it
+# has executable postgres, pg_ctl and initdb and `postgres --version` can be parsed.
+pg_bin_major() {
+  local dir=$1 tool out
+  for tool in postgres pg_ctl initdb; do
+    [[ -f $dir/$tool && -x $dir/$tool ]] || return 1
+  done
+  # --version is answered before the server's refusal to run as root.
+  out=$("$dir/postgres" --version 2>/dev/null) || return 1
+  [[ $out =~ \(PostgreSQL\)\ ([0-9]+) ]] || return 1
+  printf '%s\n' "${BASH_REMATCH[1]}"
+}
+
+# Prints the candidate directories for find_pg_bin, in order, each once.
+pg_bin_candidates() {
+  local paths=${DERIVER_PG_SEARCH_PATHS:-} entry entries=()
+  if [[ -z $paths ]]; then
+    if command -v pg_config >/dev/null 2>&1; then pg_config --bindir 2>/dev/null || true; fi
+    paths=$PG_SEARCH_DEFAULT
+  fi
+  IFS=: read -ra entries <<<"$paths"
+  for entry in "${entries[@]}"; do
+    if [[ $entry == *[*?[]* ]]; then
+      compgen -G "$entry" | sort -rV || true
+    elif [[ -n $entry ]]; then
+      printf '%s\n' "$entry"
+    fi
+  done | awk '!seen[$0]++'
+}
+
+pg_search_desc() {
+  if [[ -n ${DERIVER_PG_SEARCH_PATHS:-} ]]; then
+    printf 'DERIVER_PG_SEARCH_PATHS=%s' "$DERIVER_PG_SEARCH_PATHS"
+  else
+    printf 'pg_config --bindir, %s' "${PG_SEARCH_DEFAULT//:/, }"
+  fi
+}
+
+# find_pg_bin [MAJOR]: the one place that decides which PostgreSQL server these scripts use.
+# Sets PG_BIN (and PG_MAJOR) to the caller's $PG_BIN when set (it must hold a server ≥ 14, else
+# this dies), otherwise to the first candidate of pg_bin_candidates whose postgres is ≥ 14. With
+# MAJOR (an existing cluster's version) only that major version qualifies: a data directory cannot
+# be run by another one. Returns 1, printing nothing, when no candidate qualifies, so that
+# `install` can install one.
+find_pg_bin() {
+  local want=${1:-} dir major tool lacking=() lacking_list
+  if [[ -n $PG_BIN && (-z $want || $want == "$PG_MAJOR") ]]; then return 0; fi
+  if [[ -n $PG_BIN_ENV ]]; then
+    [[ $PG_BIN_ENV == /* ]] || PG_BIN_ENV=$PWD/$PG_BIN_ENV # as_pg runs commands from /
+    if [[ ! -d $PG_BIN_ENV ]]; then
+      die "PG_BIN=$PG_BIN_ENV: no such directory (set PG_BIN to the directory holding postgres, pg_ctl and initdb, or unset it to search $(pg_search_desc))"
+    fi
+    if ! major=$(pg_bin_major "$PG_BIN_ENV"); then
+      for tool in postgres pg_ctl initdb; do
+        [[ -f $PG_BIN_ENV/$tool && -x $PG_BIN_ENV/$tool ]] || lacking+=("$tool")
+      done
+      if ((${#lacking[@]})); then
+        lacking_list=$(printf ', %s' "${lacking[@]}")
+        die "PG_BIN=$PG_BIN_ENV is not a PostgreSQL server directory: it has no ${lacking_list#, } (set PG_BIN to the directory holding postgres, pg_ctl and initdb, or unset it to search $(pg_search_desc))"
+      fi
+      die "PG_BIN=$PG_BIN_ENV: '$PG_BIN_ENV/postgres --version' does not print a PostgreSQL version"
+    fi
+    if ((major < PG_MIN_MAJOR)); then
+      die "PG_BIN=$PG_BIN_ENV is PostgreSQL $major; deriver needs PostgreSQL ≥ $PG_MIN_MAJOR"
+    fi
+    if [[ -n $want && $major != "$want" ]]; then
+      die "PG_BIN=$PG_BIN_ENV is PostgreSQL $major, but the cluster in $PGDATA_DIR was created by PostgreSQL $want (point PG_BIN at a $want server, or recreate the cluster: scripts/dev-stack.sh reset)"
+    fi
+    PG_BIN=$PG_BIN_ENV
+    PG_MAJOR=$major
+    return 0
+  fi
+  while IFS= read -r dir; do
+    major=$(pg_bin_major "$dir") || continue
+    if ((major < PG_MIN_MAJOR)); then
+      log "postgres: skipping $dir: PostgreSQL $major is older than $PG_MIN_MAJOR"
+      continue
+    fi
+    if [[ -n $want && $major != "$want" ]]; then continue; fi
+    PG_BIN=$dir
+    PG_MAJOR=$major
+    return 0
+  done < <(pg_bin_candidates)
+  return 1
+}
+
+# find_pg_bin, or die saying what was searched and what to do.
+require_pg_bin() {
+  local want=${1:-}
+  if find_pg_bin "$want"; then return 0; fi
+  if [[ -n $want ]]; then
+    die "the cluster in $PGDATA_DIR was created by PostgreSQL $want, and no PostgreSQL $want server was found (searched $(pg_search_desc)); install it, set PG_BIN, or recreate the cluster: scripts/dev-stack.sh reset (deletes .dev)"
+  fi
+  die "no PostgreSQL ≥ $PG_MIN_MAJOR server found (searched $(pg_search_desc)); run scripts/dev-stack.sh install, or set PG_BIN to the directory holding postgres, pg_ctl and initdb"
+}
+
+cmd_pg_bin() {
+  require_pg_bin
+  printf '%s\n' "$PG_BIN"
+}
+
 # ---------------------------------------------------------------------------------------- install
 
+detect_pkg_mgr() {
+  local b
+  PKG_MGR=
+  BREW=
+  if [[ $(uname -s) == Darwin ]]; then
+    # A non-login shell may not have Homebrew on PATH yet.
+    BREW=$(command -v brew 2>/dev/null || true)
+    for b in /opt/homebrew/bin/brew /usr/local/bin/brew; do
+      if [[ -z $BREW && -x $b ]]; then BREW=$b; fi
+    done
+    if [[ -n $BREW ]]; then PKG_MGR=brew; fi
+  elif command -v apt-get >/dev/null 2>&1 && command -v dpkg-query >/dev/null 2>&1; then
+    PKG_MGR=apt
+  elif command -v dnf >/dev/null 2>&1; then
+    PKG_MGR=dnf
+  fi
+}
+
 pkg_missing() {
-  # Prints the packages of "$@" that are not installed.
+  # Prints the packages of "$@" that are not installed, as $PKG_MGR sees it.
   local pkg status
   for pkg in "$@"; do
-    if [[ $pkg == postgresql-contrib-15 ]]; then
-      # On Debian 12 this is a virtual package provided by postgresql-15 itself.
-      if [[ -e /usr/share/postgresql/15/extension/pg_trgm.control ]]; then continue; fi
-    fi
-    status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
-    [[ $status == installed ]] || printf '%s\n' "$pkg"
+    case $PKG_MGR in
+      apt)
+        if [[ $pkg == postgresql-contrib-15 ]]; then
+          # On Debian 12 this is a virtual package provided by postgresql-15 itself.
+          if [[ -e /usr/share/postgresql/15/extension/pg_trgm.control ]]; then continue; fi
+        fi
+        status=$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null || true)
+        [[ $status == installed ]] || printf '%s\n' "$pkg"
+        ;;
+      # --whatprovides: Fedora's pkg-config is the package pkgconf-pkg-config, which provides it.
+      dnf) rpm -q --whatprovides "$pkg" >/dev/null 2>&1 || printf '%s\n' "$pkg" ;;
+      brew) "$BREW" list --versions "$pkg" >/dev/null 2>&1 || printf '%s\n' "$pkg" ;;
+    esac
   done
 }
 
-apt_as_root() {
+# Dies, naming the packages "$@" to install by hand, when there is neither root nor sudo.
+need_root_for() {
+  if ((IS_ROOT)) || command -v sudo >/dev/null 2>&1; then return 0; fi
+  die "installing packages needs root, and sudo is not available; install these by hand: $*"
+}
+
+as_root() {
   if ((IS_ROOT)); then
     "$@"
-  elif command -v sudo >/dev/null 2>&1; then
-    sudo "$@"
   else
-    die "installing packages needs root, and sudo is not available; install them by hand: $*"
+    sudo "$@"
   fi
 }
 
@@ -96,39 +285,174 @@ apt_lists_empty() {
   ! compgen -G '/var/lib/apt/lists/*_Packages*' >/dev/null
 }
 
-cmd_install() {
-  command -v dpkg-query >/dev/null 2>&1 || die "dpkg-query not found: this script supports Debian/Ubuntu only"
-  local missing=()
-  mapfile -t missing < <(pkg_missing "${APT_PACKAGES[@]}")
+# Prints the version apt would install for package $1; nothing for a virtual or unknown package.
+apt_candidate() {
+  local line
+  line=$(apt-cache policy "$1" 2>/dev/null | grep -m1 'Candidate:' || true)
+  line=${line#*Candidate: }
+  if [[ -n $line && $line != *'(none)'* ]]; then printf '%s\n' "$line"; fi
+}
+
+# The PostgreSQL server packages for apt: Debian 12's postgresql-15 (what the project has always
+# used, and CI runs) when the archive has it, else the distribution's default version.
+apt_pg_packages() {
+  if [[ -n $(apt_candidate postgresql-15) ]]; then
+    printf '%s\n' postgresql-15 postgresql-contrib-15
+  else
+    printf '%s\n' postgresql
+    # A real (meta)package on Debian and Ubuntu today; skipped should it become virtual.
+    if [[ -n $(apt_candidate postgresql-contrib) ]]; then printf '%s\n' postgresql-contrib; fi
+  fi
+}
+
+install_apt() {
+  local need_pg=$1 with_browser=$2 wanted=() missing=() pg=()
+  if ((need_pg)); then
+    # Which server package to pick depends on what the archive offers.
+    if apt_lists_empty; then
+      need_root_for postgresql "${APT_BASE[@]}"
+      log "apt package lists are empty: running apt-get update"
+      as_root apt-get update -q >&2
+    fi
+    mapfile -t pg < <(apt_pg_packages)
+  fi
+  wanted=("${pg[@]}" "${APT_BASE[@]}")
+  if ((with_browser)); then wanted+=("${APT_BROWSER[@]}"); fi
+  mapfile -t missing < <(pkg_missing "${wanted[@]}")
   if ((${#missing[@]} == 0)); then
     return 0
   fi
+  need_root_for "${missing[@]}"
   log "installing missing packages: ${missing[*]}"
   local install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${missing[@]}")
   if apt_lists_empty; then
     log "apt package lists are empty: running apt-get update"
-    apt_as_root apt-get update -q >&2
+    as_root apt-get update -q >&2
   fi
-  if ! apt_as_root "${install[@]}" >&2; then
+  if ! as_root "${install[@]}" >&2; then
     log "apt-get install failed: running apt-get update and retrying"
-    apt_as_root apt-get update -q >&2
-    apt_as_root "${install[@]}" >&2 || die "apt-get install failed for: ${missing[*]}"
+    as_root apt-get update -q >&2
+    as_root "${install[@]}" >&2 || die "apt-get install failed for: ${missing[*]}"
   fi
+}
+
+install_dnf() {
+  local need_pg=$1 with_browser=$2 wanted=() missing=() owner
+  if ((need_pg)); then
+    wanted+=("${DNF_PG[@]}")
+  else
+    # Fedora's server comes without the contrib extensions (the tests use hstore and citext): add
+    # the contrib package matching the server found (postgresql-server, postgresql16-server...).
+    owner=$(rpm -qf --qf '%{NAME}\n' "$PG_BIN/postgres" 2>/dev/null | head -n 1 || true)
+    if [[ $owner == *-server ]]; then wanted+=("${owner%-server}-contrib"); fi
+  fi
+  wanted+=("${DNF_BASE[@]}")
+  # Fedora ships curl-minimal, which conflicts with the full curl package: any curl will do.
+  command -v curl >/dev/null 2>&1 || wanted+=(curl)
+  if ((with_browser)); then wanted+=("${DNF_BROWSER[@]}"); fi
+  mapfile -t missing < <(pkg_missing "${wanted[@]}")
+  if ((${#missing[@]} == 0)); then
+    return 0
+  fi
+  need_root_for "${missing[@]}"
+  log "installing missing packages: ${missing[*]}"
+  as_root dnf install -y "${missing[@]}" >&2 || die "dnf install failed for: ${missing[*]}"
+}
+
+install_brew() {
+  local need_pg=$1 with_browser=$2 wanted=() missing=()
+  command -v cc >/dev/null 2>&1 || die "no C compiler: install Xcode's command line tools (xcode-select --install)"
+  if ((need_pg)); then wanted+=("${BREW_PG[@]}"); fi
+  wanted+=("${BREW_BASE[@]}")
+  if ((with_browser)); then
+    log "--with-browser: nothing installed on macOS (tests/browser.rs expects Debian's /usr/bin/chromium and /usr/bin/chromedriver)"
+  fi
+  mapfile -t missing < <(pkg_missing "${wanted[@]}")
+  if ((${#missing[@]} == 0)); then
+    return 0
+  fi
+  if ((IS_ROOT)); then
+    die "Homebrew does not run as root: run this as your own user, or install by hand: brew install ${missing[*]}"
+  fi
+  log "installing missing packages: ${missing[*]}"
+  "$BREW" install "${missing[@]}" >&2 || die "brew install failed for: ${missing[*]}"
+}
+
+# Without a known package manager, check for the programs and libraries themselves, and name
+# whatever is missing.
+install_unknown() {
+  local need_pg=$1 with_browser=$2 missing=() lib
+  if ((need_pg)); then missing+=("a PostgreSQL ≥ $PG_MIN_MAJOR server with its contrib extensions (then set PG_BIN if it is not found)"); fi
+  if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
+    missing+=("Redis (redis-server and redis-cli)")
+  fi
+  command -v openssl >/dev/null 2>&1 || missing+=("the openssl command-line tool")
+  command -v cc >/dev/null 2>&1 || missing+=("a C compiler (cc)")
+  command -v curl >/dev/null 2>&1 || missing+=(curl)
+  if command -v pkg-config >/dev/null 2>&1; then
+    for lib in libpq openssl; do
+      pkg-config --exists "$lib" || missing+=("the $lib development headers (pkg-config $lib)")
+    done
+  else
+    missing+=("pkg-config" "the libpq and OpenSSL development headers")
+  fi
+  if ((with_browser)) && [[ ! -x /usr/bin/chromium || ! -x /usr/bin/chromedriver ]]; then
+    missing+=("Chromium and chromedriver as /usr/bin/chromium and /usr/bin/chromedriver")
+  fi
+  if ((${#missing[@]} == 0)); then
+    return 0
+  fi
+  local list
+  list=$(printf '; %s' "${missing[@]}")
+  die "no supported package manager found (apt-get, dnf, or Homebrew on macOS); install these by hand: ${list#; }"
+}
+
+# As root the cluster runs as the 'postgres' OS user (see as_pg). The distributions' server
+# packages create it; a server from elsewhere (PG_BIN, built from source...) may come without.
+ensure_pg_user() {
+  ((IS_ROOT)) || return 0
+  if id -u postgres >/dev/null 2>&1; then return 0; fi
+  if [[ $(uname -s) != Linux ]] || ! command -v useradd >/dev/null 2>&1; then
+    die "as root, the PostgreSQL cluster must belong to a 'postgres' OS user, which does not exist; create it, or run scripts/dev-stack.sh as a normal user"
+  fi
+  log "creating the system user 'postgres' to own the cluster (PostgreSQL refuses to run as root)"
+  useradd --system --user-group --no-create-home --home-dir /nonexistent \
+    --shell "$(command -v nologin || echo /bin/false)" postgres ||
+    die "useradd postgres failed; create a 'postgres' user by hand, or run as a normal user"
+}
+
+cmd_install() {
+  local with_browser=0 need_pg=0
+  while (($#)); do
+    case $1 in
+      --with-browser) with_browser=1 ;;
+      *) usage_error "install: unknown argument: $1" ;;
+    esac
+    shift
+  done
+  # A server that is already there (any of the places find_pg_bin searches) is used as it is.
+  find_pg_bin || need_pg=1
+  detect_pkg_mgr
+  case $PKG_MGR in
+    apt) install_apt "$need_pg" "$with_browser" ;;
+    dnf) install_dnf "$need_pg" "$with_browser" ;;
+    brew) install_brew "$need_pg" "$with_browser" ;;
+    *) install_unknown "$need_pg" "$with_browser" ;;
+  esac
+  if ((need_pg)); then
+    if ! find_pg_bin; then
+      case $PKG_MGR in
+        apt) die "no PostgreSQL ≥ $PG_MIN_MAJOR server found even with the distribution's installed (searched $(pg_search_desc)): its version is too old; add the PostgreSQL apt repository (https://wiki.postgresql.org/wiki/Apt), install postgresql-16, and run this again" ;;
+        dnf) die "no PostgreSQL ≥ $PG_MIN_MAJOR server found even with the distribution's installed (searched $(pg_search_desc)): its version is too old; on RHEL and its clones run 'dnf module enable postgresql:16' (or add the PGDG repository, https://www.postgresql.org/download/linux/redhat/), remove the old server, and run this again" ;;
+        *) die "no PostgreSQL ≥ $PG_MIN_MAJOR server found after installing one (searched $(pg_search_desc)); set PG_BIN to its bin directory" ;;
+      esac
+    fi
+    log "postgres: using $PG_BIN (PostgreSQL $PG_MAJOR)"
+  fi
+  ensure_pg_user
 }
 
 # ------------------------------------------------------------------------------------- utilities
-
-find_pg_bin() {
-  if [[ -n ${PG_BIN:-} ]]; then
-    [[ -x $PG_BIN/pg_ctl ]] || die "PG_BIN=$PG_BIN has no pg_ctl"
-    return 0
-  fi
-  if [[ -x /usr/lib/postgresql/15/bin/pg_ctl ]]; then
-    PG_BIN=/usr/lib/postgresql/15/bin
-    return 0
-  fi
-  die "PostgreSQL 15 server binaries not found in /usr/lib/postgresql/15/bin (run: scripts/dev-stack.sh install)"
-}
 
 shared_dir() {
   local dir=${DERIVER_SHARED_DIR:-$ROOT/../shared}
@@ -237,6 +561,13 @@ pg_prepare_dirs() {
   mkdir -p "$PG_SOCK_DIR"
   if ((IS_ROOT)); then chown postgres:postgres "$PG_SOCK_DIR"; fi
   chmod 700 "$PG_SOCK_DIR"
+}
+
+# Prints the major version that created the cluster (its PG_VERSION); nothing when there is none.
+pg_cluster_major() {
+  local v=""
+  if [[ -r $PGDATA_DIR/PG_VERSION ]]; then read -r v <"$PGDATA_DIR/PG_VERSION" || true; fi
+  printf '%s\n' "$v"
 }
 
 # Prints the postmaster's pid when the cluster is running.
@@ -434,7 +765,10 @@ EOF
 cmd_up() {
   shared_dir >/dev/null # fail early and clearly when the sample data is missing
   cmd_install
-  find_pg_bin
+  pg_paths
+  require_pg_bin "$(pg_cluster_major)"
+  [[ -x $PG_BIN/psql && -x $PG_BIN/pg_isready ]] ||
+    die "$PG_BIN has no psql or pg_isready: install the PostgreSQL client programs of the same version"
   command -v redis-server >/dev/null 2>&1 || die "redis-server not found (run: scripts/dev-stack.sh install)"
   take_lock
   pg_prepare_dirs
@@ -455,7 +789,7 @@ cmd_down() {
   take_lock
   pg_paths
   if [[ -d $PGDATA_DIR ]]; then
-    find_pg_bin
+    require_pg_bin "$(pg_cluster_major)"
     pg_stop
   else
     log "postgres: no cluster"
@@ -501,8 +835,8 @@ cmd_reset() {
 }
 
 cmd_psql() {
-  find_pg_bin
   pg_paths
+  require_pg_bin "$(pg_cluster_major)"
   pg_pid >/dev/null || die "postgres is not running; run: scripts/dev-stack.sh up"
   PGHOST=127.0.0.1 PGPORT=$PG_PORT PGUSER=postgres PGDATABASE=$DB_NAME exec "$PG_BIN/psql" "$@"
 }
@@ -511,7 +845,8 @@ main() {
   local cmd=${1:-}
   [[ $# -gt 0 ]] && shift
   case $cmd in
-    install) cmd_install ;;
+    install) cmd_install "$@" ;;
+    pg-bin) cmd_pg_bin ;;
     up) cmd_up ;;
     down) cmd_down ;;
     status) cmd_status ;;
@@ -522,11 +857,7 @@ main() {
       usage >&2
       exit 2
       ;;
-    *)
-      printf 'dev-stack: unknown command: %s\n\n' "$cmd" >&2
-      usage >&2
-      exit 2
-      ;;
+    *) usage_error "unknown command: $cmd" ;;
   esac
 }
 

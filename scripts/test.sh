@@ -10,7 +10,8 @@ usage() {
   cat <<'USAGE'
 Usage: scripts/test.sh [CARGO_TEST_ARGS...] [-- TEST_BINARY_ARGS...]
 
-Installs missing system packages (scripts/dev-stack.sh install), then runs
+Installs missing system packages (scripts/dev-stack.sh install --with-browser: the base packages
+plus Chromium and chromedriver for tests/browser.rs), then runs
   cargo build --all-targets
   cargo test --all-targets [CARGO_TEST_ARGS...] -- --test-threads=2 [TEST_BINARY_ARGS...]
 and exits with cargo test's exit code. --all-targets is left out when CARGO_TEST_ARGS select
@@ -23,7 +24,8 @@ Examples:
 
 Exports for the tests:
   DERIVER_SHARED_DIR  absolute path of the shared sample data (<repo>/../shared unless already set)
-  PG_BIN              PostgreSQL server binaries (/usr/lib/postgresql/15/bin unless already set)
+  PG_BIN              PostgreSQL ≥ 14 server binaries: scripts/dev-stack.sh pg-bin, which checks
+                      PG_BIN when already set and otherwise searches the usual install locations
 USAGE
 }
 
@@ -63,7 +65,8 @@ done
 
 cd "$ROOT"
 
-scripts/dev-stack.sh install
+# The browser packages only here: tests/browser.rs needs them, the dev stack and the demo do not.
+scripts/dev-stack.sh install --with-browser
 
 shared=${DERIVER_SHARED_DIR:-$ROOT/../shared}
 [[ -d $shared/data ]] ||
@@ -71,17 +74,9 @@ shared=${DERIVER_SHARED_DIR:-$ROOT/../shared}
 DERIVER_SHARED_DIR=$(cd -- "$shared" && pwd -P)
 export DERIVER_SHARED_DIR
 
-if [[ -z ${PG_BIN:-} ]]; then
-  if [[ -x /usr/lib/postgresql/15/bin/postgres ]]; then
-    PG_BIN=/usr/lib/postgresql/15/bin
-  elif command -v pg_config >/dev/null 2>&1 && [[ $(pg_config --version) == "PostgreSQL 15"* ]] &&
-    [[ -x $(pg_config --bindir)/postgres ]]; then
-    PG_BIN=$(pg_config --bindir)
-  else
-    PG_BIN=$(find /usr/lib/postgresql -mindepth 2 -maxdepth 2 -name bin -type d 2>/dev/null | sort -V | tail -n 1)
-  fi
-fi
-[[ -n $PG_BIN && -x $PG_BIN/postgres ]] || die "PostgreSQL server binaries not found (set PG_BIN)"
+# The same discovery as the dev stack (one copy, in dev-stack.sh's find_pg_bin): a PG_BIN set by
+# the caller is validated, otherwise the first PostgreSQL ≥ 14 of the usual locations is used.
+PG_BIN=$(scripts/dev-stack.sh pg-bin) || die "no usable PostgreSQL server (see the message above)"
 export PG_BIN
 
 if ! command -v cargo >/dev/null 2>&1; then

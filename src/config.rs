@@ -34,6 +34,10 @@ pub struct PostgresConfig {
     pub slot: String,
     #[serde(default = "default_name")]
     pub publication: String,
+    /// A file holding the password (Kubernetes/Docker secrets), so that it stays out of the URL
+    /// and the environment; one trailing newline is ignored.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -54,6 +58,15 @@ pub struct RedisConfig {
     /// A view value larger than this is refused (the record becomes a dead letter).
     #[serde(default = "default_max_value")]
     pub max_value_bytes: usize,
+    /// With `rediss://`: a PEM file of the CA certificates that sign the server's certificate
+    /// (instead of the system trust store).
+    #[serde(default)]
+    pub tls_ca_file: Option<PathBuf>,
+    /// With `rediss://`: a client certificate and its key (PEM), for servers that ask for one.
+    #[serde(default)]
+    pub tls_cert_file: Option<PathBuf>,
+    #[serde(default)]
+    pub tls_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -220,7 +233,16 @@ fn default_dirty_keys() -> usize {
 
 impl Default for RedisConfig {
     fn default() -> Self {
-        RedisConfig { url: None, cluster: false, prefix: default_name(), durability_delay_ms: None, max_value_bytes: default_max_value() }
+        RedisConfig {
+            url: None,
+            cluster: false,
+            prefix: default_name(),
+            durability_delay_ms: None,
+            max_value_bytes: default_max_value(),
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+        }
     }
 }
 impl Default for IndexConfig {
@@ -287,6 +309,8 @@ impl Config {
             let hint = if detail.contains("postgres") { " (set postgres.url or DERIVER__POSTGRES__URL)" } else { "" };
             Error::config(format!("invalid configuration{hint}")).with_detail(detail)
         })?;
+        let mut cfg = cfg;
+        cfg.postgres.read_password_file()?;
         cfg.check_names()?;
         cfg.redis.check()?;
         cfg.audit.check()?;
@@ -313,6 +337,42 @@ impl Config {
 
 }
 
+impl PostgresConfig {
+    /// Adds the password of `password_file` to the URL as libpq's `password` parameter (a URL
+    /// that already carries a password is refused: one place for a secret).
+    fn read_password_file(&mut self) -> Result<()> {
+        let (Some(path), Some(url)) = (&self.password_file, &self.url) else { return Ok(()) };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::config(format!("cannot read postgres.password_file {}", path.display())).with_detail(e))?;
+        let password = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
+        if password.is_empty() {
+            return Err(Error::config(format!("postgres.password_file {} is empty", path.display())));
+        }
+        if url_has_password(url) {
+            return Err(Error::config(format!(
+                "postgres.url `{}` carries a password and postgres.password_file is set; keep the password in one place",
+                redact(url)
+            )));
+        }
+        self.url = Some(if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let encoded = percent_encoding::utf8_percent_encode(password, percent_encoding::NON_ALPHANUMERIC);
+            format!("{url}{}password={encoded}", if url.contains('?') { "&" } else { "?" })
+        } else {
+            format!("{url} password='{}'", password.replace('\\', "\\\\").replace('\'', "\\'"))
+        });
+        Ok(())
+    }
+}
+
+/// Whether a connection string carries a password: `password=` or a URL's `user:secret@`.
+fn url_has_password(url: &str) -> bool {
+    if url.split(['?', '&', ' ']).any(|p| p.trim_start().starts_with("password")) {
+        return true;
+    }
+    let authority = url.split_once("://").map(|(_, r)| r.split(['/', '?']).next().unwrap_or("")).unwrap_or("");
+    authority.rfind('@').is_some_and(|at| authority[..at].contains(':'))
+}
+
 impl RedisConfig {
     /// The URLs to connect to: `url` itself, or with `cluster = true` its comma-separated seeds.
     pub fn nodes(&self) -> Result<Vec<String>> {
@@ -328,6 +388,23 @@ impl RedisConfig {
     /// What can be told without connecting: a cluster's seed list and a prefix that cannot hold
     /// a hash tag of its own; a seed list without `cluster = true`.
     fn check(&self) -> Result<()> {
+        if self.url.is_none() {
+            return Ok(());
+        }
+        self.check_topology()?;
+        for node in self.nodes()? {
+            if let Err(e) = redis::IntoConnectionInfo::into_connection_info(node.as_str()) {
+                return Err(Error::config(format!(
+                    "redis.url `{}` is not a valid Redis URL (redis://[user:password@]host[:port][/db], rediss:// for TLS)",
+                    redact(&node)
+                ))
+                .with_detail(redact(&e.to_string())));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_topology(&self) -> Result<()> {
         let Some(url) = self.url.as_deref() else { return Ok(()) };
         if !self.cluster {
             if url.split(',').skip(1).any(|n| n.trim_start().starts_with("redis://") || n.trim_start().starts_with("rediss://")) {
@@ -428,7 +505,32 @@ pub fn redact(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::{redact, RedisConfig};
+    use super::{redact, PostgresConfig, RedisConfig};
+
+    #[test]
+    fn password_file_joins_the_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        std::fs::write(&file, "p@ss w'rd\n").unwrap();
+        let pg = |url: &str| PostgresConfig { url: Some(url.into()), slot: "s".into(), publication: "p".into(), password_file: Some(file.clone()) };
+        for (url, want) in [
+            ("postgres://u@h/db", "postgres://u@h/db?password=p%40ss%20w%27rd"),
+            ("postgres://u@h/db?sslmode=require", "postgres://u@h/db?sslmode=require&password=p%40ss%20w%27rd"),
+            ("host=h user=u", "host=h user=u password='p@ss w\\'rd'"),
+        ] {
+            let mut c = pg(url);
+            c.read_password_file().unwrap();
+            assert_eq!(c.url.as_deref(), Some(want));
+        }
+        for url in ["postgres://u:x@h/db", "postgres://u@h/db?password=x", "host=h password=x"] {
+            let e = pg(url).read_password_file().unwrap_err();
+            assert!(e.message.contains("keep the password in one place") && !e.message.contains(":x@"), "{url}: {}", e.message);
+        }
+        std::fs::write(&file, "\n").unwrap();
+        assert!(pg("postgres://h/db").read_password_file().unwrap_err().message.contains("is empty"));
+        std::fs::remove_file(&file).unwrap();
+        assert!(pg("postgres://h/db").read_password_file().unwrap_err().message.contains("cannot read postgres.password_file"));
+    }
 
     #[test]
     fn redis_cluster_settings_are_checked() {
@@ -454,6 +556,11 @@ mod tests {
         ] {
             let e = cfg(url, true, prefix).check().unwrap_err();
             assert!(e.message.contains(want), "{url}: {}", e.message);
+        }
+        // A URL the Redis client cannot read is a configuration error at load, with no secret.
+        for url in ["redis://:s3cr3t@h:notaport/", "http://h:1/", "redis://h:1/x"] {
+            let e = cfg(url, false, "deriver").check().unwrap_err();
+            assert!(e.message.contains("is not a valid Redis URL") && !e.to_string().contains("s3cr3t"), "{url}: {e}");
         }
         // Braces in the prefix are fine on a single server (no hash tags there).
         assert!(cfg("redis://h:1/", false, "app{x}").check().is_ok());

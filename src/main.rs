@@ -22,7 +22,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("DERIVER_LOG").or_else(|_| EnvFilter::try_from_default_env()).unwrap_or_else(|_| EnvFilter::new("info,tantivy=warn,pg_walstream=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only for a person at a terminal: not in files, pipes or journals, nor with NO_COLOR.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour);
     if std::env::var("DERIVER_LOG_FORMAT").as_deref() == Ok("json") {
         builder.json().init();
     } else {
@@ -162,6 +164,10 @@ async fn dispatch(cli: Cli) -> Result<i32> {
             let cfg = Config::load(cli.config.as_deref())?;
             cli::plan::run(&cfg).await
         }
+        Command::Prune(args) => {
+            let cfg = Config::load(cli.config.as_deref())?;
+            cli::prune::run(&cfg, args.dry_run, args.yes, args.redis_pipelines).await
+        }
         Command::Run(args) => {
             let cfg = Config::load(cli.config.as_deref())?;
             run_daemon(cfg, args.resnapshot).await?;
@@ -172,6 +178,15 @@ async fn dispatch(cli: Cli) -> Result<i32> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run(_)) {
+        // A command whose output is cut short (`deriver status | head -3`) ends quietly, as Unix
+        // tools do, instead of panicking on a closed stdout. Sockets are unaffected (they write
+        // with MSG_NOSIGNAL); the daemon keeps ignoring SIGPIPE.
+        // SAFETY: called before any other thread exists; resetting a signal to its default.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     init_tracing();
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,

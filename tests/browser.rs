@@ -1,9 +1,11 @@
 //! The status and search page (`GET /`) in a real headless Chromium driven over WebDriver:
 //! the pipelines table fills in, typing in the search box shows highlighted hits and facet
-//! counts, and with `http.token` set the token form opens the page. Screenshots go to
-//! `target/test-artifacts/`.
+//! counts, the index picker starts on the biggest index and then on the one used last, an empty
+//! query lists integer ids numerically, a chosen facet value leaves the other values of its facet
+//! listed with their counts, and with `http.token` set the token form opens the page.
+//! Screenshots go to `target/test-artifacts/`.
 //!
-//! Needs Debian's `chromium` and `chromium-driver` (`scripts/dev-stack.sh install`); without them
+//! Needs Debian's `chromium` and `chromium-driver` (`scripts/dev-stack.sh install --with-browser`); without them
 //! the test fails and says so.
 
 mod support;
@@ -25,7 +27,7 @@ fn require_browser() {
         assert!(
             Path::new(bin).exists(),
             "{bin} is missing: the browser test needs Debian's chromium and chromium-driver packages \
-             (run `scripts/dev-stack.sh install`, or `apt-get install -y --no-install-recommends chromium chromium-driver`)"
+             (run `scripts/dev-stack.sh install --with-browser`, or `apt-get install -y --no-install-recommends chromium chromium-driver`)"
         );
     }
 }
@@ -103,8 +105,16 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// Starts the films pipeline (with extra environment) and waits until it has caught up.
 fn world(name: &str, extra: &[(&str, &str)]) -> World {
+    world_of(name, &["films"], extra)
+}
+
+/// Starts these repository pipelines (each with a search index of its name) and waits until
+/// they have caught up.
+fn world_of(name: &str, pipelines: &[&str], extra: &[(&str, &str)]) -> World {
     let mut w = World::new(name);
-    w.add_repo_pipeline("films");
+    for p in pipelines {
+        w.add_repo_pipeline(p);
+    }
     w.setup();
     let mut cmd = w.command();
     for (k, v) in extra {
@@ -112,7 +122,7 @@ fn world(name: &str, extra: &[(&str, &str)]) -> World {
     }
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&w.log).unwrap();
     w.daemon = Some(cmd.arg("run").stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap());
-    w.catch_up(&["films"], &["films"]);
+    w.catch_up(pipelines, pipelines);
     w
 }
 
@@ -149,6 +159,122 @@ fn page_shows_pipelines_and_highlighted_search_hits() {
         let png = c.screenshot().await.unwrap();
         assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot");
         std::fs::write(artifacts().join("ui.png"), png).unwrap();
+        c.close().await.unwrap();
+    });
+    assert_eq!(w.stop(), 0);
+}
+
+/// Runs `script` (a function body) in the page and returns what it returns.
+async fn js(c: &Client, script: &str) -> Value {
+    c.execute(script, vec![]).await.unwrap_or_else(|e| panic!("{script}: {e}"))
+}
+
+/// Waits until the index picker lists `names` and holds the choice the page made; returns it.
+async fn picked_index(c: &Client, names: &[&str]) -> String {
+    for name in names {
+        c.wait().at_most(WAIT).for_element(Locator::Css(&format!("#index option[value='{name}']"))).await.unwrap_or_else(|_| panic!("index {name} in the picker"));
+    }
+    js(c, "return document.getElementById('index').value;").await.as_str().unwrap().to_string()
+}
+
+/// The ids of the listed hits, in order, once the first page (20 hits) of an unfiltered search
+/// of `index`, which holds `total` documents, is shown.
+async fn listed_ids(c: &Client, index: &str, total: u64) -> Vec<String> {
+    let script = format!(
+        "var hits = document.querySelectorAll('#hits .hit'); \
+         return document.getElementById('index').value === '{index}' && hits.length === 20 \
+             && document.getElementById('summary').textContent.indexOf('{total} hits ') === 0 \
+           ? Array.prototype.map.call(hits, function (h) {{ return h.getAttribute('data-id'); }}) : null;"
+    );
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if let Value::Array(ids) = js(c, &script).await {
+            return ids.iter().map(|v| v.as_str().unwrap().to_string()).collect();
+        }
+        assert!(Instant::now() < deadline, "no page of 20 hits of {index}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The values of a facet as listed: (value, count, selected).
+async fn facet_values(c: &Client, facet: &str) -> Vec<(String, u64, bool)> {
+    let script = format!(
+        "return Array.prototype.map.call(document.querySelectorAll(\"#facets [data-facet='{facet}'] button\"), function (b) {{ \
+           return [b.children[0].textContent, b.children[1].textContent, b.classList.contains('on')]; }});"
+    );
+    js(c, &script)
+        .await
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            let n = v[1].as_str().unwrap();
+            (v[0].as_str().unwrap().to_string(), n.parse().unwrap_or_else(|_| panic!("a count: {n:?}")), v[2].as_bool().unwrap())
+        })
+        .collect()
+}
+
+/// The number of hits the summary reports.
+async fn summary_hits(c: &Client) -> u64 {
+    let text = c.find(Locator::Css("#summary")).await.unwrap().text().await.unwrap();
+    text.split(' ').next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("a hit count in {text:?}"))
+}
+
+#[test]
+fn picks_the_index_lists_ids_in_order_and_keeps_facet_values() {
+    require_browser();
+    // actors comes first alphabetically, films has the most documents.
+    let mut w = world_of("browser_picker", &["actors", "films"], &[]);
+    let films: u64 = w.sql("SELECT count(*) FROM film").parse().unwrap();
+    let actors: u64 = w.sql("SELECT count(*) FROM actor").parse().unwrap();
+    assert!(films > actors && actors > 20, "{films} films, {actors} actors");
+    let driver = Driver::start();
+    let base = format!("http://127.0.0.1:{}/", w.http_port);
+    runtime().block_on(async {
+        let c = driver.session().await;
+        c.goto(&base).await.unwrap();
+        // 1. Nothing used yet in this browser: the index with the most documents.
+        assert_eq!(picked_index(&c, &["actors", "films"]).await, "films");
+
+        // 2. An empty query lists integer ids numerically (not 1, 10, 100, 1000, 101, …).
+        let expected: Vec<String> = (1..=20).map(|i| i.to_string()).collect();
+        assert_eq!(listed_ids(&c, "films", films).await, expected);
+
+        // 3. Choosing a facet value: the facet keeps listing its other values with the counts
+        // they had (no other filter), the chosen one marked, and the hits are that value's.
+        let before = facet_values(&c, "rating").await;
+        assert!(before.len() >= 3 && before.iter().all(|(_, n, on)| *n > 0 && !on), "{before:?}");
+        let (value, count, _) = before[1].clone();
+        assert!(count < films);
+        c.find(Locator::Css("#facets [data-facet='rating'] button:nth-of-type(2)")).await.unwrap().click().await.unwrap();
+        c.wait().at_most(WAIT).for_element(Locator::Css("#facets [data-facet='rating'] button.on")).await.expect("the chosen rating");
+        let after = facet_values(&c, "rating").await;
+        let expect: Vec<(String, u64, bool)> = before.iter().map(|(v, n, _)| (v.clone(), *n, *v == value)).collect();
+        assert_eq!(after, expect, "after choosing {value}");
+        assert_eq!(summary_hits(&c).await, count);
+        // A second value of the same facet adds its films (any of the chosen values).
+        let (second, second_count, _) = before[0].clone();
+        c.find(Locator::Css("#facets [data-facet='rating'] button:nth-of-type(1)")).await.unwrap().click().await.unwrap();
+        let deadline = Instant::now() + WAIT;
+        while summary_hits(&c).await != count + second_count {
+            assert!(Instant::now() < deadline, "choosing {second} too shows {} hits", count + second_count);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let after = facet_values(&c, "rating").await;
+        let expect: Vec<(String, u64, bool)> = before.iter().map(|(v, n, _)| (v.clone(), *n, *v == value || *v == second)).collect();
+        assert_eq!(after, expect, "after choosing {value} and {second}");
+        // Another facet counts only the chosen ratings' films.
+        let categories: u64 = facet_values(&c, "category").await.iter().map(|(_, n, _)| n).sum();
+        assert!(categories > 0 && categories <= count + second_count, "{categories}");
+        let png = c.screenshot().await.unwrap();
+        std::fs::write(artifacts().join("ui-facets.png"), png).unwrap();
+
+        // 4. The index chosen last wins after a reload.
+        c.find(Locator::Css("#index")).await.unwrap().select_by_value("actors").await.unwrap();
+        assert_eq!(listed_ids(&c, "actors", actors).await, expected);
+        c.refresh().await.unwrap();
+        assert_eq!(picked_index(&c, &["actors", "films"]).await, "actors");
+        assert_eq!(listed_ids(&c, "actors", actors).await, expected);
         c.close().await.unwrap();
     });
     assert_eq!(w.stop(), 0);

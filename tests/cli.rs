@@ -107,3 +107,35 @@ fn validate_checks_the_environment_and_maps_sql_errors_to_yaml() {
     assert_eq!(code, 1);
     assert!(err.contains("public.gen.b is a generated column"), "{err}");
 }
+
+#[test]
+fn validate_says_when_earlier_errors_skip_the_database_checks() {
+    let w = World::new("vskip");
+    w.add_repo_pipeline("films");
+    // A file error: no pipeline reaches the database, and validate says so.
+    w.add_pipeline("broken", "version: 1\npipeline: broken\nsource: { table: film, colour: red }\nfields: { id: film.film_id }\ntargets:\n  - redis: { key: \"x:{id}\" }\n");
+    let (code, _, err) = w.run_cli(&["validate"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("broken.yaml:3:24: error: unknown key `colour`"), "{err}");
+    assert!(err.contains("database checks skipped: they run once every pipeline file is valid"), "{err}");
+    // With --no-environment there are no database checks to skip.
+    let (code, _, err) = w.run_cli(&["validate", "--no-environment"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(!err.contains("skipped"), "{err}");
+    std::fs::remove_file(w.pipelines.join("broken.yaml")).unwrap();
+
+    // A missing source table stops that pipeline's other checks; a join column that does not exist
+    // stops the checks of its joins. The other pipelines are checked in full.
+    w.add_pipeline("ghost", "version: 1\npipeline: ghost\nsource: { table: no_such_table, key: id }\nfields: { id: no_such_table.id }\ntargets:\n  - redis: { key: \"g:{id}\" }\n");
+    w.add_pipeline(
+        "joins",
+        "version: 1\npipeline: joins\nsource: { table: film }\nlookups:\n  lang: { table: language, on: \"film.language_id = lang.nope\" }\nfields: { id: film.film_id, lang: lang.name }\ntargets:\n  - redis: { key: \"j:{id}\" }\n",
+    );
+    let (code, _, err) = w.run_cli(&["validate"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("table public.no_such_table does not exist"), "{err}");
+    assert!(err.contains("ghost.yaml: note: the other database checks of pipeline `ghost`"), "{err}");
+    assert!(err.contains("joins.yaml: note: the checks of pipeline `joins`'s lookups and children"), "{err}");
+    assert!(err.contains("warning: no index on public.inventory(film_id)"), "films is checked in full:\n{err}");
+    assert!(!err.contains("films.yaml: note:"), "{err}");
+}

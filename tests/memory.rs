@@ -74,7 +74,7 @@ fn memory_stays_bounded_with_a_slow_redis_and_slow_http_clients() {
     // Slow consumers: Redis at 256 KiB/s each way; 20 change-feed clients and 20 clients of
     // 1000-hit searches that never read.
     proxy.throttle(Some(256 << 10));
-    let feed = format!("GET /v1/pipelines/films/changes HTTP/1.1\r\nHost: x\r\n\r\n");
+    let feed = "GET /v1/pipelines/films/changes HTTP/1.1\r\nHost: x\r\n\r\n".to_string();
     let body = r#"{"q": "", "limit": 1000, "highlight": {"fields": ["description"]}}"#;
     let search = format!("POST /v1/indexes/films/search HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
     let feeds: Vec<TcpStream> = (0..20).map(|_| stalled_client(w.http_port, feed.clone())).collect();

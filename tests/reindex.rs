@@ -262,3 +262,39 @@ fn a_reindex_after_a_column_type_change_derives_as_to_jsonb_gives_it() {
     assert!(w.log_text().contains("a field's type changed since the derivation SQL was compiled"), "{}", w.log_text());
     assert_eq!(w.stop(), 0);
 }
+
+/// `deriver reindex` run by a person at a terminal (a pseudo-terminal made by `script`): a
+/// progress bar, then one final line per pipeline, through the daemon and without one.
+#[test]
+fn on_a_terminal_reindex_ends_with_a_final_line() {
+    let mut w = World::new("reindex_tty");
+    w.add_repo_pipeline("films");
+    w.setup();
+    w.start();
+    w.catch_up(&["films"], &["films"]);
+    let on_tty = |w: &World| {
+        let mut c = w.command();
+        // `script` runs the command on a pseudo-terminal and copies what it shows.
+        c.args(["-qec", &format!("{} reindex films", env!("CARGO_BIN_EXE_deriver")), "/dev/null"]);
+        let program = std::process::Command::new("script");
+        let mut cmd = program;
+        for (k, v) in c.get_envs() {
+            match v {
+                Some(v) => cmd.env(k, v),
+                None => cmd.env_remove(k),
+            };
+        }
+        cmd.current_dir(&w.dir).args(c.get_args()).env("TERM", "xterm");
+        let out = cmd.output().expect("script (util-linux) runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        strip_ansi(&String::from_utf8_lossy(&out.stdout))
+    };
+    let shown = on_tty(&w);
+    assert!(shown.contains("reindex films: done: generation 2 is live, ") && shown.contains(" rows in "), "{shown}");
+    // Rates are whole numbers (`12,345/s`), not `12345.6789/s`.
+    assert!(!shown.split_whitespace().any(|t| t.ends_with("/s") && t.contains('.')), "{shown}");
+    assert_eq!(w.stop(), 0);
+    // Without a daemon: the same final line.
+    let shown = on_tty(&w);
+    assert!(shown.contains("reindex films: done: generation 3 is live") && shown.contains(" rows in "), "{shown}");
+}

@@ -5,6 +5,7 @@ pub mod dead_letters;
 pub mod pipeline_test;
 pub mod plan;
 pub mod preview;
+pub mod prune;
 pub mod reindex;
 pub mod setup;
 pub mod status;
@@ -54,6 +55,37 @@ pub enum Command {
     Audit(AuditArgs),
     /// List the records a target could not take, with reasons; --retry re-derives them now.
     DeadLetters(DeadLettersArgs),
+    /// Remove what removed pipelines left behind: index folders, per-pipeline files, Redis bookkeeping and views.
+    ///
+    /// Orphaned are: folders under index.dir holding a search index that no pipeline file declares;
+    /// `_ledger/<pipeline>.redb` and `_audit/<pipeline>.json` of pipelines no file declares; and the
+    /// Redis state of such a pipeline that this deployment owned last (its `<prefix>:_meta:<pipeline>:*`
+    /// keys, its ledger `<prefix>:_ledger:<pipeline>`, and the view keys and set/zset members that
+    /// ledger lists). View keys are known only from the ledger, and a key that a live pipeline's key
+    /// template could also produce is left alone. `deriver status` and the daemon's start-up log name
+    /// what is orphaned.
+    ///
+    /// prune lists everything with its size first, then asks (or takes --yes). It never removes a
+    /// live pipeline's data: with a daemon answering on http.listen, the pipelines it runs count as
+    /// live; without one, prune holds the slot's ownership lock while it works (a daemon starting
+    /// meanwhile stands by until it is done); it refuses while another process owns the slot, and
+    /// skips an index whose writer lock a process holds.
+    Prune(PruneArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PruneArgs {
+    /// Only list what would be removed; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Remove without asking (needed when stdin is not a terminal).
+    #[arg(long, conflicts_with = "dry_run")]
+    pub yes: bool,
+    /// Also remove the Redis state of this pipeline, which Redis holds under redis.prefix but this
+    /// deployment has no record of owning last (state from before deriver kept that record, or of
+    /// another deriver sharing the prefix: name only pipelines that are this deployment's).
+    #[arg(long = "redis-pipeline", value_name = "PIPELINE")]
+    pub redis_pipelines: Vec<String>,
 }
 
 #[derive(Debug, clap::Args)]

@@ -60,6 +60,14 @@ pub async fn collect(cfg: &Config) -> Result<StatusDoc> {
                     p.audit = Some(crate::runtime::status::AuditSummary::of(&report));
                 }
             }
+            // What `deriver prune` removed since the daemon last looked is gone at once here too.
+            if let Some(o) = doc.orphans.as_mut() {
+                let mut redis = None;
+                if !o.redis_pipelines.is_empty() || !o.redis_unrecorded.is_empty() {
+                    redis = rsink::connect(&cfg.redis).await.ok();
+                }
+                crate::runtime::orphans::reverify(&cfg.redis, redis.as_mut(), o).await;
+            }
             return Ok(doc);
         }
     }
@@ -78,6 +86,7 @@ async fn offline(cfg: &Config) -> Result<StatusDoc> {
     let defs = crate::pipeline::load_dir(&cfg.pipelines.dir).map_err(|d| {
         Error::config("the pipeline files have problems (run `deriver validate`)").with_detail(d.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("\n"))
     })?;
+    let live = crate::runtime::orphans::Live::of(&cfg.redis, &defs);
     let mut redis = None;
     let mut pipelines = Vec::new();
     let dead = crate::runtime::dead_letters::DeadLetters::open(&crate::runtime::state_dir(&cfg.index.dir)).ok();
@@ -118,7 +127,17 @@ async fn offline(cfg: &Config) -> Result<StatusDoc> {
         p.refresh(server_lsn);
         pipelines.push(p);
     }
-    Ok(StatusDoc { server_lsn, slot, pipelines, role: None, owner: None, dependencies: None })
+    // State of pipelines no file declares (Redis when it is configured and answers).
+    if redis.is_none() && cfg.redis.url.is_some() {
+        redis = rsink::connect(&cfg.redis).await.ok();
+    }
+    let orphans = match crate::runtime::orphans::find(cfg, &live, redis.as_mut()).await {
+        Ok(o) => Some(o),
+        Err(_) => crate::runtime::orphans::find(cfg, &live, None).await.ok(),
+    };
+    // This command's own connection: whether it is encrypted.
+    let dependencies = Some(crate::http::health::snapshot());
+    Ok(StatusDoc { server_lsn, slot, pipelines, role: None, owner: None, dependencies, orphans })
 }
 
 pub fn print_table(doc: &StatusDoc) {
@@ -136,11 +155,16 @@ pub fn print_table(doc: &StatusDoc) {
     if let Some(role) = &doc.role {
         println!("role {role}{}", doc.owner.as_ref().map(|o| format!(" (slot owned by {o})")).unwrap_or_default());
     }
+    for (name, h) in doc.dependencies.iter().flatten() {
+        if let Some(e) = &h.encryption {
+            println!("connection {name}: {e}");
+        }
+    }
     for (name, h) in doc.dependencies.iter().flatten().filter(|(_, h)| !h.up) {
         println!("DOWN {name} since {}: {}", h.since, h.last_error.as_deref().unwrap_or("-"));
     }
     println!();
-    println!("{:<20} {:<12} {:>4} {:<14} {:>12} {:>6}  {}", "PIPELINE", "STATE", "GEN", "APPLIED", "LAG(bytes)", "DEAD", "HASH");
+    println!("{:<20} {:<12} {:>4} {:<14} {:>12} {:>6}  HASH", "PIPELINE", "STATE", "GEN", "APPLIED", "LAG(bytes)", "DEAD");
     for p in &doc.pipelines {
         println!(
             "{:<20} {:<12} {:>4} {:<14} {:>12} {:>6}  {}",
@@ -157,6 +181,15 @@ pub fn print_table(doc: &StatusDoc) {
         }
         for d in &p.dead_letter_list {
             println!("    dead letter {}: {} (attempts {})", d.key, d.reason, d.attempts);
+        }
+    }
+    if let Some(o) = &doc.orphans {
+        if let Some(line) = o.summary() {
+            println!();
+            println!("orphaned (no pipeline file declares it): {line}; `deriver prune` removes it");
+        }
+        if let Some(note) = o.unrecorded_note() {
+            println!("{note}");
         }
     }
 }

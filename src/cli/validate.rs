@@ -72,12 +72,28 @@ async fn has_index(client: &Client, table: &TableName, cols: &[String]) -> Resul
     }))
 }
 
-async fn check_pipeline(client: &Client, cfg: &Config, p: &Pipeline, published: &Option<Vec<(TableName, Option<Vec<String>>)>>) -> Result<Vec<Diagnostic>> {
+/// What the database checks of one pipeline found, and which of them an earlier error stopped.
+struct Checked {
+    diagnostics: Vec<Diagnostic>,
+    /// The checks that did not run, and why (printed as a note).
+    skipped: Option<String>,
+}
+
+async fn check_pipeline(client: &Client, cfg: &Config, p: &Pipeline, published: &Option<pg::PublishedTables>) -> Result<Checked> {
     let mut out = Vec::new();
+    let mut skipped = None;
     let at = |m: String, warning: bool| Diagnostic::at(&p.file, top(p), m, warning);
     let info: TableInfo = match pg::table_info(client, &p.source.table, p.source.key.as_deref()).await {
         Ok(i) => i,
-        Err(e) => return Ok(vec![at(e.message, false)]),
+        Err(e) => {
+            return Ok(Checked {
+                diagnostics: vec![at(e.message, false)],
+                skipped: Some(format!(
+                    "the other database checks of pipeline `{}` (its SQL, replica identity, publication coverage, indexes) were skipped: they need its source table",
+                    p.name
+                )),
+            })
+        }
     };
     let sql = pipeline::sql::compile(p, &info.key);
     prepare(client, p, &sql.keyed, "the pipeline's SQL", &mut out).await;
@@ -88,6 +104,10 @@ async fn check_pipeline(client: &Client, cfg: &Config, p: &Pipeline, published: 
         Ok(d) => d,
         Err(e) => {
             out.push(at(e.message, false));
+            skipped = Some(format!(
+                "the checks of pipeline `{}`'s lookups and children (their reverse queries, publication coverage and indexes) were skipped: they need the error above fixed",
+                p.name
+            ));
             Vec::new()
         }
     };
@@ -136,7 +156,7 @@ async fn check_pipeline(client: &Client, cfg: &Config, p: &Pipeline, published: 
             }
         }
     }
-    Ok(out)
+    Ok(Checked { diagnostics: out, skipped })
 }
 
 /// Returns the process exit code.
@@ -154,6 +174,10 @@ pub async fn run(config: Option<&std::path::Path>, no_environment: bool) -> Resu
                 eprintln!("{d}");
             }
             eprintln!("{} problem(s) found", diags.len());
+            if !no_environment {
+                // The database checks work on the parsed pipelines: none ran.
+                eprintln!("database checks skipped: they run once every pipeline file is valid (fix the errors above, then run `deriver validate` again)");
+            }
             return Ok(1);
         }
     };
@@ -170,13 +194,17 @@ pub async fn run(config: Option<&std::path::Path>, no_environment: bool) -> Resu
     let mut errors = usize::from(published.is_none());
     let mut warnings = 0;
     for p in &pipelines {
-        for d in check_pipeline(&client, &cfg, p, &published).await? {
+        let checked = check_pipeline(&client, &cfg, p, &published).await?;
+        for d in &checked.diagnostics {
             if d.warning {
                 warnings += 1;
             } else {
                 errors += 1;
             }
             eprintln!("{d}");
+        }
+        if let Some(note) = checked.skipped {
+            eprintln!("{}: note: {note}", p.file.display());
         }
     }
     if errors > 0 {

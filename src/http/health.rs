@@ -24,6 +24,10 @@ pub struct DependencyHealth {
     pub last_error: Option<String>,
     /// Failures reported since the process started.
     pub errors: u64,
+    /// For a Postgres connection: whether it is encrypted, with which protocol, and how the
+    /// server's certificate was checked (as of its last connect).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<String>,
 }
 
 static STATE: Mutex<BTreeMap<String, DependencyHealth>> = Mutex::new(BTreeMap::new());
@@ -35,7 +39,7 @@ fn now() -> String {
 /// `dependency` answered as expected.
 pub fn report_ok(dependency: &str) {
     let Ok(mut state) = STATE.lock() else { return };
-    let entry = state.entry(dependency.to_string()).or_insert_with(|| DependencyHealth { up: false, since: now(), last_error: None, errors: 0 });
+    let entry = state.entry(dependency.to_string()).or_insert_with(|| DependencyHealth { up: false, since: now(), last_error: None, errors: 0, encryption: None });
     if !entry.up {
         entry.up = true;
         entry.since = now();
@@ -50,7 +54,7 @@ pub fn report_ok(dependency: &str) {
 pub fn report_error(dependency: &str, error: &dyn std::fmt::Display) {
     let text = crate::config::redact(&error.to_string());
     let Ok(mut state) = STATE.lock() else { return };
-    let entry = state.entry(dependency.to_string()).or_insert_with(|| DependencyHealth { up: true, since: now(), last_error: None, errors: 0 });
+    let entry = state.entry(dependency.to_string()).or_insert_with(|| DependencyHealth { up: true, since: now(), last_error: None, errors: 0, encryption: None });
     if entry.up {
         entry.up = false;
         entry.since = now();
@@ -59,6 +63,17 @@ pub fn report_error(dependency: &str, error: &dyn std::fmt::Display) {
     entry.last_error = Some(text);
     metrics::gauge!("deriver_dependency_up", "dependency" => dependency.to_string()).set(0.0);
     metrics::counter!("deriver_dependency_errors_total", "dependency" => dependency.to_string()).increment(1);
+}
+
+/// How the connection to `dependency` is protected (see [`DependencyHealth::encryption`]);
+/// logged once when it first becomes known or changes.
+pub fn report_encryption(dependency: &str, encryption: &str) {
+    let Ok(mut state) = STATE.lock() else { return };
+    let entry = state.entry(dependency.to_string()).or_insert_with(|| DependencyHealth { up: true, since: now(), last_error: None, errors: 0, encryption: None });
+    if entry.encryption.as_deref() != Some(encryption) {
+        tracing::info!(connection = dependency, encryption, "Postgres connection");
+        entry.encryption = Some(encryption.to_string());
+    }
 }
 
 /// Reports the outcome of an operation on `dependency` and passes it on.

@@ -39,7 +39,7 @@ use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::runtime::status::Shared;
 use crate::sink::tantivy::SearchIndex;
 use error::{ApiError, ApiResult};
@@ -318,6 +318,8 @@ async fn list_indexes(State(state): State<AppState>) -> Response {
                 "name": ix.name,
                 "pipeline": pipeline,
                 "generation": ix.generation,
+                // Live documents in the searcher of this moment (deleted ones not counted).
+                "documents": ix.reader.searcher().num_docs(),
                 "applied_lsn": state.shared.index_applied(&ix.name),
                 "id": ix.target.id,
                 "default_search_fields": ix.target.default_search_fields,
@@ -412,7 +414,12 @@ pub fn router(shared: Arc<Shared>, metrics: PrometheusHandle, token: Option<Stri
 pub async fn serve(listen: &str, app: Router, cancel: CancellationToken) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|e| Error::config(format!("cannot listen on {listen} (http.listen)")).with_detail(e))?;
+        .map_err(|e| {
+            // Taken by another process: not a configuration mistake (exit 1); anything else about
+            // the address is (exit 2).
+            let kind = if e.kind() == std::io::ErrorKind::AddrInUse { ErrorKind::Fatal } else { ErrorKind::Config };
+            Error::new(kind, format!("cannot listen on {listen} (http.listen)")).with_detail(e)
+        })?;
     tracing::info!(%listen, "HTTP API listening");
     tokio::spawn(async move {
         let shutdown = async move { cancel.cancelled().await };
@@ -514,6 +521,7 @@ mod tests {
         let (s, _, body) = call(&app, get("/v1/indexes")).await;
         assert_eq!(s, StatusCode::OK);
         assert!(body.contains(r#""name":"films""#), "{body}");
+        assert!(body.contains(r#""documents":"#), "{body}");
         // The change feed streams: look at its head only.
         let resp = app.clone().oneshot(get("/v1/pipelines/films/changes?since=0/10")).await.unwrap();
         assert_eq!(resp.status(), StatusCode::OK);

@@ -1,15 +1,18 @@
 //! Ranking of search hits: the `sort` spec, the opaque `cursor` for deep paging, and the
 //! collector that counts matches, counts facet values and keeps the best `offset + limit` hits.
 //!
-//! Hits are ordered by the sort keys, then by the document's search id (`_id`, byte order), so the
-//! order is total and stable across index reloads. A cursor holds the last hit's sort values and
+//! Hits are ordered by the sort keys, then by the document's search id (`_id`, in [`cmp_ids`]
+//! order: integer ids by value, 1, 2, … 10, 100, before any other id, other ids by bytes), so the
+//! order is total and stable across index reloads, and a search without words (every score equal)
+//! lists the documents of an index of integer ids in numeric order. A cursor holds the last hit's sort values and
 //! id; the next page keeps only hits strictly after it (search-after), which stays correct while
 //! documents come and go between pages.
 //!
 //! Within a segment, values are compared as the fast fields store them: numbers through tantivy's
 //! order-preserving `u64` mapping (comparable across segments), keywords and ids by their
-//! segment-local term ordinal (dictionaries are sorted, so ordinal order is byte order); only the
-//! surviving hits of each segment are turned into bytes for the final merge.
+//! segment-local term ordinal (dictionaries are sorted, so ordinal order is byte order), ids by
+//! their rank in the segment's id dictionary re-sorted in [`cmp_ids`] order; only the surviving
+//! hits of each segment are turned into bytes for the final merge.
 
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
@@ -198,8 +201,76 @@ pub struct Ranked {
     pub facets: Vec<HashMap<String, u64>>,
 }
 
-/// Document → ordinal of its `_id` term, per segment (segments never change, so this is cached).
-pub type IdOrds = Arc<Vec<u32>>;
+/// The order of search ids: ids that are integers in canonical decimal form (`-?[1-9][0-9]*` or
+/// `0`) by value, of any length, before every other id; other ids by bytes. Consistent with
+/// equality (distinct ids never compare equal), so it is a total order.
+pub fn cmp_ids(a: &[u8], b: &[u8]) -> Ordering {
+    fn int(s: &[u8]) -> Option<(bool, &[u8])> {
+        let (neg, digits) = match s.split_first() {
+            Some((b'-', rest)) => (true, rest),
+            _ => (false, s),
+        };
+        let canonical = match digits {
+            [] => false,
+            [b'0'] => !neg,
+            [first, ..] => *first != b'0' && digits.iter().all(u8::is_ascii_digit),
+        };
+        canonical.then_some((neg, digits))
+    }
+    match (int(a), int(b)) {
+        (Some((an, ad)), Some((bn, bd))) => {
+            let magnitude = ad.len().cmp(&bd.len()).then_with(|| ad.cmp(bd));
+            match (an, bn) {
+                (false, false) => magnitude,
+                (true, true) => magnitude.reverse(),
+                (true, false) => Ordering::Less,
+                (false, true) => Ordering::Greater,
+            }
+        }
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        (None, None) => a.cmp(b),
+    }
+}
+
+/// The ids of one segment in [`cmp_ids`] order (segments never change, so this is cached).
+#[derive(Debug, Default)]
+pub struct IdOrder {
+    /// Document → rank of its `_id` among the segment's ids (`u32::MAX`: no id).
+    pub by_doc: Vec<u32>,
+    /// Rank → ordinal of the `_id` term in the segment's dictionary.
+    pub by_rank: Vec<u32>,
+}
+
+impl IdOrder {
+    /// The id of rank `rank`, appended to `out` (nothing for an unknown rank).
+    fn id_bytes(&self, dict: &InvertedIndexReader, rank: u32, out: &mut Vec<u8>) -> std::io::Result<()> {
+        if let Some(ord) = self.by_rank.get(rank as usize) {
+            dict.terms().ord_to_term(u64::from(*ord), out)?;
+        }
+        Ok(())
+    }
+
+    /// The position of `id` in this order: `2 * rank` when the segment has it, else the odd
+    /// number just before the rank of the first greater id.
+    fn pos(&self, dict: &InvertedIndexReader, id: &str) -> std::io::Result<Pos> {
+        let (mut lo, mut hi) = (0usize, self.by_rank.len());
+        let mut buf = Vec::new();
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            buf.clear();
+            self.id_bytes(dict, mid as u32, &mut buf)?;
+            match cmp_ids(&buf, id.as_bytes()) {
+                Ordering::Less => lo = mid + 1,
+                Ordering::Greater => hi = mid,
+                Ordering::Equal => return Ok(dict_pos(Some(mid as u64), 0)),
+            }
+        }
+        Ok(dict_pos(None, lo as u64))
+    }
+}
+
+pub type IdOrds = Arc<IdOrder>;
 
 /// A cache of [`IdOrds`] by segment, shared by all searches.
 #[derive(Default)]
@@ -218,7 +289,7 @@ impl IdOrdCache {
             live.insert(sid);
             let cached = self.entries.lock().ok().and_then(|m| m.get(&sid).map(|(_, o)| o.clone()));
             let ords = match cached {
-                Some(o) if o.len() == seg.max_doc() as usize => o,
+                Some(o) if o.by_doc.len() == seg.max_doc() as usize => o,
                 _ => {
                     let o = Arc::new(build_id_ords(seg, id_field)?);
                     if let Ok(mut m) = self.entries.lock() {
@@ -236,23 +307,40 @@ impl IdOrdCache {
     }
 }
 
-fn build_id_ords(seg: &SegmentReader, id_field: Field) -> tantivy::Result<Vec<u32>> {
+fn build_id_ords(seg: &SegmentReader, id_field: Field) -> tantivy::Result<IdOrder> {
     let inv = seg.inverted_index(id_field)?;
-    let mut map = vec![u32::MAX; seg.max_doc() as usize];
+    // The dictionary is in byte order: read every term, re-sort their ordinals in id order.
+    let mut bytes: Vec<u8> = Vec::new();
+    let mut ends: Vec<usize> = Vec::new();
     let mut stream = inv.terms().stream()?;
     while stream.advance() {
-        let ord = u32::try_from(stream.term_ord()).unwrap_or(u32::MAX - 1);
+        bytes.extend_from_slice(stream.key());
+        ends.push(bytes.len());
+    }
+    let term = |ord: usize| &bytes[if ord == 0 { 0 } else { ends[ord - 1] }..ends[ord]];
+    let n = u32::try_from(ends.len()).unwrap_or(u32::MAX - 1);
+    let mut by_rank: Vec<u32> = (0..n).collect();
+    // Stable, and byte order already is the order of the ids that are not integers.
+    by_rank.sort_by(|a, b| cmp_ids(term(*a as usize), term(*b as usize)));
+    let mut rank_of = vec![u32::MAX - 1; by_rank.len()];
+    for (rank, ord) in by_rank.iter().enumerate() {
+        rank_of[*ord as usize] = rank as u32;
+    }
+    let mut by_doc = vec![u32::MAX; seg.max_doc() as usize];
+    let mut stream = inv.terms().stream()?;
+    while stream.advance() {
+        let rank = usize::try_from(stream.term_ord()).ok().and_then(|o| rank_of.get(o)).copied().unwrap_or(u32::MAX - 1);
         let info = stream.value().clone();
         let mut postings = inv.read_postings_from_terminfo(&info, IndexRecordOption::Basic)?;
         let mut doc = postings.doc();
         while doc != TERMINATED {
-            if let Some(slot) = map.get_mut(doc as usize) {
-                *slot = ord;
+            if let Some(slot) = by_doc.get_mut(doc as usize) {
+                *slot = rank;
             }
             doc = postings.advance();
         }
     }
-    Ok(map)
+    Ok(IdOrder { by_doc, by_rank })
 }
 
 pub struct RankCollector {
@@ -383,16 +471,6 @@ fn dict_pos(exact: Option<u64>, next: u64) -> Pos {
     }
 }
 
-fn id_pos(inv: &InvertedIndexReader, id: &str) -> std::io::Result<Pos> {
-    let dict = inv.terms();
-    if let Some(o) = dict.term_ord(id.as_bytes())? {
-        return Ok(dict_pos(Some(o), 0));
-    }
-    let mut stream = dict.range().gt(id.as_bytes()).into_stream()?;
-    let next = if stream.advance() { stream.term_ord() } else { dict.num_terms() as u64 };
-    Ok(dict_pos(None, next))
-}
-
 fn str_pos(col: &StrColumn, s: &str) -> std::io::Result<Pos> {
     use tantivy::columnar::TermOrdHit;
     Ok(match col.dictionary().term_ord_or_next(s.as_bytes())? {
@@ -431,7 +509,7 @@ impl Collector for RankCollector {
         }
         let id_dict = segment.inverted_index(self.id_field)?;
         let id_ords = match self.id_ords.get(segment_ord as usize) {
-            Some(o) if o.len() == segment.max_doc() as usize => o.clone(),
+            Some(o) if o.by_doc.len() == segment.max_doc() as usize => o.clone(),
             _ => Arc::new(build_id_ords(segment, self.id_field)?),
         };
         let bound = match &self.cursor {
@@ -453,7 +531,7 @@ impl Collector for RankCollector {
                         _ => None,
                     });
                 }
-                Some(LocalBound { vals, score, id: id_pos(&id_dict, &c.id)? })
+                Some(LocalBound { vals, score, id: id_ords.pos(&id_dict, &c.id)? })
             }
         };
         let mut facets = Vec::new();
@@ -596,7 +674,7 @@ pub fn cmp_hits(spec: &SortSpec, a: &RankedHit, b: &RankedHit) -> Ordering {
             return o;
         }
     }
-    a.id.cmp(&b.id)
+    cmp_ids(a.id.as_bytes(), b.id.as_bytes())
 }
 
 pub struct SegFruit {
@@ -637,7 +715,7 @@ impl SegCollector {
                 });
             }
             bytes.clear();
-            self.id_dict.terms().ord_to_term(c.id as u64, &mut bytes)?;
+            self.id_ords.id_bytes(&self.id_dict, c.id, &mut bytes)?;
             hits.push(RankedHit {
                 addr: DocAddress::new(self.segment_ord, c.doc),
                 score: c.score,
@@ -697,7 +775,7 @@ impl SegmentCollector for SegCollector {
                 LocalKey::Str { col, .. } => col.as_ref().and_then(|c| c.ords().first(doc)),
             })
             .collect();
-        let id = self.id_ords.get(doc as usize).copied().unwrap_or(u32::MAX);
+        let id = self.id_ords.by_doc.get(doc as usize).copied().unwrap_or(u32::MAX);
         let cand = Cand { vals, score, id, doc };
         if let Some(b) = &self.bound {
             if cmp_to_bound(&self.keys, &cand, b) != Ordering::Greater {
@@ -835,6 +913,49 @@ mod tests {
         }
         assert_eq!(got.len(), expected.len());
         assert_eq!(got, expected);
+    }
+
+    #[test]
+    fn ids_order_integers_by_value_then_other_ids_by_bytes() {
+        let sorted = ["-100", "-20", "-3", "0", "1", "2", "9", "10", "99", "100", "18446744073709551616", "", "-", "-0", "007", "1.5", "10a", "a", "b2", "é"];
+        for (i, a) in sorted.iter().enumerate() {
+            for (j, b) in sorted.iter().enumerate() {
+                assert_eq!(cmp_ids(a.as_bytes(), b.as_bytes()), i.cmp(&j), "{a:?} vs {b:?}");
+            }
+        }
+    }
+
+    /// The id order of a segment: ranks follow [`cmp_ids`], and a cursor id the segment does not
+    /// hold falls between the right ranks.
+    #[test]
+    fn segments_rank_their_ids_in_id_order() {
+        use tantivy::schema::{Schema, STORED, STRING};
+        let mut b = Schema::builder();
+        let id = b.add_text_field("_id", STRING | STORED);
+        let index = tantivy::Index::create_in_ram(b.build());
+        let mut w: tantivy::IndexWriter<tantivy::TantivyDocument> = index.writer_with_num_threads(1, 15_000_000).unwrap();
+        for text in ["10", "x", "2", "100", "1"] {
+            w.add_document(tantivy::doc!(id => text)).unwrap();
+        }
+        w.commit().unwrap();
+        let searcher = index.reader().unwrap().searcher();
+        let seg = searcher.segment_reader(0);
+        let order = build_id_ords(seg, id).unwrap();
+        let dict = seg.inverted_index(id).unwrap();
+        // Documents in insertion order: 10, x, 2, 100, 1.
+        assert_eq!(order.by_doc, [2, 4, 1, 3, 0]);
+        let mut listed = Vec::new();
+        for rank in 0..5 {
+            let mut bytes = Vec::new();
+            order.id_bytes(&dict, rank, &mut bytes).unwrap();
+            listed.push(String::from_utf8(bytes).unwrap());
+        }
+        assert_eq!(listed, ["1", "2", "10", "100", "x"]);
+        assert_eq!(order.pos(&dict, "10").unwrap(), 4);
+        assert_eq!(order.pos(&dict, "0").unwrap(), -1);
+        assert_eq!(order.pos(&dict, "3").unwrap(), 3);
+        assert_eq!(order.pos(&dict, "1000").unwrap(), 7);
+        assert_eq!(order.pos(&dict, "y").unwrap(), 9);
     }
 
     #[test]

@@ -630,11 +630,9 @@ pub(crate) mod tests {
         let rates: Vec<f64> = r.hits.iter().map(|h| h.doc["rate"].as_f64().unwrap()).collect();
         assert!(rates.windows(2).all(|w| w[0] >= w[1]), "{rates:?}");
         assert!(r.next_cursor.is_none());
-        // Ties broken by id, in byte order.
-        let first_rate = &r.hits[..13];
-        let mut sorted: Vec<String> = first_rate.iter().map(|h| h.id.clone()).collect();
-        sorted.sort();
-        assert_eq!(first_rate.iter().map(|h| h.id.clone()).collect::<Vec<_>>(), sorted);
+        // Ties broken by id, integer ids by value: 2, 5, 8, 11, … (not 11, 14, 17, 2, …).
+        let first_rate: Vec<String> = r.hits[..13].iter().map(|h| h.id.clone()).collect();
+        assert_eq!(first_rate, (0..13).map(|i| (2 + 3 * i).to_string()).collect::<Vec<_>>());
         // Offset pages agree with the full list.
         let p2 = run(&idx, json!({ "sort": ["rate:desc", "_score"], "limit": 5, "offset": 5 })).unwrap();
         assert_eq!(ids(&p2), ids(&r)[5..10]);
@@ -654,6 +652,30 @@ pub(crate) mod tests {
         let r = run(&idx, json!({ "sort": ["year"], "limit": 40 })).unwrap();
         let years: Vec<i64> = r.hits.iter().map(|h| h.doc["year"].as_i64().unwrap()).collect();
         assert!(years.windows(2).all(|w| w[0] <= w[1]), "{years:?}");
+    }
+
+    /// Without words every score is equal: the documents come in id order, integer ids by value,
+    /// across segments and cursor pages.
+    #[test]
+    fn an_empty_query_lists_integer_ids_numerically() {
+        let idx = films(120);
+        assert!(idx.reader.searcher().segment_readers().len() > 1);
+        let r = run(&idx, json!({ "q": "", "limit": 12 })).unwrap();
+        assert_eq!(ids(&r), (1..=12).map(|i| i.to_string()).collect::<Vec<_>>());
+        let mut seen = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let p = run(&idx, json!({ "limit": 11, "cursor": cursor })).unwrap();
+            seen.extend(ids(&p));
+            match p.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        assert_eq!(seen, (1..=120).map(|i| i.to_string()).collect::<Vec<_>>());
+        // Offsets too, with a filter (every score 0).
+        let r = run(&idx, json!({ "filter": { "field": "rating", "eq": "PG" }, "limit": 5, "offset": 2 })).unwrap();
+        assert_eq!(ids(&r), ["7", "10", "13", "16", "19"]);
     }
 
     #[test]

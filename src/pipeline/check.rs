@@ -632,8 +632,11 @@ fn check_field(c: &mut Checker, key: &Key, node: &Node, children: &[Child]) -> O
     }
 }
 
+/// `rel.col`, as (relation, column).
+pub type ColumnRef = (String, String);
+
 /// Splits an `on` condition into `rel.col = rel.col` terms joined by AND.
-pub fn parse_on(text: &str) -> Result<Vec<((String, String), (String, String))>, String> {
+pub fn parse_on(text: &str) -> Result<Vec<(ColumnRef, ColumnRef)>, String> {
     #[derive(Debug, PartialEq)]
     enum Tok {
         Ident(String),
@@ -805,7 +808,7 @@ fn check_lookup(c: &mut Checker, key: &Key, node: &Node, parents: &[(String, Str
         }
     };
     let on_text = c.string(on_node, "`on`")?;
-    let on = resolve_on(c, on_node, &on_text, &[key.name.clone()], parents, &format!("{what} `on`"))?;
+    let on = resolve_on(c, on_node, &on_text, std::slice::from_ref(&key.name), parents, &format!("{what} `on`"))?;
     Some(Lookup { alias: key.name.clone(), table: table?, on })
 }
 
@@ -827,7 +830,7 @@ fn check_child(c: &mut Checker, key: &Key, node: &Node, source: &[(String, Strin
                 }
             };
             let text = c.string(von_node, "`on`")?;
-            let on = resolve_on(c, von_node, &text, &[vtable.name.clone()], source, &format!("{what} `via.on`"))?;
+            let on = resolve_on(c, von_node, &text, std::slice::from_ref(&vtable.name), source, &format!("{what} `via.on`"))?;
             Some(Via { alias: vtable.name.clone(), table: vtable, on })
         }
     };

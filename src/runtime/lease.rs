@@ -17,6 +17,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+
 use super::status::Shared;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -67,19 +68,14 @@ fn application_name() -> String {
 /// Opens the lock session. Server-side keepalives and an idle-session timeout make Postgres end
 /// the session (and so release the lock) soon after the process stops answering.
 async fn connect(cfg: &Config) -> Result<Client> {
-    let mut pg: tokio_postgres::Config = cfg.postgres_url()?.parse().map_err(|e| Error::config("postgres.url is not a valid connection string").with_detail(e))?;
-    pg.application_name(&application_name());
-    pg.keepalives_idle(Duration::from_secs(5));
-    pg.connect_timeout(Duration::from_secs(10));
-    let (client, conn) = pg
-        .connect(tokio_postgres::NoTls)
-        .await
-        .map_err(|e| Error::transient("cannot connect to Postgres for the ownership lock").with_detail(e))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            warn!(error = %crate::config::redact(&e.to_string()), "the ownership lock connection ended");
-        }
-    });
+    let session = crate::source::postgres::Session {
+        application_name: application_name(),
+        dependency: "lock",
+        what: "Postgres for the ownership lock",
+        observed: false,
+        keepalives_idle: Some(Duration::from_secs(5)),
+    };
+    let client = crate::source::postgres::connect_as(cfg.postgres_url()?, &session).await?;
     let check = cfg.runtime.lock_check_ms.max(100);
     // A session that has not run a statement for several check intervals belongs to a frozen or
     // cut-off process: let Postgres end it. (Settings a non-superuser may change.)

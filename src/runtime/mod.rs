@@ -12,6 +12,7 @@ pub mod dead_letters;
 pub mod dirty;
 pub mod failpoint;
 pub mod lease;
+pub mod orphans;
 pub mod reindex;
 pub mod status;
 
@@ -260,11 +261,20 @@ impl Batch {
     }
 }
 
+/// A dependency unreachable at start stops the start (loudly) instead of being retried; a
+/// configuration error stays one (exit code 2).
+fn unreachable_at_start(e: Error) -> Error {
+    match e.kind {
+        ErrorKind::Transient => Error { kind: ErrorKind::Fatal, ..e },
+        _ => e,
+    }
+}
+
 impl Daemon {
     /// Start-up checks (loud on anything wrong), then opens every sink.
     pub async fn prepare(cfg: Config, shared: Arc<Shared>, cancel: CancellationToken, resnapshot: bool) -> Result<Daemon> {
         let url = cfg.postgres_url()?.to_string();
-        let client = pg::connect(&url).await.map_err(|e| Error::fatal(e.message.clone()).with_detail(e.detail.unwrap_or_default()))?;
+        let client = pg::connect(&url).await.map_err(unreachable_at_start)?;
         let level = pg::wal_level(&client).await?;
         if level != "logical" {
             return Err(Error::fatal(format!(
@@ -333,9 +343,7 @@ impl Daemon {
                 sinks.push(AnySink::Search(sink));
             }
             if !def.redis.is_empty() {
-                let sink = RedisSink::open(&cfg.redis, &def)
-                    .await
-                    .map_err(|e| Error::fatal(e.message.clone()).with_detail(e.detail.unwrap_or_default()))?;
+                let sink = RedisSink::open(&cfg.redis, &def).await.map_err(unreachable_at_start)?;
                 sinks.push(AnySink::Redis(sink));
             }
             if deps.iter().any(|d| d.needs_ledger) {
@@ -449,7 +457,9 @@ impl Daemon {
             confirmed_flush_lsn: s.confirmed_flush_lsn,
             wal_status: s.wal_status,
         });
-        let mut doc = StatusDoc { server_lsn, slot, pipelines, role: None, owner: None, dependencies: None };
+        // Found once per ownership by `orphans::watch` (started in `run`); kept across re-publishing.
+        let orphans = self.shared.status.read().expect("status lock").as_ref().and_then(|d| d.orphans.clone());
+        let mut doc = StatusDoc { server_lsn, slot, pipelines, role: None, owner: None, dependencies: None, orphans };
         for p in &mut doc.pipelines {
             p.refresh(server_lsn);
         }
@@ -458,6 +468,8 @@ impl Daemon {
 
     /// Runs until cancelled (Ok) or a fatal condition (Err).
     pub async fn run(mut self) -> Result<()> {
+        // State of removed pipelines: one start-up warning, and `orphans` in status.
+        orphans::watch(self.cfg.clone(), self.shared.clone(), self.pipelines.iter().map(|p| p.def.clone()).collect(), self.cancel.clone());
         let url = self.cfg.postgres_url()?.to_string();
         let conninfo = pg::replication_conninfo(&url)?;
         let slot = self.cfg.postgres.slot.clone();
@@ -498,6 +510,14 @@ impl Daemon {
         // Background audits ([audit] continuous) and audit results in status and /metrics.
         crate::audit::continuous::spawn(self.cfg.clone(), self.shared.clone(), self.cancel.clone());
         self.stream_loop(replication, start, &conninfo, &slot, &publication).await
+    }
+
+    /// Says (in the log and status) whether the replication connection is encrypted, as the
+    /// server sees the slot's walsender.
+    async fn report_replication_encryption(&self, slot: &str) {
+        let Ok(tls) = self.cfg.postgres_url().and_then(pg::tls_settings) else { return };
+        let encryption = pg::replication_encryption(&self.pg, slot, &tls).await;
+        crate::http::health::report_encryption("replication", &encryption);
     }
 
     async fn min_checkpoint(&mut self) -> Result<Lsn> {
@@ -545,12 +565,12 @@ impl Daemon {
                 match s.checkpoint().await? {
                     None => stale = true,
                     Some(cp) if cp.lsn < confirmed => {
-                        warn!(pipeline = %p.def.name, sink = ?s.labels(), checkpoint = %cp.lsn, slot = %confirmed,
+                        warn!(pipeline = %p.def.name, sink = %s.labels().join(", "), checkpoint = %cp.lsn, slot = %confirmed,
                             "a sink is behind the replication slot (it lost acknowledged writes); re-deriving the pipeline");
                         stale = true;
                     }
                     Some(cp) if cp.definition_hash.as_deref().is_some_and(|h| h != hash) => {
-                        info!(pipeline = %p.def.name, sink = ?s.labels(), "the pipeline definition changed: re-deriving its records in place");
+                        info!(pipeline = %p.def.name, sink = %s.labels().join(", "), "the pipeline definition changed: re-deriving its records in place");
                         stale = true;
                     }
                     Some(_) => {}
@@ -687,6 +707,7 @@ impl Daemon {
                 Ok(x) => {
                     // Streaming again: the next outage starts from the shortest wait.
                     backoff = Duration::from_millis(500);
+                    self.report_replication_encryption(slot).await;
                     x
                 }
                 Err(e) if e.is_transient() => {
@@ -1292,7 +1313,7 @@ impl Daemon {
                 let built = job.run().await;
                 let _ = tx.send(built).await;
             });
-            info!(pipeline = %p.def.name, index = %index, generation = ?generation, %from, "full reprocess started");
+            info!(pipeline = %p.def.name, index = %index, generation = %generation.map_or_else(|| "-".to_string(), |g| g.to_string()), %from, "full reprocess started");
             started.push(p.def.name.clone());
             self.rebuilds.push(reindex::Rebuild {
                 id,
@@ -1344,6 +1365,9 @@ impl Daemon {
     /// A background build finished: catch the new generation up and make it live.
     async fn finish_rebuild(&mut self, built: reindex::Built, applied: Lsn) -> Result<()> {
         let Some(pos) = self.rebuilds.iter().position(|r| r.id == built.id) else { return Ok(()) };
+        // Status shows the catch-up and swap until they are done (the CLI follows it).
+        self.rebuilds[pos].progress.set_phase(reindex::Phase::CatchingUp);
+        self.publish_reindex_status();
         let mut r = self.rebuilds.remove(pos);
         let name = self.pipelines[r.pipeline].def.name.clone();
         let mut new = match built.result {
@@ -1394,7 +1418,7 @@ impl Daemon {
             }
             let _ = std::fs::remove_file(reindex_marker(&self.cfg, &r.index));
             let removed = crate::sink::tantivy::collect_garbage(&self.cfg.index.dir, &r.index, self.cfg.index.keep_generations, None)?;
-            info!(pipeline = %name, index = %r.index, generation = gen, previous = old_gen, caught_up = caught, removed = ?removed, "the new generation is live");
+            info!(pipeline = %name, index = %r.index, generation = gen, previous = old_gen, caught_up = caught, removed = %removed.iter().map(u64::to_string).collect::<Vec<_>>().join(", "), "the new generation is live");
             // Bring the checkpoint to the current position even when nothing needed catching up.
             self.checkpoint_idle_sinks(applied).await?;
         } else {
@@ -1425,6 +1449,10 @@ impl Daemon {
                         let built = built.ok_or_else(|| Error::fatal("a rebuild task vanished"))?;
                         if let Err(e) = &built.result {
                             return Err(Error::fatal(format!("reindex of `{name}` failed")).with_detail(e));
+                        }
+                        for r in self.rebuilds.iter().filter(|r| r.id == built.id) {
+                            r.progress.set_phase(reindex::Phase::CatchingUp);
+                            on_progress(name, &r.progress);
                         }
                         self.finish_rebuild(built, from).await?;
                     }
@@ -1587,7 +1615,13 @@ impl Daemon {
             let total = r.progress.rows_total.load(std::sync::atomic::Ordering::Relaxed).max(done);
             metrics::gauge!("deriver_reindex_rows_done", "pipeline" => name.clone()).set(done as f64);
             metrics::gauge!("deriver_reindex_rows_total", "pipeline" => name.clone()).set(total as f64);
-            per.entry(name).or_insert(status::ReindexStatus { generation: r.generation, rows_done: done, rows_total: total, eta_seconds: r.progress.eta_seconds() });
+            per.entry(name).or_insert(status::ReindexStatus {
+                generation: r.generation,
+                rows_done: done,
+                rows_total: total,
+                eta_seconds: r.progress.eta_seconds(),
+                phase: Some(r.progress.phase().as_str().to_string()),
+            });
         }
         self.shared.update(|doc| {
             for p in &mut doc.pipelines {

@@ -6,7 +6,7 @@
 //! rename) and keeps the previous generation for rollback. Searches answer from the old
 //! generation until the switch and never see a half-built index.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,17 +18,55 @@ use super::dirty::DirtyKeys;
 use crate::error::{Error, Result};
 use crate::sink::{AnySink, BatchMode, Rejected, Sink, Write};
 
-/// Rows done and expected of a bulk derivation, shared with status, metrics and the CLI.
+/// Rows done and expected of a bulk derivation, and its phase, shared with status, metrics and
+/// the CLI.
 #[derive(Debug)]
 pub struct Progress {
     pub rows_done: AtomicU64,
     pub rows_total: AtomicU64,
     pub started: Instant,
+    phase: AtomicU8,
+}
+
+/// Where a full reprocess is: deriving every record, writing the new generation out, then
+/// catching up with what changed meanwhile and swapping it in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Deriving,
+    Writing,
+    CatchingUp,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Deriving => "deriving",
+            Phase::Writing => "writing",
+            Phase::CatchingUp => "catching up",
+        }
+    }
 }
 
 impl Progress {
     pub fn new(total: u64) -> Arc<Progress> {
-        Arc::new(Progress { rows_done: AtomicU64::new(0), rows_total: AtomicU64::new(total), started: Instant::now() })
+        Arc::new(Progress {
+            rows_done: AtomicU64::new(0),
+            rows_total: AtomicU64::new(total),
+            started: Instant::now(),
+            phase: AtomicU8::new(Phase::Deriving as u8),
+        })
+    }
+
+    pub fn phase(&self) -> Phase {
+        match self.phase.load(Ordering::Relaxed) {
+            0 => Phase::Deriving,
+            1 => Phase::Writing,
+            _ => Phase::CatchingUp,
+        }
+    }
+
+    pub fn set_phase(&self, phase: Phase) {
+        self.phase.store(phase as u8, Ordering::Relaxed);
     }
 
     /// Seconds left at the current rate, once there is a rate.
@@ -239,6 +277,7 @@ impl BuildJob {
         for r in &rejected {
             tracing::error!(pipeline = %self.pipeline, key = %r.key, reason = %r.reason, "record rejected during the rebuild (dead letter)");
         }
+        self.progress.set_phase(Phase::Writing);
         if let Some(s) = self.search.as_mut() {
             s.commit().await?;
         }

@@ -22,6 +22,10 @@ pub struct StatusDoc {
     /// Added by the daemon's `/v1/status`: the health of each dependency it reported on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dependencies: Option<BTreeMap<String, crate::http::health::DependencyHealth>>,
+    /// An addition to the spec's document: state of pipelines that no file declares any more
+    /// (index folders, files, Redis bookkeeping), which `deriver prune` removes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub orphans: Option<crate::runtime::orphans::Orphans>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -81,6 +85,10 @@ pub struct ReindexStatus {
     pub rows_total: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub eta_seconds: Option<f64>,
+    /// `deriving`, `writing` (the new generation is written out) or `catching up` (with what
+    /// changed meanwhile, then the swap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<String>,
 }
 
 /// Requests the HTTP admin endpoint hands to the running daemon.

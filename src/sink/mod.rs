@@ -102,7 +102,9 @@ pub trait Sink {
     async fn abort(&mut self);
 }
 
-/// The sinks of one pipeline, dispatched without `dyn`.
+/// The sinks of one pipeline, dispatched without `dyn`. A handful exist per process, so the size
+/// of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum AnySink {
     Search(tantivy::SearchSink),
     Redis(redis::RedisSink),

@@ -1,8 +1,10 @@
 //! The source side: Postgres. `walstream` is the only module that knows the replication crate;
 //! everything else sees deriver's own [`SourceEvent`]s.
 
+pub mod conninfo;
 pub mod lsn;
 pub mod postgres;
+pub mod tls;
 pub mod walstream;
 
 use std::collections::HashMap;

@@ -3,7 +3,10 @@
 
 use std::str::FromStr;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
+
+use super::conninfo::{ConnInfo, SslMode, TlsSettings};
+use super::tls;
 
 use super::{Lsn, TableName};
 use crate::config::redact;
@@ -15,58 +18,137 @@ use crate::pipeline::sql::KeyColumn;
 pub const SESSION_OPTIONS: &str = "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 \
 -c bytea_output=hex -c timezone=UTC -c client_encoding=UTF8";
 
+/// How one kind of connection presents itself to Postgres.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// `application_name` (what `pg_stat_activity` shows).
+    pub application_name: String,
+    /// The name under which `http::health` tracks it (up/down, encryption).
+    pub dependency: &'static str,
+    /// How errors name it: "cannot connect to {what} at …".
+    pub what: &'static str,
+    /// Whether its failures count as the dependency being down (`/readyz`).
+    pub observed: bool,
+    /// Client-side TCP keepalive idle time.
+    pub keepalives_idle: Option<std::time::Duration>,
+}
+
+impl Session {
+    /// Derivation, catalog and command connections.
+    pub fn query() -> Session {
+        Session { application_name: "deriver".into(), dependency: "postgres", what: "Postgres", observed: true, keepalives_idle: None }
+    }
+}
+
+/// A connection for derivation, catalog questions and the commands.
 pub async fn connect(url: &str) -> Result<Client> {
-    let mut cfg = tokio_postgres::Config::from_str(url)
-        .map_err(|e| Error::config("postgres.url is not a valid connection string").with_detail(e))?;
+    connect_as(url, &Session::query()).await
+}
+
+fn env_var(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+fn home() -> Option<std::path::PathBuf> {
+    std::env::var_os("HOME").map(std::path::PathBuf::from)
+}
+
+/// The TLS settings `url` asks for, resolved as libpq resolves them.
+pub fn tls_settings(url: &str) -> Result<TlsSettings> {
+    ConnInfo::parse(url)?.tls(&env_var, home().as_deref())
+}
+
+/// Opens a connection with TLS as `url` asks (libpq's `sslmode` and friends), the pinned session
+/// settings, and a clear error naming the cause when it fails.
+pub async fn connect_as(url: &str, session: &Session) -> Result<Client> {
+    let info = ConnInfo::parse(url)?;
+    let tls = info.tls(&env_var, home().as_deref())?;
+    let mut cfg = tokio_postgres::Config::from_str(&info.for_query())
+        .map_err(|e| Error::config("postgres.url is not a valid connection string").with_detail(tls::chain(&e)))?;
     cfg.options(SESSION_OPTIONS);
-    cfg.application_name("deriver");
+    cfg.application_name(&session.application_name);
     if cfg.get_connect_timeout().is_none() {
         cfg.connect_timeout(std::time::Duration::from_secs(10));
     }
-    let (client, connection) = crate::http::health::observe(
-        "postgres",
-        cfg.connect(NoTls).await.map_err(|e| Error::transient(format!("cannot connect to Postgres at {}", redact(url))).with_detail(e)),
-    )?;
+    if let Some(idle) = session.keepalives_idle {
+        cfg.keepalives_idle(idle);
+    }
+    let host = match cfg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => "localhost".into(),
+    };
+    let target = redact(url);
+    cfg.ssl_mode(tls::first_mode(tls.mode));
+    let (make, log) = tls::connector(&tls)?;
+    let mut result = cfg.connect(make).await.map_err(|e| (e, log));
+    if let Err((e, _)) = &result {
+        if tls::retry_with_tls(tls.mode, e) {
+            cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
+            let (make, log) = tls::connector(&tls)?;
+            result = cfg.connect(make).await.map_err(|e| (e, log));
+        }
+    }
+    let result = result.map_err(|(e, log)| tls::explain(&e, &log, &tls, &host, session.what, &target));
+    let (client, connection) = if session.observed { crate::http::health::observe(session.dependency, result)? } else { result? };
+    let (dependency, observed) = (session.dependency, session.observed);
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             // Lost (server gone, connection cut): down until the next successful connect.
-            crate::http::health::report_error("postgres", &e);
-            tracing::debug!(error = %e, "postgres connection closed");
+            if observed {
+                crate::http::health::report_error(dependency, &tls::chain(&e));
+            }
+            tracing::debug!(error = %tls::chain(&e), "postgres connection closed");
         }
     });
+    let encryption = encryption(&client, &tls).await;
+    tracing::debug!(connection = dependency, %encryption, "connected to Postgres");
+    crate::http::health::report_encryption(dependency, &encryption);
     Ok(client)
 }
 
-/// The replication connection string: the configured URL plus `replication=database` and the
-/// pinned session settings as startup `options`.
-pub fn replication_conninfo(url: &str) -> Result<String> {
-    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        let parsed = url::Url::parse(url).map_err(|e| Error::config("postgres.url is not a valid URL").with_detail(e))?;
-        // libpq percent-decodes URI parameters but does not read `+` as a space, so encode by hand.
-        let mut query: Vec<String> = parsed
-            .query_pairs()
-            .filter(|(k, _)| k != "replication" && k != "options")
-            .map(|(k, v)| format!("{}={}", percent(&k), percent(&v)))
-            .collect();
-        query.push("replication=database".into());
-        query.push(format!("options={}", percent(SESSION_OPTIONS)));
-        let base = url.split('?').next().unwrap_or(url);
-        Ok(format!("{base}?{}", query.join("&")))
-    } else {
-        Ok(format!("{url} replication=database options='{SESSION_OPTIONS}'"))
+/// Whether a connection is encrypted, as the server sees it (`pg_stat_ssl`), and how well
+/// deriver checked whom it talks to.
+async fn encryption(client: &Client, tls: &TlsSettings) -> String {
+    let row = client.query_opt("SELECT ssl, version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await;
+    describe_ssl(row.ok().flatten().map(|r| (r.get(0), r.get(1), r.get(2))), tls)
+}
+
+/// The replication connection's encryption, looked up by the slot's walsender.
+pub async fn replication_encryption(client: &Client, slot: &str, tls: &TlsSettings) -> String {
+    let row = client
+        .query_opt(
+            "SELECT s.ssl, s.version, s.cipher FROM pg_replication_slots r JOIN pg_stat_ssl s ON s.pid = r.active_pid WHERE r.slot_name = $1",
+            &[&slot],
+        )
+        .await;
+    describe_ssl(row.ok().flatten().map(|r| (r.get(0), r.get(1), r.get(2))), tls)
+}
+
+fn describe_ssl(row: Option<(bool, Option<String>, Option<String>)>, tls: &TlsSettings) -> String {
+    match row {
+        Some((true, version, cipher)) => format!(
+            "encrypted ({} {}; {})",
+            version.unwrap_or_default(),
+            cipher.unwrap_or_default(),
+            tls.describe()
+        ),
+        Some((false, _, _)) if tls.mode == SslMode::Prefer || tls.mode == SslMode::Allow => {
+            format!("NOT encrypted (sslmode={}: the server offered no TLS)", tls.mode)
+        }
+        Some((false, _, _)) => format!("NOT encrypted (sslmode={})", tls.mode),
+        None => format!("unknown ({})", tls.describe()),
     }
 }
 
-fn percent(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+/// The replication connection string for libpq: the configured URL with the resolved TLS
+/// settings written out, `replication=database`, and the pinned session settings as startup
+/// `options`.
+pub fn replication_conninfo(url: &str) -> Result<String> {
+    let info = ConnInfo::parse(url)?;
+    let tls = info.tls(&env_var, home().as_deref())?;
+    let system_roots = openssl_probe::probe().cert_file;
+    info.for_libpq(&tls, system_roots.as_deref(), &[("replication", "database"), ("options", SESSION_OPTIONS)])
 }
 
 #[cfg(test)]
@@ -76,9 +158,9 @@ mod tests {
     #[test]
     fn replication_conninfo_keeps_parameters_and_pins_settings() {
         let c = replication_conninfo("postgres://u:p@h:5432/db?sslmode=disable&application_name=x y").unwrap();
-        assert!(c.starts_with("postgres://u:p@h:5432/db?sslmode=disable&application_name=x%20y&replication=database&options=-c%20datestyle%3DISO"), "{c}");
+        assert!(c.starts_with("postgres://u:p@h:5432/db?application_name=x%20y&sslmode=disable&ssl_min_protocol_version=TLSv1.2&replication=database&options=-c%20datestyle%3DISO"), "{c}");
         assert!(!c.contains('+'));
-        let kv = replication_conninfo("host=h dbname=db").unwrap();
+        let kv = replication_conninfo("host=h dbname=db sslmode=disable").unwrap();
         assert!(kv.ends_with("replication=database options='-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 -c bytea_output=hex -c timezone=UTC -c client_encoding=UTF8'"), "{kv}");
     }
 }
@@ -118,7 +200,10 @@ pub async fn current_wal_lsn(client: &Client) -> Result<Lsn> {
 
 /// The tables a publication covers (`None` when the publication does not exist), with the
 /// published column list of each (`None` = all columns).
-pub async fn publication_tables(client: &Client, publication: &str) -> Result<Option<Vec<(TableName, Option<Vec<String>>)>>> {
+/// The tables a publication covers, each with its published columns (`None` = all).
+pub type PublishedTables = Vec<(TableName, Option<Vec<String>>)>;
+
+pub async fn publication_tables(client: &Client, publication: &str) -> Result<Option<PublishedTables>> {
     let exists = client.query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication]).await?;
     if exists.is_none() {
         return Ok(None);

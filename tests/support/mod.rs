@@ -1,4 +1,4 @@
-//! Test harness: a real PostgreSQL 15 (initdb on a free loopback port, wal_level=logical) and a
+//! Test harness: a real PostgreSQL ≥ 14 (initdb on a free loopback port, wal_level=logical) and a
 //! real redis-server, started once per test binary and stopped when it exits; one database (a
 //! copy of pagila), Redis prefix, index directory and HTTP port per test; the `deriver` binary run
 //! as a child process exactly as users run it.
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 pub use deriver::source::Lsn;
 
+pub mod certs;
 pub mod cluster;
 pub mod fencing;
 pub mod load;
@@ -24,7 +25,7 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
@@ -39,13 +40,13 @@ fn pg_bin() -> PathBuf {
     if let Ok(b) = std::env::var("PG_BIN") {
         return PathBuf::from(b);
     }
-    for v in ["15", "16", "17"] {
+    for v in ["15", "16", "17", "18", "14"] {
         let p = PathBuf::from(format!("/usr/lib/postgresql/{v}/bin"));
         if p.join("initdb").exists() {
             return p;
         }
     }
-    panic!("PostgreSQL server binaries not found: set PG_BIN or install postgresql-15 (scripts/dev-stack.sh install)");
+    panic!("PostgreSQL server binaries not found: set PG_BIN (scripts/dev-stack.sh pg-bin prints them) or install a server (scripts/dev-stack.sh install)");
 }
 
 /// Runs a server command as the `postgres` user when we are root (Postgres refuses root).
@@ -68,6 +69,11 @@ pub struct Cluster {
 impl Cluster {
     /// Starts a throw-away cluster. `extra_conf` lines go to postgresql.conf.
     pub fn start(extra_conf: &str) -> Cluster {
+        Cluster::start_with(extra_conf, None)
+    }
+
+    /// Like [`Cluster::start`], with `hba` as the whole of `pg_hba.conf` when given.
+    pub fn start_with(extra_conf: &str, hba: Option<&str>) -> Cluster {
         let dir = tempfile::Builder::new().prefix("deriver-pg-").tempdir().unwrap().keep();
         let data = dir.join("data");
         if is_root() {
@@ -93,6 +99,9 @@ impl Cluster {
             .open(data.join("postgresql.conf"))
             .and_then(|mut f| std::io::Write::write_all(&mut f, conf.as_bytes()))
             .unwrap();
+        if let Some(hba) = hba {
+            std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
+        }
         let out = pg_command("pg_ctl")
             .arg("-D")
             .arg(&data)
@@ -183,7 +192,7 @@ impl RedisServer {
             .arg("--port")
             .arg(port.to_string())
             .arg("--dir")
-            .arg(&dir)
+            .arg(dir)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -251,6 +260,11 @@ extern "C" fn cleanup_at_exit() {
             }
         }
     }
+}
+
+/// Kills `pid` when the test binary exits.
+pub fn register_kill(pid: u32) {
+    register_cleanup(Cleanup::Pid(pid));
 }
 
 fn register_cleanup(c: Cleanup) {

@@ -298,8 +298,8 @@ fn pump(inner: &Inner, mut from: TcpStream, mut to: TcpStream, dir: Dir) {
             break;
         }
         counter.fetch_add(n as u64, Ordering::SeqCst);
-        if rate > 0 {
-            std::thread::sleep(Duration::from_nanos(n as u64 * 1_000_000_000 / rate));
+        if let Some(nanos) = (n as u64 * 1_000_000_000).checked_div(rate) {
+            std::thread::sleep(Duration::from_nanos(nanos));
         }
     }
     let _ = from.shutdown(Shutdown::Both);

@@ -19,7 +19,7 @@ use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
-use redis::{Client, Cmd, ConnectionAddr, FromRedisValue, IntoConnectionInfo, Pipeline, RedisFuture, Value};
+use redis::{Client, ClientTlsConfig, Cmd, ConnectionAddr, FromRedisValue, IntoConnectionInfo, Pipeline, RedisFuture, TlsCertificates, Value};
 
 use crate::config::{redact, RedisConfig};
 use crate::error::{Error, Result};
@@ -92,10 +92,10 @@ pub async fn connect(cfg: &RedisConfig) -> Result<RedisConn> {
     let nodes = cfg.nodes()?;
     let shown = redact(&nodes.join(","));
     let conn = if cfg.cluster {
-        connect_cluster(&nodes).await.map(RedisConn::Cluster)
+        connect_cluster(&nodes, cfg).await.map(RedisConn::Cluster)
     } else {
-        let client = Client::open(nodes[0].as_str()).map_err(|e| Error::config("redis.url is not a valid Redis URL").with_detail(e))?;
-        single(client, &shown).await.map(RedisConn::Single)
+        let info = nodes[0].as_str().into_connection_info().map_err(|e| Error::config("redis.url is not a valid Redis URL").with_detail(e))?;
+        single(client(info, cfg)?, &shown).await.map(RedisConn::Single)
     };
     crate::http::health::observe("redis", conn)
 }
@@ -108,7 +108,7 @@ pub async fn connect_pinned(cfg: &RedisConfig, key: &str) -> Result<RedisConn> {
     }
     let result = async {
         let nodes = cfg.nodes()?;
-        let mut cluster = RedisConn::Cluster(connect_cluster(&nodes).await?);
+        let mut cluster = RedisConn::Cluster(connect_cluster(&nodes, cfg).await?);
         let slot = cluster.slot_of(key).await?.expect("a cluster connection");
         let slots: Value = cluster.query_at_slot(Some(slot), redis::cmd("CLUSTER").arg("SLOTS")).await?;
         let seed = nodes[0].as_str().into_connection_info().map_err(|e| Error::config("redis.url is not a valid Redis URL").with_detail(e))?;
@@ -126,7 +126,7 @@ pub async fn connect_pinned(cfg: &RedisConfig, key: &str) -> Result<RedisConn> {
             ConnectionAddr::TcpTls { insecure, tls_params, .. } => ConnectionAddr::TcpTls { host: host.clone(), port, insecure, tls_params },
             _ => return Err(Error::config("redis.url: cluster nodes are reached over TCP (redis:// or rediss://)")),
         };
-        let client = Client::open(seed.set_addr(addr)).map_err(|e| Error::config("redis.url is not a valid Redis URL").with_detail(e))?;
+        let client = client(seed.set_addr(addr), cfg)?;
         tracing::debug!(key, slot, node = %format!("{host}:{port}"), "pinned a Redis connection to the master of the slot");
         single(client, &format!("{host}:{port}")).await.map(RedisConn::Single)
     }
@@ -142,9 +142,40 @@ async fn single(client: Client, shown: &str) -> Result<MultiplexedConnection> {
         .and_then(|r| r.map_err(|e| Error::transient(format!("cannot connect to Redis at {shown}")).with_detail(e)))
 }
 
-async fn connect_cluster(nodes: &[String]) -> Result<ClusterConnection> {
+/// The CA and client certificate of `redis.tls_*` (PEM files), when any is set.
+fn tls_certificates(cfg: &RedisConfig) -> Result<Option<TlsCertificates>> {
+    if cfg.tls_ca_file.is_none() && cfg.tls_cert_file.is_none() && cfg.tls_key_file.is_none() {
+        return Ok(None);
+    }
+    let read = |key: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| Error::config(format!("cannot read redis.{key} {}", path.display())).with_detail(e))
+    };
+    let root_cert = cfg.tls_ca_file.as_deref().map(|p| read("tls_ca_file", p)).transpose()?;
+    let client_tls = match (&cfg.tls_cert_file, &cfg.tls_key_file) {
+        (Some(cert), Some(key)) => Some(ClientTlsConfig { client_cert: read("tls_cert_file", cert)?, client_key: read("tls_key_file", key)? }),
+        (None, None) => None,
+        _ => return Err(Error::config("redis.tls_cert_file and redis.tls_key_file go together (set both for a client certificate)")),
+    };
+    Ok(Some(TlsCertificates { client_tls, root_cert }))
+}
+
+/// A client for one server, with the configured TLS certificates (they need a `rediss://` URL).
+fn client(info: redis::ConnectionInfo, cfg: &RedisConfig) -> Result<Client> {
+    match tls_certificates(cfg)? {
+        Some(certs) => Client::build_with_tls(info, certs).map_err(|e| {
+            Error::config("redis.tls_* is set but cannot be used (it needs a rediss:// URL and PEM files)").with_detail(e)
+        }),
+        None => Client::open(info).map_err(|e| Error::config("redis.url is not a valid Redis URL").with_detail(e)),
+    }
+}
+
+async fn connect_cluster(nodes: &[String], cfg: &RedisConfig) -> Result<ClusterConnection> {
     let shown = redact(&nodes.join(","));
-    let client = ClusterClientBuilder::new(nodes.iter().map(String::as_str))
+    let mut builder = ClusterClientBuilder::new(nodes.iter().map(String::as_str));
+    if let Some(certs) = tls_certificates(cfg)? {
+        builder = builder.certs(certs);
+    }
+    let client = builder
         .connection_timeout(CONNECT_TIMEOUT)
         .response_timeout(RESPONSE_TIMEOUT)
         .build()
