@@ -162,10 +162,7 @@ async fn probe(f: &Flags) {
             .unwrap_or_else(|e| fail(e));
         ids.push(row.get(0));
     }
-    let update = pg
-        .prepare("UPDATE doc SET title = $2, updated_at = now() WHERE id = $1")
-        .await
-        .unwrap_or_else(|e| fail(e));
+    let update = pg.prepare("UPDATE doc SET title = $2, updated_at = now() WHERE id = $1").await.unwrap_or_else(|e| fail(e));
     let lsn_stmt = pg.prepare("SELECT pg_current_wal_insert_lsn()::text").await.unwrap_or_else(|e| fail(e));
     // Let the inserts become visible before measuring.
     let lsn0: String = pg.query_one(&lsn_stmt, &[]).await.unwrap_or_else(|e| fail(e)).get(0);
@@ -192,7 +189,10 @@ async fn probe(f: &Flags) {
         if n == 0 {
             // The churn deleted this row; put it back (not a sample).
             let row = pg
-                .query_one("INSERT INTO doc(source, source_key, title, body) VALUES ('probe', $1, 'probe', 'freshness probe row') RETURNING id", &[&format!("{tag}-r{i}")])
+                .query_one(
+                    "INSERT INTO doc(source, source_key, title, body) VALUES ('probe', $1, 'probe', 'freshness probe row') RETURNING id",
+                    &[&format!("{tag}-r{i}")],
+                )
                 .await
                 .unwrap_or_else(|e| fail(e));
             let k = i % ids.len();
@@ -240,13 +240,8 @@ async fn probe(f: &Flags) {
 async fn search(f: &Flags) {
     let base = f.req("http");
     let index = f.req("index");
-    let words: Vec<String> = std::fs::read_to_string(f.req("words"))
-        .unwrap_or_else(|e| fail(e))
-        .lines()
-        .map(str::trim)
-        .filter(|w| !w.is_empty())
-        .map(str::to_string)
-        .collect();
+    let words: Vec<String> =
+        std::fs::read_to_string(f.req("words")).unwrap_or_else(|e| fail(e)).lines().map(str::trim).filter(|w| !w.is_empty()).map(str::to_string).collect();
     let reps: usize = f.num("reps", 1);
     let limit: i64 = f.num("limit", 10);
     let table = f.opt("fts-table").unwrap_or_else(|| "doc_fts".into());
@@ -254,9 +249,7 @@ async fn search(f: &Flags) {
     let http = http_client();
     let url = format!("{base}/v1/indexes/{index}/search");
     let stmt = pg
-        .prepare(&format!(
-            "SELECT id, ts_rank(tsv, q) AS rank FROM {table}, plainto_tsquery('simple', $1) q WHERE tsv @@ q ORDER BY rank DESC LIMIT $2"
-        ))
+        .prepare(&format!("SELECT id, ts_rank(tsv, q) AS rank FROM {table}, plainto_tsquery('simple', $1) q WHERE tsv @@ q ORDER BY rank DESC LIMIT $2"))
         .await
         .unwrap_or_else(|e| fail(e));
 

@@ -126,9 +126,7 @@ fn main() {
     let read_started = Instant::now();
     let records: Vec<Record> = rt.block_on(async {
         let client = deriver::source::postgres::connect(&args.url).await.unwrap_or_else(|e| fail(e));
-        let info = deriver::source::postgres::table_info(&client, &pipeline.source.table, pipeline.source.key.as_deref())
-            .await
-            .unwrap_or_else(|e| fail(e));
+        let info = deriver::source::postgres::table_info(&client, &pipeline.source.table, pipeline.source.key.as_deref()).await.unwrap_or_else(|e| fail(e));
         let sql = deriver::runtime::derivation_sql(&client, &pipeline, &info.key).await;
         let bulk = match args.limit {
             Some(n) => format!("{} LIMIT {n}", sql.bulk),

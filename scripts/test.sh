@@ -12,6 +12,8 @@ Usage: scripts/test.sh [CARGO_TEST_ARGS...] [-- TEST_BINARY_ARGS...]
 
 Installs missing system packages (scripts/dev-stack.sh install --with-browser: the base packages
 plus Chromium and chromedriver for tests/browser.rs), then runs
+  cargo fmt --check
+  cargo clippy --all-targets -- -D warnings
   cargo build --all-targets
   cargo test --all-targets [CARGO_TEST_ARGS...] -- --test-threads=2 [TEST_BINARY_ARGS...]
 and exits with cargo test's exit code. --all-targets is left out when CARGO_TEST_ARGS select
@@ -89,6 +91,15 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 log "DERIVER_SHARED_DIR=$DERIVER_SHARED_DIR PG_BIN=$PG_BIN"
+# The habits first, so that a formatting slip or a lint fails in seconds, not after the tests.
+for tool in fmt clippy; do
+  cargo "$tool" --version >/dev/null 2>&1 ||
+    die "cargo $tool is missing: install it with \`rustup component add ${tool/fmt/rustfmt}\`"
+done
+log "cargo fmt --check"
+cargo fmt --check || die "the code is not formatted: run \`cargo fmt\` (rustfmt.toml holds the settings)"
+log "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
 log "cargo build --all-targets"
 cargo build --all-targets
 

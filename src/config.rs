@@ -295,15 +295,8 @@ impl Config {
             }
             builder = builder.add_source(config::File::from(path.as_path()).format(config::FileFormat::Toml));
         }
-        builder = builder.add_source(
-            config::Environment::with_prefix("DERIVER")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true),
-        );
-        let raw = builder.build().map_err(|e| {
-            Error::config("could not read the configuration").with_detail(redact(&e.to_string()))
-        })?;
+        builder = builder.add_source(config::Environment::with_prefix("DERIVER").prefix_separator("__").separator("__").try_parsing(true));
+        let raw = builder.build().map_err(|e| Error::config("could not read the configuration").with_detail(redact(&e.to_string())))?;
         let cfg: Config = raw.try_deserialize().map_err(|e| {
             let detail = redact(&e.to_string());
             let hint = if detail.contains("postgres") { " (set postgres.url or DERIVER__POSTGRES__URL)" } else { "" };
@@ -330,11 +323,8 @@ impl Config {
     }
 
     pub fn postgres_url(&self) -> Result<&str> {
-        self.postgres.url.as_deref().ok_or_else(|| {
-            Error::config("postgres.url is not set (set it in deriver.toml or DERIVER__POSTGRES__URL)")
-        })
+        self.postgres.url.as_deref().ok_or_else(|| Error::config("postgres.url is not set (set it in deriver.toml or DERIVER__POSTGRES__URL)"))
     }
-
 }
 
 impl PostgresConfig {
@@ -342,8 +332,7 @@ impl PostgresConfig {
     /// that already carries a password is refused: one place for a secret).
     fn read_password_file(&mut self) -> Result<()> {
         let (Some(path), Some(url)) = (&self.password_file, &self.url) else { return Ok(()) };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::config(format!("cannot read postgres.password_file {}", path.display())).with_detail(e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::config(format!("cannot read postgres.password_file {}", path.display())).with_detail(e))?;
         let password = text.strip_suffix('\n').map(|t| t.strip_suffix('\r').unwrap_or(t)).unwrap_or(&text);
         if password.is_empty() {
             return Err(Error::config(format!("postgres.password_file {} is empty", path.display())));
@@ -376,9 +365,10 @@ fn url_has_password(url: &str) -> bool {
 impl RedisConfig {
     /// The URLs to connect to: `url` itself, or with `cluster = true` its comma-separated seeds.
     pub fn nodes(&self) -> Result<Vec<String>> {
-        let url = self.url.as_deref().ok_or_else(|| {
-            Error::config("a pipeline has a redis target but redis.url is not set (set it in deriver.toml or DERIVER__REDIS__URL)")
-        })?;
+        let url = self
+            .url
+            .as_deref()
+            .ok_or_else(|| Error::config("a pipeline has a redis target but redis.url is not set (set it in deriver.toml or DERIVER__REDIS__URL)"))?;
         if !self.cluster {
             return Ok(vec![url.to_string()]);
         }
@@ -571,10 +561,7 @@ mod tests {
 
     #[test]
     fn redacts_url_passwords() {
-        assert_eq!(
-            redact("cannot connect to postgres://app:s3cr3t@db:5432/x now"),
-            "cannot connect to postgres://app:***@db:5432/x now"
-        );
+        assert_eq!(redact("cannot connect to postgres://app:s3cr3t@db:5432/x now"), "cannot connect to postgres://app:***@db:5432/x now");
         assert_eq!(redact("redis://:pw@localhost:6379/"), "redis://:***@localhost:6379/");
         assert_eq!(redact("postgres://app@db/x"), "postgres://app@db/x");
         assert_eq!(redact("host=x password=hunter2 user=y"), "host=x password=*** user=y");

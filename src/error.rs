@@ -71,8 +71,7 @@ impl From<tokio_postgres::Error> for Error {
         if let Some(db) = e.as_db_error() {
             let code = db.code().code();
             // Class 08 (connection), 57P01..03 (admin shutdown / cannot connect now), 40001/40P01.
-            let transient = code.starts_with("08")
-                || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "53300");
+            let transient = code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "53300");
             let mut msg = format!("Postgres error {code}: {}", db.message());
             if let Some(h) = db.hint() {
                 msg.push_str(&format!(" (hint: {h})"));

@@ -53,11 +53,7 @@ fn audit_finds_injected_drift_exactly_and_repairs_it() {
     let (code, report, _) = audit_json(&w, &["films"]);
     assert_eq!(code, 1, "{report}");
     let keys = drifted_keys(&report);
-    assert_eq!(
-        keys,
-        vec![format!("(key) {p}:film:424242"), "11".into(), "12".into(), "13".into(), "14".into(), "999999".into()],
-        "{report}"
-    );
+    assert_eq!(keys, vec![format!("(key) {p}:film:424242"), "11".into(), "12".into(), "13".into(), "14".into(), "999999".into()], "{report}");
     let redis_target = report["pipelines"][0]["targets"].as_array().unwrap().iter().find(|t| t["target"] == "redis").unwrap();
     assert!(redis_target["extra"].as_array().unwrap().contains(&serde_json::json!("999999")), "{report}");
     let search = report["pipelines"][0]["targets"].as_array().unwrap().iter().find(|t| t["target"] == "search:films").unwrap();
@@ -103,7 +99,10 @@ fn concurrent_writes_are_not_drift_and_sampling_works() {
             let mut n: u64 = 0;
             while !stop2.load(Ordering::Relaxed) {
                 n += 1;
-                client.batch_execute(&format!("UPDATE film SET title = 'L{n}', rental_rate = {}.99 WHERE film_id = {}", n % 5, 1 + (n * 37) % 1000)).await.unwrap();
+                client
+                    .batch_execute(&format!("UPDATE film SET title = 'L{n}', rental_rate = {}.99 WHERE film_id = {}", n % 5, 1 + (n * 37) % 1000))
+                    .await
+                    .unwrap();
                 tokio::time::sleep(Duration::from_millis(3)).await;
             }
         });

@@ -172,7 +172,11 @@ async fn js(c: &Client, script: &str) -> Value {
 /// Waits until the index picker lists `names` and holds the choice the page made; returns it.
 async fn picked_index(c: &Client, names: &[&str]) -> String {
     for name in names {
-        c.wait().at_most(WAIT).for_element(Locator::Css(&format!("#index option[value='{name}']"))).await.unwrap_or_else(|_| panic!("index {name} in the picker"));
+        c.wait()
+            .at_most(WAIT)
+            .for_element(Locator::Css(&format!("#index option[value='{name}']")))
+            .await
+            .unwrap_or_else(|_| panic!("index {name} in the picker"));
     }
     js(c, "return document.getElementById('index').value;").await.as_str().unwrap().to_string()
 }

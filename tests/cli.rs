@@ -113,7 +113,10 @@ fn validate_says_when_earlier_errors_skip_the_database_checks() {
     let w = World::new("vskip");
     w.add_repo_pipeline("films");
     // A file error: no pipeline reaches the database, and validate says so.
-    w.add_pipeline("broken", "version: 1\npipeline: broken\nsource: { table: film, colour: red }\nfields: { id: film.film_id }\ntargets:\n  - redis: { key: \"x:{id}\" }\n");
+    w.add_pipeline(
+        "broken",
+        "version: 1\npipeline: broken\nsource: { table: film, colour: red }\nfields: { id: film.film_id }\ntargets:\n  - redis: { key: \"x:{id}\" }\n",
+    );
     let (code, _, err) = w.run_cli(&["validate"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("broken.yaml:3:24: error: unknown key `colour`"), "{err}");
@@ -126,7 +129,10 @@ fn validate_says_when_earlier_errors_skip_the_database_checks() {
 
     // A missing source table stops that pipeline's other checks; a join column that does not exist
     // stops the checks of its joins. The other pipelines are checked in full.
-    w.add_pipeline("ghost", "version: 1\npipeline: ghost\nsource: { table: no_such_table, key: id }\nfields: { id: no_such_table.id }\ntargets:\n  - redis: { key: \"g:{id}\" }\n");
+    w.add_pipeline(
+        "ghost",
+        "version: 1\npipeline: ghost\nsource: { table: no_such_table, key: id }\nfields: { id: no_such_table.id }\ntargets:\n  - redis: { key: \"g:{id}\" }\n",
+    );
     w.add_pipeline(
         "joins",
         "version: 1\npipeline: joins\nsource: { table: film }\nlookups:\n  lang: { table: language, on: \"film.language_id = lang.nope\" }\nfields: { id: film.film_id, lang: lang.name }\ntargets:\n  - redis: { key: \"j:{id}\" }\n",

@@ -42,7 +42,8 @@ fn check_category_films(w: &World) {
     let prefix = format!("{}:{{category_films}}", w.prefix());
     let mut c = redis_cluster().conn();
     for (category, films) in &want {
-        let got: Vec<(String, f64)> = redis::cmd("ZRANGE").arg(format!("{prefix}:category:{category}:films")).arg(0).arg(-1).arg("WITHSCORES").query(&mut c).unwrap();
+        let got: Vec<(String, f64)> =
+            redis::cmd("ZRANGE").arg(format!("{prefix}:category:{category}:films")).arg(0).arg(-1).arg("WITHSCORES").query(&mut c).unwrap();
         let got: BTreeMap<String, f64> = got.into_iter().collect();
         assert_eq!(&got, films, "category {category}");
     }
@@ -53,10 +54,7 @@ fn check_category_films(w: &World) {
 /// `EXEC` calls a cluster node has served so far (`INFO commandstats`).
 fn exec_calls(port: u16) -> u64 {
     let info: String = redis::cmd("INFO").arg("commandstats").query(&mut redis_cluster().node(port)).unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_exec:calls="))
-        .and_then(|v| v.split(',').next()?.parse().ok())
-        .unwrap_or(0)
+    info.lines().find_map(|l| l.strip_prefix("cmdstat_exec:calls=")).and_then(|v| v.split(',').next()?.parse().ok()).unwrap_or(0)
 }
 
 /// The `streaming from the replication slot start=…` positions in the log, in order.
@@ -275,7 +273,13 @@ fn a_pipeline_follows_its_slot_to_another_master() {
 #[test]
 fn redis_cluster_refuses_every_batch_of_an_earlier_owner() {
     let prefix = format!("t:clfence-{}", std::process::id());
-    let cfg = deriver::config::RedisConfig { url: Some(redis_cluster().url()), cluster: true, prefix: prefix.clone(), durability_delay_ms: Some(0), ..Default::default() };
+    let cfg = deriver::config::RedisConfig {
+        url: Some(redis_cluster().url()),
+        cluster: true,
+        prefix: prefix.clone(),
+        durability_delay_ms: Some(0),
+        ..Default::default()
+    };
     let get = |key: &str| -> Option<String> { redis::cmd("GET").arg(format!("{prefix}:{key}")).query(&mut redis_cluster().conn()).unwrap() };
     support::fencing::redis_refuses_every_batch_of_an_earlier_owner(cfg, "{items}", "{items}:", &get);
 }
@@ -307,11 +311,7 @@ fn audit_on_a_cluster_is_clean_finds_drift_and_repairs_it() {
 
     let (code, report, _) = audit_json(&w, &["films"]);
     assert_eq!(code, 1, "{report}");
-    assert_eq!(
-        drifted_keys(&report),
-        vec![format!("(key) {vp}:film:424242"), "12".into(), "13".into(), "14".into(), "999999".into()],
-        "{report}"
-    );
+    assert_eq!(drifted_keys(&report), vec![format!("(key) {vp}:film:424242"), "12".into(), "13".into(), "14".into(), "999999".into()], "{report}");
     let (code, report, err) = audit_json(&w, &["films", "--repair"]);
     assert_eq!(code, 0, "{report}\n{err}");
     assert_eq!(report["pipelines"][0]["remaining"], 0);

@@ -77,7 +77,6 @@ fn run_refused(w: &mut World) -> String {
     strip_ansi(&log[before..])
 }
 
-
 fn plain_log(w: &World) -> String {
     strip_ansi(&w.log_text())
 }
@@ -789,10 +788,7 @@ fn quoted_and_non_ascii_identifiers() {
          INSERT INTO \"MiXeD\" VALUES (1, 'q1'), (2, 'q2');",
     );
     let u_fields: &[(&str, &str)] = &[("name", "\"Ünïcødé Tàblé\".\"Spaltè Name\""), ("sel", "\"Ünïcødé Tàblé\".\"select\"")];
-    w.add_pipeline(
-        "uni",
-        &pipeline("uni", "{ table: '\"Schéma Ü\".\"Ünïcødé Tàblé\"' }", "\"Ünïcødé Tàblé\".\"Ïd\"", u_fields),
-    );
+    w.add_pipeline("uni", &pipeline("uni", "{ table: '\"Schéma Ü\".\"Ünïcødé Tàblé\"' }", "\"Ünïcødé Tàblé\".\"Ïd\"", u_fields));
     let m_fields: &[(&str, &str)] = &[("q", "m.\"a\"\"quote\"")];
     w.add_pipeline("mixed", &pipeline("mixed", "{ table: '\"MiXeD\"', as: m, key: '\"ID\"' }", "m.\"ID\"", m_fields));
     w.setup();
@@ -901,9 +897,8 @@ fn keys_of_every_text_form_survive_updates_key_changes_and_deletes_under_hostile
     // Expected key texts under deriver's pinned settings.
     let pinned = "SET datestyle = ISO; SET intervalstyle = postgres; SET extra_float_digits = 3; SET bytea_output = hex; SET timezone = UTC;";
     let expect = |w: &World, t: &str| -> BTreeMap<String, Value> {
-        let out = w.sql(&format!(
-            "{pinned} SELECT coalesce(json_object_agg(t.k::text, jsonb_build_object('k', t.k::text, 'v', t.v)), '{{}}')::text FROM {t} AS t"
-        ));
+        let out =
+            w.sql(&format!("{pinned} SELECT coalesce(json_object_agg(t.k::text, jsonb_build_object('k', t.k::text, 'v', t.v)), '{{}}')::text FROM {t} AS t"));
         serde_json::from_str::<serde_json::Map<String, Value>>(&out).unwrap().into_iter().collect()
     };
     w.setup();

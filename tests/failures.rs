@@ -68,7 +68,10 @@ fn invalidated_slot_is_a_clear_error() {
         Box::leak(Box::new(Cluster::start("max_slot_wal_keep_size = 1MB\nmin_wal_size = 32MB\nmax_wal_size = 32MB\nwal_keep_size = 0")));
     let mut w = World::on(cluster, "invalid", None);
     w.sql("CREATE TABLE item (id int PRIMARY KEY, name text); INSERT INTO item VALUES (1, 'a'); CREATE TABLE junk (x text)");
-    w.add_pipeline("items", "version: 1\npipeline: items\nsource: { table: item }\nfields: { id: item.id, name: item.name }\ntargets:\n  - redis: { key: \"item:{id}\" }\n");
+    w.add_pipeline(
+        "items",
+        "version: 1\npipeline: items\nsource: { table: item }\nfields: { id: item.id, name: item.name }\ntargets:\n  - redis: { key: \"item:{id}\" }\n",
+    );
     w.setup();
     w.start();
     w.catch_up(&["items"], &[]);
@@ -154,7 +157,10 @@ fn validate_reports_every_error_with_positions() {
 
     // With the environment: SQL that does not compile is reported with the file.
     std::fs::remove_file(w.pipelines.join("broken.yaml")).unwrap();
-    w.add_pipeline("typo", "version: 1\npipeline: typo\nsource: { table: film }\nfields: { id: film.film_id, t: film.titel }\ntargets:\n  - redis: { key: \"x:{id}\" }\n");
+    w.add_pipeline(
+        "typo",
+        "version: 1\npipeline: typo\nsource: { table: film }\nfields: { id: film.film_id, t: film.titel }\ntargets:\n  - redis: { key: \"x:{id}\" }\n",
+    );
     w.setup_allow_failure();
     let (code, _, err) = w.run_cli(&["validate"]);
     assert_eq!(code, 1, "{err}");

@@ -97,7 +97,19 @@ fn edit() -> impl Strategy<Value = Edit> {
         frac.clone().prop_map(Edit::DuplicateLine),
         (frac.clone(), frac.clone()).prop_map(|(a, b)| Edit::SwapLines(a, b)),
         (frac.clone(), -4i8..4).prop_map(|(p, d)| Edit::Indent(p, d)),
-        (frac.clone(), 1usize..8, prop_oneof![Just("i64".to_string()), Just("nope".to_string()), Just("{x}".to_string()), Just("1".to_string()), Just("[]".to_string()), Just("~".to_string()), "[a-z]{1,6}".prop_map(|s| s)])
+        (
+            frac.clone(),
+            1usize..8,
+            prop_oneof![
+                Just("i64".to_string()),
+                Just("nope".to_string()),
+                Just("{x}".to_string()),
+                Just("1".to_string()),
+                Just("[]".to_string()),
+                Just("~".to_string()),
+                "[a-z]{1,6}".prop_map(|s| s)
+            ]
+        )
             .prop_map(|(p, n, s)| Edit::Replace(p, n, s)),
         frac.prop_map(Edit::Truncate),
     ]
@@ -239,7 +251,10 @@ fn check_survives_deep_nesting_and_huge_inputs() {
                 }
             }
             // Very long scalars and many keys.
-            let long = format!("version: 1\npipeline: p\nsource: {{ table: {} }}\nfields: {{ id: t.id }}\ntargets:\n  - redis: {{ key: \"k:{{id}}\" }}\n", "t".repeat(1 << 20));
+            let long = format!(
+                "version: 1\npipeline: p\nsource: {{ table: {} }}\nfields: {{ id: t.id }}\ntargets:\n  - redis: {{ key: \"k:{{id}}\" }}\n",
+                "t".repeat(1 << 20)
+            );
             let _ = check(Path::new("p.yaml"), &long);
             let many: String = (0..20_000).map(|i| format!("  f{i}: t.c{i}\n")).collect();
             let text = format!("version: 1\npipeline: p\nsource: {{ table: t }}\nfields:\n{many}targets:\n  - redis: {{ key: \"k:{{f1}}\" }}\n");
@@ -500,8 +515,14 @@ fn json_value() -> impl Strategy<Value = Value> {
     json_leaf().prop_recursive(6, 64, 6, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
-            prop::collection::vec((prop_oneof![prop::sample::select(OPS).prop_map(String::from), prop::sample::select(FIELDS).prop_map(String::from), "\\PC{0,6}"], inner.clone()), 0..4)
-                .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            prop::collection::vec(
+                (
+                    prop_oneof![prop::sample::select(OPS).prop_map(String::from), prop::sample::select(FIELDS).prop_map(String::from), "\\PC{0,6}"],
+                    inner.clone()
+                ),
+                0..4
+            )
+            .prop_map(|kv| Value::Object(kv.into_iter().collect())),
             // A well-formed condition with a random field, op and value.
             (prop::sample::select(FIELDS), prop::sample::select(&["eq", "in", "gt", "gte", "lt", "lte", "exists"][..]), inner.clone())
                 .prop_map(|(f, op, v)| json!({ "field": f, op: v })),
@@ -512,11 +533,35 @@ fn json_value() -> impl Strategy<Value = Value> {
 
 fn query_text() -> impl Strategy<Value = String> {
     let tok = prop_oneof![
-        prop::sample::select(&["robot", "drama", "OR", "AND", "NOT", "-", "+", "\"", "(", ")", ":", "title:", "category:", "nope:", "rate:", "-\"", "*", "~", "\\", "^2", " "][..])
+            prop::sample::select(
+                &[
+                    "robot",
+                    "drama",
+                    "OR",
+                    "AND",
+                    "NOT",
+                    "-",
+                    "+",
+                    "\"",
+                    "(",
+                    ")",
+                    ":",
+                    "title:",
+                    "category:",
+                    "nope:",
+                    "rate:",
+                    "-\"",
+                    "*",
+                    "~",
+                    "\\",
+                    "^2",
+                    " "
+                ][..]
+            )
             .prop_map(String::from),
-        "[a-zü]{1,8}",
-        "\\PC{1,4}",
-    ];
+            "[a-zü]{1,8}",
+            "\\PC{1,4}",
+        ];
     prop::collection::vec(tok, 0..30).prop_map(|v| v.join(" "))
 }
 

@@ -54,11 +54,7 @@ impl Answer {
 
 impl Api {
     fn new(w: &World) -> Api {
-        Api {
-            base: format!("http://127.0.0.1:{}", w.http_port),
-            client: Client::builder().timeout(Duration::from_secs(60)).build().unwrap(),
-            token: None,
-        }
+        Api { base: format!("http://127.0.0.1:{}", w.http_port), client: Client::builder().timeout(Duration::from_secs(60)).build().unwrap(), token: None }
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::blocking::RequestBuilder {
@@ -97,9 +93,7 @@ impl Api {
 
     /// Waits until the daemon serves HTTP, then until it has applied everything committed so far.
     fn ready(&self, w: &mut World, redis: &[&str], indexes: &[&str]) {
-        wait_for("the HTTP API", Duration::from_secs(60), || {
-            self.client.get(format!("{}/healthz", self.base)).send().is_ok_and(|r| r.status().is_success())
-        });
+        wait_for("the HTTP API", Duration::from_secs(60), || self.client.get(format!("{}/healthz", self.base)).send().is_ok_and(|r| r.status().is_success()));
         w.catch_up(redis, indexes);
         let lsn = w.current_lsn();
         self.post("/v1/wait", json!({ "lsn": lsn.to_string(), "timeout_ms": 20000 })).ok();
@@ -202,7 +196,8 @@ fn search_parameters_results_and_errors() {
     // facets, counted over the matching documents.
     let f = api.search("films", json!({ "limit": 0, "facets": { "rating": { "size": 10 }, "category": { "size": 3 } } })).ok();
     assert!(f["hits"].as_array().unwrap().is_empty());
-    let ratings: Value = serde_json::from_str(&w.sql("SELECT json_object_agg(rating, n) FROM (SELECT rating::text, count(*) n FROM film GROUP BY 1) x")).unwrap();
+    let ratings: Value =
+        serde_json::from_str(&w.sql("SELECT json_object_agg(rating, n) FROM (SELECT rating::text, count(*) n FROM film GROUP BY 1) x")).unwrap();
     assert_eq!(f["facets"]["rating"].as_object().unwrap().len(), ratings.as_object().unwrap().len());
     for (k, v) in ratings.as_object().unwrap() {
         assert_eq!(&f["facets"]["rating"][k], v, "rating {k}");
@@ -217,7 +212,9 @@ fn search_parameters_results_and_errors() {
     assert_eq!(drama_pg["facets"]["rating"]["PG"], drama_pg["total"]["value"]);
 
     // highlight (HTML-escaped around the tags) and fields.
-    let r = api.search("films", json!({ "q": "robot", "highlight": { "fields": ["title", "description"] }, "fields": ["film_id", "title", "rate"], "limit": 50 })).ok();
+    let r = api
+        .search("films", json!({ "q": "robot", "highlight": { "fields": ["title", "description"] }, "fields": ["film_id", "title", "rate"], "limit": 50 }))
+        .ok();
     let robot = r["hits"].as_array().unwrap().iter().find(|h| h["id"] == "5100").unwrap_or_else(|| panic!("{r}"));
     assert_eq!(robot["highlights"]["title"], "<mark>ROBOT</mark> &lt;b&gt;&amp;&lt;/b&gt; FRIENDS");
     assert_eq!(robot["highlights"]["description"], "A tale about a <mark>robot</mark>");
@@ -431,9 +428,7 @@ fn read_your_writes_cursors_waits_and_the_change_feed() {
 #[test]
 fn token_auth_body_limit_and_page() {
     let (mut w, mut api) = started("http_auth", &[("DERIVER__HTTP__TOKEN", "s3cret-token")]);
-    wait_for("the HTTP API", Duration::from_secs(60), || {
-        api.client.get(format!("{}/healthz", api.base)).send().is_ok_and(|r| r.status().is_success())
-    });
+    wait_for("the HTTP API", Duration::from_secs(60), || api.client.get(format!("{}/healthz", api.base)).send().is_ok_and(|r| r.status().is_success()));
     // Without the token: only /healthz.
     for path in ["/v1/status", "/v1/indexes", "/readyz", "/metrics", "/v1/pipelines/films/changes"] {
         api.get(path).err(401, "unauthorized");

@@ -134,7 +134,10 @@ fn stalled_change_feed_clients_hold_no_memory_and_are_told_they_fell_behind() {
     // a few hundred notices; the feed stream itself then falls more than the shared buffer (1024
     // notices) behind.
     w.sql("CREATE TABLE item (id text PRIMARY KEY, num int UNIQUE, n int); INSERT INTO item SELECT lpad(g::text, 1000, 'k'), g, 0 FROM generate_series(1, 1000) g");
-    w.add_pipeline("items", "version: 1\npipeline: items\nsource: { table: item }\nfields: { id: item.id, n: item.n }\ntargets:\n  - redis: { key: \"item:{id}\", type: json }\n");
+    w.add_pipeline(
+        "items",
+        "version: 1\npipeline: items\nsource: { table: item }\nfields: { id: item.id, n: item.n }\ntargets:\n  - redis: { key: \"item:{id}\", type: json }\n",
+    );
     w.setup();
     // One batch per transaction however far behind deriver is: a notice per transaction.
     start_with(&mut w, &[("DERIVER__RUNTIME__BATCH_MAX_CHANGES", "1".into()), ("DERIVER__RUNTIME__BATCH_MAX_MS", "1".into())]);

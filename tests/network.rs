@@ -249,9 +249,7 @@ fn redis_connection_cut_mid_batch_under_load() {
         p.cut_when(vec![Step::Pattern(Dir::Up, b"MULTI\r\n".to_vec()), Step::Bytes(Dir::Up, 6 << 20)])
     }));
     // ... just before EXEC (every call queued, nothing executed) ...
-    reports.push(cut_round(&mut w, &proxy, &["redis"], 2102, Duration::from_secs(4), |p| {
-        p.cut_when(vec![Step::Pattern(Dir::Up, b"$4\r\nEXEC\r\n".to_vec())])
-    }));
+    reports.push(cut_round(&mut w, &proxy, &["redis"], 2102, Duration::from_secs(4), |p| p.cut_when(vec![Step::Pattern(Dir::Up, b"$4\r\nEXEC\r\n".to_vec())])));
     // ... and after EXEC, before its reply reaches deriver (applied, but deriver cannot know),
     // with a longer outage.
     reports.push(cut_round(&mut w, &proxy, &["redis"], 2103, Duration::from_secs(8), |p| {

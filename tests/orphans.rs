@@ -64,7 +64,13 @@ fn a_removed_pipelines_state_is_named_and_pruned_exactly() {
     let log = w.log_text();
     let warnings: Vec<&str> = log.lines().filter(|l| l.contains("no pipeline file declares")).collect();
     assert_eq!(warnings.len(), 1, "{log}");
-    assert!(warnings[0].contains("WARN") && warnings[0].contains("Redis state of pipeline `actors` (200 records with views)") && warnings[0].contains("`deriver prune`"), "{}", warnings[0]);
+    assert!(
+        warnings[0].contains("WARN")
+            && warnings[0].contains("Redis state of pipeline `actors` (200 records with views)")
+            && warnings[0].contains("`deriver prune`"),
+        "{}",
+        warnings[0]
+    );
     assert!(!warnings[0].contains("ghost"), "{}", warnings[0]);
     let doc = status_json(&w);
     assert_eq!(doc["role"], "owner", "{doc:#}");

@@ -38,7 +38,8 @@ fn film_dependencies_re_derive_exactly_the_affected_films() {
     // so the old film is only known from the ledger.
     w.sql("UPDATE inventory SET film_id = 10 WHERE inventory_id = 1");
     // A direct child disappears (again only its identity is in the WAL).
-    let gone = w.sql("SELECT inventory_id FROM inventory WHERE film_id = 1 AND inventory_id NOT IN (SELECT inventory_id FROM rental) ORDER BY inventory_id LIMIT 1");
+    let gone =
+        w.sql("SELECT inventory_id FROM inventory WHERE film_id = 1 AND inventory_id NOT IN (SELECT inventory_id FROM rental) ORDER BY inventory_id LIMIT 1");
     if !gone.is_empty() {
         w.sql(&format!("DELETE FROM inventory WHERE inventory_id = {gone}"));
     }
@@ -82,7 +83,13 @@ fn dependency_ledger_is_crash_safe_under_load() {
                 let sql = match n % 3 {
                     0 => format!("UPDATE inventory SET film_id = {} WHERE inventory_id = {}", 1 + (n * 31) % 1000, 1 + (n * 17) % 4000),
                     1 => format!("UPDATE actor SET first_name = 'A{n}' WHERE actor_id = {}", 1 + n % 200),
-                    _ => format!("BEGIN; UPDATE inventory SET film_id = {} WHERE inventory_id = {}; UPDATE film SET language_id = {} WHERE film_id = {}; COMMIT", 1 + (n * 7) % 1000, 1 + (n * 13) % 4000, 1 + n % 6, 1 + (n * 3) % 1000),
+                    _ => format!(
+                        "BEGIN; UPDATE inventory SET film_id = {} WHERE inventory_id = {}; UPDATE film SET language_id = {} WHERE film_id = {}; COMMIT",
+                        1 + (n * 7) % 1000,
+                        1 + (n * 13) % 4000,
+                        1 + n % 6,
+                        1 + (n * 3) % 1000
+                    ),
                 };
                 client.batch_execute(&sql).await.unwrap();
             }
@@ -212,11 +219,7 @@ fn chinook_artists_count_tracks_through_albums() {
         cluster.psql_file("postgres", &shared_dir().join("data/chinook/Chinook_PostgreSql.sql"));
     });
     let mut w = World::on(cluster, "chinook", Some("chinook"));
-    std::fs::copy(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/chinook/pipelines/artists.yaml"),
-        w.pipelines.join("artists.yaml"),
-    )
-    .unwrap();
+    std::fs::copy(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/chinook/pipelines/artists.yaml"), w.pipelines.join("artists.yaml")).unwrap();
     w.setup();
     let expected = |w: &World| {
         w.expected(

@@ -15,10 +15,8 @@ fn current_gen(w: &World, index: &str) -> u64 {
 }
 
 fn gens(w: &World, index: &str) -> Vec<u64> {
-    let mut g: Vec<u64> = std::fs::read_dir(w.index_dir().join(index))
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("gen-")?.parse().ok())
-        .collect();
+    let mut g: Vec<u64> =
+        std::fs::read_dir(w.index_dir().join(index)).unwrap().filter_map(|e| e.ok()?.file_name().to_str()?.strip_prefix("gen-")?.parse().ok()).collect();
     g.sort();
     g
 }
@@ -33,7 +31,6 @@ fn search_total(w: &World) -> Option<u64> {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
     v["total"]["value"].as_u64()
 }
-
 
 #[test]
 fn reindex_under_write_load_swaps_atomically_and_rolls_back() {
@@ -125,7 +122,10 @@ fn definition_changes_rebuild_or_rewrite_in_place_without_stale_keys() {
     // A search field option changes (rebuild) and the JSON view's key template changes (in place).
     let films = std::fs::read_to_string(w.pipelines.join("films.yaml")).unwrap();
     let changed = films
-        .replace("title:            { type: text, stored: true, boost: 3.0, highlight: true }", "title:            { type: text, stored: true, boost: 5.0, highlight: true, fuzzy: 1 }")
+        .replace(
+            "title:            { type: text, stored: true, boost: 3.0, highlight: true }",
+            "title:            { type: text, stored: true, boost: 5.0, highlight: true, fuzzy: 1 }",
+        )
         .replace("key: \"film:{film_id}\"\n", "key: \"movie:{film_id}\"\n");
     assert_ne!(changed, films);
     w.add_pipeline("films", &changed);
@@ -227,7 +227,12 @@ fn reindex_rewrites_the_redis_views_that_differ_and_only_those() {
         out
     };
     let line = log.lines().find(|l| l.contains("Redis views rewritten where they differed")).unwrap_or_else(|| panic!("no rewrite summary in the log:\n{log}"));
-    let exact: usize = line.split("already_exact=").nth(1).and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next()).and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("{line}"));
+    let exact: usize = line
+        .split("already_exact=")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
     assert_eq!(exact, w.expected(FILMS_EXPECTED).len() - 7, "{line}");
     assert_eq!(w.stop(), 0);
 }
@@ -253,9 +258,7 @@ fn a_reindex_after_a_column_type_change_derives_as_to_jsonb_gives_it() {
     w.sql("ALTER TABLE reading ALTER COLUMN value TYPE float8 USING value::float8");
     let (code, out, err) = w.run_cli(&["reindex", "readings"]);
     assert_eq!(code, 0, "{out}{err}\n{}", w.log_text());
-    let expected = w.expected(
-        "SELECT id::text, json_build_object('id', to_jsonb(id), 'value', to_jsonb(value)) FROM reading",
-    );
+    let expected = w.expected("SELECT id::text, json_build_object('id', to_jsonb(id), 'value', to_jsonb(value)) FROM reading");
     for id in 1..=3u32 {
         assert_eq!(view(id), expected[&id.to_string()], "reading {id} after the reindex");
     }

@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::*;
 
-
 fn spawn_logged(w: &mut World, cmd: &mut Command) {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&w.log).unwrap();
     w.daemon = Some(cmd.arg("run").stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap());
@@ -103,8 +102,10 @@ fn a_least_privilege_role_granted_by_setup_runs_end_to_end() {
         role,
         "the replication connection runs as the least-privilege role"
     );
-    w.sql("UPDATE app.item SET name = 'renamed' WHERE id = 1; UPDATE app.category SET name = 'hardware' WHERE id = 1;
-           INSERT INTO tag (item_id, name) VALUES (2, 'new'); DELETE FROM app.item WHERE id = 3; INSERT INTO app.item VALUES (100, 'new', 2)");
+    w.sql(
+        "UPDATE app.item SET name = 'renamed' WHERE id = 1; UPDATE app.category SET name = 'hardware' WHERE id = 1;
+           INSERT INTO tag (item_id, name) VALUES (2, 'new'); DELETE FROM app.item WHERE id = 3; INSERT INTO app.item VALUES (100, 'new', 2)",
+    );
     w.catch_up(&["shop"], &["shop"]);
     check_shop(&w);
     w.sql("TRUNCATE tag");
@@ -341,10 +342,7 @@ fn secrets_never_reach_logs_outputs_or_http_answers() {
     let redis_url = format!("redis://:{REDIS_PW}@127.0.0.1:{}/", redis.port);
     let secret_cmd = |w: &World, level: &str| {
         let mut c = w.command();
-        c.env("DERIVER__POSTGRES__URL", &pg_url)
-            .env("DERIVER__REDIS__URL", &redis_url)
-            .env("DERIVER__HTTP__TOKEN", TOKEN)
-            .env("DERIVER_LOG", level);
+        c.env("DERIVER__POSTGRES__URL", &pg_url).env("DERIVER__REDIS__URL", &redis_url).env("DERIVER__HTTP__TOKEN", TOKEN).env("DERIVER_LOG", level);
         c
     };
     let mut transcript = String::new();
@@ -400,7 +398,8 @@ fn secrets_never_reach_logs_outputs_or_http_answers() {
     let r = http.post(format!("{base}/v1/indexes/items/search")).bearer_auth(TOKEN).json(&serde_json::json!({"q": "changed"})).send().unwrap();
     assert_eq!(r.status().as_u16(), 200);
     transcript.push_str(&r.text().unwrap());
-    let r = http.post(format!("{base}/v1/indexes/items/search")).bearer_auth(TOKEN).body("{not json").header("content-type", "application/json").send().unwrap();
+    let r =
+        http.post(format!("{base}/v1/indexes/items/search")).bearer_auth(TOKEN).body("{not json").header("content-type", "application/json").send().unwrap();
     assert_eq!(r.status().as_u16(), 400);
     transcript.push_str(&r.text().unwrap());
     let health = http.get(format!("{base}/healthz")).send().unwrap();
@@ -502,7 +501,10 @@ fn publication_names_that_need_quoting_work_end_to_end() {
     for pub_name in ["MyPub", "pub \"x\"; drop table y; --'"] {
         let w = World::on(&env().pg, "pubname", None);
         w.sql("CREATE TABLE y (id integer PRIMARY KEY); CREATE TABLE item (id integer PRIMARY KEY, name text)");
-        w.add_pipeline("items", "version: 1\npipeline: items\nsource: { table: item }\nfields: { id: item.id, name: item.name }\ntargets:\n  - redis: { key: \"item:{id}\" }\n");
+        w.add_pipeline(
+            "items",
+            "version: 1\npipeline: items\nsource: { table: item }\nfields: { id: item.id, name: item.name }\ntargets:\n  - redis: { key: \"item:{id}\" }\n",
+        );
         let out = w.command().env("DERIVER__POSTGRES__PUBLICATION", pub_name).arg("setup").output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
         assert!(String::from_utf8_lossy(&out.stderr).contains("must be 1-63 characters of a-z, 0-9 and _"), "{}", output_text(&out));

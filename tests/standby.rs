@@ -72,10 +72,7 @@ fn a_standby_takes_over_when_the_owner_dies() {
     let (code, st) = http_get(standby.port, "/v1/status").unwrap();
     assert_eq!(code, 200);
     let owner_pid = w.daemon.as_ref().unwrap().id();
-    assert!(
-        st["owner"]["application_name"].as_str().is_some_and(|a| a.ends_with(&format!("pid {owner_pid}"))),
-        "the standby names the owner: {st}"
-    );
+    assert!(st["owner"]["application_name"].as_str().is_some_and(|a| a.ends_with(&format!("pid {owner_pid}"))), "the standby names the owner: {st}");
     assert_eq!(http_get(standby.port, "/readyz").map(|r| r.0), Some(503), "a standby is not ready");
     assert_eq!(redis_int(&w, "owner_epoch"), 1);
 

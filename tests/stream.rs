@@ -116,15 +116,7 @@ fn a_large_transaction_spills_and_applies_whole() {
     w.setup();
     // Keep very few dirty keys in memory so the transaction below spills to disk.
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&w.log).unwrap();
-    w.daemon = Some(
-        w.command()
-            .env("DERIVER__RUNTIME__DIRTY_KEYS_IN_MEMORY", "500")
-            .arg("run")
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap(),
-    );
+    w.daemon = Some(w.command().env("DERIVER__RUNTIME__DIRTY_KEYS_IN_MEMORY", "500").arg("run").stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap());
     w.catch_up(&["docs"], &["docs"]);
     w.sql("BEGIN; INSERT INTO doc SELECT g, 'body ' || g FROM generate_series(1, 20000) g; UPDATE doc SET body = 'updated' WHERE id % 1000 = 0; DELETE FROM doc WHERE id % 777 = 0; COMMIT;");
     w.catch_up(&["docs"], &["docs"]);

@@ -75,7 +75,9 @@ targets:
 "#;
 
 fn check_items(w: &World) {
-    let want = w.expected("SELECT i.id::text, jsonb_build_object('id', i.id, 'name', i.name, 'category', (SELECT c.name FROM category c WHERE c.id = i.cat_id)) FROM item i");
+    let want = w.expected(
+        "SELECT i.id::text, jsonb_build_object('id', i.id, 'name', i.name, 'category', (SELECT c.name FROM category c WHERE c.id = i.cat_id)) FROM item i",
+    );
     assert_eq!(w.redis_keys("item:*").len(), want.len(), "redis views");
     for (id, v) in &want {
         let got: Value = serde_json::from_str(&w.redis_get(&format!("item:{id}")).unwrap()).unwrap();
@@ -171,8 +173,10 @@ fn a_least_privilege_role_streams_from_a_tls_only_postgres_and_resumes_after_kil
     }
     assert!(out.contains("sslmode=verify-full, certificate and host name verified"), "{out}");
 
-    w.sql("UPDATE item SET name = 'renamed' WHERE id = 1; UPDATE category SET name = 'hardware' WHERE id = 1;
-           DELETE FROM item WHERE id = 3; INSERT INTO item VALUES (100, 'new', 2)");
+    w.sql(
+        "UPDATE item SET name = 'renamed' WHERE id = 1; UPDATE category SET name = 'hardware' WHERE id = 1;
+           DELETE FROM item WHERE id = 3; INSERT INTO item VALUES (100, 'new', 2)",
+    );
     w.catch_up(&["items"], &["items"]);
     check_items(&w);
     w.kill();
@@ -335,13 +339,8 @@ fn tls_redis(pki: &Pki) -> TlsRedis {
 }
 
 fn redis_cli(pki: &Pki, port: u16, args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(["--tls", "--cacert"])
-        .arg(&pki.ca)
-        .args(["-h", "localhost", "-p", &port.to_string()])
-        .args(args)
-        .output()
-        .unwrap();
+    let out =
+        Command::new("redis-cli").args(["--tls", "--cacert"]).arg(&pki.ca).args(["-h", "localhost", "-p", &port.to_string()]).args(args).output().unwrap();
     assert!(out.status.success(), "redis-cli: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
@@ -351,11 +350,16 @@ fn redis_views_are_written_over_tls() {
     let pki = Pki::new();
     let redis = tls_redis(&pki);
     let mut w = World::on(&env().pg, "rediss", None);
-    w.sql("CREATE TABLE category (id integer PRIMARY KEY, name text);
+    w.sql(
+        "CREATE TABLE category (id integer PRIMARY KEY, name text);
            CREATE TABLE item (id integer PRIMARY KEY, name text, cat_id integer);
            INSERT INTO category VALUES (1, 'tools');
-           INSERT INTO item SELECT g, 'item ' || g, 1 FROM generate_series(1, 10) g;");
-    w.add_pipeline("items", &ITEMS.replace("  - search: { id: id, fields: { name: { type: text, stored: true }, category: { type: keyword, stored: true } } }\n", ""));
+           INSERT INTO item SELECT g, 'item ' || g, 1 FROM generate_series(1, 10) g;",
+    );
+    w.add_pipeline(
+        "items",
+        &ITEMS.replace("  - search: { id: id, fields: { name: { type: text, stored: true }, category: { type: keyword, stored: true } } }\n", ""),
+    );
     w.setup();
     let url = format!("rediss://localhost:{}/", redis.port);
     let with = |c: &mut Command, ca: Option<&PathBuf>| {

@@ -13,8 +13,7 @@ use serde_json::Value;
 use support::*;
 
 /// The session settings deriver pins (values.md); expectations are computed under them.
-const PINNED: &str =
-    "SET datestyle = ISO; SET intervalstyle = postgres; SET extra_float_digits = 3; SET bytea_output = hex; SET timezone = UTC; ";
+const PINNED: &str = "SET datestyle = ISO; SET intervalstyle = postgres; SET extra_float_digits = 3; SET bytea_output = hex; SET timezone = UTC; ";
 
 /// Runs `sql` (rows of key text, JSON) under the pinned settings and returns key → JSON.
 fn pinned_expected(w: &World, sql: &str) -> BTreeMap<String, Value> {
@@ -45,12 +44,8 @@ fn http_status(w: &World) -> Value {
 
 fn dead_letters(w: &World, pipeline: &str) -> u64 {
     let s = http_status(w);
-    s["pipelines"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["name"] == pipeline)
-        .unwrap_or_else(|| panic!("pipeline {pipeline} not in status: {s}"))["dead_letters"]
+    s["pipelines"].as_array().unwrap().iter().find(|p| p["name"] == pipeline).unwrap_or_else(|| panic!("pipeline {pipeline} not in status: {s}"))
+        ["dead_letters"]
         .as_u64()
         .unwrap_or_else(|| panic!("dead_letters missing: {s}"))
 }
@@ -134,17 +129,69 @@ fn rows() -> Vec<(i32, Vec<&'static str>)> {
         (
             1,
             vec![
-                "1", "42", "9000000000", "3.14159", "2.50", "1.5", "2.25", "12.34", "'ab'", "'plain'", "'hello world'", "'nm'",
-                "'\\x0001'", "true", "'2020-03-15'", "'13:45:00'", "'13:45:00+02'", "'2020-03-15 13:45:00.123456'",
-                "'2020-03-15 13:45:00.5+02'", "'1 year 2 months 3 days 04:05:06'", "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'",
-                "'192.168.0.1/24'", "'10.0.0.0/8'", "'08:00:2b:01:02:03'", "'08:00:2b:01:02:03:04:05'", "B'10100101'", "B'101'",
-                "'{\"b\": 1, \"a\": [1, 2.0]}'", "'{\"z\": 1, \"a\": {\"n\": null}}'", "'{1,2,3}'", "'{a,b}'", "'{{1,2},{3,4}}'",
-                "ARRAY['2020-01-01 00:00:00+00'::timestamptz]", "'{1.5,2}'", "'{1.10,2}'", "ARRAY['\\x01'::bytea]", "ARRAY['1 day'::interval]",
-                "'ok'", "'{sad,ok}'", "7", "'Me@Example.COM'", "ROW(1.5, 2.5, 'one')", "ARRAY[ROW(1, 2, 'x')::complex]", "'[1,10)'",
-                "'[1.5,2.5]'", "'[2020-01-01 10:00,2020-01-02 10:00)'", "'[2020-01-01 10:00+00,2020-01-02 10:00+00)'",
-                "'[2020-01-01,2020-02-01)'", "'{[1,3),[5,7)}'", "'{[2020-01-01 00:00+00,2020-01-02 00:00+00)}'", "'a=>1, b=>2'",
-                "'CamelCase'", "'a fat cat'", "'fat & cat'", "'<a>x</a>'", "12345", "'16/B374D848'", "'(1,2)'", "'((0,0),(1,1))'",
-                "'<(0,0),1>'", "'[(0,0),(1,1)]'", "'[(0,0),(1,1),(2,0)]'", "'((0,0),(1,1),(2,0))'",
+                "1",
+                "42",
+                "9000000000",
+                "3.14159",
+                "2.50",
+                "1.5",
+                "2.25",
+                "12.34",
+                "'ab'",
+                "'plain'",
+                "'hello world'",
+                "'nm'",
+                "'\\x0001'",
+                "true",
+                "'2020-03-15'",
+                "'13:45:00'",
+                "'13:45:00+02'",
+                "'2020-03-15 13:45:00.123456'",
+                "'2020-03-15 13:45:00.5+02'",
+                "'1 year 2 months 3 days 04:05:06'",
+                "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'",
+                "'192.168.0.1/24'",
+                "'10.0.0.0/8'",
+                "'08:00:2b:01:02:03'",
+                "'08:00:2b:01:02:03:04:05'",
+                "B'10100101'",
+                "B'101'",
+                "'{\"b\": 1, \"a\": [1, 2.0]}'",
+                "'{\"z\": 1, \"a\": {\"n\": null}}'",
+                "'{1,2,3}'",
+                "'{a,b}'",
+                "'{{1,2},{3,4}}'",
+                "ARRAY['2020-01-01 00:00:00+00'::timestamptz]",
+                "'{1.5,2}'",
+                "'{1.10,2}'",
+                "ARRAY['\\x01'::bytea]",
+                "ARRAY['1 day'::interval]",
+                "'ok'",
+                "'{sad,ok}'",
+                "7",
+                "'Me@Example.COM'",
+                "ROW(1.5, 2.5, 'one')",
+                "ARRAY[ROW(1, 2, 'x')::complex]",
+                "'[1,10)'",
+                "'[1.5,2.5]'",
+                "'[2020-01-01 10:00,2020-01-02 10:00)'",
+                "'[2020-01-01 10:00+00,2020-01-02 10:00+00)'",
+                "'[2020-01-01,2020-02-01)'",
+                "'{[1,3),[5,7)}'",
+                "'{[2020-01-01 00:00+00,2020-01-02 00:00+00)}'",
+                "'a=>1, b=>2'",
+                "'CamelCase'",
+                "'a fat cat'",
+                "'fat & cat'",
+                "'<a>x</a>'",
+                "12345",
+                "'16/B374D848'",
+                "'(1,2)'",
+                "'((0,0),(1,1))'",
+                "'<(0,0),1>'",
+                "'[(0,0),(1,1)]'",
+                "'[(0,0),(1,1),(2,0)]'",
+                "'((0,0),(1,1),(2,0))'",
             ],
         ),
         (
@@ -219,31 +266,137 @@ fn rows() -> Vec<(i32, Vec<&'static str>)> {
         (
             4,
             vec![
-                "0", "0", "0", "'NaN'", "'0.10000000000000000000'", "'NaN'", "'-Infinity'", "0", "'     '", "''", "''", "''", "'\\x'",
-                "NULL", "'infinity'", "'00:00:00'", "'00:00:00+15:59'", "'-infinity'", "'infinity'", "'0'",
-                "'ffffffff-ffff-ffff-ffff-ffffffffffff'", "'0.0.0.0/0'", "'::/0'", "'00:00:00:00:00:00'", "'00:00:00:00:00:00:00:00'",
-                "B'11111111'", "B'1'", "'null'", "'null'", "'{}'", "'{}'", "'{}'", "'{}'",
-                "ARRAY[1::float8/3, (1::float4/3)::float8, 0.1::float8, 100::float8]", "'{}'", "'{}'", "'{}'", "'sad'", "'{}'",
-                "1", "''", "ROW(1::float8/3, 1e-310, '')", "'{}'", "'(,)'", "'empty'", "'empty'", "'empty'", "'empty'", "'{}'", "'{}'",
-                "''", "''", "''", "''", "''", "0", "'0/0'", "'(0.3333333333333333,1e-310)'", "'((0,0),(0,0))'",
-                "'<(0,0),0>'", "'[(0,0),(0,0)]'", "'[(0,0)]'", "'((0,0))'",
+                "0",
+                "0",
+                "0",
+                "'NaN'",
+                "'0.10000000000000000000'",
+                "'NaN'",
+                "'-Infinity'",
+                "0",
+                "'     '",
+                "''",
+                "''",
+                "''",
+                "'\\x'",
+                "NULL",
+                "'infinity'",
+                "'00:00:00'",
+                "'00:00:00+15:59'",
+                "'-infinity'",
+                "'infinity'",
+                "'0'",
+                "'ffffffff-ffff-ffff-ffff-ffffffffffff'",
+                "'0.0.0.0/0'",
+                "'::/0'",
+                "'00:00:00:00:00:00'",
+                "'00:00:00:00:00:00:00:00'",
+                "B'11111111'",
+                "B'1'",
+                "'null'",
+                "'null'",
+                "'{}'",
+                "'{}'",
+                "'{}'",
+                "'{}'",
+                "ARRAY[1::float8/3, (1::float4/3)::float8, 0.1::float8, 100::float8]",
+                "'{}'",
+                "'{}'",
+                "'{}'",
+                "'sad'",
+                "'{}'",
+                "1",
+                "''",
+                "ROW(1::float8/3, 1e-310, '')",
+                "'{}'",
+                "'(,)'",
+                "'empty'",
+                "'empty'",
+                "'empty'",
+                "'empty'",
+                "'{}'",
+                "'{}'",
+                "''",
+                "''",
+                "''",
+                "''",
+                "''",
+                "0",
+                "'0/0'",
+                "'(0.3333333333333333,1e-310)'",
+                "'((0,0),(0,0))'",
+                "'<(0,0),0>'",
+                "'[(0,0),(0,0)]'",
+                "'[(0,0)]'",
+                "'((0,0))'",
             ],
         ),
         (
             5,
             vec![
-                "1", "1", "1", "'1e-1000'", "'99999999999999999999999999999999999999.99999999999999999999'", "'3.4028235e38'",
-                "'4.9e-324'", "'92233720368547758.07'", "'x'", "'ok'", "'ok'", "'ok'", "'\\x00'", "true", "'0001-01-01'",
-                "'23:59:59.999999'", "'23:59:59.999999+00'", "'1970-01-01 00:00:00'", "'1969-12-31 23:59:59.999999+00'",
-                "'-1 days +23:59:59.999999'", "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'", "'1.2.3.4'", "'1.2.3.4/32'",
-                "'01:02:03:04:05:06'", "'01:02:03:ff:fe:04:05:06'", "B'00000001'", "B'0101010101010101010101010101010101'",
-                "'[1, 2, 3]'", "'[]'", "'{0}'", "'{\"\"}'", "'{{{1}}}'", "ARRAY['2000-02-29 12:00:00+05:30'::timestamptz]",
-                "ARRAY[1e15, 1e16, 1e17, 123456789.123456789]::float8[]", "'{0.0, -0.0, 1.000}'", "'{}'", "'{}'", "'ok'",
-                "'{ok,ok}'", "1", "'a@b'", "ROW('Infinity', '-Infinity', NULL)", "'{}'", "'[-2147483648,2147483647)'",
-                "'[-1e-20,1e20)'", "'[1999-12-31 23:59:59.999999,2000-01-01 00:00:00)'", "'[2000-01-01 00:00+14,2000-01-01 00:00-12)'",
-                "'[0001-01-01,9999-12-31]'", "'{[1,2),[3,4),[5,6)}'", "'{}'", "'a=>\"\"'", "'ß'", "'ü:1'", "'ü'", "'<é/>'", "1",
-                "'1/0'", "'(1e-310,-1e308)'", "'((0.1,0.2),(0.3,0.4))'", "'<(0.1,0.2),0.3>'", "'[(0.1,0.2),(0.3,0.4)]'",
-                "'[(0.1,0.2),(0.3,0.4)]'", "'((0.1,0.2),(0.3,0.4),(0.5,0.6))'",
+                "1",
+                "1",
+                "1",
+                "'1e-1000'",
+                "'99999999999999999999999999999999999999.99999999999999999999'",
+                "'3.4028235e38'",
+                "'4.9e-324'",
+                "'92233720368547758.07'",
+                "'x'",
+                "'ok'",
+                "'ok'",
+                "'ok'",
+                "'\\x00'",
+                "true",
+                "'0001-01-01'",
+                "'23:59:59.999999'",
+                "'23:59:59.999999+00'",
+                "'1970-01-01 00:00:00'",
+                "'1969-12-31 23:59:59.999999+00'",
+                "'-1 days +23:59:59.999999'",
+                "'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'",
+                "'1.2.3.4'",
+                "'1.2.3.4/32'",
+                "'01:02:03:04:05:06'",
+                "'01:02:03:ff:fe:04:05:06'",
+                "B'00000001'",
+                "B'0101010101010101010101010101010101'",
+                "'[1, 2, 3]'",
+                "'[]'",
+                "'{0}'",
+                "'{\"\"}'",
+                "'{{{1}}}'",
+                "ARRAY['2000-02-29 12:00:00+05:30'::timestamptz]",
+                "ARRAY[1e15, 1e16, 1e17, 123456789.123456789]::float8[]",
+                "'{0.0, -0.0, 1.000}'",
+                "'{}'",
+                "'{}'",
+                "'ok'",
+                "'{ok,ok}'",
+                "1",
+                "'a@b'",
+                "ROW('Infinity', '-Infinity', NULL)",
+                "'{}'",
+                "'[-2147483648,2147483647)'",
+                "'[-1e-20,1e20)'",
+                "'[1999-12-31 23:59:59.999999,2000-01-01 00:00:00)'",
+                "'[2000-01-01 00:00+14,2000-01-01 00:00-12)'",
+                "'[0001-01-01,9999-12-31]'",
+                "'{[1,2),[3,4),[5,6)}'",
+                "'{}'",
+                "'a=>\"\"'",
+                "'ß'",
+                "'ü:1'",
+                "'ü'",
+                "'<é/>'",
+                "1",
+                "'1/0'",
+                "'(1e-310,-1e308)'",
+                "'((0.1,0.2),(0.3,0.4))'",
+                "'<(0.1,0.2),0.3>'",
+                "'[(0.1,0.2),(0.3,0.4)]'",
+                "'[(0.1,0.2),(0.3,0.4)]'",
+                "'((0.1,0.2),(0.3,0.4),(0.5,0.6))'",
             ],
         ),
     ]
@@ -280,9 +433,8 @@ fn fidelity_pipeline(name: &str) -> String {
 
 /// The records as `to_jsonb` gives each column, under the pinned settings.
 fn fidelity_expected(w: &World) -> BTreeMap<String, Value> {
-    let pairs: Vec<String> = std::iter::once("('id', to_jsonb(v.id))".to_string())
-        .chain(COLUMNS.iter().map(|(n, _)| format!("('{n}', to_jsonb(v.{n}))")))
-        .collect();
+    let pairs: Vec<String> =
+        std::iter::once("('id', to_jsonb(v.id))".to_string()).chain(COLUMNS.iter().map(|(n, _)| format!("('{n}', to_jsonb(v.{n}))"))).collect();
     pinned_expected(w, &format!("SELECT v.id::text, (SELECT jsonb_object_agg(k, val) FROM (VALUES {}) AS f(k, val)) FROM v", pairs.join(", ")))
 }
 
@@ -475,14 +627,8 @@ fn json_as_is_types_are_written_as_to_jsonb_writes_them() {
         ("int8", &["0", "-9223372036854775808", "9223372036854775807"]),
         ("bool", &["true", "false"]),
         ("date", &["'2024-02-29'", "'0001-01-01 BC'", "'294276-12-31'", "'infinity'", "'-infinity'", "'epoch'"]),
-        (
-            "timestamp",
-            &["'2024-02-29 23:59:59.999999'", "'1999-01-08 04:05:06'", "'4713-01-01 00:00:00 BC'", "'infinity'", "'-infinity'"],
-        ),
-        (
-            "timestamptz",
-            &["'2024-02-29 23:59:59.123456+05:45'", "'1901-12-13 20:45:52-00:00'", "'0010-06-01 12:00:00+14 BC'", "'infinity'", "'-infinity'"],
-        ),
+        ("timestamp", &["'2024-02-29 23:59:59.999999'", "'1999-01-08 04:05:06'", "'4713-01-01 00:00:00 BC'", "'infinity'", "'-infinity'"]),
+        ("timestamptz", &["'2024-02-29 23:59:59.123456+05:45'", "'1901-12-13 20:45:52-00:00'", "'0010-06-01 12:00:00+14 BC'", "'infinity'", "'-infinity'"]),
     ];
     let listed: Vec<&str> = values.iter().map(|(t, _)| *t).collect();
     assert_eq!(listed, deriver::pipeline::sql::JSON_AS_IS_TYPES, "every as-is type has values to check");
@@ -508,7 +654,10 @@ fn insert_typed(w: &World, rows: &[(i32, &str, &str, &str, &str, &str, bool)]) {
 /// What the index must hold for a fitting record: the i64 and bool values as Postgres has them.
 fn check_typed_doc(w: &World, docs: &BTreeMap<String, Value>, id: i32) {
     let doc = docs.get(&id.to_string()).unwrap_or_else(|| panic!("fitting record {id} is not indexed; log:\n{}", w.log_text()));
-    let want = pinned_expected(w, &format!("SELECT id::text, jsonb_build_object('n', to_jsonb(n), 'fx', fx, 'd', to_jsonb(d), 'b', b, 'k', k) FROM typed WHERE id = {id}"));
+    let want = pinned_expected(
+        w,
+        &format!("SELECT id::text, jsonb_build_object('n', to_jsonb(n), 'fx', fx, 'd', to_jsonb(d), 'b', b, 'k', k) FROM typed WHERE id = {id}"),
+    );
     let want = &want[&id.to_string()];
     for f in ["n", "fx", "d", "b", "k"] {
         assert_eq!(doc.get(f).unwrap_or(&Value::Null), &want[f], "document {id} field {f}");
@@ -566,13 +715,8 @@ fn declared_search_types_dead_letter_values_that_do_not_fit_and_go_on() {
 }
 
 fn search_ids(w: &World, body: Value) -> Vec<String> {
-    let r: Value = reqwest::blocking::Client::new()
-        .post(format!("http://127.0.0.1:{}/v1/indexes/typed/search", w.http_port))
-        .json(&body)
-        .send()
-        .unwrap()
-        .json()
-        .unwrap();
+    let r: Value =
+        reqwest::blocking::Client::new().post(format!("http://127.0.0.1:{}/v1/indexes/typed/search", w.http_port)).json(&body).send().unwrap().json().unwrap();
     let mut ids: Vec<String> = r["hits"].as_array().unwrap_or_else(|| panic!("{r}")).iter().map(|h| h["id"].as_str().unwrap().to_string()).collect();
     ids.sort();
     ids
@@ -734,7 +878,10 @@ fn deeply_nested_json_is_stored_or_dead_lettered_by_key() {
     let mut w = World::on(&env().pg, "deepjson", None);
     let deep = |n: usize| format!("'{}{}'", "[".repeat(n), "]".repeat(n));
     w.sql(&format!("CREATE TABLE dj (id integer PRIMARY KEY, j jsonb); INSERT INTO dj VALUES (1, '{{}}'), (2, {}), (3, {})", deep(300), deep(100)));
-    w.add_pipeline("dj", "version: 1\npipeline: dj\nsource: { table: dj }\nfields: { id: dj.id, j: dj.j }\ntargets:\n  - redis: { key: \"dj:{id}\", type: json }\n");
+    w.add_pipeline(
+        "dj",
+        "version: 1\npipeline: dj\nsource: { table: dj }\nfields: { id: dj.id, j: dj.j }\ntargets:\n  - redis: { key: \"dj:{id}\", type: json }\n",
+    );
     w.setup();
     w.start();
     w.catch_up(&["dj"], &[]);

@@ -61,7 +61,13 @@ impl Task {
         // Rounds are numbered by the clock, so the windows move on across restarts too.
         let mut round = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) / interval.as_secs();
         if a.continuous {
-            info!(sample_percent = a.sample_percent, interval_secs = a.interval_secs, keys_per_second = a.keys_per_second, repair = a.repair, "continuous audit on");
+            info!(
+                sample_percent = a.sample_percent,
+                interval_secs = a.interval_secs,
+                keys_per_second = a.keys_per_second,
+                repair = a.repair,
+                "continuous audit on"
+            );
         }
         loop {
             self.show_new_reports();
@@ -141,9 +147,11 @@ impl Task {
         };
         for name in names {
             // Only a pipeline that streams normally (not snapshotting, rebuilding or failed).
-            let streaming = self.shared.snapshot().and_then(|d| d.pipelines.into_iter().find(|p| p.name == name)).is_some_and(|p| {
-                p.state == "streaming" && p.reindex.is_none() && p.error.is_none() && p.applied_lsn.is_some()
-            });
+            let streaming = self
+                .shared
+                .snapshot()
+                .and_then(|d| d.pipelines.into_iter().find(|p| p.name == name))
+                .is_some_and(|p| p.state == "streaming" && p.reindex.is_none() && p.error.is_none() && p.applied_lsn.is_some());
             if !streaming {
                 debug!(pipeline = %name, "continuous audit: the pipeline is not streaming; skipped this round");
                 continue;

@@ -454,7 +454,6 @@ struct PendingReads {
     replies: Option<tokio::task::JoinHandle<Result<Vec<redis::Value>>>>,
 }
 
-
 /// The view keys a ledger entry lists.
 fn ledger_view_keys(text: &str) -> Vec<String> {
     let Ok(Value::Array(items)) = serde_json::from_str::<Value>(text) else { return Vec::new() };
@@ -581,7 +580,6 @@ impl RedisSide {
         }
         Ok(out)
     }
-
 }
 
 impl KeySpace {

@@ -48,7 +48,10 @@ pub async fn run(cfg: &Config, pipelines: Vec<String>, all: bool, repair: bool, 
     if json {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "pipelines": reports })).expect("serializes"));
     } else {
-        println!("{:<20} {:>9} {:>8} {:>8} {:>10} {:>8} {:>9} {:>8}", "PIPELINE", "RECORDS", "MISSING", "EXTRA", "DIFFERENT", "REPAIRED", "REMAINING", "SECONDS");
+        println!(
+            "{:<20} {:>9} {:>8} {:>8} {:>10} {:>8} {:>9} {:>8}",
+            "PIPELINE", "RECORDS", "MISSING", "EXTRA", "DIFFERENT", "REPAIRED", "REMAINING", "SECONDS"
+        );
         for r in &reports {
             let sum = |f: fn(&crate::audit::TargetReport) -> usize| r.targets.iter().map(f).sum::<usize>();
             println!(
@@ -66,7 +69,12 @@ pub async fn run(cfg: &Config, pipelines: Vec<String>, all: bool, repair: bool, 
                 for (what, keys) in [("missing", &t.missing), ("extra", &t.extra), ("different", &t.different)] {
                     if !keys.is_empty() {
                         let shown: Vec<&str> = keys.iter().take(10).map(String::as_str).collect();
-                        println!("    {:<28} {what}: {}{}", t.target, shown.join(", "), if keys.len() > 10 { format!(" … ({} in all)", keys.len()) } else { String::new() });
+                        println!(
+                            "    {:<28} {what}: {}{}",
+                            t.target,
+                            shown.join(", "),
+                            if keys.len() > 10 { format!(" … ({} in all)", keys.len()) } else { String::new() }
+                        );
                     }
                 }
             }

@@ -87,19 +87,20 @@ async fn run_case(client: &Client, p: &Pipeline, case: &TestCase) -> Result<Vec<
         let tmp = temp_name(table).quoted();
         for row in rows {
             let cols: Vec<String> = row.keys().map(|k| quote_ident(k)).collect();
-            let sql = format!(
-                "INSERT INTO {tmp} ({cols}) SELECT {cols} FROM json_populate_record(NULL::{tmp}, $1::text::json)",
-                cols = cols.join(", ")
-            );
+            let sql = format!("INSERT INTO {tmp} ({cols}) SELECT {cols} FROM json_populate_record(NULL::{tmp}, $1::text::json)", cols = cols.join(", "));
             let json = Value::Object(row.clone()).to_string();
-            client.execute(sql.as_str(), &[&json]).await.map_err(|e| {
-                Error::config(format!("fixture row {json} does not fit {table}")).with_detail(Error::from(e).message)
-            })?;
+            client
+                .execute(sql.as_str(), &[&json])
+                .await
+                .map_err(|e| Error::config(format!("fixture row {json} does not fit {table}")).with_detail(Error::from(e).message))?;
         }
     }
     let info = pg::table_info(client, &p.source.table, p.source.key.as_deref()).await?;
     let sql = compile(&on_temp_tables(p), &info.key);
-    let rows = client.query(sql.bulk.as_str(), &[]).await.map_err(|e| Error::config("the pipeline's SQL failed on the fixture").with_detail(Error::from(e).message))?;
+    let rows = client
+        .query(sql.bulk.as_str(), &[])
+        .await
+        .map_err(|e| Error::config("the pipeline's SQL failed on the fixture").with_detail(Error::from(e).message))?;
     let mut records = Vec::new();
     for r in &rows {
         records.push(row_to_record(r)?);

@@ -20,7 +20,10 @@ pub async fn run(cfg: &Config, pipeline: &str, keys: &[String]) -> Result<i32> {
     for k in keys {
         let parts: Vec<String> = crate::runtime::derive::split_key_text(k, n).unwrap_or_default();
         if parts.len() != n {
-            return Err(Error::config(format!("key `{k}` needs {n} parts joined by `:` ({})", info.key.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(":"))));
+            return Err(Error::config(format!(
+                "key `{k}` needs {n} parts joined by `:` ({})",
+                info.key.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(":")
+            )));
         }
         tuples.push(parts);
     }
@@ -29,7 +32,9 @@ pub async fn run(cfg: &Config, pipeline: &str, keys: &[String]) -> Result<i32> {
     let text_fields = def.text_fields();
     for w in &writes {
         match w {
-            Write::Delete { key } => println!("key {key}: no record (the row is missing or does not pass the filter); deriver would delete its views and document\n"),
+            Write::Delete { key } => {
+                println!("key {key}: no record (the row is missing or does not pass the filter); deriver would delete its views and document\n")
+            }
             Write::Upsert(r) => {
                 println!("key {}:", r.key);
                 let pretty: serde_json::Value = serde_json::from_str(&r.json).unwrap_or(serde_json::Value::Null);

@@ -13,11 +13,11 @@ use std::path::Path;
 use tantivy::directory::{DirectoryLock, MmapDirectory, INDEX_WRITER_LOCK};
 use tantivy::Directory as _;
 
-use crate::runtime::orphans::{self, human_bytes, plural, Live, OrphanRedis, Orphans, Registry};
 use super::status::daemon_get;
 use crate::config::{Config, RedisConfig};
 use crate::error::{Error, Result};
 use crate::runtime::lease;
+use crate::runtime::orphans::{self, human_bytes, plural, Live, OrphanRedis, Orphans, Registry};
 use crate::runtime::status::StatusDoc;
 use crate::sink::redis::{self as rsink, Keys, RedisConn};
 
@@ -43,12 +43,16 @@ async fn prune(cfg: &Config, live: &Live, dry_run: bool, yes: bool, named: Vec<S
         found.redis_pipelines = ours;
         for name in named {
             if live.pipelines.contains(&name) {
-                return Err(Error::config(format!("pipeline `{name}` is live (a pipeline file declares it, or the daemon runs it); prune never removes a live pipeline's state")));
+                return Err(Error::config(format!(
+                    "pipeline `{name}` is live (a pipeline file declares it, or the daemon runs it); prune never removes a live pipeline's state"
+                )));
             }
             if found.redis_pipelines.iter().any(|r| r.name == name) {
                 continue;
             }
-            let keys = others.remove(&name).ok_or_else(|| Error::config(format!("Redis holds no bookkeeping of a pipeline `{name}` under redis.prefix `{}`", cfg.redis.prefix)))?;
+            let keys = others
+                .remove(&name)
+                .ok_or_else(|| Error::config(format!("Redis holds no bookkeeping of a pipeline `{name}` under redis.prefix `{}`", cfg.redis.prefix)))?;
             found.redis_pipelines.push(orphans::describe(&mut conn, &cfg.redis, &name, keys).await?);
         }
         found.redis_unrecorded = others.into_keys().collect();
@@ -152,7 +156,11 @@ async fn prune(cfg: &Config, live: &Live, dry_run: bool, yes: bool, named: Vec<S
             Registry::forget(&cfg.index.dir, &cfg.redis, &forgotten)?;
         }
     }
-    println!("done: {} freed on disk{}", human_bytes(freed), if skipped > 0 { format!("; {} left (see above)", plural(skipped, "item")) } else { String::new() });
+    println!(
+        "done: {} freed on disk{}",
+        human_bytes(freed),
+        if skipped > 0 { format!("; {} left (see above)", plural(skipped, "item")) } else { String::new() }
+    );
     Ok(if skipped > 0 { 1 } else { 0 })
 }
 
@@ -223,10 +231,12 @@ async fn remove_redis(conn: &mut RedisConn, cfg: &RedisConfig, live: &Live, o: &
             for e in entries {
                 let (key, member) = match &e {
                     serde_json::Value::String(k) => (k.as_str(), None),
-                    serde_json::Value::Array(a) => match (a.first().and_then(|v| v.as_str()), a.get(1).and_then(|v| v.as_str()), a.get(2).and_then(|v| v.as_str())) {
-                        (Some(k), Some(m), Some(kind)) => (k, Some((m, kind))),
-                        _ => continue,
-                    },
+                    serde_json::Value::Array(a) => {
+                        match (a.first().and_then(|v| v.as_str()), a.get(1).and_then(|v| v.as_str()), a.get(2).and_then(|v| v.as_str())) {
+                            (Some(k), Some(m), Some(kind)) => (k, Some((m, kind))),
+                            _ => continue,
+                        }
+                    }
                     _ => continue,
                 };
                 if live.may_own_key(key) {

@@ -138,10 +138,7 @@ fn generations(v: &serde_json::Value) -> String {
 }
 
 fn error_message(body: &str) -> String {
-    serde_json::from_str::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-        .unwrap_or_else(|| body.to_string())
+    serde_json::from_str::<serde_json::Value>(body).ok().and_then(|v| v["error"]["message"].as_str().map(str::to_string)).unwrap_or_else(|| body.to_string())
 }
 
 /// Follows a reindex the daemon runs, through `/v1/status`.
@@ -168,7 +165,9 @@ async fn follow(cfg: &Config, names: &[String]) -> Result<i32> {
                             failed = true;
                             display.finish(name, &format!("failed: {e}"));
                         }
-                        None => display.finish(name, &format!("done: generation {} is live", p.generation.map(|g| g.to_string()).unwrap_or_else(|| "-".into()))),
+                        None => {
+                            display.finish(name, &format!("done: generation {} is live", p.generation.map(|g| g.to_string()).unwrap_or_else(|| "-".into())))
+                        }
                     }
                     false
                 }
@@ -200,10 +199,7 @@ async fn offline(cfg: &Config, names: &[String]) -> Result<i32> {
     let shared = Arc::new(Shared::default());
     let daemon = Daemon::prepare(cfg.clone(), shared, tokio_util::sync::CancellationToken::new(), false).await.map_err(|e| {
         if e.message.contains("locked by another process") {
-            Error::fatal(format!(
-                "a deriver daemon holds the index but does not answer at http://{} (http.listen); is it still starting?",
-                cfg.http.listen
-            ))
+            Error::fatal(format!("a deriver daemon holds the index but does not answer at http://{} (http.listen); is it still starting?", cfg.http.listen))
         } else {
             e
         }

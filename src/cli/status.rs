@@ -144,12 +144,7 @@ pub fn print_table(doc: &StatusDoc) {
     let lsn = |l: Option<crate::source::Lsn>| l.map(|l| l.to_string()).unwrap_or_else(|| "-".into());
     println!("server LSN {}", lsn(doc.server_lsn));
     match &doc.slot {
-        Some(s) => println!(
-            "slot {}: confirmed_flush_lsn {}, wal_status {}",
-            s.name,
-            lsn(s.confirmed_flush_lsn),
-            s.wal_status.as_deref().unwrap_or("-")
-        ),
+        Some(s) => println!("slot {}: confirmed_flush_lsn {}, wal_status {}", s.name, lsn(s.confirmed_flush_lsn), s.wal_status.as_deref().unwrap_or("-")),
         None => println!("slot: none yet"),
     }
     if let Some(role) = &doc.role {

@@ -144,9 +144,11 @@ async fn check_pipeline(client: &Client, cfg: &Config, p: &Pipeline, published: 
             let parent_table = if *parent == p.source.alias {
                 Some(p.source.table.clone())
             } else {
-                p.lookups.iter().find(|l| &l.alias == parent).map(|l| l.table.clone()).or_else(|| {
-                    p.children.iter().filter_map(|c| c.via.as_ref()).find(|v| &v.alias == parent).map(|v| v.table.clone())
-                })
+                p.lookups
+                    .iter()
+                    .find(|l| &l.alias == parent)
+                    .map(|l| l.table.clone())
+                    .or_else(|| p.children.iter().filter_map(|c| c.via.as_ref()).find(|v| &v.alias == parent).map(|v| v.table.clone()))
             };
             let cols: Vec<String> = eqs.iter().map(|e| e.parent_column.clone()).collect();
             if let Some(pt) = parent_table {

@@ -55,11 +55,7 @@ async fn send(shared: &Shared, req: AdminRequest) -> ApiResult<()> {
 }
 
 pub async fn reindex(shared: &Shared, req: ReindexRequest) -> ApiResult<Response> {
-    let pipelines = if req.all {
-        shared.snapshot().map(|d| d.pipelines.iter().map(|p| p.name.clone()).collect()).unwrap_or_default()
-    } else {
-        req.pipelines
-    };
+    let pipelines = if req.all { shared.snapshot().map(|d| d.pipelines.iter().map(|p| p.name.clone()).collect()).unwrap_or_default() } else { req.pipelines };
     if pipelines.is_empty() {
         return Err(ApiError::bad_request("invalid_request", "name at least one pipeline, or send \"all\": true"));
     }

@@ -50,8 +50,7 @@ impl ApiError {
     }
 
     pub fn invalid_lsn(what: &str, text: &str) -> ApiError {
-        ApiError::bad_request("invalid_lsn", format!("`{what}`: `{}` is not an LSN (expected X/Y, e.g. 0/16B3F70)", shorten(text)))
-            .with("field", what)
+        ApiError::bad_request("invalid_lsn", format!("`{what}`: `{}` is not an LSN (expected X/Y, e.g. 0/16B3F70)", shorten(text))).with("field", what)
     }
 
     /// The index or pipelines have not applied an LSN in time (`min_lsn` of search/documents).

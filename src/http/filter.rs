@@ -7,8 +7,7 @@ use std::ops::Bound;
 
 use serde_json::{Map, Value};
 use tantivy::query::{
-    AllQuery, BooleanQuery, EmptyQuery, EnableScoring, ExistsQuery, Explanation, Occur, Query, RangeQuery, RegexQuery, Scorer, TermQuery,
-    TermSetQuery, Weight,
+    AllQuery, BooleanQuery, EmptyQuery, EnableScoring, ExistsQuery, Explanation, Occur, Query, RangeQuery, RegexQuery, Scorer, TermQuery, TermSetQuery, Weight,
 };
 use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::{DateTime, DocId, DocSet, Score, SegmentReader, Term};
@@ -137,13 +136,7 @@ fn parse_object(obj: &Map<String, Value>, path: &str, depth: usize, count: &mut 
                 Value::Bool(b) => ops.push(Op::Exists(*b)),
                 other => return Err(invalid_field(path, &field, format!("`exists` expects true or false, found {}", kind(other)))),
             },
-            other => {
-                return Err(invalid_field(
-                    path,
-                    &field,
-                    format!("unknown condition `{}` (expected eq, in, gt, gte, lt, lte, exists)", shorten(other)),
-                ))
-            }
+            other => return Err(invalid_field(path, &field, format!("unknown condition `{}` (expected eq, in, gt, gte, lt, lte, exists)", shorten(other)))),
         }
     }
     if !matches!((&lower, &upper), (Bound::Unbounded, Bound::Unbounded)) {
@@ -204,12 +197,7 @@ impl SchemaEntryByName for tantivy::schema::Schema {
     }
 }
 
-fn compile_with(
-    filter: &Filter,
-    target: &SearchTarget,
-    handle: &dyn Fn(&str) -> Option<Field>,
-    is_fast: &dyn Fn(&str) -> bool,
-) -> ApiResult<Box<dyn Query>> {
+fn compile_with(filter: &Filter, target: &SearchTarget, handle: &dyn Fn(&str) -> Option<Field>, is_fast: &dyn Fn(&str) -> bool) -> ApiResult<Box<dyn Query>> {
     Ok(match filter {
         Filter::And(parts) => {
             if parts.is_empty() {
@@ -523,10 +511,7 @@ mod tests {
         let Filter::And(parts) = f else { panic!() };
         assert_eq!(parts.len(), 3);
         assert_eq!(parts[0], Filter::Cond { field: "category".into(), op: Op::In(vec![json!("Drama"), json!("Sci-Fi")]) });
-        assert_eq!(parts[1], Filter::Cond {
-            field: "rate".into(),
-            op: Op::Range { lower: Bound::Included(json!(0.99)), upper: Bound::Excluded(json!(4.99)) }
-        });
+        assert_eq!(parts[1], Filter::Cond { field: "rate".into(), op: Op::Range { lower: Bound::Included(json!(0.99)), upper: Bound::Excluded(json!(4.99)) } });
         assert_eq!(parts[2], Filter::Not(Box::new(Filter::Cond { field: "rating".into(), op: Op::Eq(json!("NC-17")) })));
     }
 

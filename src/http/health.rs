@@ -39,7 +39,8 @@ fn now() -> String {
 /// `dependency` answered as expected.
 pub fn report_ok(dependency: &str) {
     let Ok(mut state) = STATE.lock() else { return };
-    let entry = state.entry(dependency.to_string()).or_insert_with(|| DependencyHealth { up: false, since: now(), last_error: None, errors: 0, encryption: None });
+    let entry =
+        state.entry(dependency.to_string()).or_insert_with(|| DependencyHealth { up: false, since: now(), last_error: None, errors: 0, encryption: None });
     if !entry.up {
         entry.up = true;
         entry.since = now();
@@ -54,7 +55,8 @@ pub fn report_ok(dependency: &str) {
 pub fn report_error(dependency: &str, error: &dyn std::fmt::Display) {
     let text = crate::config::redact(&error.to_string());
     let Ok(mut state) = STATE.lock() else { return };
-    let entry = state.entry(dependency.to_string()).or_insert_with(|| DependencyHealth { up: true, since: now(), last_error: None, errors: 0, encryption: None });
+    let entry =
+        state.entry(dependency.to_string()).or_insert_with(|| DependencyHealth { up: true, since: now(), last_error: None, errors: 0, encryption: None });
     if entry.up {
         entry.up = false;
         entry.since = now();
@@ -69,7 +71,8 @@ pub fn report_error(dependency: &str, error: &dyn std::fmt::Display) {
 /// logged once when it first becomes known or changes.
 pub fn report_encryption(dependency: &str, encryption: &str) {
     let Ok(mut state) = STATE.lock() else { return };
-    let entry = state.entry(dependency.to_string()).or_insert_with(|| DependencyHealth { up: true, since: now(), last_error: None, errors: 0, encryption: None });
+    let entry =
+        state.entry(dependency.to_string()).or_insert_with(|| DependencyHealth { up: true, since: now(), last_error: None, errors: 0, encryption: None });
     if entry.encryption.as_deref() != Some(encryption) {
         tracing::info!(connection = dependency, encryption, "Postgres connection");
         entry.encryption = Some(encryption.to_string());

@@ -104,11 +104,8 @@ async fn time_limit(State(limit): State<Duration>, req: Request, next: Next) -> 
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(resp) => resp,
         Err(_) => {
-            let mut e = ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "request_timeout",
-                format!("the request did not finish within {} ms", limit.as_millis()),
-            );
+            let mut e =
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "request_timeout", format!("the request did not finish within {} ms", limit.as_millis()));
             e.retry_after = Some(1);
             e.into_response()
         }
@@ -139,8 +136,7 @@ async fn readyz(State(state): State<AppState>) -> Response {
     match state.shared.snapshot() {
         None => error(StatusCode::SERVICE_UNAVAILABLE, "starting", "deriver is starting"),
         Some(doc) => {
-            let mut not_ready: Vec<String> =
-                doc.pipelines.iter().filter(|p| p.state != "streaming").map(|p| format!("{} is {}", p.name, p.state)).collect();
+            let mut not_ready: Vec<String> = doc.pipelines.iter().filter(|p| p.state != "streaming").map(|p| format!("{} is {}", p.name, p.state)).collect();
             // A dependency that is failing (being retried): the pipelines are not keeping up.
             not_ready.extend(health::failing().into_iter().map(|(dep, e)| format!("{dep} is failing: {}", e.lines().next().unwrap_or_default())));
             if not_ready.is_empty() {
@@ -156,7 +152,11 @@ async fn status(State(state): State<AppState>) -> Response {
     if let Some(owner) = state.shared.standby() {
         // A standby process: the last status it had as owner (pipelines marked `standby`) when
         // nobody else owns the slot, else no pipelines of its own until it takes the slot over.
-        let mut v = state.shared.snapshot().map(|d| serde_json::to_value(d).unwrap_or(Value::Null)).unwrap_or_else(|| json!({ "server_lsn": null, "slot": null, "pipelines": [] }));
+        let mut v = state
+            .shared
+            .snapshot()
+            .map(|d| serde_json::to_value(d).unwrap_or(Value::Null))
+            .unwrap_or_else(|| json!({ "server_lsn": null, "slot": null, "pipelines": [] }));
         if let Some(obj) = v.as_object_mut() {
             obj.insert("role".into(), json!("standby"));
             obj.insert("owner".into(), json!(owner));
@@ -214,9 +214,8 @@ fn json_body<T: DeserializeOwned>(body: std::result::Result<Bytes, BytesRejectio
         }
     })?;
     let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &bytes };
-    serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::bad_request("invalid_request", format!("the request body is not valid: {e}")).with("line", e.line()).with("column", e.column())
-    })
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request("invalid_request", format!("the request body is not valid: {e}")).with("line", e.line()).with("column", e.column()))
 }
 
 /// `?a=b&c=d` → (name, value) pairs.
@@ -298,7 +297,8 @@ async fn document(
     let lookup_id = id.clone();
     match blocking(&state, move || search::lookup(&index, &lookup_id)).await? {
         Some(doc) => Ok(Json(json!({ "id": id, "doc": doc, "applied_lsn": applied, "generation": generation })).into_response()),
-        None => Err(ApiError::not_found("not_found", format!("index `{name}` has no document `{}`", error::shorten(&id))).with("applied_lsn", applied.map(|l| l.to_string()))),
+        None => Err(ApiError::not_found("not_found", format!("index `{name}` has no document `{}`", error::shorten(&id)))
+            .with("applied_lsn", applied.map(|l| l.to_string()))),
     }
 }
 
@@ -412,14 +412,12 @@ pub fn router(shared: Arc<Shared>, metrics: PrometheusHandle, token: Option<Stri
 
 /// Binds `listen` and serves until `cancel`.
 pub async fn serve(listen: &str, app: Router, cancel: CancellationToken) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| {
-            // Taken by another process: not a configuration mistake (exit 1); anything else about
-            // the address is (exit 2).
-            let kind = if e.kind() == std::io::ErrorKind::AddrInUse { ErrorKind::Fatal } else { ErrorKind::Config };
-            Error::new(kind, format!("cannot listen on {listen} (http.listen)")).with_detail(e)
-        })?;
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
+        // Taken by another process: not a configuration mistake (exit 1); anything else about
+        // the address is (exit 2).
+        let kind = if e.kind() == std::io::ErrorKind::AddrInUse { ErrorKind::Fatal } else { ErrorKind::Config };
+        Error::new(kind, format!("cannot listen on {listen} (http.listen)")).with_detail(e)
+    })?;
     tracing::info!(%listen, "HTTP API listening");
     tokio::spawn(async move {
         let shutdown = async move { cancel.cancelled().await };
@@ -464,7 +462,6 @@ mod tests {
     use super::*;
     use axum::body::Body;
     use tower::ServiceExt;
-
 
     fn shared() -> Arc<Shared> {
         let shared = testing::shared_with(Some(crate::source::Lsn(0x10)));

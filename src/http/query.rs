@@ -214,13 +214,16 @@ mod tests {
     #[test]
     fn phrases_fields_negation_and_or() {
         let q = p(r#"title:"academy dinosaur" -boring rating:PG x OR y NOT z"#);
-        assert_eq!(q.clauses, vec![
-            any(&[Term { field: Some("title".into()), text: "academy dinosaur".into(), phrase: true }]),
-            Clause::Not(word("boring")),
-            any(&[Term { field: Some("rating".into()), text: "PG".into(), phrase: false }]),
-            any(&[word("x"), word("y")]),
-            Clause::Not(word("z")),
-        ]);
+        assert_eq!(
+            q.clauses,
+            vec![
+                any(&[Term { field: Some("title".into()), text: "academy dinosaur".into(), phrase: true }]),
+                Clause::Not(word("boring")),
+                any(&[Term { field: Some("rating".into()), text: "PG".into(), phrase: false }]),
+                any(&[word("x"), word("y")]),
+                Clause::Not(word("z")),
+            ]
+        );
         assert_eq!(p("a OR b OR c").clauses, vec![any(&[word("a"), word("b"), word("c")])]);
         assert_eq!(p(r#"-"bad phrase""#).clauses, vec![Clause::Not(Term { field: None, text: "bad phrase".into(), phrase: true })]);
     }
@@ -235,10 +238,10 @@ mod tests {
     #[test]
     fn hostile_inputs_parse() {
         // Unbalanced quotes run to the end.
-        assert_eq!(p(r#"robot "unclosed phrase"#).clauses, vec![
-            any(&[word("robot")]),
-            any(&[Term { field: None, text: "unclosed phrase".into(), phrase: true }]),
-        ]);
+        assert_eq!(
+            p(r#"robot "unclosed phrase"#).clauses,
+            vec![any(&[word("robot")]), any(&[Term { field: None, text: "unclosed phrase".into(), phrase: true }]),]
+        );
         assert!(p(r#"""#).clauses.is_empty());
         assert!(p(r#""""""#).clauses.is_empty());
         // Lone modifiers and empty fields.

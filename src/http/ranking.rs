@@ -83,9 +83,7 @@ impl SortSpec {
                 None => kind == SortKind::Score,
                 Some("asc") => false,
                 Some("desc") => true,
-                Some(other) => {
-                    return Err(invalid_sort(format!("`{}`: the direction must be `asc` or `desc`", shorten(other))).with_field(name))
-                }
+                Some(other) => return Err(invalid_sort(format!("`{}`: the direction must be `asc` or `desc`", shorten(other))).with_field(name)),
             };
             if keys.iter().any(|k: &SortKey| k.kind == kind) {
                 return Err(invalid_sort(format!("`{name}` appears twice in `sort`")).with_field(name));
@@ -538,19 +536,7 @@ impl Collector for RankCollector {
         for name in &self.facet_fields {
             facets.push((ff.str(name)?, HashMap::new()));
         }
-        Ok(SegCollector {
-            keep: self.keep,
-            count: 0,
-            segment_ord,
-            keys,
-            id_ords,
-            id_dict,
-            bound,
-            cands: Vec::new(),
-            worst: None,
-            facets,
-            scratch: Vec::new(),
-        })
+        Ok(SegCollector { keep: self.keep, count: 0, segment_ord, keys, id_ords, id_dict, bound, cands: Vec::new(), worst: None, facets, scratch: Vec::new() })
     }
 
     fn requires_scoring(&self) -> bool {
@@ -716,12 +702,7 @@ impl SegCollector {
             }
             bytes.clear();
             self.id_ords.id_bytes(&self.id_dict, c.id, &mut bytes)?;
-            hits.push(RankedHit {
-                addr: DocAddress::new(self.segment_ord, c.doc),
-                score: c.score,
-                values,
-                id: String::from_utf8_lossy(&bytes).into_owned(),
-            });
+            hits.push(RankedHit { addr: DocAddress::new(self.segment_ord, c.doc), score: c.score, values, id: String::from_utf8_lossy(&bytes).into_owned() });
         }
         let mut facets = Vec::with_capacity(self.facets.len());
         for (col, counts) in &self.facets {
@@ -962,12 +943,8 @@ mod tests {
     fn cursors_round_trip_and_check_their_sort() {
         let t = target();
         let spec = SortSpec::parse(Some(&["n:desc".into(), "_score".into()]), &t).unwrap();
-        let hit = RankedHit {
-            addr: DocAddress::new(0, 0),
-            score: 1.25,
-            values: vec![SortValue::Num(42), SortValue::Score(1.25f32.to_bits())],
-            id: "x/é".into(),
-        };
+        let hit =
+            RankedHit { addr: DocAddress::new(0, 0), score: 1.25, values: vec![SortValue::Num(42), SortValue::Score(1.25f32.to_bits())], id: "x/é".into() };
         let c = Cursor::after(&spec, &hit);
         let text = c.encode();
         assert_eq!(Cursor::decode(&text, &spec).unwrap(), c);

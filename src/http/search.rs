@@ -292,10 +292,7 @@ impl Plan {
 }
 
 fn stored_source(doc: &TantivyDocument, source_field: Field) -> Value {
-    doc.get_first(source_field)
-        .and_then(|v| v.as_str())
-        .and_then(|s| serde_json::from_str(s).ok())
-        .unwrap_or_else(|| Value::Object(Map::new()))
+    doc.get_first(source_field).and_then(|v| v.as_str()).and_then(|s| serde_json::from_str(s).ok()).unwrap_or_else(|| Value::Object(Map::new()))
 }
 
 /// The text of field `name` in `_source`, as tantivy's `snippet_from_doc` joins a field's stored
@@ -681,14 +678,17 @@ pub(crate) mod tests {
     #[test]
     fn filters_facets_highlights_and_fields() {
         let idx = films(30);
-        let r = run(&idx, json!({
-            "q": "robot",
-            "filter": { "and": [ { "field": "rating", "in": ["G", "PG"] }, { "field": "rate", "gte": 0.99, "lt": 4.99 },
-                                 { "not": { "field": "tags", "eq": "b" } } ] },
-            "facets": { "rating": { "size": 10 }, "tags": {} },
-            "highlight": { "fields": ["title", "description"] },
-            "fields": ["film_id", "title"],
-        }))
+        let r = run(
+            &idx,
+            json!({
+                "q": "robot",
+                "filter": { "and": [ { "field": "rating", "in": ["G", "PG"] }, { "field": "rate", "gte": 0.99, "lt": 4.99 },
+                                     { "not": { "field": "tags", "eq": "b" } } ] },
+                "facets": { "rating": { "size": 10 }, "tags": {} },
+                "highlight": { "fields": ["title", "description"] },
+                "fields": ["film_id", "title"],
+            }),
+        )
         .unwrap();
         // rating G (i%3==0, rate 0.99) or PG (i%3==1, rate 2.99), odd ids only.
         assert_eq!(r.total.value, 10);

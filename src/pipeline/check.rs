@@ -36,10 +36,8 @@ impl fmt::Display for Diagnostic {
 impl Diagnostic {
     /// A problem found outside the checker (environment checks), at a position of `file`.
     pub fn at(file: &Path, pos: Pos, message: impl Into<String>, warning: bool) -> Diagnostic {
-        let line_text = std::fs::read_to_string(file)
-            .ok()
-            .and_then(|t| t.lines().nth(pos.line.saturating_sub(1) as usize).map(str::to_string))
-            .filter(|_| pos.line > 0);
+        let line_text =
+            std::fs::read_to_string(file).ok().and_then(|t| t.lines().nth(pos.line.saturating_sub(1) as usize).map(str::to_string)).filter(|_| pos.line > 0);
         Diagnostic { file: file.to_path_buf(), pos, message: message.into(), line_text, warning }
     }
 }
@@ -226,9 +224,7 @@ pub fn check(file: &Path, text: &str) -> Result<Pipeline, Vec<Diagnostic>> {
             return Err(c.errors);
         }
     };
-    let top_keys = [
-        "version", "pipeline", "description", "owner", "source", "lookups", "children", "fields", "targets", "tests", "on_error",
-    ];
+    let top_keys = ["version", "pipeline", "description", "owner", "source", "lookups", "children", "fields", "targets", "tests", "on_error"];
     let Some(top) = c.map(&root, "the pipeline file", &top_keys) else {
         return Err(c.errors);
     };
@@ -731,14 +727,7 @@ pub fn parse_on(text: &str) -> Result<Vec<(ColumnRef, ColumnRef)>, String> {
 }
 
 /// Resolves an `on` against `this` relation's names and its possible parents `(name, canonical)`.
-fn resolve_on(
-    c: &mut Checker,
-    node: &Node,
-    text: &str,
-    this_names: &[String],
-    parents: &[(String, String)],
-    what: &str,
-) -> Option<Vec<Equality>> {
+fn resolve_on(c: &mut Checker, node: &Node, text: &str, this_names: &[String], parents: &[(String, String)], what: &str) -> Option<Vec<Equality>> {
     let terms = match parse_on(text) {
         Ok(t) => t,
         Err(e) => {
@@ -913,11 +902,7 @@ fn check_search(c: &mut Checker, node: &Node, pipeline: &str, field_names: &Hash
 
 fn check_search_field(c: &mut Checker, key: &Key, node: &Node) -> Option<SearchField> {
     let what = format!("search field `{}`", key.name);
-    let entries = c.map(
-        node,
-        &what,
-        &["type", "analyzer", "stored", "facet", "filterable", "sortable", "boost", "highlight", "fuzzy"],
-    )?;
+    let entries = c.map(node, &what, &["type", "analyzer", "stored", "facet", "filterable", "sortable", "boost", "highlight", "fuzzy"])?;
     let ty = match get(entries, "type") {
         None => {
             c.err(node.pos, format!("{what} needs a `type`"));
@@ -978,7 +963,13 @@ fn check_search_field(c: &mut Checker, key: &Key, node: &Node) -> Option<SearchF
         c.err(key.pos, format!("{what}: `facet` needs `type: keyword`"));
     }
     if (sortable || filterable) && matches!(ty, SearchType::Text | SearchType::StoredOnly) {
-        c.err(key.pos, format!("{what}: a `{}` field cannot be filterable or sortable (use keyword or a numeric type)", if ty == SearchType::Text { "text" } else { "stored_only" }));
+        c.err(
+            key.pos,
+            format!(
+                "{what}: a `{}` field cannot be filterable or sortable (use keyword or a numeric type)",
+                if ty == SearchType::Text { "text" } else { "stored_only" }
+            ),
+        );
     }
     if highlight && ty != SearchType::Text {
         c.err(key.pos, format!("{what}: `highlight` needs `type: text`"));
@@ -1127,10 +1118,7 @@ targets:
 
     #[test]
     fn every_error_is_reported_with_its_position() {
-        let bad = FILMS
-            .replace("  key: film_id\n", "  key: film_id\n  colour: red\n")
-            .replace("id: film_id", "id: nope")
-            .replace("type: json", "type: list");
+        let bad = FILMS.replace("  key: film_id\n", "  key: film_id\n  colour: red\n").replace("id: film_id", "id: nope").replace("type: json", "type: list");
         let errs = check(Path::new("pipelines/films.yaml"), &bad).unwrap_err();
         let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         assert_eq!(errs.len(), 3, "{text:#?}");

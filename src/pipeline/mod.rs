@@ -14,10 +14,9 @@ pub use model::*;
 /// file, so a user fixes them in one pass.
 pub fn load_dir(dir: &Path) -> Result<Vec<Pipeline>, Vec<Diagnostic>> {
     let mut files: Vec<_> = match std::fs::read_dir(dir) {
-        Ok(rd) => rd
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml") | Some("yml")))
-            .collect(),
+        Ok(rd) => {
+            rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml") | Some("yml"))).collect()
+        }
         Err(e) => {
             return Err(vec![Diagnostic {
                 file: dir.to_path_buf(),

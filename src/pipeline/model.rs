@@ -358,11 +358,7 @@ mod tests {
     #[test]
     fn key_templates_parse_and_render() {
         let t = KeyTemplate::parse("film:{film_id}:x").unwrap();
-        assert_eq!(t.parts, vec![
-            TemplatePart::Literal("film:".into()),
-            TemplatePart::Field("film_id".into()),
-            TemplatePart::Literal(":x".into()),
-        ]);
+        assert_eq!(t.parts, vec![TemplatePart::Literal("film:".into()), TemplatePart::Field("film_id".into()), TemplatePart::Literal(":x".into()),]);
         assert_eq!(t.render(|f| (f == "film_id").then(|| "7".to_string())).as_deref(), Some("film:7:x"));
         assert_eq!(t.render(|_| None), None);
         assert!(KeyTemplate::parse("film:{film_id").is_err());

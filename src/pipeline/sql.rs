@@ -111,9 +111,7 @@ pub fn reverse_sql(p: &Pipeline, dep: DepRef, key: &[KeyColumn], parent_type: &d
         let conds: Vec<String> = eqs
             .iter()
             .enumerate()
-            .map(|(i, e)| {
-                format!("{}.{} = __v.__v{i}::{}", quote_ident(&e.parent), quote_ident(&e.parent_column), parent_type(&e.parent, &e.parent_column))
-            })
+            .map(|(i, e)| format!("{}.{} = __v.__v{i}::{}", quote_ident(&e.parent), quote_ident(&e.parent_column), parent_type(&e.parent, &e.parent_column)))
             .collect();
         format!("EXISTS (SELECT 1 FROM unnest({}) AS __v({}) WHERE {})", params.join(", "), cols.join(", "), conds.join(" AND "))
     };
@@ -201,11 +199,7 @@ fn from_clause_in(p: &Pipeline, grouped: bool) -> String {
     let mut out = format!("{} AS {src}", p.source.table.quoted());
     for l in &p.lookups {
         let a = quote_ident(&l.alias);
-        out.push_str(&format!(
-            "\nLEFT JOIN LATERAL (SELECT {a}.* FROM {} AS {a} WHERE {} LIMIT 1) AS {a} ON true",
-            l.table.quoted(),
-            eq_sql(&l.alias, &l.on)
-        ));
+        out.push_str(&format!("\nLEFT JOIN LATERAL (SELECT {a}.* FROM {} AS {a} WHERE {} LIMIT 1) AS {a} ON true", l.table.quoted(), eq_sql(&l.alias, &l.on)));
     }
     for (ci, c) in p.children.iter().enumerate() {
         let aggs: Vec<String> = p
@@ -289,16 +283,9 @@ fn select_list(p: &Pipeline, key_exprs: &[String], matched: Option<&str>, groupe
         format!("json_build_object({})::text", args.join(", "))
     } else {
         // json_build_object takes at most 100 arguments; json_object_agg keeps the order too.
-        let rows: Vec<String> = p
-            .fields
-            .iter()
-            .enumerate()
-            .map(|(i, f)| format!("({i}, {}, to_jsonb({}))", quote_literal(&f.name), field_sql_in(p, &f.name, grouped)))
-            .collect();
-        format!(
-            "(SELECT json_object_agg(__f.k, __f.v ORDER BY __f.o) FROM (VALUES {}) AS __f(o, k, v))::text",
-            rows.join(", ")
-        )
+        let rows: Vec<String> =
+            p.fields.iter().enumerate().map(|(i, f)| format!("({i}, {}, to_jsonb({}))", quote_literal(&f.name), field_sql_in(p, &f.name, grouped))).collect();
+        format!("(SELECT json_object_agg(__f.k, __f.v ORDER BY __f.o) FROM (VALUES {}) AS __f(o, k, v))::text", rows.join(", "))
     };
     // In the keyed query a key without a row (deleted, filtered out) yields NULL.
     let record = match matched {
@@ -328,8 +315,7 @@ pub fn compile_typed(p: &Pipeline, key: &[KeyColumn], as_is: &HashSet<String>) -
     let params: Vec<String> = (1..=key.len()).map(|i| format!("${i}::text[]")).collect();
     let cols: Vec<String> = (0..key.len()).map(|i| format!("__k{i}")).collect();
     let input_exprs: Vec<String> = key.iter().enumerate().map(|(i, k)| format!("__in.__k{i}::{}", k.type_name)).collect();
-    let mut on: Vec<String> =
-        key.iter().enumerate().map(|(i, k)| format!("{alias}.{} = {}", quote_ident(&k.name), input_exprs[i])).collect();
+    let mut on: Vec<String> = key.iter().enumerate().map(|(i, k)| format!("{alias}.{} = {}", quote_ident(&k.name), input_exprs[i])).collect();
     on.extend(filter.clone());
     let matched = format!("{alias}.{}", quote_ident(&key[0].name));
     // A parenthesized join when lookups or children join the source (a bare table otherwise).
@@ -377,7 +363,11 @@ mod tests {
     #[test]
     fn single_key_uses_any() {
         let sql = compile(&films(), &[KeyColumn { name: "film_id".into(), type_name: "integer".into() }]);
-        assert!(sql.keyed.contains("FROM unnest($1::text[]) AS __in(__k0)\nLEFT JOIN \"public\".\"film\" AS \"film\" ON \"film\".\"film_id\" = __in.__k0::integer"), "{}", sql.keyed);
+        assert!(
+            sql.keyed.contains("FROM unnest($1::text[]) AS __in(__k0)\nLEFT JOIN \"public\".\"film\" AS \"film\" ON \"film\".\"film_id\" = __in.__k0::integer"),
+            "{}",
+            sql.keyed
+        );
         assert!(sql.keyed.contains("(__in.__k0::integer)::text AS __key"), "{}", sql.keyed);
         assert!(sql.keyed.contains("json_build_object('film_id', to_jsonb((film.film_id)), 'title', to_jsonb((film.title)))::text"), "{}", sql.keyed);
         assert!(sql.keyed.contains("(film.film_id)::text AS __t0"));
@@ -398,10 +388,8 @@ mod tests {
 
     #[test]
     fn composite_key_joins_unnest() {
-        let key = vec![
-            KeyColumn { name: "film_id".into(), type_name: "integer".into() },
-            KeyColumn { name: "category_id".into(), type_name: "integer".into() },
-        ];
+        let key =
+            vec![KeyColumn { name: "film_id".into(), type_name: "integer".into() }, KeyColumn { name: "category_id".into(), type_name: "integer".into() }];
         let sql = compile(&films(), &key);
         assert!(sql.keyed.contains("unnest($1::text[], $2::text[]) AS __in(__k0, __k1)"), "{}", sql.keyed);
         assert!(sql.bulk.contains(r#"concat_ws(':', replace(replace(("film"."film_id")::text, '\', '\\'), ':', '\:')"#), "{}", sql.bulk);

@@ -75,10 +75,7 @@ pub fn parse(text: &str) -> Result<Node, SyntaxError> {
 impl<'de> Deserialize<'de> for Node {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let spanned = Spanned::<Value>::deserialize(d)?;
-        Ok(Node {
-            value: spanned.value,
-            pos: Pos { line: spanned.referenced.line(), col: spanned.referenced.column() },
-        })
+        Ok(Node { value: spanned.value, pos: Pos { line: spanned.referenced.line(), col: spanned.referenced.column() } })
     }
 }
 
@@ -161,10 +158,7 @@ impl<'de> Deserialize<'de> for Value {
                 let mut entries = Vec::new();
                 while let Some(key) = map.next_key::<Spanned<KeyText>>()? {
                     let node = map.next_value::<Node>()?;
-                    entries.push((
-                        Key { name: key.value.0, pos: Pos { line: key.referenced.line(), col: key.referenced.column() } },
-                        node,
-                    ));
+                    entries.push((Key { name: key.value.0, pos: Pos { line: key.referenced.line(), col: key.referenced.column() } }, node));
                 }
                 Ok(Value::Map(entries))
             }

@@ -48,9 +48,8 @@ fn table(pipeline: &str) -> TableDefinition<'_, &'static str, &'static str> {
 impl DeadLetters {
     pub fn open(dir: &Path) -> Result<DeadLetters> {
         std::fs::create_dir_all(dir).map_err(io)?;
-        let db = Database::create(dir.join("dead_letters.redb")).map_err(|e| {
-            Error::fatal("cannot open the dead-letter store (is another deriver running?)").with_detail(e)
-        })?;
+        let db = Database::create(dir.join("dead_letters.redb"))
+            .map_err(|e| Error::fatal("cannot open the dead-letter store (is another deriver running?)").with_detail(e))?;
         let mut keys: BTreeMap<String, HashSet<String>> = BTreeMap::new();
         let r = db.begin_read().map_err(io)?;
         for t in r.list_tables().map_err(io)? {

@@ -175,8 +175,7 @@ impl Dep {
     pub async fn source_keys(&self, client: &Client, probes: &[Vec<String>]) -> Result<Vec<KeyTuple>> {
         let stmt = self.stmt.as_ref().ok_or_else(|| Error::transient("reverse query not prepared"))?;
         let columns: Vec<Vec<&str>> = (0..self.this_cols.len()).map(|i| probes.iter().map(|p| p[i].as_str()).collect()).collect();
-        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-            columns.iter().map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+        let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = columns.iter().map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
         let rows = client.query(stmt, &params).await?;
         Ok(rows.iter().map(|r| (0..r.len()).map(|i| r.get::<_, String>(i)).collect()).collect())
     }

@@ -111,8 +111,7 @@ pub async fn derive_keys(client: &Client, stmt: &Statement, n_key_cols: usize, k
 
 async fn query_keys(client: &Client, stmt: &Statement, n_key_cols: usize, keys: &[KeyTuple]) -> Result<Vec<Write>> {
     let columns: Vec<Vec<&str>> = (0..n_key_cols).map(|i| keys.iter().map(|k| k[i].as_str()).collect()).collect();
-    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
-        columns.iter().map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+    let params: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = columns.iter().map(|c| c as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
     let rows = client.query(stmt, &params).await.map_err(|e| {
         let err = Error::from(e);
         if err.kind == ErrorKind::Fatal {

@@ -6,7 +6,6 @@ use std::collections::HashSet;
 use std::fs::File;
 use std::io::{BufRead, BufReader, BufWriter, Seek, SeekFrom, Write};
 
-
 use super::derive::KeyTuple;
 use crate::error::{Error, Result};
 
@@ -88,9 +87,7 @@ impl KeyChunks<'_> {
         if let Some(lines) = self.file.as_mut() {
             while buf.len() < self.chunk {
                 match lines.next() {
-                    Some(line) => buf.push(
-                        serde_json::from_str(&line?).map_err(|e| Error::fatal("the spill file is corrupt").with_detail(e))?,
-                    ),
+                    Some(line) => buf.push(serde_json::from_str(&line?).map_err(|e| Error::fatal("the spill file is corrupt").with_detail(e))?),
                     None => {
                         self.file = None;
                         break;

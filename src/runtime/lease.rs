@@ -17,7 +17,6 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-
 use super::status::Shared;
 use crate::config::Config;
 use crate::error::{Error, Result};

@@ -6,9 +6,9 @@
 //! Postgres and each sink commits the records together with the batch's end LSN; the slot is
 //! acknowledged up to the minimum LSN every sink has made durable.
 
+pub mod dead_letters;
 pub mod deps;
 pub mod derive;
-pub mod dead_letters;
 pub mod dirty;
 pub mod failpoint;
 pub mod lease;
@@ -149,8 +149,7 @@ pub fn replica_identity_problem(def: &Pipeline, info: &TableInfo) -> Option<Stri
         )),
         'f' => None,
         _ => {
-            let missing: Vec<&str> =
-                info.key.iter().map(|k| k.name.as_str()).filter(|k| !info.identity_columns.iter().any(|c| c == k)).collect();
+            let missing: Vec<&str> = info.key.iter().map(|k| k.name.as_str()).filter(|k| !info.identity_columns.iter().any(|c| c == k)).collect();
             (!missing.is_empty()).then(|| {
                 format!(
                     "pipeline `{}` keys {table} by {}, which its replica identity does not include, so deletes would not say which record to remove; run ALTER TABLE {} REPLICA IDENTITY FULL, or key the pipeline by the primary key",
@@ -282,9 +281,9 @@ impl Daemon {
             )));
         }
         let loaded = load_pipelines(&cfg, &client).await?;
-        let published = pg::publication_tables(&client, &cfg.postgres.publication).await?.ok_or_else(|| {
-            Error::fatal(format!("publication `{}` does not exist; run `deriver setup` to create it", cfg.postgres.publication))
-        })?;
+        let published = pg::publication_tables(&client, &cfg.postgres.publication)
+            .await?
+            .ok_or_else(|| Error::fatal(format!("publication `{}` does not exist; run `deriver setup` to create it", cfg.postgres.publication)))?;
         let filtered = pg::publication_row_filters(&client, &cfg.postgres.publication).await?;
         let mut interest = Interest::default();
         let mut routes: HashMap<TableName, Vec<Route>> = HashMap::new();
@@ -333,8 +332,7 @@ impl Daemon {
                 routes.entry(d.table.clone()).or_default().push(Route::Dep(idx, di));
             }
             let stmt = client.prepare(&sql.keyed).await.map_err(|e| {
-                Error::config(format!("pipeline `{}` ({}): its SQL does not compile", def.name, def.file.display()))
-                    .with_detail(Error::from(e).message)
+                Error::config(format!("pipeline `{}` ({}): its SQL does not compile", def.name, def.file.display())).with_detail(Error::from(e).message)
             })?;
             let mut sinks = Vec::new();
             for t in &def.search {
@@ -674,14 +672,7 @@ impl Daemon {
         Ok(())
     }
 
-    async fn stream_loop(
-        &mut self,
-        first: walstream::Replication,
-        start: Lsn,
-        conninfo: &str,
-        slot: &str,
-        publication: &str,
-    ) -> Result<()> {
+    async fn stream_loop(&mut self, first: walstream::Replication, start: Lsn, conninfo: &str, slot: &str, publication: &str) -> Result<()> {
         let idle = Duration::from_millis(self.cfg.runtime.idle_ms.max(100));
         let mut replication = Some(first);
         let mut start = start;
@@ -1172,10 +1163,7 @@ impl Daemon {
                 p.written.extend(writes.iter().map(|w| w.key().to_string()).filter(|k| !failed.contains(k)));
             }
             if p.def.on_error == OnError::Stop && !p.failed.is_empty() {
-                return Err(Error::fatal(format!(
-                    "pipeline `{}` rejected key {} ({}) and says `on_error: stop`",
-                    p.def.name, p.failed[0].0, p.failed[0].1
-                )));
+                return Err(Error::fatal(format!("pipeline `{}` rejected key {} ({}) and says `on_error: stop`", p.def.name, p.failed[0].0, p.failed[0].1)));
             }
             let started = Instant::now();
             commit_sinks(&mut p.sinks, &active, &self.fence).await?;
@@ -1264,8 +1252,7 @@ impl Daemon {
         self.refresh_field_types(i).await?;
         let mut started = Vec::new();
         let total = reindex::estimate_rows(&self.pg, &self.pipelines[i].def.source.table).await;
-        let search_sinks: Vec<usize> =
-            self.pipelines[i].sinks.iter().enumerate().filter(|(_, s)| matches!(s, AnySink::Search(_))).map(|(j, _)| j).collect();
+        let search_sinks: Vec<usize> = self.pipelines[i].sinks.iter().enumerate().filter(|(_, s)| matches!(s, AnySink::Search(_))).map(|(j, _)| j).collect();
         let mut redis_done = !redis || self.pipelines[i].def.redis.is_empty();
         let jobs: Vec<Option<usize>> = if search_sinks.is_empty() { vec![None] } else { search_sinks.into_iter().map(Some).collect() };
         for j in jobs {
@@ -1435,9 +1422,9 @@ impl Daemon {
     /// from a snapshot, checkpointed at the slot's confirmed position, then makes them live. The
     /// next `deriver run` streams everything after that position.
     pub async fn reindex_offline(mut self, names: &[String], mut on_progress: impl FnMut(&str, &reindex::Progress)) -> Result<()> {
-        let slot = pg::slot_info(&self.pg, &self.cfg.postgres.slot).await?.ok_or_else(|| {
-            Error::config("there is no replication slot yet: `deriver run` derives every record on its first start")
-        })?;
+        let slot = pg::slot_info(&self.pg, &self.cfg.postgres.slot)
+            .await?
+            .ok_or_else(|| Error::config("there is no replication slot yet: `deriver run` derives every record on its first start"))?;
         let from = slot.confirmed_flush_lsn.unwrap_or(Lsn::ZERO);
         for name in names {
             let i = self.pipelines.iter().position(|p| &p.def.name == name).ok_or_else(|| Error::config(format!("no pipeline named `{name}`")))?;
@@ -1477,9 +1464,11 @@ impl Daemon {
         for t in &def.search {
             let live = crate::sink::tantivy::current_generation(&cfg.index.dir, &t.index)
                 .ok_or_else(|| Error::config(format!("index `{}` has no generation yet", t.index)))?;
-            let prev = crate::sink::tantivy::generations(&cfg.index.dir, &t.index).into_iter().filter(|g| *g < live).max().ok_or_else(|| {
-                Error::config(format!("index `{}` has no previous generation to roll back to (index.keep_generations)", t.index))
-            })?;
+            let prev = crate::sink::tantivy::generations(&cfg.index.dir, &t.index)
+                .into_iter()
+                .filter(|g| *g < live)
+                .max()
+                .ok_or_else(|| Error::config(format!("index `{}` has no previous generation to roll back to (index.keep_generations)", t.index)))?;
             crate::sink::tantivy::set_current(&cfg.index.dir, &t.index, prev)?;
             out.push(prev);
         }
@@ -1542,9 +1531,8 @@ impl Daemon {
                 _ => unreachable!("a search sink"),
             };
             let def = self.pipelines[i].def.clone();
-            let mut old = AnySink::Search(
-                SearchSink::open_generation(&self.cfg.index.dir, &def, &t, prev, self.cfg.index.writer_memory_mb).map_err(|e| e.to_string())?,
-            );
+            let mut old =
+                AnySink::Search(SearchSink::open_generation(&self.cfg.index.dir, &def, &t, prev, self.cfg.index.writer_memory_mb).map_err(|e| e.to_string())?);
             self.catch_up_sink(i, Some(&mut old), 0, &mut log, applied, BatchMode::Repair).await.map_err(|e| e.to_string())?;
             crate::sink::tantivy::set_current(&self.cfg.index.dir, &t.index, prev).map_err(|e| e.to_string())?;
             if let AnySink::Search(s) = &old {
@@ -1793,7 +1781,10 @@ impl Daemon {
                 )));
             }
             if let Some((_, f)) = filtered.iter().find(|(p, _)| p == t) {
-                return Err(Error::fatal(format!("publication `{}` now filters the rows of {t} ({f}); deriver needs every change", self.cfg.postgres.publication)));
+                return Err(Error::fatal(format!(
+                    "publication `{}` now filters the rows of {t} ({f}); deriver needs every change",
+                    self.cfg.postgres.publication
+                )));
             }
         }
         Ok(())

@@ -86,12 +86,11 @@ impl Orphans {
         if self.is_empty() {
             return None;
         }
-        let mut parts: Vec<String> = self
-            .indexes
-            .iter()
-            .map(|i| format!("index `{}` ({}, {})", i.name, human_bytes(i.bytes), plural(i.generations.len(), "generation")))
-            .collect();
-        parts.extend(self.redis_pipelines.iter().map(|r| format!("Redis state of pipeline `{}` ({} with views)", r.name, plural(r.ledger_entries as usize, "record"))));
+        let mut parts: Vec<String> =
+            self.indexes.iter().map(|i| format!("index `{}` ({}, {})", i.name, human_bytes(i.bytes), plural(i.generations.len(), "generation"))).collect();
+        parts.extend(
+            self.redis_pipelines.iter().map(|r| format!("Redis state of pipeline `{}` ({} with views)", r.name, plural(r.ledger_entries as usize, "record"))),
+        );
         if !self.files.is_empty() {
             let bytes = self.files.iter().map(|f| f.bytes).sum();
             parts.push(format!("{} of removed pipelines ({})", plural(self.files.len(), "file"), human_bytes(bytes)));
@@ -527,7 +526,18 @@ mod tests {
     fn the_disk_scan_finds_orphan_indexes_and_files_with_sizes() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        for (p, bytes) in [("films/CURRENT", 2), ("films/gen-000001/a", 10), ("actors/CURRENT", 2), ("actors/gen-000001/a", 100), ("actors/gen-000002/b", 50), ("_state/dead_letters.redb", 7), ("_ledger/films.redb", 3), ("_ledger/actors.redb", 30), ("_audit/actors.json", 4), ("notes/readme", 1)] {
+        for (p, bytes) in [
+            ("films/CURRENT", 2),
+            ("films/gen-000001/a", 10),
+            ("actors/CURRENT", 2),
+            ("actors/gen-000001/a", 100),
+            ("actors/gen-000002/b", 50),
+            ("_state/dead_letters.redb", 7),
+            ("_ledger/films.redb", 3),
+            ("_ledger/actors.redb", 30),
+            ("_audit/actors.json", 4),
+            ("notes/readme", 1),
+        ] {
             let path = root.join(p);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, vec![b'x'; bytes]).unwrap();
@@ -565,7 +575,11 @@ mod tests {
     fn keys_a_live_template_could_produce_are_kept() {
         let t = |raw: &str| KeyTemplate::parse(raw).unwrap();
         let live = Live {
-            templates: vec![("deriver".into(), t("film:{film_id}")), ("deriver".into(), t("film:{film_id}:summary")), ("deriver:{cats}".into(), t("c:{a}-{b}"))],
+            templates: vec![
+                ("deriver".into(), t("film:{film_id}")),
+                ("deriver".into(), t("film:{film_id}:summary")),
+                ("deriver:{cats}".into(), t("c:{a}-{b}")),
+            ],
             ..Default::default()
         };
         assert!(live.may_own_key("deriver:film:1"));

@@ -80,19 +80,11 @@ impl Progress {
 
 /// The planner's row estimate of a table (`count(*)` when it was never analyzed).
 pub async fn estimate_rows(client: &Client, table: &crate::source::TableName) -> u64 {
-    let est: Option<f32> = client
-        .query_opt("SELECT reltuples FROM pg_class WHERE oid = $1::text::regclass", &[&table.quoted()])
-        .await
-        .ok()
-        .flatten()
-        .map(|r| r.get(0));
+    let est: Option<f32> =
+        client.query_opt("SELECT reltuples FROM pg_class WHERE oid = $1::text::regclass", &[&table.quoted()]).await.ok().flatten().map(|r| r.get(0));
     match est {
         Some(n) if n >= 0.0 => n as u64,
-        _ => client
-            .query_one(&format!("SELECT count(*) FROM {}", table.quoted()), &[])
-            .await
-            .map(|r| r.get::<_, i64>(0) as u64)
-            .unwrap_or(0),
+        _ => client.query_one(&format!("SELECT count(*) FROM {}", table.quoted()), &[]).await.map(|r| r.get::<_, i64>(0) as u64).unwrap_or(0),
     }
 }
 

@@ -104,11 +104,7 @@ pub enum AdminRequest {
 impl PipelineStatus {
     /// `applied_lsn` = the minimum over targets.
     pub fn refresh(&mut self, server_lsn: Option<Lsn>) {
-        self.applied_lsn = if self.targets.values().any(Option::is_none) {
-            None
-        } else {
-            self.targets.values().filter_map(|v| *v).min()
-        };
+        self.applied_lsn = if self.targets.values().any(Option::is_none) { None } else { self.targets.values().filter_map(|v| *v).min() };
         self.lag_bytes = match (server_lsn, self.applied_lsn) {
             (Some(s), Some(a)) => Some(s.0.saturating_sub(a.0)),
             _ => None,

@@ -63,9 +63,8 @@ impl Ledger {
     pub fn open(dir: &Path, pipeline: &str, hash: &str) -> Result<Ledger> {
         std::fs::create_dir_all(dir).map_err(|e| Error::fatal(format!("cannot create {}", dir.display())).with_detail(e))?;
         let path = dir.join(format!("{pipeline}.redb"));
-        let db = Database::create(&path).map_err(|e| {
-            Error::fatal(format!("cannot open the dependency ledger {} (is another deriver using it?)", path.display())).with_detail(e)
-        })?;
+        let db = Database::create(&path)
+            .map_err(|e| Error::fatal(format!("cannot open the dependency ledger {} (is another deriver using it?)", path.display())).with_detail(e))?;
         let checkpoint = {
             let r = db.begin_read().map_err(io)?;
             match r.open_table(META) {

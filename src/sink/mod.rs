@@ -29,7 +29,9 @@ pub struct Record {
 pub enum Write {
     Upsert(Record),
     /// The source row is gone or no longer passes the filter.
-    Delete { key: String },
+    Delete {
+        key: String,
+    },
 }
 
 impl Write {

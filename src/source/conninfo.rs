@@ -37,11 +37,11 @@ impl SslMode {
     ];
 
     pub fn parse(text: &str) -> Result<SslMode> {
-        Self::ALL.iter().find(|(name, _)| *name == text).map(|(_, m)| *m).ok_or_else(|| {
-            Error::config(format!(
-                "postgres.url: sslmode `{text}` is not one of disable, allow, prefer, require, verify-ca, verify-full"
-            ))
-        })
+        Self::ALL
+            .iter()
+            .find(|(name, _)| *name == text)
+            .map(|(_, m)| *m)
+            .ok_or_else(|| Error::config(format!("postgres.url: sslmode `{text}` is not one of disable, allow, prefer, require, verify-ca, verify-full")))
     }
 
     pub fn as_str(self) -> &'static str {
@@ -184,9 +184,9 @@ impl ConnInfo {
             let (base, query) = text.split_once('?').unwrap_or((text, ""));
             let mut params = Vec::new();
             for pair in query.split('&').filter(|p| !p.is_empty()) {
-                let (k, v) = pair.split_once('=').ok_or_else(|| {
-                    Error::config(format!("postgres.url: the parameter `{}` has no value (write key=value)", decode(pair)))
-                })?;
+                let (k, v) = pair
+                    .split_once('=')
+                    .ok_or_else(|| Error::config(format!("postgres.url: the parameter `{}` has no value (write key=value)", decode(pair))))?;
                 params.push((decode(k), decode(v)));
             }
             Ok(ConnInfo { form: Form::Uri { base: base.to_string() }, params })
@@ -370,8 +370,7 @@ fn decode(s: &str) -> String {
 /// Percent-encodes all but unreserved characters. libpq decodes `%XX` in URIs but does not
 /// read `+` as a space, so form encoding would be wrong.
 fn encode(s: &str) -> String {
-    const SET: &percent_encoding::AsciiSet =
-        &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+    const SET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
     percent_encoding::utf8_percent_encode(s, SET).to_string()
 }
 

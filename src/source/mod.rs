@@ -71,13 +71,22 @@ pub struct RowChange {
 /// What the apply loop receives from the replication stream.
 #[derive(Debug, Clone)]
 pub enum SourceEvent {
-    Begin { xid: u32 },
+    Begin {
+        xid: u32,
+    },
     Change(RowChange),
-    Truncate { tables: Vec<Arc<TableName>> },
-    Commit { commit_lsn: Lsn, end_lsn: Lsn },
+    Truncate {
+        tables: Vec<Arc<TableName>>,
+    },
+    Commit {
+        commit_lsn: Lsn,
+        end_lsn: Lsn,
+    },
     /// Nothing arrived for a while and no transaction is open: everything up to `lsn` has been
     /// delivered, so a consumer with nothing pending may treat it as applied.
-    Idle { lsn: Lsn },
+    Idle {
+        lsn: Lsn,
+    },
 }
 
 /// Which columns the consumer wants from each table's row images.

@@ -117,22 +117,14 @@ async fn encryption(client: &Client, tls: &TlsSettings) -> String {
 /// The replication connection's encryption, looked up by the slot's walsender.
 pub async fn replication_encryption(client: &Client, slot: &str, tls: &TlsSettings) -> String {
     let row = client
-        .query_opt(
-            "SELECT s.ssl, s.version, s.cipher FROM pg_replication_slots r JOIN pg_stat_ssl s ON s.pid = r.active_pid WHERE r.slot_name = $1",
-            &[&slot],
-        )
+        .query_opt("SELECT s.ssl, s.version, s.cipher FROM pg_replication_slots r JOIN pg_stat_ssl s ON s.pid = r.active_pid WHERE r.slot_name = $1", &[&slot])
         .await;
     describe_ssl(row.ok().flatten().map(|r| (r.get(0), r.get(1), r.get(2))), tls)
 }
 
 fn describe_ssl(row: Option<(bool, Option<String>, Option<String>)>, tls: &TlsSettings) -> String {
     match row {
-        Some((true, version, cipher)) => format!(
-            "encrypted ({} {}; {})",
-            version.unwrap_or_default(),
-            cipher.unwrap_or_default(),
-            tls.describe()
-        ),
+        Some((true, version, cipher)) => format!("encrypted ({} {}; {})", version.unwrap_or_default(), cipher.unwrap_or_default(), tls.describe()),
         Some((false, _, _)) if tls.mode == SslMode::Prefer || tls.mode == SslMode::Allow => {
             format!("NOT encrypted (sslmode={}: the server offered no TLS)", tls.mode)
         }
@@ -208,22 +200,15 @@ pub async fn publication_tables(client: &Client, publication: &str) -> Result<Op
     if exists.is_none() {
         return Ok(None);
     }
-    let rows = client
-        .query(
-            "SELECT schemaname::text, tablename::text, attnames::text[] FROM pg_publication_tables WHERE pubname = $1",
-            &[&publication],
-        )
-        .await?;
+    let rows =
+        client.query("SELECT schemaname::text, tablename::text, attnames::text[] FROM pg_publication_tables WHERE pubname = $1", &[&publication]).await?;
     Ok(Some(rows.iter().map(|r| (TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)), r.get(2))).collect()))
 }
 
 /// Tables of the publication that publish only some rows (a row filter), with the filter.
 pub async fn publication_row_filters(client: &Client, publication: &str) -> Result<Vec<(TableName, String)>> {
     let rows = client
-        .query(
-            "SELECT schemaname::text, tablename::text, rowfilter FROM pg_publication_tables WHERE pubname = $1 AND rowfilter IS NOT NULL",
-            &[&publication],
-        )
+        .query("SELECT schemaname::text, tablename::text, rowfilter FROM pg_publication_tables WHERE pubname = $1 AND rowfilter IS NOT NULL", &[&publication])
         .await?;
     Ok(rows.iter().map(|r| (TableName::new(r.get::<_, String>(0), r.get::<_, String>(1)), r.get(2))).collect())
 }
@@ -287,11 +272,7 @@ pub async fn table_info(client: &Client, table: &TableName, key: Option<&[String
     let key_names: Vec<String> = match key {
         Some(k) => k.to_vec(),
         None if !pk.is_empty() => pk.clone(),
-        None => {
-            return Err(Error::config(format!(
-                "table {table} has no primary key; set `source.key` to the column(s) that identify a row"
-            )))
-        }
+        None => return Err(Error::config(format!("table {table} has no primary key; set `source.key` to the column(s) that identify a row"))),
     };
     let mut cols = Vec::new();
     for name in &key_names {

@@ -103,15 +103,11 @@ pub fn connector(tls: &TlsSettings) -> Result<(MakeTlsConnector, VerifyLog)> {
         builder.set_cert_store(store.build());
     }
     if let Some(client) = &tls.client {
-        builder
-            .set_certificate_chain_file(&client.cert)
-            .map_err(tls_error(format!("sslcert {} is not a PEM certificate", client.cert.display())))?;
+        builder.set_certificate_chain_file(&client.cert).map_err(tls_error(format!("sslcert {} is not a PEM certificate", client.cert.display())))?;
         builder
             .set_private_key_file(&client.key, SslFiletype::PEM)
             .map_err(tls_error(format!("sslkey {} is not an unencrypted PEM private key", client.key.display())))?;
-        builder
-            .check_private_key()
-            .map_err(tls_error(format!("sslkey {} is not the key of sslcert {}", client.key.display(), client.cert.display())))?;
+        builder.check_private_key().map_err(tls_error(format!("sslkey {} is not the key of sslcert {}", client.key.display(), client.cert.display())))?;
     }
     builder.set_min_proto_version(Some(version(tls.min_protocol))).map_err(tls_error("ssl_min_protocol_version is not supported by OpenSSL".into()))?;
     builder.set_max_proto_version(tls.max_protocol.map(version)).map_err(tls_error("ssl_max_protocol_version is not supported by OpenSSL".into()))?;
@@ -195,7 +191,8 @@ pub fn explain(e: &tokio_postgres::Error, log: &VerifyLog, tls: &TlsSettings, ho
     if let Some(db) = e.as_db_error() {
         use tokio_postgres::error::SqlState;
         let code = db.code();
-        let transient = code.code().starts_with("08") || [SqlState::CANNOT_CONNECT_NOW, SqlState::TOO_MANY_CONNECTIONS, SqlState::ADMIN_SHUTDOWN, SqlState::CRASH_SHUTDOWN].contains(code);
+        let transient = code.code().starts_with("08")
+            || [SqlState::CANNOT_CONNECT_NOW, SqlState::TOO_MANY_CONNECTIONS, SqlState::ADMIN_SHUTDOWN, SqlState::CRASH_SHUTDOWN].contains(code);
         let mut text = format!("cannot connect to {what} at {target}: the server said: {} {}: {}", db.severity(), code.code(), db.message());
         if let Some(d) = db.detail() {
             text.push_str(&format!(" ({d})"));
@@ -210,9 +207,7 @@ pub fn explain(e: &tokio_postgres::Error, log: &VerifyLog, tls: &TlsSettings, ho
     }
     if let Some(alert) = peer_alert(e) {
         let hint = if tls.client.is_some() { "" } else { " (set sslcert and sslkey to send one)" };
-        return Error::config(format!(
-            "cannot connect to {what} at {target}: the server refused deriver's client certificate (TLS alert: {alert}){hint}"
-        ));
+        return Error::config(format!("cannot connect to {what} at {target}: the server refused deriver's client certificate (TLS alert: {alert}){hint}"));
     }
     // A server that checks client certificates under TLS 1.3 may close the connection right
     // after the handshake, its alert lost to the reset.
@@ -242,11 +237,8 @@ fn io_kind(e: &tokio_postgres::Error) -> Option<std::io::ErrorKind> {
 fn peer_alert(e: &tokio_postgres::Error) -> Option<&'static str> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = source {
-        let stack = err
-            .downcast_ref::<openssl::ssl::Error>()
-            .and_then(|s| s.ssl_error())
-            .or_else(|| err.downcast_ref::<openssl::error::ErrorStack>())
-            .or_else(|| {
+        let stack =
+            err.downcast_ref::<openssl::ssl::Error>().and_then(|s| s.ssl_error()).or_else(|| err.downcast_ref::<openssl::error::ErrorStack>()).or_else(|| {
                 err.downcast_ref::<std::io::Error>()
                     .and_then(|io| io.get_ref())
                     .and_then(|inner| inner.downcast_ref::<openssl::ssl::Error>())

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pg_walstream::{
-    ChangeEvent, ColumnValue, EventType, LogicalReplicationStream, ReplicationError, ReplicationSlotOptions,
-    ReplicationStreamConfig, RowData, SharedLsnFeedback, StreamingMode,
+    ChangeEvent, ColumnValue, EventType, LogicalReplicationStream, ReplicationError, ReplicationSlotOptions, ReplicationStreamConfig, RowData,
+    SharedLsnFeedback, StreamingMode,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -76,9 +76,7 @@ pub async fn create_slot(conninfo: &str, slot: &str, publication: &str) -> Resul
     let mut stream = health::observe(REPLICATION, LogicalReplicationStream::new(conninfo, config).await.map_err(classify))?;
     stream.ensure_replication_slot().await.map_err(classify)?;
     let Some(name) = stream.exported_snapshot_name().map(str::to_string) else {
-        return Err(Error::fatal(format!(
-            "replication slot `{slot}` appeared while deriver was creating it; is another deriver running?"
-        )));
+        return Err(Error::fatal(format!("replication slot `{slot}` appeared while deriver was creating it; is another deriver running?")));
     };
     Ok(CreatedSlot { snapshot_name: name, replication: Replication { stream } })
 }

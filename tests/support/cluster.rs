@@ -126,7 +126,10 @@ impl RedisCluster {
         let ranges: Vec<redis::Value> = redis::cmd("CLUSTER").arg("SLOTS").query(&mut self.node(port)).unwrap();
         for r in ranges {
             let redis::Value::Array(parts) = r else { continue };
-            let (Some(redis::Value::Int(start)), Some(redis::Value::Int(end)), Some(redis::Value::Array(master))) = (parts.first(), parts.get(1), parts.get(2)) else { continue };
+            let (Some(redis::Value::Int(start)), Some(redis::Value::Int(end)), Some(redis::Value::Array(master))) = (parts.first(), parts.get(1), parts.get(2))
+            else {
+                continue;
+            };
             if (*start..=*end).contains(&(slot as i64)) {
                 let Some(redis::Value::Int(port)) = master.get(1) else { panic!("CLUSTER SLOTS: no port") };
                 return *port as u16;

@@ -12,7 +12,8 @@ use deriver::source::Lsn;
 /// keys spell it (`items`, or `{items}` on a cluster); `views` prefixes view keys (`""`, or
 /// `{items}:` on a cluster).
 pub fn redis_refuses_every_batch_of_an_earlier_owner(cfg: deriver::config::RedisConfig, tag: &str, views: &str, get: &dyn Fn(&str) -> Option<String>) {
-    let yaml = "version: 1\npipeline: items\nsource: { table: item }\nfields: { id: item.id, title: item.title }\ntargets:\n  - redis: { key: \"item:{id}\" }\n";
+    let yaml =
+        "version: 1\npipeline: items\nsource: { table: item }\nfields: { id: item.id, title: item.title }\ntargets:\n  - redis: { key: \"item:{id}\" }\n";
     let p = deriver::pipeline::check::check(std::path::Path::new("items.yaml"), yaml).unwrap_or_else(|d| panic!("{d:?}"));
     let fields = p.text_fields();
     let record = |id: u64, title: &str| {

@@ -102,15 +102,13 @@ impl Cluster {
         if let Some(hba) = hba {
             std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
         }
-        let out = pg_command("pg_ctl")
-            .arg("-D")
-            .arg(&data)
-            .arg("-l")
-            .arg(dir.join("log"))
-            .args(["-w", "-t", "60", "start"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "pg_ctl start failed: {} {}", String::from_utf8_lossy(&out.stderr), std::fs::read_to_string(dir.join("log")).unwrap_or_default());
+        let out = pg_command("pg_ctl").arg("-D").arg(&data).arg("-l").arg(dir.join("log")).args(["-w", "-t", "60", "start"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl start failed: {} {}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(dir.join("log")).unwrap_or_default()
+        );
         let cluster = Cluster { dir, port };
         register_cleanup(Cleanup::Pg(cluster.dir.clone()));
         cluster
@@ -649,8 +647,7 @@ pub fn check_films(w: &World) {
     assert_eq!(json_keys.len(), expected.len(), "json view count");
     assert_eq!(keys.len(), 2 * expected.len(), "json + hash view count");
     for (id, want) in &expected {
-        let got: serde_json::Value =
-            serde_json::from_str(&w.redis_get(&format!("film:{id}")).unwrap_or_else(|| panic!("film:{id} missing"))).unwrap();
+        let got: serde_json::Value = serde_json::from_str(&w.redis_get(&format!("film:{id}")).unwrap_or_else(|| panic!("film:{id} missing"))).unwrap();
         assert_eq!(&got, want, "film:{id}");
         let hash = w.redis_hgetall(&format!("film:{id}:summary"));
         assert_eq!(hash.get("title").map(String::as_str), want["title"].as_str(), "film:{id}:summary title");
@@ -669,7 +666,11 @@ pub fn check_films(w: &World) {
 
 /// Random writes to pagila's `film` in small transactions until `stop`: updates, inserts,
 /// deletes, primary-key changes, multi-statement and rolled-back transactions.
-pub fn film_load(url: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool>, done: std::sync::Arc<std::sync::atomic::AtomicU64>) -> std::thread::JoinHandle<()> {
+pub fn film_load(
+    url: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    done: std::sync::Arc<std::sync::atomic::AtomicU64>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async move {
@@ -687,7 +688,6 @@ pub fn film_load(url: String, stop: std::sync::Arc<std::sync::atomic::AtomicBool
         });
     })
 }
-
 
 /// Text without ANSI colour sequences (the daemon colours its log).
 pub fn strip_ansi(raw: &str) -> String {

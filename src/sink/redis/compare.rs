@@ -107,7 +107,9 @@ fn hash_equal(got: &redis::Value, want: &[String]) -> bool {
         return false;
     }
     items.chunks(2).all(|pair| match pair {
-        [redis::Value::BulkString(f), redis::Value::BulkString(v)] => want.chunks(2).any(|kv| kv[0].as_bytes() == f.as_slice() && kv[1].as_bytes() == v.as_slice()),
+        [redis::Value::BulkString(f), redis::Value::BulkString(v)] => {
+            want.chunks(2).any(|kv| kv[0].as_bytes() == f.as_slice() && kv[1].as_bytes() == v.as_slice())
+        }
         _ => false,
     })
 }
@@ -148,7 +150,9 @@ fn compare_hash_fields(v: &ViewWrite, got: redis::Value) -> Result<Option<Mismat
     let len: usize = parse(len)?;
     let n = v.values.len() / 2;
     let same_values = match &values {
-        redis::Value::Array(got) if got.len() == n => got.iter().zip(v.values.iter().skip(1).step_by(2)).all(|(g, w)| matches!(g, redis::Value::BulkString(b) if b.as_slice() == w.as_bytes())),
+        redis::Value::Array(got) if got.len() == n => {
+            got.iter().zip(v.values.iter().skip(1).step_by(2)).all(|(g, w)| matches!(g, redis::Value::BulkString(b) if b.as_slice() == w.as_bytes()))
+        }
         _ => n == 0,
     };
     if len == n && same_values {

@@ -162,9 +162,8 @@ fn tls_certificates(cfg: &RedisConfig) -> Result<Option<TlsCertificates>> {
 /// A client for one server, with the configured TLS certificates (they need a `rediss://` URL).
 fn client(info: redis::ConnectionInfo, cfg: &RedisConfig) -> Result<Client> {
     match tls_certificates(cfg)? {
-        Some(certs) => Client::build_with_tls(info, certs).map_err(|e| {
-            Error::config("redis.tls_* is set but cannot be used (it needs a rediss:// URL and PEM files)").with_detail(e)
-        }),
+        Some(certs) => Client::build_with_tls(info, certs)
+            .map_err(|e| Error::config("redis.tls_* is set but cannot be used (it needs a rediss:// URL and PEM files)").with_detail(e)),
         None => Client::open(info).map_err(|e| Error::config("redis.url is not a valid Redis URL").with_detail(e)),
     }
 }

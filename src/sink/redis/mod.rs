@@ -16,15 +16,15 @@ use redis::Value as RValue;
 use serde_json::Value;
 
 use super::{BatchMode, Checkpoint, Record, Rejected, Sink, Write};
-use std::collections::HashSet;
 use crate::config::RedisConfig;
 use crate::error::{Error, ErrorKind, Result};
+use std::collections::HashSet;
 
 pub(crate) mod compare;
 mod conn;
-pub use conn::{connect, connect_pinned, RedisConn};
 use crate::pipeline::{Pipeline, RedisTarget, RedisType};
 use crate::source::Lsn;
+pub use conn::{connect, connect_pinned, RedisConn};
 
 const SCRIPT: &str = include_str!("apply.lua");
 /// Above this many argument bytes a chunk is flushed into a MULTI transaction.
@@ -77,8 +77,7 @@ impl Keys {
 
 /// Reads a pipeline's Redis checkpoint (for `status` and start-up).
 pub async fn read_checkpoint(conn: &mut RedisConn, keys: &Keys) -> Result<Option<Checkpoint>> {
-    let (lsn, hash): (Option<String>, Option<String>) =
-        redis::pipe().get(&keys.checkpoint).get(&keys.hash).query_async(conn).await?;
+    let (lsn, hash): (Option<String>, Option<String>) = redis::pipe().get(&keys.checkpoint).get(&keys.hash).query_async(conn).await?;
     match lsn {
         None => Ok(None),
         Some(text) => {

@@ -276,7 +276,11 @@ fn rename_noreplace(from: &Path, to: &Path) -> io::Result<()> {
     let to = std::ffi::CString::new(to.as_os_str().as_bytes()).map_err(io::Error::other)?;
     // SAFETY: both paths are NUL-terminated and outlive the call.
     let rc = unsafe { libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_NOREPLACE) };
-    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 impl Directory for DurableDirectory {

@@ -46,8 +46,14 @@ const MERGE_INDEX_FRACTION: u64 = 8;
 const REWRITE_DELETED_SHARE: f64 = 0.5;
 
 /// The segment files whose size a merge reads (the delete bitset is small and changes per commit).
-const COMPONENTS: [SegmentComponent; 6] =
-    [SegmentComponent::Postings, SegmentComponent::Positions, SegmentComponent::Terms, SegmentComponent::Store, SegmentComponent::FastFields, SegmentComponent::FieldNorms];
+const COMPONENTS: [SegmentComponent; 6] = [
+    SegmentComponent::Postings,
+    SegmentComponent::Positions,
+    SegmentComponent::Terms,
+    SegmentComponent::Store,
+    SegmentComponent::FastFields,
+    SegmentComponent::FieldNorms,
+];
 
 /// Remembered segment sizes beyond which the memo is cleared (segments are immutable, so a
 /// size never changes; merged-away segments just stop being asked about).

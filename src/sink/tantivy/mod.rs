@@ -39,11 +39,18 @@ pub struct SearchIndex {
 }
 
 enum Cmd {
-    Begin { clear_all: bool },
+    Begin {
+        clear_all: bool,
+    },
     /// Documents (None: the key's document is deleted), holding their share of the queue budget.
     Docs(Vec<(String, Option<TantivyDocument>)>, Charge),
-    Commit { payload: String, reply: oneshot::Sender<Result<()>> },
-    Abort { reply: oneshot::Sender<()> },
+    Commit {
+        payload: String,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    Abort {
+        reply: oneshot::Sender<()>,
+    },
 }
 
 pub struct SearchSink {
@@ -143,9 +150,7 @@ fn payload_checkpoint(index: &Index) -> Result<Option<Checkpoint>> {
     let metas = index.load_metas()?;
     match metas.payload {
         None => Ok(None),
-        Some(p) => serde_json::from_str(&p)
-            .map(Some)
-            .map_err(|e| Error::fatal("the search index's commit payload is unreadable").with_detail(e)),
+        Some(p) => serde_json::from_str(&p).map(Some).map_err(|e| Error::fatal("the search index's commit payload is unreadable").with_detail(e)),
     }
 }
 
@@ -153,11 +158,7 @@ fn payload_checkpoint(index: &Index) -> Result<Option<Checkpoint>> {
 pub fn generations(index_root: &Path, index: &str) -> Vec<u64> {
     let dir = index_root.join(index);
     let mut out: Vec<u64> = std::fs::read_dir(&dir)
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix("gen-")).and_then(|n| n.parse().ok()))
-                .collect()
-        })
+        .map(|rd| rd.filter_map(|e| e.ok()).filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix("gen-")).and_then(|n| n.parse().ok())).collect())
         .unwrap_or_default();
     out.sort();
     out
@@ -216,8 +217,7 @@ impl SearchSink {
     /// takes no writes until a new generation, built in the background, replaces it.
     pub fn open(index_root: &Path, pipeline: &Pipeline, target: &SearchTarget, writer_mb: usize) -> Result<SearchSink> {
         let dir = index_root.join(&target.index);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::fatal(format!("cannot create the index directory {}", dir.display())).with_detail(e))?;
+        std::fs::create_dir_all(&dir).map_err(|e| Error::fatal(format!("cannot create the index directory {}", dir.display())).with_detail(e))?;
         match read_generation(&dir) {
             None => {
                 let sink = SearchSink::create_generation(index_root, pipeline, target, 1, writer_mb)?;
@@ -283,12 +283,23 @@ impl SearchSink {
         })
     }
 
-    fn with_writer(pipeline: &Pipeline, target: &SearchTarget, gen: u64, path: &Path, index: Index, checkpoint: Option<Checkpoint>, writer_mb: usize) -> Result<SearchSink> {
+    fn with_writer(
+        pipeline: &Pipeline,
+        target: &SearchTarget,
+        gen: u64,
+        path: &Path,
+        index: Index,
+        checkpoint: Option<Checkpoint>,
+        writer_mb: usize,
+    ) -> Result<SearchSink> {
         let schema = index.schema();
         register_tokenizers(&index, target);
         let writer: IndexWriter<TantivyDocument> = index.writer_with_num_threads(1, writer_mb.max(16) * 1024 * 1024).map_err(|e| {
             if matches!(e, tantivy::TantivyError::LockFailure(..)) {
-                Error::transient(format!("search index `{}` is locked by another process (one writer per index generation; a previous owner may still be letting go)", target.index))
+                Error::transient(format!(
+                    "search index `{}` is locked by another process (one writer per index generation; a previous owner may still be letting go)",
+                    target.index
+                ))
             } else {
                 Error::from(e)
             }
@@ -742,7 +753,11 @@ mod tests {
 
         let reader = index.reader().unwrap();
         let searcher = reader.searcher();
-        let alive = |k: &str| searcher.search(&tantivy::query::TermQuery::new(Term::from_field_text(key, k), tantivy::schema::IndexRecordOption::Basic), &tantivy::collector::Count).unwrap();
+        let alive = |k: &str| {
+            searcher
+                .search(&tantivy::query::TermQuery::new(Term::from_field_text(key, k), tantivy::schema::IndexRecordOption::Basic), &tantivy::collector::Count)
+                .unwrap()
+        };
         assert_eq!(alive("a1"), 0);
         assert_eq!(alive("a2"), 1, "the old document of a2 came back with the merge");
         assert_eq!(alive("a3"), 1);

@@ -3,12 +3,9 @@
 
 use serde_json::{Map, Value};
 use tantivy::schema::{
-    DateOptions, Field, IndexRecordOption, NumericOptions, OwnedValue, Schema, TextFieldIndexing, TextOptions, FAST,
-    INDEXED, STORED, STRING,
+    DateOptions, Field, IndexRecordOption, NumericOptions, OwnedValue, Schema, TextFieldIndexing, TextOptions, FAST, INDEXED, STORED, STRING,
 };
-use tantivy::tokenizer::{
-    Language, LowerCaser, RawTokenizer, RemoveLongFilter, SimpleTokenizer, Stemmer, TextAnalyzer, WhitespaceTokenizer,
-};
+use tantivy::tokenizer::{Language, LowerCaser, RawTokenizer, RemoveLongFilter, SimpleTokenizer, Stemmer, TextAnalyzer, WhitespaceTokenizer};
 use tantivy::{DateTime, Index, TantivyDocument};
 
 use crate::pipeline::{SearchField, SearchTarget, SearchType};
@@ -59,11 +56,9 @@ fn analyzer(name: &str) -> TextAnalyzer {
             .filter(Stemmer::new(Language::English))
             .build(),
         other => match language(other) {
-            Some(lang) => TextAnalyzer::builder(SimpleTokenizer::default())
-                .filter(RemoveLongFilter::limit(40))
-                .filter(LowerCaser)
-                .filter(Stemmer::new(lang))
-                .build(),
+            Some(lang) => {
+                TextAnalyzer::builder(SimpleTokenizer::default()).filter(RemoveLongFilter::limit(40)).filter(LowerCaser).filter(Stemmer::new(lang)).build()
+            }
             None => TextAnalyzer::builder(SimpleTokenizer::default()).filter(RemoveLongFilter::limit(40)).filter(LowerCaser).build(),
         },
     }
@@ -80,9 +75,30 @@ pub fn register_tokenizers(index: &Index, target: &SearchTarget) {
 
 /// Registers every analyzer deriver knows (for a generation built from another definition).
 pub fn register_all_tokenizers(index: &Index) {
-    for name in ["default", "en_stem", "whitespace", "raw", "arabic", "danish", "dutch", "english", "finnish", "french", "german", "greek",
-        "hungarian", "italian", "norwegian", "portuguese", "romanian", "russian", "spanish", "swedish", "tamil", "turkish"]
-    {
+    for name in [
+        "default",
+        "en_stem",
+        "whitespace",
+        "raw",
+        "arabic",
+        "danish",
+        "dutch",
+        "english",
+        "finnish",
+        "french",
+        "german",
+        "greek",
+        "hungarian",
+        "italian",
+        "norwegian",
+        "portuguese",
+        "romanian",
+        "russian",
+        "spanish",
+        "swedish",
+        "tamil",
+        "turkish",
+    ] {
         index.tokenizers().register(&tokenizer_name(name), analyzer(name));
     }
 }
@@ -97,9 +113,8 @@ pub fn build_schema(target: &SearchTarget) -> Schema {
     for f in &target.fields {
         match f.ty {
             SearchType::Text => {
-                let indexing = TextFieldIndexing::default()
-                    .set_tokenizer(&tokenizer_name(&f.analyzer))
-                    .set_index_option(IndexRecordOption::WithFreqsAndPositions);
+                let indexing =
+                    TextFieldIndexing::default().set_tokenizer(&tokenizer_name(&f.analyzer)).set_index_option(IndexRecordOption::WithFreqsAndPositions);
                 // Not stored in tantivy: a stored field's text lives in `_source`, once; the
                 // search API returns it and cuts highlights from it.
                 b.add_text_field(&f.name, TextOptions::default().set_indexing_options(indexing));
@@ -271,10 +286,8 @@ pub mod tests {
         let t = target();
         let schema = build_schema(&t);
         let b = DocBuilder::new(&schema, &t);
-        let rec: Map<String, Value> = serde_json::from_str(
-            r#"{"id": 1, "title": "Alpha", "n": 5, "at": "2020-05-01T10:00:00+00:00", "tags": ["a", null, "b"]}"#,
-        )
-        .unwrap();
+        let rec: Map<String, Value> =
+            serde_json::from_str(r#"{"id": 1, "title": "Alpha", "n": 5, "at": "2020-05-01T10:00:00+00:00", "tags": ["a", null, "b"]}"#).unwrap();
         let doc = b.build("1", &rec).unwrap();
         let tags = schema.get_field("tags").unwrap();
         assert_eq!(doc.get_all(tags).count(), 2);
