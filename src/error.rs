@@ -1,6 +1,8 @@
 //! One error type for the whole daemon. Its [`ErrorKind`] decides what the runtime does:
 //! `Transient` errors are retried with backoff, everything else stops the daemon (or the command)
-//! with a clear message.
+//! with a clear message. Where a caller must tell one failure from another (an SQL error from a
+//! lost connection, a locked index, a Redis error code), [`Cause`] says which, structurally:
+//! nothing decides on the text of a message.
 
 use std::fmt;
 
@@ -19,6 +21,19 @@ pub enum ErrorKind {
     Fenced,
 }
 
+/// Where an error came from, for the few decisions that depend on more than its kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cause {
+    /// Postgres answered an SQL error (the connection itself is fine), with its SQLSTATE.
+    Postgres { sqlstate: String },
+    /// Redis answered an error reply with this code (`READONLY`, `FENCED`, …).
+    Redis { code: String },
+    /// Another writer holds the search index's directory lock.
+    IndexLocked,
+    /// A table has no primary key (and the pipeline names no key).
+    NoPrimaryKey,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub struct Error {
     pub kind: ErrorKind,
@@ -26,6 +41,8 @@ pub struct Error {
     pub message: String,
     /// Optional detail (the underlying error, a hint).
     pub detail: Option<String>,
+    /// What produced it, when a caller needs to know.
+    pub cause: Option<Cause>,
 }
 
 impl fmt::Display for Error {
@@ -40,7 +57,7 @@ impl fmt::Display for Error {
 
 impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into(), detail: None }
+        Error { kind, message: message.into(), detail: None, cause: None }
     }
     pub fn transient(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Transient, message)
@@ -54,8 +71,20 @@ impl Error {
     pub fn record(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Record, message)
     }
+    pub fn with_cause(mut self, cause: Cause) -> Self {
+        self.cause = Some(cause);
+        self
+    }
+    /// An SQL error Postgres answered (not a connection failure).
+    pub fn is_postgres_answer(&self) -> bool {
+        matches!(self.cause, Some(Cause::Postgres { .. }))
+    }
+    /// Redis answered an error reply with `code`.
+    pub fn is_redis_reply(&self, code: &str) -> bool {
+        matches!(&self.cause, Some(Cause::Redis { code: c }) if c == code)
+    }
     pub fn with_detail(mut self, detail: impl fmt::Display) -> Self {
-        self.detail = Some(crate::config::redact(&detail.to_string()));
+        self.detail = Some(crate::redact::redact(&detail.to_string()));
         self
     }
     pub fn is_transient(&self) -> bool {
@@ -76,7 +105,7 @@ impl From<tokio_postgres::Error> for Error {
             if let Some(h) = db.hint() {
                 msg.push_str(&format!(" (hint: {h})"));
             }
-            Error::new(if transient { ErrorKind::Transient } else { ErrorKind::Fatal }, msg)
+            Error::new(if transient { ErrorKind::Transient } else { ErrorKind::Fatal }, msg).with_cause(Cause::Postgres { sqlstate: code.to_string() })
         } else {
             Error::transient("lost the connection to Postgres").with_detail(&e)
         }
@@ -99,7 +128,11 @@ impl From<redis::RedisError> for Error {
                 )
             );
         let kind = if transient { ErrorKind::Transient } else { ErrorKind::Fatal };
-        Error::new(kind, "Redis error").with_detail(&e)
+        let error = Error::new(kind, "Redis error").with_detail(&e);
+        match e.code() {
+            Some(code) => error.with_cause(Cause::Redis { code: code.to_string() }),
+            None => error,
+        }
     }
 }
 
@@ -112,11 +145,5 @@ impl From<tantivy::TantivyError> for Error {
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
         Error::transient("I/O error").with_detail(&e)
-    }
-}
-
-impl From<pg_walstream::ReplicationError> for Error {
-    fn from(e: pg_walstream::ReplicationError) -> Self {
-        crate::source::walstream::classify(e)
     }
 }

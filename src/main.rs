@@ -1,6 +1,6 @@
 //! deriver: derive search indexes and Redis views from Postgres logical replication.
 
-use deriver::{cli, config, error, http, runtime, source};
+use deriver::{audit, cli, config, error, http, runtime, source};
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -108,7 +108,7 @@ async fn own_slot(cfg: &Config, shared: &Arc<runtime::status::Shared>, cancel: C
     let mut daemon = loop {
         match runtime::Daemon::prepare(cfg.clone(), shared.clone(), cancel.clone(), resnapshot).await {
             Ok(d) => break d,
-            Err(e) if e.message.contains("is locked by another process") && !cancel.is_cancelled() => {
+            Err(e) if e.cause == Some(error::Cause::IndexLocked) && !cancel.is_cancelled() => {
                 if attempts.is_multiple_of(10) {
                     tracing::warn!(error = %e, "cannot open the search index yet; waiting for the other writer to let go");
                 }
@@ -122,7 +122,10 @@ async fn own_slot(cfg: &Config, shared: &Arc<runtime::status::Shared>, cancel: C
         }
     };
     daemon.own(fence).await?;
-    daemon.run().await
+    // Background audits ([audit] continuous) and audit results in status and /metrics, once the
+    // pipelines stream.
+    let (audit_cfg, audit_shared, audit_cancel) = (cfg.clone(), shared.clone(), cancel.clone());
+    daemon.run(move || audit::continuous::spawn(audit_cfg, audit_shared, audit_cancel)).await
 }
 
 async fn dispatch(cli: Cli) -> Result<i32> {

@@ -8,7 +8,7 @@
 //!   `check::locate_sql_error`;
 //! - the search API: `http::query::parse`, `http::filter::parse` + `compile`, `SortSpec::parse`,
 //!   `Cursor::decode`, and whole `search::Plan::new` + `run` against a small real index;
-//! - `Lsn` text, `schema::parse_date`, `config::redact`.
+//! - `Lsn` text, `schema::parse_date`, `redact::redact`.
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -404,19 +404,19 @@ proptest! {
         scheme in prop_oneof![Just("postgres"), Just("postgresql"), Just("redis"), Just("rediss")],
     ) {
         let url = format!("{before}{scheme}://{user}:{pw}@{host}:5432/db?sslmode=disable {after}");
-        let r = deriver::config::redact(&url);
+        let r = deriver::redact::redact(&url);
         prop_assert!(!r.contains(&pw), "{url} -> {r}");
         let kv = format!("{before} host={host} user={user} password={pw} dbname=x {after}");
-        let r = deriver::config::redact(&kv);
+        let r = deriver::redact::redact(&kv);
         prop_assert!(!r.contains(&pw), "{kv} -> {r}");
         let q = format!("{scheme}://{user}@{host}/db?password={pw}&x=1");
-        let r = deriver::config::redact(&q);
+        let r = deriver::redact::redact(&q);
         prop_assert!(!r.contains(&pw), "{q} -> {r}");
     }
 
     #[test]
     fn redact_survives_anything(text in "\\PC{0,80}") {
-        let _ = deriver::config::redact(&text);
+        let _ = deriver::redact::redact(&text);
     }
 }
 

@@ -105,7 +105,7 @@ impl Task {
     }
 
     fn publish(&self, report: &PipelineReport) {
-        let summary = AuditSummary::of(report);
+        let summary = AuditSummary::from(report);
         let name = report.pipeline.clone();
         let changed = self.shared.snapshot().and_then(|d| d.pipelines.into_iter().find(|p| p.name == name)).is_some_and(|p| p.audit.as_ref() != Some(&summary));
         if changed {

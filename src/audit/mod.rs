@@ -99,6 +99,18 @@ pub struct PipelineReport {
     pub finished_at: String,
 }
 
+impl From<&PipelineReport> for crate::runtime::status::AuditSummary {
+    fn from(r: &PipelineReport) -> Self {
+        crate::runtime::status::AuditSummary {
+            finished_at: r.finished_at.clone(),
+            records: r.records,
+            drifted: r.drifted,
+            repaired: r.repaired,
+            remaining: r.remaining,
+        }
+    }
+}
+
 fn full_mode() -> String {
     "full".into()
 }
@@ -232,7 +244,7 @@ impl Link<'_> {
         match self {
             Link::Cli(cfg) => {
                 let body = serde_json::json!({ "lsn": lsn, "pipelines": [pipeline], "timeout_ms": WAIT.as_millis() as u64 }).to_string();
-                match crate::cli::status::daemon_request(&cfg.http.listen, "POST", "/v1/wait", cfg.http.token.as_deref(), Some(&body)).await {
+                match crate::http::client::daemon_request(&cfg.http.listen, "POST", "/v1/wait", cfg.http.token.as_deref(), Some(&body)).await {
                     Some((200, _)) => Applied::Yes,
                     Some(_) => Applied::TimedOut,
                     None => Applied::NoDaemon,
@@ -1168,7 +1180,7 @@ async fn repair_keys(cfg: &Config, p: &Pipeline, keys: &[String]) -> Result<usiz
         return Ok(0);
     }
     let body = serde_json::json!({ "pipeline": p.name, "keys": keys }).to_string();
-    match crate::cli::status::daemon_request(&cfg.http.listen, "POST", "/v1/admin/repair", cfg.http.token.as_deref(), Some(&body)).await {
+    match crate::http::client::daemon_request(&cfg.http.listen, "POST", "/v1/admin/repair", cfg.http.token.as_deref(), Some(&body)).await {
         Some((200, _)) => Ok(keys.len()),
         Some((_, body)) => Err(Error::fatal("the daemon refused the repair").with_detail(body)),
         None => {

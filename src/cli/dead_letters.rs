@@ -35,7 +35,7 @@ pub async fn run(cfg: &Config, pipelines: Vec<String>, retry: bool, json: bool) 
             continue;
         }
         let body = serde_json::json!({ "pipeline": p.name, "keys": keys }).to_string();
-        match super::status::daemon_request(&cfg.http.listen, "POST", "/v1/admin/repair", cfg.http.token.as_deref(), Some(&body)).await {
+        match crate::http::client::daemon_request(&cfg.http.listen, "POST", "/v1/admin/repair", cfg.http.token.as_deref(), Some(&body)).await {
             Some((200, _)) => println!("{}: retried {} key(s)", p.name, keys.len()),
             Some((_, body)) => {
                 eprintln!("error: the daemon refused the retry of {}: {body}", p.name);

@@ -13,9 +13,9 @@ use std::path::Path;
 use tantivy::directory::{DirectoryLock, MmapDirectory, INDEX_WRITER_LOCK};
 use tantivy::Directory as _;
 
-use super::status::daemon_get;
 use crate::config::{Config, RedisConfig};
 use crate::error::{Error, Result};
+use crate::http::client::daemon_get;
 use crate::runtime::lease;
 use crate::runtime::orphans::{self, human_bytes, plural, Live, OrphanRedis, Orphans, Registry};
 use crate::runtime::status::StatusDoc;

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 
 use indicatif::{HumanCount, MultiProgress, ProgressBar, ProgressState, ProgressStyle};
 
-use super::status::{daemon_get, daemon_request};
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::http::client::{daemon_get, daemon_request};
 use crate::runtime::status::{Shared, StatusDoc};
 use crate::runtime::Daemon;
 
@@ -198,7 +198,7 @@ fn cfg_generation(cfg: &Config, pipeline: &str) -> String {
 async fn offline(cfg: &Config, names: &[String]) -> Result<i32> {
     let shared = Arc::new(Shared::default());
     let daemon = Daemon::prepare(cfg.clone(), shared, tokio_util::sync::CancellationToken::new(), false).await.map_err(|e| {
-        if e.message.contains("locked by another process") {
+        if e.cause == Some(crate::error::Cause::IndexLocked) {
             Error::fatal(format!("a deriver daemon holds the index but does not answer at http://{} (http.listen); is it still starting?", cfg.http.listen))
         } else {
             e

@@ -2,53 +2,14 @@
 //! checkpoints and the slot.
 
 use std::collections::BTreeMap;
-use std::time::Duration;
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::http::client::daemon_get;
 use crate::runtime::status::{PipelineStatus, SlotStatus, StatusDoc};
 use crate::sink::redis as rsink;
 use crate::sink::tantivy;
 use crate::source::postgres as pg;
-
-/// A minimal HTTP/1.1 GET against the daemon's own API (loopback, no TLS). `None` when nothing
-/// listens there.
-pub async fn daemon_get(listen: &str, path: &str, token: Option<&str>) -> Option<(u16, String)> {
-    daemon_request(listen, "GET", path, token, None).await
-}
-
-/// A minimal HTTP/1.1 request against the daemon's own API. `None` when nothing listens there.
-pub async fn daemon_request(listen: &str, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> Option<(u16, String)> {
-    let addr = listen.replace("0.0.0.0", "127.0.0.1").replace("[::]", "[::1]");
-    let mut stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&addr)).await.ok()?.ok()?;
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let body_head = body.map(|b| format!("Content-Type: application/json\r\nContent-Length: {}\r\n", b.len())).unwrap_or_default();
-    let req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{body_head}Connection: close\r\n\r\n{}", body.unwrap_or(""));
-    stream.write_all(req.as_bytes()).await.ok()?;
-    let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut buf)).await.ok()?.ok()?;
-    let text = String::from_utf8_lossy(&buf);
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let code: u16 = head.split_whitespace().nth(1)?.parse().ok()?;
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") { dechunk(body) } else { body.to_string() };
-    Some((code, body))
-}
-
-fn dechunk(body: &str) -> String {
-    let mut out = String::new();
-    let mut rest = body;
-    while let Some((size, tail)) = rest.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else { break };
-        if n == 0 || tail.len() < n {
-            break;
-        }
-        out.push_str(&tail[..n]);
-        rest = tail[n..].trim_start_matches("\r\n");
-    }
-    out
-}
 
 pub async fn collect(cfg: &Config) -> Result<StatusDoc> {
     if let Some((200, body)) = daemon_get(&cfg.http.listen, "/v1/status", cfg.http.token.as_deref()).await {
@@ -57,7 +18,7 @@ pub async fn collect(cfg: &Config) -> Result<StatusDoc> {
             // the source, so an audit that just finished shows here at once.
             for p in &mut doc.pipelines {
                 if let Some(report) = crate::audit::last_report(cfg, &p.name) {
-                    p.audit = Some(crate::runtime::status::AuditSummary::of(&report));
+                    p.audit = Some(crate::runtime::status::AuditSummary::from(&report));
                 }
             }
             // What `deriver prune` removed since the daemon last looked is gone at once here too.
@@ -122,7 +83,7 @@ async fn offline(cfg: &Config) -> Result<StatusDoc> {
             owner: def.owner.clone(),
             error: None,
             reindex: None,
-            audit: crate::audit::last_report(cfg, &def.name).as_ref().map(crate::runtime::status::AuditSummary::of),
+            audit: crate::audit::last_report(cfg, &def.name).as_ref().map(crate::runtime::status::AuditSummary::from),
         };
         p.refresh(server_lsn);
         pipelines.push(p);
@@ -136,7 +97,7 @@ async fn offline(cfg: &Config) -> Result<StatusDoc> {
         Err(_) => crate::runtime::orphans::find(cfg, &live, None).await.ok(),
     };
     // This command's own connection: whether it is encrypted.
-    let dependencies = Some(crate::http::health::snapshot());
+    let dependencies = Some(crate::health::snapshot());
     Ok(StatusDoc { server_lsn, slot, pipelines, role: None, owner: None, dependencies, orphans })
 }
 

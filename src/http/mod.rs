@@ -13,10 +13,10 @@
 
 pub mod admin;
 pub mod changes;
+pub mod client;
 pub mod error;
 pub mod filter;
 pub mod freshness;
-pub mod health;
 pub mod query;
 pub mod ranking;
 pub mod search;
@@ -40,6 +40,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::health;
 use crate::runtime::status::Shared;
 use crate::sink::tantivy::SearchIndex;
 use error::{ApiError, ApiResult};

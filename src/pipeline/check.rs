@@ -932,7 +932,7 @@ fn check_search_field(c: &mut Checker, key: &Key, node: &Node) -> Option<SearchF
             if ty != SearchType::Text {
                 c.err(n.pos, "`analyzer` applies to `text` fields only");
             }
-            if !crate::sink::tantivy::schema::analyzer_known(&a) {
+            if !super::model::analyzer_known(&a) {
                 c.err(n.pos, format!("unknown analyzer `{a}` (default, en_stem, whitespace, raw, or a stemmer language such as french)"));
             }
             a

@@ -131,6 +131,35 @@ pub struct SearchTarget {
     pub default_search_fields: Vec<String>,
 }
 
+/// The analyzers a `text` field may name: these, or a stemmer language of [`STEMMER_LANGUAGES`].
+pub const ANALYZERS: [&str; 4] = ["default", "en_stem", "whitespace", "raw"];
+
+/// The languages a `text` field's analyzer may stem (the search sink maps each to its stemmer).
+pub const STEMMER_LANGUAGES: [&str; 18] = [
+    "arabic",
+    "danish",
+    "dutch",
+    "english",
+    "finnish",
+    "french",
+    "german",
+    "greek",
+    "hungarian",
+    "italian",
+    "norwegian",
+    "portuguese",
+    "romanian",
+    "russian",
+    "spanish",
+    "swedish",
+    "tamil",
+    "turkish",
+];
+
+pub fn analyzer_known(name: &str) -> bool {
+    ANALYZERS.contains(&name) || STEMMER_LANGUAGES.contains(&name)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SearchType {

@@ -16,13 +16,8 @@ use std::collections::HashSet;
 use super::model::Pipeline;
 use crate::source::{quote_ident, quote_literal};
 
-/// A key column resolved against the catalog.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct KeyColumn {
-    pub name: String,
-    /// `format_type(atttypid, atttypmod)`, e.g. `integer`, `character(5)`, `uuid`, `integer[]`.
-    pub type_name: String,
-}
+/// A key column resolved against the catalog (defined with the catalog questions).
+pub use crate::source::KeyColumn;
 
 /// A relation a pipeline reads besides its source: a change to one of its rows re-derives the
 /// source keys it is joined to.

@@ -68,7 +68,7 @@ pub async fn resolve(client: &Client, p: &Pipeline, key: &[KeyColumn]) -> Result
         }
         let info = pg::table_info(client, &table, None).await.or_else(|e| {
             // A table without a primary key can still be a dependency under REPLICA IDENTITY FULL.
-            if e.message.contains("has no primary key") {
+            if e.cause == Some(crate::error::Cause::NoPrimaryKey) {
                 Ok(pg::TableInfo { key: Vec::new(), replica_identity: 'n', identity_columns: Vec::new() })
             } else {
                 Err(e)

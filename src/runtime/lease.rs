@@ -113,7 +113,7 @@ pub async fn acquire(cfg: &Config, shared: &Shared, cancel: &CancellationToken, 
     let slot = cfg.postgres.slot.clone();
     let key = lock_key(&slot);
     let poll = Duration::from_millis(cfg.runtime.lock_poll_ms.max(100));
-    let mut backoff = Duration::from_millis(500);
+    let mut retry = super::retry::Retry::new(Duration::from_millis(500), Duration::from_secs(10));
     let mut announced: Option<Option<Holder>> = None;
     let mut connected_once = !first;
     loop {
@@ -154,13 +154,12 @@ pub async fn acquire(cfg: &Config, shared: &Shared, cancel: &CancellationToken, 
                 }
                 return Ok(lease);
             }
-            Err(e) if connected_once && (e.is_transient() || e.message.starts_with("Postgres error")) => {
+            Err(e) if connected_once && (e.is_transient() || e.is_postgres_answer()) => {
                 warn!(error = %e, "cannot take the ownership lock; retrying");
                 tokio::select! {
                     _ = cancel.cancelled() => return Ok(None),
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(retry.next_delay()) => {}
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
             }
             Err(e) => return Err(e),
         }

@@ -14,6 +14,7 @@ pub mod failpoint;
 pub mod lease;
 pub mod orphans;
 pub mod reindex;
+pub mod retry;
 pub mod status;
 
 use std::collections::{BTreeMap, HashMap};
@@ -423,6 +424,7 @@ impl Daemon {
     }
 
     async fn publish_status(&self, state: &str) {
+        let previous = self.shared.snapshot();
         let mut pipelines = Vec::new();
         for p in &self.pipelines {
             let mut targets = BTreeMap::new();
@@ -446,7 +448,8 @@ impl Daemon {
                 owner: p.def.owner.clone(),
                 error: None,
                 reindex: None,
-                audit: crate::audit::last_report(&self.cfg, &p.def.name).as_ref().map(status::AuditSummary::of),
+                // Audit results are published by the audit task; a new document keeps them.
+                audit: previous.as_ref().and_then(|d| d.pipelines.iter().find(|q| q.name == p.def.name)).and_then(|q| q.audit.clone()),
             });
         }
         let server_lsn = pg::current_wal_lsn(&self.pg).await.ok();
@@ -465,7 +468,9 @@ impl Daemon {
     }
 
     /// Runs until cancelled (Ok) or a fatal condition (Err).
-    pub async fn run(mut self) -> Result<()> {
+    /// `on_streaming` runs once, when every pipeline streams (after a first snapshot): the caller
+    /// starts what must not see the sinks before that (the continuous audit).
+    pub async fn run(mut self, on_streaming: impl FnOnce()) -> Result<()> {
         // State of removed pipelines: one start-up warning, and `orphans` in status.
         orphans::watch(self.cfg.clone(), self.shared.clone(), self.pipelines.iter().map(|p| p.def.clone()).collect(), self.cancel.clone());
         let url = self.cfg.postgres_url()?.to_string();
@@ -505,8 +510,7 @@ impl Daemon {
         let start = self.min_checkpoint().await?;
         self.publish_status("streaming").await;
         info!(%start, "streaming from the replication slot");
-        // Background audits ([audit] continuous) and audit results in status and /metrics.
-        crate::audit::continuous::spawn(self.cfg.clone(), self.shared.clone(), self.cancel.clone());
+        on_streaming();
         self.stream_loop(replication, start, &conninfo, &slot, &publication).await
     }
 
@@ -515,7 +519,7 @@ impl Daemon {
     async fn report_replication_encryption(&self, slot: &str) {
         let Ok(tls) = self.cfg.postgres_url().and_then(pg::tls_settings) else { return };
         let encryption = pg::replication_encryption(&self.pg, slot, &tls).await;
-        crate::http::health::report_encryption("replication", &encryption);
+        crate::health::report_encryption("replication", &encryption);
     }
 
     async fn min_checkpoint(&mut self) -> Result<Lsn> {
@@ -638,7 +642,7 @@ impl Daemon {
                     note_rejects(&p.def.name, &mut p.failed, &rejected);
                     total
                 }
-                Err(e) if !e.is_transient() && e.message.starts_with("Postgres error") => {
+                Err(e) if !e.is_transient() && e.is_postgres_answer() => {
                     // A row breaks the set-based query: derive key by key (chunks, a failing key
                     // alone) so only that row is a dead letter and the rest goes on.
                     warn!(pipeline = %name, error = %e, "deriving every record in one query failed; deriving in chunks to isolate the failing rows");
@@ -676,7 +680,7 @@ impl Daemon {
         let idle = Duration::from_millis(self.cfg.runtime.idle_ms.max(100));
         let mut replication = Some(first);
         let mut start = start;
-        let mut backoff = Duration::from_millis(500);
+        let mut retry = retry::Retry::outage();
         loop {
             let repl = match replication.take() {
                 Some(r) => r,
@@ -684,10 +688,9 @@ impl Daemon {
                     Ok(r) => r,
                     Err(e) if e.is_transient() => {
                         warn!(error = %e, "cannot reopen the replication connection; retrying");
-                        if self.sleep_or_cancel(backoff).await {
+                        if self.sleep_or_cancel(retry.next_delay()).await {
                             return Ok(());
                         }
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
                         continue;
                     }
                     Err(e) => return Err(e),
@@ -697,16 +700,15 @@ impl Daemon {
             let (rx, acker) = match repl.start(start, self.interest.clone(), idle, stream_cancel.clone()).await {
                 Ok(x) => {
                     // Streaming again: the next outage starts from the shortest wait.
-                    backoff = Duration::from_millis(500);
+                    retry.reset();
                     self.report_replication_encryption(slot).await;
                     x
                 }
                 Err(e) if e.is_transient() => {
                     warn!(error = %e, "cannot start streaming; retrying");
-                    if self.sleep_or_cancel(backoff).await {
+                    if self.sleep_or_cancel(retry.next_delay()).await {
                         return Ok(());
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -722,10 +724,9 @@ impl Daemon {
                             l.discard_staged();
                         }
                     }
-                    if self.sleep_or_cancel(backoff).await {
+                    if self.sleep_or_cancel(retry.next_delay()).await {
                         return Ok(());
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
                     start = self.min_checkpoint().await?;
                 }
                 Err(e) => return Err(e),
@@ -946,7 +947,7 @@ impl Daemon {
             *batch = self.new_batch();
             return Ok(applied.max(lsn));
         }
-        let mut backoff = Duration::from_millis(200);
+        let mut retry = retry::Retry::new(Duration::from_millis(200), Duration::from_secs(30));
         loop {
             let visible_started = Instant::now();
             let attempt = match self.wait_visible(&batch.xids).await {
@@ -975,10 +976,9 @@ impl Daemon {
                     }
                     // Lag keeps counting while the batch waits.
                     self.refresh_server_status().await;
-                    if self.sleep_or_cancel(backoff).await {
+                    if self.sleep_or_cancel(retry.next_delay()).await {
                         return Err(e);
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(30));
                     if let Err(e2) = self.reconnect_pg().await {
                         warn!(error = %e2, "reconnecting to Postgres failed");
                     }
@@ -987,7 +987,7 @@ impl Daemon {
             }
         }
         self.settle_dead_letters()?;
-        if backoff > Duration::from_millis(200) {
+        if retry.waits() > 0 {
             // The batch went through after retries: the outage is over.
             self.shared.update(|doc| {
                 for p in &mut doc.pipelines {

@@ -21,7 +21,7 @@ pub struct StatusDoc {
     pub owner: Option<serde_json::Value>,
     /// Added by the daemon's `/v1/status`: the health of each dependency it reported on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dependencies: Option<BTreeMap<String, crate::http::health::DependencyHealth>>,
+    pub dependencies: Option<BTreeMap<String, crate::health::DependencyHealth>>,
     /// An addition to the spec's document: state of pipelines that no file declares any more
     /// (index folders, files, Redis bookkeeping), which `deriver prune` removes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -69,12 +69,6 @@ pub struct AuditSummary {
     pub drifted: usize,
     pub repaired: usize,
     pub remaining: usize,
-}
-
-impl AuditSummary {
-    pub fn of(r: &crate::audit::PipelineReport) -> AuditSummary {
-        AuditSummary { finished_at: r.finished_at.clone(), records: r.records, drifted: r.drifted, repaired: r.repaired, remaining: r.remaining }
-    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

@@ -13,6 +13,14 @@ use std::sync::Arc;
 
 pub use lsn::Lsn;
 
+/// A key column resolved against the catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyColumn {
+    pub name: String,
+    /// `format_type(atttypid, atttypmod)`, e.g. `integer`, `character(5)`, `uuid`, `integer[]`.
+    pub type_name: String,
+}
+
 /// A table, schema-qualified. Names are the catalog names (unquoted).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct TableName {

@@ -8,10 +8,9 @@ use tokio_postgres::Client;
 use super::conninfo::{ConnInfo, SslMode, TlsSettings};
 use super::tls;
 
-use super::{Lsn, TableName};
-use crate::config::redact;
+use super::{KeyColumn, Lsn, TableName};
 use crate::error::{Error, Result};
-use crate::pipeline::sql::KeyColumn;
+use crate::redact::redact;
 
 /// Session settings pinned on every connection deriver opens (see `values.md`): role or database
 /// defaults on the server must not change what deriver stores.
@@ -90,20 +89,20 @@ pub async fn connect_as(url: &str, session: &Session) -> Result<Client> {
         }
     }
     let result = result.map_err(|(e, log)| tls::explain(&e, &log, &tls, &host, session.what, &target));
-    let (client, connection) = if session.observed { crate::http::health::observe(session.dependency, result)? } else { result? };
+    let (client, connection) = if session.observed { crate::health::observe(session.dependency, result)? } else { result? };
     let (dependency, observed) = (session.dependency, session.observed);
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             // Lost (server gone, connection cut): down until the next successful connect.
             if observed {
-                crate::http::health::report_error(dependency, &tls::chain(&e));
+                crate::health::report_error(dependency, &tls::chain(&e));
             }
             tracing::debug!(error = %tls::chain(&e), "postgres connection closed");
         }
     });
     let encryption = encryption(&client, &tls).await;
     tracing::debug!(connection = dependency, %encryption, "connected to Postgres");
-    crate::http::health::report_encryption(dependency, &encryption);
+    crate::health::report_encryption(dependency, &encryption);
     Ok(client)
 }
 
@@ -272,7 +271,10 @@ pub async fn table_info(client: &Client, table: &TableName, key: Option<&[String
     let key_names: Vec<String> = match key {
         Some(k) => k.to_vec(),
         None if !pk.is_empty() => pk.clone(),
-        None => return Err(Error::config(format!("table {table} has no primary key; set `source.key` to the column(s) that identify a row"))),
+        None => {
+            return Err(Error::config(format!("table {table} has no primary key; set `source.key` to the column(s) that identify a row"))
+                .with_cause(crate::error::Cause::NoPrimaryKey))
+        }
     };
     let mut cols = Vec::new();
     for name in &key_names {

@@ -269,5 +269,5 @@ pub fn chain(e: &dyn std::error::Error) -> String {
         }
         source = s.source();
     }
-    crate::config::redact(&text)
+    crate::redact::redact(&text)
 }

@@ -15,14 +15,17 @@ use tokio_util::sync::CancellationToken;
 
 use super::{ChangeKind, ColumnTexts, Interest, Lsn, RowChange, SourceEvent, TableName};
 use crate::error::{Error, ErrorKind, Result};
-use crate::http::health;
+use crate::health;
 
 /// The dependency name of the replication connection in `http::health`.
 const REPLICATION: &str = "replication";
 
 /// Maps a replication error to deriver's kinds: connection trouble is retried, the rest stops.
+/// The libpq path of `pg_walstream` reports the server's error as text only (no SQLSTATE), so the
+/// few conditions that need their own sentence are recognised by the server's wording here, and
+/// only here.
 pub fn classify(e: ReplicationError) -> Error {
-    let text = crate::config::redact(&e.to_string());
+    let text = crate::redact::redact(&e.to_string());
     let lower = text.to_lowercase();
     if lower.contains("does not exist") && lower.contains("slot") {
         return Error::fatal("the replication slot is missing").with_detail(text);
@@ -48,6 +51,12 @@ pub fn classify(e: ReplicationError) -> Error {
         }
     };
     Error::new(kind, "replication stream error").with_detail(text)
+}
+
+impl From<ReplicationError> for Error {
+    fn from(e: ReplicationError) -> Self {
+        classify(e)
+    }
 }
 
 fn stream_config(slot: &str, publication: &str) -> ReplicationStreamConfig {
@@ -191,7 +200,7 @@ impl Reader {
                 },
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {
                     if let Err(e) = self.stream.send_feedback().await {
-                        tracing::warn!(error = %crate::config::redact(&e.to_string()), "could not send feedback while the apply loop was busy");
+                        tracing::warn!(error = %crate::redact::redact(&e.to_string()), "could not send feedback while the apply loop was busy");
                     }
                 }
             }

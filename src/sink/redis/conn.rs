@@ -21,8 +21,9 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
 use redis::{Client, ClientTlsConfig, Cmd, ConnectionAddr, FromRedisValue, IntoConnectionInfo, Pipeline, RedisFuture, TlsCertificates, Value};
 
-use crate::config::{redact, RedisConfig};
+use crate::config::RedisConfig;
 use crate::error::{Error, Result};
+use crate::redact::redact;
 
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -97,7 +98,7 @@ pub async fn connect(cfg: &RedisConfig) -> Result<RedisConn> {
         let info = nodes[0].as_str().into_connection_info().map_err(|e| Error::config("redis.url is not a valid Redis URL").with_detail(e))?;
         single(client(info, cfg)?, &shown).await.map(RedisConn::Single)
     };
-    crate::http::health::observe("redis", conn)
+    crate::health::observe("redis", conn)
 }
 
 /// A connection to the one server that holds `key`'s hash slot (see the module comment); on a
@@ -131,7 +132,7 @@ pub async fn connect_pinned(cfg: &RedisConfig, key: &str) -> Result<RedisConn> {
         single(client, &format!("{host}:{port}")).await.map(RedisConn::Single)
     }
     .await;
-    crate::http::health::observe("redis", result)
+    crate::health::observe("redis", result)
 }
 
 async fn single(client: Client, shown: &str) -> Result<MultiplexedConnection> {

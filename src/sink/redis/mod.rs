@@ -432,7 +432,7 @@ impl RedisSink {
     /// A failed round trip: reported to health, the connection dropped (the next call reconnects).
     fn failed(&mut self, e: Error) -> Error {
         let e = self.retryable(e);
-        crate::http::health::report_error("redis", &e);
+        crate::health::report_error("redis", &e);
         self.conn = None;
         e
     }
@@ -441,8 +441,7 @@ impl RedisSink {
     /// the batch is retried on a connection to the slot's new master. (On a single server it
     /// means `redis.url` names a replica, which retrying does not fix.)
     fn retryable(&self, e: Error) -> Error {
-        let readonly = e.message.contains("READONLY") || e.detail.as_deref().is_some_and(|d| d.contains("READONLY"));
-        if self.cfg.cluster && readonly && e.kind == ErrorKind::Fatal {
+        if self.cfg.cluster && e.is_redis_reply("READONLY") && e.kind == ErrorKind::Fatal {
             return Error { kind: ErrorKind::Transient, ..e };
         }
         e
@@ -459,7 +458,7 @@ impl RedisSink {
                 }
                 Ok(applied)
             }
-            RValue::ServerError(e) if format!("{e:?}").contains("FENCED") => Err(fenced()),
+            RValue::ServerError(e) if e.code() == "FENCED" => Err(fenced()),
             RValue::ServerError(e) => Err(Error::fatal("the Redis apply script failed").with_detail(format!("{e:?}"))),
             other => Err(Error::fatal("the Redis apply script returned an unexpected value").with_detail(format!("{other:?}"))),
         }
@@ -472,7 +471,7 @@ fn fenced() -> Error {
 
 /// A script error reply outside MULTI arrives as a redis-rs error.
 fn map_script_error(e: redis::RedisError) -> Error {
-    if e.code() == Some("FENCED") || e.to_string().contains("FENCED") {
+    if e.code() == Some("FENCED") {
         fenced()
     } else {
         Error::from(e)
@@ -640,7 +639,7 @@ impl Sink for RedisSink {
         match result {
             Err(e) => Err(self.failed(e)),
             Ok(applied) => {
-                crate::http::health::report_ok("redis");
+                crate::health::report_ok("redis");
                 if applied && self.notify && (!open.written.is_empty() || !open.deleted.is_empty()) {
                     let notice = serde_json::json!({ "lsn": open.lsn, "keys": open.written, "deleted": open.deleted }).to_string();
                     let channel = self.keys.changes.clone();

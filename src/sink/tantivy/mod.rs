@@ -300,6 +300,7 @@ impl SearchSink {
                     "search index `{}` is locked by another process (one writer per index generation; a previous owner may still be letting go)",
                     target.index
                 ))
+                .with_cause(crate::error::Cause::IndexLocked)
             } else {
                 Error::from(e)
             }
@@ -616,7 +617,7 @@ impl Sink for SearchSink {
         let (reply, rx) = oneshot::channel();
         self.send(Cmd::Commit { payload, reply })?;
         let committed = rx.await.map_err(|_| Error::fatal("the index writer stopped during a commit"))?;
-        crate::http::health::observe(&format!("index:{}", self.live.name), committed)?;
+        crate::health::observe(&format!("index:{}", self.live.name), committed)?;
         self.checkpoint = Some(cp);
         Ok(())
     }

@@ -38,10 +38,6 @@ fn language(name: &str) -> Option<Language> {
     })
 }
 
-pub fn analyzer_known(name: &str) -> bool {
-    matches!(name, "default" | "en_stem" | "whitespace" | "raw") || language(name).is_some()
-}
-
 fn tokenizer_name(analyzer: &str) -> String {
     format!("deriver_{analyzer}")
 }
@@ -75,30 +71,7 @@ pub fn register_tokenizers(index: &Index, target: &SearchTarget) {
 
 /// Registers every analyzer deriver knows (for a generation built from another definition).
 pub fn register_all_tokenizers(index: &Index) {
-    for name in [
-        "default",
-        "en_stem",
-        "whitespace",
-        "raw",
-        "arabic",
-        "danish",
-        "dutch",
-        "english",
-        "finnish",
-        "french",
-        "german",
-        "greek",
-        "hungarian",
-        "italian",
-        "norwegian",
-        "portuguese",
-        "romanian",
-        "russian",
-        "spanish",
-        "swedish",
-        "tamil",
-        "turkish",
-    ] {
+    for name in crate::pipeline::ANALYZERS.iter().chain(crate::pipeline::STEMMER_LANGUAGES.iter()) {
         index.tokenizers().register(&tokenizer_name(name), analyzer(name));
     }
 }

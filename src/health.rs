@@ -53,7 +53,7 @@ pub fn report_ok(dependency: &str) {
 
 /// `dependency` failed (connection refused or cut, timeout, disk full, read-only, …).
 pub fn report_error(dependency: &str, error: &dyn std::fmt::Display) {
-    let text = crate::config::redact(&error.to_string());
+    let text = crate::redact::redact(&error.to_string());
     let Ok(mut state) = STATE.lock() else { return };
     let entry =
         state.entry(dependency.to_string()).or_insert_with(|| DependencyHealth { up: true, since: now(), last_error: None, errors: 0, encryption: None });
