@@ -30,6 +30,8 @@ pub enum Cause {
     Redis { code: String },
     /// Another writer holds the search index's directory lock.
     IndexLocked,
+    /// Another process has the dead-letter store open (a command reading it, for a moment).
+    StoreLocked,
     /// A table has no primary key (and the pipeline names no key).
     NoPrimaryKey,
 }

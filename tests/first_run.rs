@@ -140,3 +140,25 @@ fn output_cut_short_ends_quietly_and_logs_to_a_pipe_have_no_colour() {
     assert!(err.contains("DEBUG") && err.contains("connected to Postgres"), "the debug log is there: {err}");
     assert!(!err.contains('\u{1b}') && !out.contains('\u{1b}'), "colour codes in a pipe: {err:?}");
 }
+
+/// A monitoring probe runs `deriver status` while the daemon starts: without a daemon answering,
+/// status reads the dead-letter store, which takes its lock for a moment. The start waits for it
+/// instead of failing ("cannot open the dead-letter store").
+#[test]
+fn a_daemon_starting_while_a_command_reads_the_dead_letter_store_waits_for_it() {
+    let mut w = World::new("deadstore");
+    w.add_repo_pipeline("films");
+    w.setup();
+    let dir = deriver::runtime::state_dir(&w.index_dir());
+    // What `deriver status` does without a daemon, held long enough to meet the start.
+    let held = deriver::runtime::dead_letters::DeadLetters::open(&dir).unwrap();
+    w.start();
+    std::thread::sleep(Duration::from_secs(3));
+    let still_running = w.daemon.as_mut().unwrap().try_wait().unwrap().is_none();
+    drop(held);
+    assert!(still_running, "the daemon gave up while the store was held:\n{}", w.log_text());
+    w.wait_ready();
+    w.catch_up(&["films"], &["films"]);
+    check_films(&w);
+    assert_eq!(w.stop(), 0);
+}

@@ -10,7 +10,7 @@ use std::path::Path;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Cause, Error, Result};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct DeadLetter {
@@ -48,8 +48,12 @@ fn table(pipeline: &str) -> TableDefinition<'_, &'static str, &'static str> {
 impl DeadLetters {
     pub fn open(dir: &Path) -> Result<DeadLetters> {
         std::fs::create_dir_all(dir).map_err(io)?;
-        let db = Database::create(dir.join("dead_letters.redb"))
-            .map_err(|e| Error::fatal("cannot open the dead-letter store (is another deriver running?)").with_detail(e))?;
+        let db = Database::create(dir.join("dead_letters.redb")).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                Error::fatal("cannot open the dead-letter store: another process has it open (is another deriver running?)").with_cause(Cause::StoreLocked)
+            }
+            e => Error::fatal("cannot open the dead-letter store").with_detail(e),
+        })?;
         let mut keys: BTreeMap<String, HashSet<String>> = BTreeMap::new();
         let r = db.begin_read().map_err(io)?;
         for t in r.list_tables().map_err(io)? {
@@ -63,6 +67,21 @@ impl DeadLetters {
         }
         drop(r);
         Ok(DeadLetters { db, keys })
+    }
+
+    /// [`DeadLetters::open`] for the daemon: a command that reads the store (`deriver status`
+    /// without a daemon) holds it for a moment, so a start that meets it waits (up to 10 s)
+    /// instead of failing.
+    pub async fn open_waiting(dir: &Path) -> Result<DeadLetters> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match DeadLetters::open(dir) {
+                Err(e) if e.cause == Some(Cause::StoreLocked) && std::time::Instant::now() < deadline => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     pub fn count(&self, pipeline: &str) -> usize {

@@ -395,7 +395,7 @@ impl Daemon {
             admin_rx: Some(admin_rx),
             since_swap: HashMap::new(),
             pending_reindex,
-            dead: dead_letters::DeadLetters::open(&state_dir(&cfg_dir))?,
+            dead: dead_letters::DeadLetters::open_waiting(&state_dir(&cfg_dir)).await?,
             last_sql_retry: Instant::now().checked_sub(Duration::from_secs(3600)).unwrap_or_else(Instant::now),
         };
         daemon.publish_status("snapshotting").await;
