@@ -221,53 +221,41 @@ pub fn explain(e: &tokio_postgres::Error, log: &VerifyLog, tls: &TlsSettings, ho
     Error::transient(format!("cannot connect to {what} at {target}: {}", chain(e)))
 }
 
+/// `e` and every error behind it, outermost first.
+fn causes<'a>(e: &'a (dyn std::error::Error + 'static)) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |err| err.source())
+}
+
 /// The kind of the I/O error behind `e`, if one is.
 fn io_kind(e: &tokio_postgres::Error) -> Option<std::io::ErrorKind> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            return Some(io.kind());
-        }
-        source = err.source();
-    }
-    None
+    causes(e).find_map(|err| err.downcast_ref::<std::io::Error>()).map(std::io::Error::kind)
 }
 
 /// The TLS alert the server sent about the client's certificate, if that is why it failed.
 fn peer_alert(e: &tokio_postgres::Error) -> Option<&'static str> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = source {
-        let stack =
-            err.downcast_ref::<openssl::ssl::Error>().and_then(|s| s.ssl_error()).or_else(|| err.downcast_ref::<openssl::error::ErrorStack>()).or_else(|| {
-                err.downcast_ref::<std::io::Error>()
-                    .and_then(|io| io.get_ref())
-                    .and_then(|inner| inner.downcast_ref::<openssl::ssl::Error>())
-                    .and_then(|s| s.ssl_error())
-            });
-        if let Some(stack) = stack {
-            for e in stack.errors() {
-                let alert = e.reason_code() - 1000;
-                if let Some((_, name)) = CLIENT_CERT_ALERTS.iter().find(|(n, _)| *n == alert) {
-                    return Some(name);
-                }
-            }
-        }
-        source = err.source();
-    }
-    None
+    // OpenSSL's errors: in the chain, or inside an I/O error (which hides its inner error from
+    // `source()`).
+    let stacks = causes(e).filter_map(|err| {
+        err.downcast_ref::<openssl::ssl::Error>().and_then(|s| s.ssl_error()).or_else(|| err.downcast_ref::<openssl::error::ErrorStack>()).or_else(|| {
+            err.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<openssl::ssl::Error>())
+                .and_then(|s| s.ssl_error())
+        })
+    });
+    stacks.flat_map(|stack| stack.errors()).find_map(|e| CLIENT_CERT_ALERTS.iter().find(|(n, _)| *n == e.reason_code() - 1000).map(|(_, name)| *name))
 }
 
 /// An error and its causes on one line (`tokio-postgres` keeps the cause out of its `Display`).
-pub fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let part = s.to_string();
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = String::new();
+    for part in causes(e).map(|c| c.to_string()) {
         if !text.contains(&part) {
-            text.push_str(": ");
+            if !text.is_empty() {
+                text.push_str(": ");
+            }
             text.push_str(&part);
         }
-        source = s.source();
     }
     crate::redact::redact(&text)
 }
