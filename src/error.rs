@@ -36,7 +36,7 @@ pub enum Cause {
     NoPrimaryKey,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug)]
 pub struct Error {
     pub kind: ErrorKind,
     /// One clear sentence.
@@ -45,6 +45,14 @@ pub struct Error {
     pub detail: Option<String>,
     /// What produced it, when a caller needs to know.
     pub cause: Option<Cause>,
+    /// The library error it came from, kept whole (`std::error::Error::source`).
+    pub source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_deref().map(|s| s as &(dyn std::error::Error + 'static))
+    }
 }
 
 impl fmt::Display for Error {
@@ -59,7 +67,7 @@ impl fmt::Display for Error {
 
 impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into(), detail: None, cause: None }
+        Error { kind, message: message.into(), detail: None, cause: None, source: None }
     }
     pub fn transient(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Transient, message)
@@ -72,6 +80,11 @@ impl Error {
     }
     pub fn record(message: impl Into<String>) -> Self {
         Self::new(ErrorKind::Record, message)
+    }
+    /// Keeps the library error this one was made from.
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(std::sync::Arc::new(source));
+        self
     }
     pub fn with_cause(mut self, cause: Cause) -> Self {
         self.cause = Some(cause);
@@ -107,9 +120,11 @@ impl From<tokio_postgres::Error> for Error {
             if let Some(h) = db.hint() {
                 msg.push_str(&format!(" (hint: {h})"));
             }
-            Error::new(if transient { ErrorKind::Transient } else { ErrorKind::Fatal }, msg).with_cause(Cause::Postgres { sqlstate: code.to_string() })
+            Error::new(if transient { ErrorKind::Transient } else { ErrorKind::Fatal }, msg)
+                .with_cause(Cause::Postgres { sqlstate: code.to_string() })
+                .with_source(e)
         } else {
-            Error::transient("lost the connection to Postgres").with_detail(&e)
+            Error::transient("lost the connection to Postgres").with_detail(&e).with_source(e)
         }
     }
 }
@@ -131,21 +146,36 @@ impl From<redis::RedisError> for Error {
             );
         let kind = if transient { ErrorKind::Transient } else { ErrorKind::Fatal };
         let error = Error::new(kind, "Redis error").with_detail(&e);
-        match e.code() {
+        let error = match e.code() {
             Some(code) => error.with_cause(Cause::Redis { code: code.to_string() }),
             None => error,
-        }
+        };
+        error.with_source(e)
     }
 }
 
 impl From<tantivy::TantivyError> for Error {
     fn from(e: tantivy::TantivyError) -> Self {
-        Error::fatal("search index error").with_detail(&e)
+        Error::fatal("search index error").with_detail(&e).with_source(e)
     }
 }
 
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
-        Error::transient("I/O error").with_detail(&e)
+        Error::transient("I/O error").with_detail(&e).with_source(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_converted_error_keeps_its_kind_from_the_library_error_and_the_error_itself() {
+        let e = Error::from(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "peer reset"));
+        assert_eq!(e.kind, ErrorKind::Transient);
+        let source = std::error::Error::source(&e).expect("the io::Error is kept");
+        assert_eq!(source.downcast_ref::<std::io::Error>().map(|s| s.kind()), Some(std::io::ErrorKind::ConnectionReset));
+        assert!(std::error::Error::source(&Error::fatal("plain")).is_none());
     }
 }

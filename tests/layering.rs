@@ -9,8 +9,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: [&str; 11] = ["redact", "error", "health", "config", "source", "pipeline", "sink", "runtime", "http", "audit", "cli"];
 
 /// Files over the limit when the limit came, with their size then: they may not grow.
-const STILL_LARGE: [(&str, usize); 6] = [
-    ("src/runtime/mod.rs", 1887),
+const STILL_LARGE: [(&str, usize); 5] = [
     ("src/audit/mod.rs", 1194),
     ("src/pipeline/check.rs", 1070),
     ("src/http/ranking.rs", 781),

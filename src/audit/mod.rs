@@ -1186,7 +1186,7 @@ async fn repair_keys(cfg: &Config, p: &Pipeline, keys: &[String]) -> Result<usiz
         None => {
             let shared = std::sync::Arc::new(crate::runtime::status::Shared::default());
             let mut d = crate::runtime::Daemon::prepare(cfg.clone(), shared, tokio_util::sync::CancellationToken::new(), false).await?;
-            d.repair(&p.name, keys, None).await.map_err(Error::fatal)?;
+            d.repair(&p.name, keys).await?;
             Ok(keys.len())
         }
     }

@@ -44,8 +44,7 @@ pub async fn run(cfg: &Config, pipelines: Vec<String>, retry: bool, json: bool) 
             None => {
                 let shared = std::sync::Arc::new(crate::runtime::status::Shared::default());
                 let mut d = crate::runtime::Daemon::prepare(cfg.clone(), shared, tokio_util::sync::CancellationToken::new(), false).await?;
-                d.repair(&p.name, &keys, None).await.map_err(Error::fatal)?;
-                d.settle_dead_letters()?;
+                d.repair(&p.name, &keys).await?;
                 println!("{}: retried {} key(s)", p.name, keys.len());
             }
         }

@@ -41,8 +41,20 @@ pub async fn repair(shared: &Shared, req: RepairRequest) -> ApiResult<Response> 
     send(shared, AdminRequest::Repair { pipeline: req.pipeline, keys: req.keys, reply }).await?;
     match rx.await {
         Ok(Ok(n)) => Ok(Json(json!({ "repaired": n })).into_response()),
-        Ok(Err(e)) => Err(ApiError::bad_request("repair_refused", e)),
+        Ok(Err(e)) => Err(refused("repair_refused", e)),
         Err(_) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", "deriver stopped before answering")),
+    }
+}
+
+/// A request the daemon refused or could not carry out: a request naming something that does not
+/// exist or cannot be done is the client's (400); a dependency that is down is 503; anything else
+/// is deriver's own failure (500).
+fn refused(code: &'static str, e: crate::error::Error) -> ApiError {
+    use crate::runtime::error_policy::{action, Action};
+    match (e.kind, action(&e)) {
+        (crate::error::ErrorKind::Config, _) => ApiError::bad_request(code, e.to_string()),
+        (_, Action::Retry) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string()),
+        _ => ApiError::internal(e.to_string()),
     }
 }
 
@@ -63,7 +75,7 @@ pub async fn reindex(shared: &Shared, req: ReindexRequest) -> ApiResult<Response
     send(shared, AdminRequest::Reindex { pipelines, reply }).await?;
     match rx.await {
         Ok(Ok(started)) => Ok((StatusCode::ACCEPTED, Json(json!({ "started": started }))).into_response()),
-        Ok(Err(e)) => Err(ApiError::bad_request("reindex_refused", e)),
+        Ok(Err(e)) => Err(refused("reindex_refused", e)),
         Err(_) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", "deriver stopped before answering")),
     }
 }
@@ -73,7 +85,7 @@ pub async fn rollback(shared: &Shared, req: RollbackRequest) -> ApiResult<Respon
     send(shared, AdminRequest::Rollback { pipeline: req.pipeline, reply }).await?;
     match rx.await {
         Ok(Ok(gens)) => Ok(Json(json!({ "generations": gens })).into_response()),
-        Ok(Err(e)) => Err(ApiError::bad_request("rollback_refused", e)),
+        Ok(Err(e)) => Err(refused("rollback_refused", e)),
         Err(_) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", "deriver stopped before answering")),
     }
 }

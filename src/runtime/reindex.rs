@@ -203,10 +203,9 @@ async fn read_bulk(
     Ok((total, rejected))
 }
 
-/// A rebuild in progress, owned by the apply loop.
+/// A rebuild in progress, owned by its pipeline's worker.
 pub struct Rebuild {
     pub id: u64,
-    pub pipeline: usize,
     /// Index in the pipeline's sinks of the search sink being replaced.
     pub sink: Option<usize>,
     pub index: String,

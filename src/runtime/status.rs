@@ -88,11 +88,11 @@ pub struct ReindexStatus {
 /// Requests the HTTP admin endpoint hands to the running daemon.
 pub enum AdminRequest {
     /// Full reprocess of these pipelines; replies with the ones started.
-    Reindex { pipelines: Vec<String>, reply: tokio::sync::oneshot::Sender<Result<Vec<String>, String>> },
+    Reindex { pipelines: Vec<String>, reply: tokio::sync::oneshot::Sender<crate::error::Result<Vec<String>>> },
     /// Swap a pipeline's search indexes back to their previous generation.
-    Rollback { pipeline: String, reply: tokio::sync::oneshot::Sender<Result<Vec<u64>, String>> },
+    Rollback { pipeline: String, reply: tokio::sync::oneshot::Sender<crate::error::Result<Vec<u64>>> },
     /// Re-derive these source keys (key text) through the normal write path (audit repairs).
-    Repair { pipeline: String, keys: Vec<String>, reply: tokio::sync::oneshot::Sender<Result<usize, String>> },
+    Repair { pipeline: String, keys: Vec<String>, reply: tokio::sync::oneshot::Sender<crate::error::Result<usize>> },
 }
 
 impl PipelineStatus {

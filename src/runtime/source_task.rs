@@ -1,0 +1,416 @@
+//! The source task: the one reader of the replication slot. It decodes the stream, hands each
+//! transaction to the workers of the pipelines it touches (whole, in commit order, through queues
+//! bounded by bytes), announces how far it has passed, and acknowledges the slot up to the
+//! minimum position every worker's sinks hold durably. It also reopens the stream after an
+//! outage, watches the publication, refreshes the server's position for status, and routes admin
+//! requests to the worker of the pipeline they name.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::error_policy::{self, Action};
+use super::failpoint::failpoint;
+use super::pipeline::Route;
+use super::retry::Retry;
+use super::status::{AdminRequest, Shared, SlotStatus};
+use super::worker::{change_bytes, Admin, Feed, Input, Progress};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::source::postgres as pg;
+use crate::source::walstream::{self, Acker};
+use crate::source::{Interest, Lsn, SourceEvent, TableName};
+
+/// One running worker as the source task sees it.
+pub struct WorkerHandle {
+    pub name: String,
+    pub feed: Feed,
+    pub admin: mpsc::Sender<Admin>,
+    pub progress: watch::Receiver<Progress>,
+}
+
+pub struct SourceTask {
+    pub cfg: Config,
+    pub shared: Arc<Shared>,
+    pub cancel: CancellationToken,
+    pub pg: Client,
+    pub interest: Interest,
+    /// For each table, the workers whose pipeline reads it, and how.
+    pub routes: HashMap<TableName, Vec<(usize, Route)>>,
+    pub workers: Vec<WorkerHandle>,
+    pub tasks: JoinSet<(usize, Result<()>)>,
+    pub passed: watch::Sender<(u64, Lsn)>,
+    pub epoch: u64,
+    pub admin_rx: mpsc::Receiver<AdminRequest>,
+}
+
+impl SourceTask {
+    /// Streams until cancelled (Ok) or a condition deriver must stop for (Err). `first` is the
+    /// stream opened at start; it starts at `start`.
+    pub async fn run(&mut self, first: walstream::Replication, start: Lsn) -> Result<()> {
+        let url = self.cfg.postgres_url()?.to_string();
+        let conninfo = pg::replication_conninfo(&url)?;
+        let slot = self.cfg.postgres.slot.clone();
+        let publication = self.cfg.postgres.publication.clone();
+        let idle = Duration::from_millis(self.cfg.runtime.idle_ms.max(100));
+        let mut replication = Some(first);
+        let mut start = start;
+        let mut retry = Retry::outage();
+        loop {
+            let repl = match replication.take() {
+                Some(r) => r,
+                None => match walstream::open(&conninfo, &slot, &publication).await {
+                    Ok(r) => r,
+                    Err(e) if error_policy::retries(&e) => {
+                        warn!(error = %e, "cannot reopen the replication connection; retrying");
+                        if self.sleep_or_cancel(retry.next_delay()).await {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                },
+            };
+            let stream_cancel = self.cancel.child_token();
+            let (rx, acker) = match repl.start(start, self.interest.clone(), idle, stream_cancel.clone()).await {
+                Ok(x) => {
+                    // Streaming again: the next outage starts from the shortest wait.
+                    retry.reset();
+                    self.report_replication_encryption(&slot).await;
+                    x
+                }
+                Err(e) if error_policy::retries(&e) => {
+                    warn!(error = %e, "cannot start streaming; retrying");
+                    if self.sleep_or_cancel(retry.next_delay()).await {
+                        return Ok(());
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let result = self.pump(rx, &acker).await;
+            stream_cancel.cancel();
+            match result {
+                Ok(()) => {
+                    self.finish(&acker).await?;
+                    return Ok(());
+                }
+                Err(e) if error_policy::retries(&e) => {
+                    warn!(error = %e, "replication interrupted; resuming from the sinks' checkpoints");
+                    if self.sleep_or_cancel(retry.next_delay()).await {
+                        self.finish(&acker).await?;
+                        return Ok(());
+                    }
+                    start = self.restart().await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// A new stream epoch from the oldest checkpoint over the workers: they drop what they hold
+    /// of unfinished batches, and the stream replays it.
+    async fn restart(&mut self) -> Result<Lsn> {
+        self.epoch += 1;
+        let start = self.workers.iter().map(|w| w.progress.borrow().checkpoint).min().unwrap_or(Lsn::ZERO);
+        self.passed.send_replace((self.epoch, start));
+        for i in 0..self.workers.len() {
+            if !self.send(i, Input::Restart { epoch: self.epoch }, 16).await? {
+                break;
+            }
+        }
+        Ok(start)
+    }
+
+    /// Once cancelled: the workers finish their complete batches, then the slot is acknowledged
+    /// as far as they made durable.
+    async fn finish(&mut self, acker: &Acker) -> Result<()> {
+        let mut first_err = None;
+        while let Some(joined) = self.tasks.join_next().await {
+            if let Err(e) = flatten(joined) {
+                first_err.get_or_insert(e);
+            }
+        }
+        if let Some(m) = self.ack(acker) {
+            info!(lsn = %m, "acknowledged");
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Hands the stream to the workers until it ends or deriver stops.
+    async fn pump(&mut self, mut rx: mpsc::Receiver<Result<SourceEvent>>, acker: &Acker) -> Result<()> {
+        let mut ack_tick = tokio::time::interval(Duration::from_millis(20));
+        let mut status_tick = tokio::time::interval(Duration::from_millis(self.cfg.runtime.idle_ms.max(100)));
+        ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_pub_check = Instant::now();
+        // The open transaction's xid, and the workers it was handed to so far.
+        let mut xid = 0u32;
+        let mut began: Vec<usize> = Vec::new();
+        loop {
+            tokio::select! {
+                biased;
+                _ = self.cancel.cancelled() => return Ok(()),
+                Some(joined) = self.tasks.join_next() => {
+                    // A worker stops only with the daemon, or with an error deriver must stop for.
+                    flatten(joined)?;
+                }
+                Some(req) = self.admin_rx.recv() => self.dispatch_admin(req),
+                _ = ack_tick.tick() => {
+                    self.ack(acker);
+                }
+                _ = status_tick.tick() => {
+                    self.refresh_server_status().await;
+                    if last_pub_check.elapsed() >= Duration::from_secs(5) {
+                        self.check_publication().await?;
+                        last_pub_check = Instant::now();
+                    }
+                }
+                ev = rx.recv() => {
+                    let Some(ev) = ev else { return Err(Error::transient("the replication stream ended")) };
+                    match ev? {
+                        SourceEvent::Begin { xid: x } => {
+                            xid = x;
+                            began.clear();
+                        }
+                        SourceEvent::Change(change) => {
+                            let Some(routes) = self.routes.get(&*change.table).cloned() else { continue };
+                            let bytes = change_bytes(&change);
+                            let change = Arc::new(change);
+                            for (w, route) in routes {
+                                if !began.contains(&w) {
+                                    began.push(w);
+                                    if !self.send(w, Input::Begin { xid }, 16).await? {
+                                        return Ok(());
+                                    }
+                                }
+                                if !self.send(w, Input::Change { change: change.clone(), route }, bytes).await? {
+                                    return Ok(());
+                                }
+                            }
+                        }
+                        SourceEvent::Truncate { tables } => {
+                            for t in tables {
+                                for (w, route) in self.routes.get(&*t).cloned().unwrap_or_default() {
+                                    if !began.contains(&w) {
+                                        began.push(w);
+                                        if !self.send(w, Input::Begin { xid }, 16).await? {
+                                            return Ok(());
+                                        }
+                                    }
+                                    if !self.send(w, Input::Truncate { route }, 64).await? {
+                                        return Ok(());
+                                    }
+                                }
+                            }
+                        }
+                        SourceEvent::Commit { end_lsn, .. } => {
+                            tracing::debug!(%end_lsn, workers = began.len(), "commit");
+                            for w in std::mem::take(&mut began) {
+                                if !self.send(w, Input::Commit { end_lsn }, 16).await? {
+                                    return Ok(());
+                                }
+                            }
+                            // Every transaction up to here is queued: workers it did not touch
+                            // may count it as applied.
+                            self.passed.send_replace((self.epoch, end_lsn));
+                        }
+                        SourceEvent::Idle { lsn } => {
+                            tracing::trace!(%lsn, "idle");
+                            self.passed.send_if_modified(|p| {
+                                let moved = p.0 == self.epoch && lsn > p.1;
+                                if moved {
+                                    p.1 = lsn;
+                                }
+                                moved
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues `input` for worker `w`, waiting while its queue is full. Ok(false): deriver stops.
+    async fn send(&mut self, w: usize, input: Input, bytes: usize) -> Result<bool> {
+        let feed = self.workers[w].feed.clone();
+        tokio::select! {
+            r = feed.send(input, bytes) => match r {
+                Ok(()) => Ok(true),
+                Err(()) => {
+                    // The worker is gone: its task says why.
+                    while let Some(joined) = self.tasks.join_next().await {
+                        flatten(joined)?;
+                    }
+                    Err(Error::fatal(format!("the worker of pipeline `{}` stopped", self.workers[w].name)))
+                }
+            },
+            _ = self.cancel.cancelled() => Ok(false),
+        }
+    }
+
+    /// Acknowledges the slot up to what every worker has made durable.
+    fn ack(&self, acker: &Acker) -> Option<Lsn> {
+        let mut min: Option<Lsn> = None;
+        for w in &self.workers {
+            let d = w.progress.borrow().durable?;
+            min = Some(min.map_or(d, |m| m.min(d)));
+        }
+        let m = min?;
+        failpoint("before_ack");
+        acker.ack(m);
+        failpoint("after_ack");
+        metrics::gauge!("deriver_acked_lsn").set(m.0 as f64);
+        Some(m)
+    }
+
+    fn dispatch_admin(&self, req: AdminRequest) {
+        let find = |name: &str| self.workers.iter().find(|w| w.name == name).map(|w| w.admin.clone());
+        let unknown = |name: &str| Error::config(format!("no pipeline named `{name}`"));
+        match req {
+            AdminRequest::Reindex { pipelines, reply } => {
+                let mut targets = Vec::new();
+                for name in &pipelines {
+                    match find(name) {
+                        Some(tx) => targets.push(tx),
+                        None => {
+                            let _ = reply.send(Err(unknown(name)));
+                            return;
+                        }
+                    }
+                }
+                tokio::spawn(async move {
+                    let mut started = Vec::new();
+                    for tx in targets {
+                        match ask(&tx, |reply| Admin::Reindex { reply }).await {
+                            Ok(s) => started.extend(s),
+                            Err(e) => {
+                                let _ = reply.send(Err(e));
+                                return;
+                            }
+                        }
+                    }
+                    let _ = reply.send(Ok(started));
+                });
+            }
+            AdminRequest::Rollback { pipeline, reply } => match find(&pipeline) {
+                Some(tx) => {
+                    tokio::spawn(async move {
+                        let _ = reply.send(ask(&tx, |reply| Admin::Rollback { reply }).await);
+                    });
+                }
+                None => {
+                    let _ = reply.send(Err(unknown(&pipeline)));
+                }
+            },
+            AdminRequest::Repair { pipeline, keys, reply } => match find(&pipeline) {
+                Some(tx) => {
+                    tokio::spawn(async move {
+                        let _ = reply.send(ask(&tx, |reply| Admin::Repair { keys, reply }).await);
+                    });
+                }
+                None => {
+                    let _ = reply.send(Err(unknown(&pipeline)));
+                }
+            },
+        }
+    }
+
+    /// true when cancelled during the sleep.
+    async fn sleep_or_cancel(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = self.cancel.cancelled() => true,
+            _ = tokio::time::sleep(d) => false,
+        }
+    }
+
+    /// Says (in the log and status) whether the replication connection is encrypted, as the
+    /// server sees the slot's walsender.
+    async fn report_replication_encryption(&self, slot: &str) {
+        let Ok(tls) = self.cfg.postgres_url().and_then(pg::tls_settings) else { return };
+        let encryption = pg::replication_encryption(&self.pg, slot, &tls).await;
+        crate::health::report_encryption("replication", &encryption);
+    }
+
+    async fn reconnect_pg(&mut self) -> Result<()> {
+        if !self.pg.is_closed() {
+            return Ok(());
+        }
+        self.pg = pg::connect(self.cfg.postgres_url()?).await?;
+        Ok(())
+    }
+
+    /// Fails when the publication stopped covering a table a pipeline reads (or gained a row
+    /// filter): changes would be lost silently otherwise.
+    async fn check_publication(&mut self) -> Result<()> {
+        // A connection that died while nothing needed it is reconnected here, so the check runs
+        // again as soon as Postgres is back (and says so while it is not).
+        if let Err(e) = self.reconnect_pg().await {
+            warn!(error = %e, "cannot check the publication: Postgres is unreachable; retrying");
+            return Ok(());
+        }
+        let published = match pg::publication_tables(&self.pg, &self.cfg.postgres.publication).await {
+            Ok(p) => p,
+            Err(e) if error_policy::action(&e) == Action::Retry => {
+                warn!(error = %e, "checking the publication failed; retrying");
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(published) = published else {
+            return Err(Error::fatal(format!("publication `{}` was dropped while deriver was running", self.cfg.postgres.publication)));
+        };
+        let filtered = pg::publication_row_filters(&self.pg, &self.cfg.postgres.publication).await.unwrap_or_default();
+        for t in self.routes.keys() {
+            if !published.iter().any(|(p, _)| p == t) {
+                return Err(Error::fatal(format!(
+                    "table {t} was removed from publication `{}` while deriver was running; its changes would be lost (add it back with `deriver setup`)",
+                    self.cfg.postgres.publication
+                )));
+            }
+            if let Some((_, f)) = filtered.iter().find(|(p, _)| p == t) {
+                return Err(Error::fatal(format!(
+                    "publication `{}` now filters the rows of {t} ({f}); deriver needs every change",
+                    self.cfg.postgres.publication
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    async fn refresh_server_status(&self) {
+        let limit = Duration::from_secs(2);
+        let server = tokio::time::timeout(limit, pg::current_wal_lsn(&self.pg)).await.ok().and_then(|r| r.ok());
+        let slot = tokio::time::timeout(limit, pg::slot_info(&self.pg, &self.cfg.postgres.slot)).await.ok().and_then(|r| r.ok()).flatten();
+        let name = self.cfg.postgres.slot.clone();
+        self.shared.update(|doc| {
+            if server.is_some() {
+                doc.server_lsn = server;
+            }
+            if let Some(s) = slot {
+                doc.slot = Some(SlotStatus { name, confirmed_flush_lsn: s.confirmed_flush_lsn, wal_status: s.wal_status });
+            }
+        });
+    }
+}
+
+/// Sends a request to a worker and waits for its answer.
+async fn ask<T>(tx: &mpsc::Sender<Admin>, make: impl FnOnce(oneshot::Sender<Result<T>>) -> Admin) -> Result<T> {
+    let (reply, rx) = oneshot::channel();
+    tx.send(make(reply)).await.map_err(|_| Error::transient("the pipeline's worker is stopping"))?;
+    rx.await.map_err(|_| Error::transient("the pipeline's worker stopped before answering"))?
+}
+
+/// A worker task's outcome (a panic is an error that stops deriver, naming the pipeline).
+fn flatten(joined: std::result::Result<(usize, Result<()>), tokio::task::JoinError>) -> Result<()> {
+    match joined {
+        Ok((_, r)) => r,
+        Err(e) => Err(Error::fatal("a pipeline worker panicked").with_detail(e)),
+    }
+}

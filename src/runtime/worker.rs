@@ -1,0 +1,523 @@
+//! One pipeline's worker: its own task, Postgres connection, batch, sinks, dead letters and
+//! rebuilds. The source task (`runtime/source_task.rs`) hands it the transactions that touch its
+//! pipeline, whole and in commit order, through a queue bounded by bytes; the worker batches
+//! them, re-derives the dirty keys, commits every sink at the batch's end LSN and publishes how
+//! far its sinks are durable. A worker that waits for a sink or rebuilds an index holds back only
+//! its own pipeline (and the slot, as far as it needs).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::batch::{Batch, BatchPolicy, Position};
+use super::dead_letters::DeadLetters;
+use super::derive::KeyTuple;
+use super::dirty::DirtyKeys;
+use super::pipeline::{PipelineRt, Route};
+use super::reindex;
+use super::retry::Retry;
+use super::status::Shared;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::sink::{AnySink, BatchMode, Sink};
+use crate::source::postgres as pg;
+use crate::source::{Lsn, RowChange};
+
+/// The dead-letter store, shared by the workers (each writes only its pipeline's table).
+pub type DeadStore = Arc<Mutex<DeadLetters>>;
+
+/// What the source task hands a worker, in stream order.
+#[derive(Debug)]
+pub enum Input {
+    /// A transaction that touches this pipeline begins.
+    Begin {
+        xid: u32,
+    },
+    Change {
+        change: Arc<RowChange>,
+        route: Route,
+    },
+    Truncate {
+        route: Route,
+    },
+    /// The transaction ends at `end_lsn`: the batch may close here.
+    Commit {
+        end_lsn: Lsn,
+    },
+    /// The stream restarts in `epoch` from the sinks' checkpoints: drop the open transaction and
+    /// batch (they are replayed).
+    Restart {
+        epoch: u64,
+    },
+}
+
+/// An input with the share of the worker's queue it holds (released when it is handled).
+#[derive(Debug)]
+pub struct Msg {
+    pub input: Input,
+    _bytes: Option<OwnedSemaphorePermit>,
+}
+
+/// The sending side of a worker's queue, bounded by the bytes of the changes in it.
+#[derive(Clone)]
+pub struct Feed {
+    tx: mpsc::UnboundedSender<Msg>,
+    bytes: Arc<Semaphore>,
+    capacity: u32,
+}
+
+impl Feed {
+    pub fn new(capacity_bytes: usize) -> (Feed, mpsc::UnboundedReceiver<Msg>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let capacity = u32::try_from(capacity_bytes.max(1)).unwrap_or(u32::MAX).min(Semaphore::MAX_PERMITS as u32);
+        (Feed { tx, bytes: Arc::new(Semaphore::new(capacity as usize)), capacity }, rx)
+    }
+
+    /// Queues `input`, waiting while the queue holds its capacity in bytes. Err: the worker is gone.
+    pub async fn send(&self, input: Input, bytes: usize) -> std::result::Result<(), ()> {
+        let n = u32::try_from(bytes).unwrap_or(u32::MAX).clamp(1, self.capacity);
+        let permit = self.bytes.clone().acquire_many_owned(n).await.map_err(|_| ())?;
+        self.tx.send(Msg { input, _bytes: Some(permit) }).map_err(|_| ())
+    }
+
+    /// Bytes queued now.
+    pub fn queued_bytes(&self) -> usize {
+        (self.capacity as usize).saturating_sub(self.bytes.available_permits())
+    }
+}
+
+/// The approximate size of a change in a worker's queue.
+pub fn change_bytes(c: &RowChange) -> usize {
+    let texts = |t: &Option<Vec<Option<String>>>| t.as_ref().map_or(0, |v| v.iter().map(|x| x.as_ref().map_or(8, |s| s.len() + 24)).sum());
+    64 + texts(&c.new) + texts(&c.old)
+}
+
+/// What a worker tells the source task about its sinks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// The newest position every sink of the pipeline holds durably (`None`: not known yet).
+    pub durable: Option<Lsn>,
+    /// The oldest checkpoint over its sinks: a restarted stream replays from there.
+    pub checkpoint: Lsn,
+}
+
+/// Requests for one pipeline, from the admin API (through the source task) or a command.
+pub enum Admin {
+    Reindex { reply: oneshot::Sender<Result<Vec<String>>> },
+    Rollback { reply: oneshot::Sender<Result<Vec<u64>>> },
+    Repair { keys: Vec<String>, reply: oneshot::Sender<Result<usize>> },
+}
+
+/// What a worker shares with the daemon.
+#[derive(Clone)]
+pub struct Context {
+    pub cfg: Config,
+    pub shared: Arc<Shared>,
+    pub dead: DeadStore,
+    pub cancel: CancellationToken,
+    /// Cancelled when this process lost ownership of the slot: no sink commit may happen after.
+    pub fence: CancellationToken,
+}
+
+/// The channels a running worker is driven by.
+pub struct Wiring {
+    pub rx: mpsc::UnboundedReceiver<Msg>,
+    /// (epoch, position) the source task has passed: every transaction before it was queued.
+    pub passed: watch::Receiver<(u64, Lsn)>,
+    pub admin: mpsc::Receiver<Admin>,
+    pub progress: watch::Sender<Progress>,
+    pub start: Lsn,
+    pub epoch: u64,
+}
+
+pub struct Worker {
+    pub(super) p: PipelineRt,
+    pub(super) ctx: Context,
+    pub(super) pg: Client,
+    pub(super) rebuilds: Vec<reindex::Rebuild>,
+    pub(super) next_rebuild: u64,
+    pub(super) built_tx: mpsc::Sender<reindex::Built>,
+    pub(super) built_rx: Option<mpsc::Receiver<reindex::Built>>,
+    /// Per index, since the last swap: the previous generation and the keys re-derived since, so
+    /// a rollback can catch it up.
+    pub(super) since_swap: HashMap<String, (u64, DirtyKeys)>,
+    pub(super) last_sql_retry: Instant,
+    /// The status shows a retry this worker is in (cleared once a batch goes through).
+    pub(super) retrying: bool,
+    /// A reindex requested before a restart resumes when the worker starts.
+    pub(super) resume_reindex: bool,
+}
+
+impl Worker {
+    /// A worker for `p`, on a connection of its own.
+    pub async fn new(mut p: PipelineRt, ctx: Context, resume_reindex: bool) -> Result<Worker> {
+        let client = pg::connect(ctx.cfg.postgres_url()?).await?;
+        p.prepare_on(&client).await?;
+        let (built_tx, built_rx) = mpsc::channel(16);
+        Ok(Worker {
+            p,
+            ctx,
+            pg: client,
+            rebuilds: Vec::new(),
+            next_rebuild: 1,
+            built_tx,
+            built_rx: Some(built_rx),
+            since_swap: HashMap::new(),
+            last_sql_retry: Instant::now().checked_sub(Duration::from_secs(3600)).unwrap_or_else(Instant::now),
+            retrying: false,
+            resume_reindex,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.p.def.name
+    }
+
+    pub fn into_pipeline(self) -> PipelineRt {
+        self.p
+    }
+
+    pub(super) fn new_batch(&self) -> Batch {
+        Batch::new(self.p.deps.len(), self.ctx.cfg.runtime.dirty_keys_in_memory)
+    }
+
+    /// Runs until cancelled (Ok) or an error this worker must not retry (Err).
+    pub async fn run(mut self, mut w: Wiring) -> Result<()> {
+        let result = self.run_inner(&mut w).await;
+        // The final durable position, for the last acknowledgement.
+        let _ = w.progress.send(self.progress());
+        if let Err(e) = &result {
+            self.set_error(Some(e.to_string()));
+        }
+        result
+    }
+
+    async fn run_inner(&mut self, w: &mut Wiring) -> Result<()> {
+        let start = w.start;
+        // A search index built from another definition is rebuilt in the background; so is a
+        // reindex requested before a restart.
+        let frozen = self.p.sinks.iter().any(|s| matches!(s, AnySink::Search(x) if x.is_frozen()));
+        if frozen {
+            info!(pipeline = %self.name(), "its search definition changed: building a new index generation in the background");
+            self.start_rebuild(false, start).await?;
+        }
+        if std::mem::take(&mut self.resume_reindex) {
+            self.start_rebuild(true, start).await?;
+        }
+        let mut built_rx = self.built_rx.take().expect("built receiver");
+        let rt = &self.ctx.cfg.runtime;
+        let policy = BatchPolicy::new(rt.batch_max_changes, rt.batch_max_wait());
+        let mut flush_tick = tokio::time::interval(policy.max_wait.max(Duration::from_millis(5)));
+        let mut cp_tick = tokio::time::interval(Duration::from_millis(rt.idle_ms.max(100)));
+        flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        cp_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut batch = self.new_batch();
+        let mut pos = Position::new(start, w.epoch);
+        // The open transaction's xid and the batch's change count when it began.
+        let mut txn: (u32, usize) = (0, 0);
+        // An applied position not yet stored in the sinks (see the flush tick).
+        let mut idle_pending = false;
+        let mut retry = Retry::new(Duration::from_millis(200), Duration::from_secs(30));
+        // While a failed batch backs off: when the next attempt may run.
+        let mut retry_at: Option<tokio::time::Instant> = None;
+        loop {
+            let backoff = retry_at.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                biased;
+                _ = self.ctx.cancel.cancelled() => {
+                    super::check_fence(&self.ctx.fence)?;
+                    if !pos.in_txn() && retry_at.is_none() {
+                        self.flush(&mut batch, &mut pos).await?;
+                        self.checkpoint_idle_sinks(pos.applied()).await?;
+                    }
+                    return Ok(());
+                }
+                Some(built) = built_rx.recv(), if !pos.in_txn() && retry_at.is_none() => {
+                    self.flush(&mut batch, &mut pos).await?;
+                    self.finish_rebuild(built, pos.applied()).await?;
+                    super::release_memory();
+                    self.publish(&w.progress);
+                }
+                Some(req) = w.admin.recv(), if !pos.in_txn() && retry_at.is_none() => {
+                    self.flush(&mut batch, &mut pos).await?;
+                    self.admin(req, pos.applied()).await;
+                    self.publish(&w.progress);
+                }
+                _ = tokio::time::sleep_until(backoff), if retry_at.is_some() && !pos.in_txn() => {
+                    retry_at = self.attempt(&mut batch, &mut pos, &mut retry, &w.progress).await?;
+                }
+                _ = flush_tick.tick() => {
+                    if !pos.in_txn() && retry_at.is_none() && policy.on_tick(batch.age()).is_some() {
+                        retry_at = self.attempt(&mut batch, &mut pos, &mut retry, &w.progress).await?;
+                    }
+                    // The stream moved past this pipeline's last transaction: store that position
+                    // now (at most once a tick), so a reader waiting for a position after its own
+                    // commit is answered without waiting for the idle tick.
+                    idle_pending |= self.take_passed(w, &mut pos, &batch);
+                    if idle_pending && !pos.in_txn() && !batch.has_work() {
+                        idle_pending = false;
+                        self.checkpoint_idle_sinks(pos.applied()).await?;
+                        self.publish(&w.progress);
+                    }
+                }
+                _ = cp_tick.tick() => {
+                    if !pos.in_txn() && retry_at.is_none() {
+                        self.take_passed(w, &mut pos, &batch);
+                        self.checkpoint_idle_sinks(pos.applied()).await?;
+                        self.retry_dead_letters(pos.applied()).await?;
+                    }
+                    if !self.rebuilds.is_empty() {
+                        self.publish_reindex_status();
+                    }
+                    self.publish(&w.progress);
+                }
+                msg = w.rx.recv() => {
+                    // The source task ended (the daemon stops): stop with it.
+                    let Some(msg) = msg else { return Ok(()) };
+                    match msg.input {
+                        Input::Begin { xid } => {
+                            pos.begin();
+                            txn = (xid, batch.changes);
+                        }
+                        Input::Change { change, route } => self.route(&change, route, &mut batch)?,
+                        Input::Truncate { route } => self.truncate(route, &mut batch),
+                        Input::Commit { end_lsn } => {
+                            super::failpoint::failpoint("after_buffer");
+                            pos.commit(end_lsn);
+                            batch.close_transaction(txn.0, txn.1, end_lsn)?;
+                            let age = batch.age().unwrap_or_default();
+                            if retry_at.is_none() && policy.at_commit(batch.changes, age, !w.rx.is_empty()).is_some() {
+                                retry_at = self.attempt(&mut batch, &mut pos, &mut retry, &w.progress).await?;
+                            }
+                        }
+                        Input::Restart { epoch } => {
+                            // Staged join values of transactions that will be replayed go too.
+                            if let Some(l) = self.p.ledger() {
+                                l.discard_staged();
+                            }
+                            for s in &mut self.p.sinks {
+                                s.abort().await;
+                            }
+                            pos.restart(epoch);
+                            batch = self.new_batch();
+                            retry_at = None;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Offers the source task's passed position (read before checking the queue). True when the
+    /// applied position moved.
+    fn take_passed(&self, w: &Wiring, pos: &mut Position, batch: &Batch) -> bool {
+        let (epoch, lsn) = *w.passed.borrow();
+        let empty = w.rx.is_empty();
+        !batch.has_work() && batch.end_lsn.is_none() && pos.passed(epoch, lsn, empty)
+    }
+
+    /// One flush attempt: `None` when the batch went through, else when to try again.
+    async fn attempt(
+        &mut self,
+        batch: &mut Batch,
+        pos: &mut Position,
+        retry: &mut Retry,
+        progress: &watch::Sender<Progress>,
+    ) -> Result<Option<tokio::time::Instant>> {
+        match self.flush(batch, pos).await {
+            Ok(()) => {
+                if retry.waits() > 0 {
+                    // The batch went through after retries: the outage is over.
+                    retry.reset();
+                }
+                if std::mem::take(&mut self.retrying) {
+                    self.set_error(None);
+                }
+                self.publish(progress);
+                Ok(None)
+            }
+            Err(e) if super::error_policy::retries(&e) => {
+                for s in &mut self.p.sinks {
+                    s.abort().await;
+                }
+                warn!(pipeline = %self.name(), error = %e, "applying a batch failed; retrying");
+                self.retrying = true;
+                self.set_error(Some(format!("retrying: {}", e.message)));
+                if let Err(e2) = self.reconnect_pg().await {
+                    warn!(pipeline = %self.name(), error = %e2, "reconnecting to Postgres failed");
+                }
+                Ok(Some(tokio::time::Instant::now() + retry.next_delay()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn route(&mut self, change: &RowChange, route: Route, batch: &mut Batch) -> Result<()> {
+        match route {
+            Route::Source => {
+                let p = &self.p;
+                let key_of = |texts: &Option<Vec<Option<String>>>| -> Option<KeyTuple> {
+                    let texts = texts.as_ref()?;
+                    p.key_pos.iter().map(|&pos| texts.get(pos).cloned().flatten()).collect()
+                };
+                let new = key_of(&change.new);
+                let old = key_of(&change.old);
+                if new.is_none() && old.is_none() {
+                    // A NULL in a key column (the replica identity is checked at start, so the
+                    // column is there): such a row has no key and cannot be a record.
+                    warn!(pipeline = %p.def.name, table = %change.table, kind = ?change.kind, "a row with a NULL key was skipped");
+                    metrics::counter!("deriver_null_keys_total", "pipeline" => p.def.name.clone()).increment(1);
+                }
+                for k in [new, old].into_iter().flatten() {
+                    batch.dirty.keys.insert(k)?;
+                }
+            }
+            Route::Dep(di) => {
+                let p = &mut self.p;
+                let ledger = p.sinks.iter_mut().find_map(|s| match s {
+                    AnySink::Ledger(l) => Some(l),
+                    _ => None,
+                });
+                p.deps[di].probe(di, change, &mut batch.dirty.probes[di], ledger)?;
+            }
+        }
+        batch.changes += 1;
+        Ok(())
+    }
+
+    fn truncate(&mut self, route: Route, batch: &mut Batch) {
+        match route {
+            Route::Source => batch.dirty.truncate = true,
+            Route::Dep(di) => {
+                batch.dirty.rederive_all = true;
+                if let Some(l) = self.p.ledger() {
+                    l.clear_relation(di);
+                }
+            }
+        }
+        batch.changes += 1;
+    }
+
+    /// How far this pipeline's sinks are durable and checkpointed.
+    pub(super) fn progress(&mut self) -> Progress {
+        let mut durable: Option<Lsn> = None;
+        let mut known = true;
+        for s in &mut self.p.sinks {
+            match s.durable_lsn() {
+                Some(d) => durable = Some(durable.map_or(d, |m| m.min(d))),
+                None => known = false,
+            }
+        }
+        let checkpoint = self.p.sinks.iter().map(|s| s.current_checkpoint().map_or(Lsn::ZERO, |c| c.lsn)).min().unwrap_or(Lsn::ZERO);
+        Progress { durable: if known { durable } else { None }, checkpoint }
+    }
+
+    fn publish(&mut self, progress: &watch::Sender<Progress>) {
+        let now = self.progress();
+        progress.send_if_modified(|p| {
+            let changed = *p != now;
+            *p = now;
+            changed
+        });
+    }
+
+    pub(super) async fn reconnect_pg(&mut self) -> Result<()> {
+        if !self.pg.is_closed() {
+            return Ok(());
+        }
+        let client = pg::connect(self.ctx.cfg.postgres_url()?).await?;
+        self.p.prepare_on(&client).await?;
+        self.pg = client;
+        Ok(())
+    }
+
+    /// Sinks with nothing to write still advance their stored checkpoint, so the slot can be
+    /// acknowledged while their tables are quiet.
+    pub(super) async fn checkpoint_idle_sinks(&mut self, applied: Lsn) -> Result<()> {
+        let mut changed = false;
+        for s in &mut self.p.sinks {
+            let behind = s.checkpoint().await?.is_none_or(|c| c.lsn < applied);
+            if behind && applied > Lsn::ZERO {
+                super::check_fence(&self.ctx.fence)?;
+                let result = async {
+                    if s.begin(applied, BatchMode::Incremental { clear_all: false }).await? {
+                        s.commit().await?;
+                    }
+                    Ok::<(), Error>(())
+                }
+                .await;
+                match result {
+                    Ok(()) => changed = true,
+                    Err(e) if super::error_policy::retries(&e) => {
+                        s.abort().await;
+                        warn!(pipeline = %self.p.def.name, error = %e, "could not store an idle checkpoint; will retry");
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if changed {
+            self.update_targets();
+        }
+        Ok(())
+    }
+
+    pub(super) fn set_error(&self, error: Option<String>) {
+        let name = self.p.def.name.clone();
+        self.ctx.shared.update(|doc| {
+            if let Some(p) = doc.pipelines.iter_mut().find(|p| p.name == name) {
+                p.error = error;
+            }
+        });
+    }
+
+    /// The pipeline's targets, generation and dead letters into status and metrics.
+    pub(super) fn update_targets(&mut self) {
+        let mut targets = Vec::new();
+        for s in &self.p.sinks {
+            let cp = s.current_checkpoint();
+            for l in s.labels() {
+                targets.push((l, cp.as_ref().map(|c| c.lsn)));
+            }
+        }
+        let name = self.p.def.name.clone();
+        let generation = self.p.generation();
+        let (dead, dead_list) = {
+            let d = self.ctx.dead.lock().expect("dead-letter lock");
+            (d.count(&name) as u64, d.list(&name, 20).unwrap_or_default())
+        };
+        self.ctx.shared.update(|doc| {
+            if let Some(ps) = doc.pipelines.iter_mut().find(|p| p.name == name) {
+                ps.generation = generation;
+                for (label, lsn) in targets {
+                    ps.targets.insert(label, lsn);
+                }
+                ps.dead_letters = dead;
+                ps.dead_letter_list = dead_list;
+                if ps.reindex.is_none() {
+                    ps.state = "streaming".into();
+                }
+            }
+        });
+        if let Some(doc) = self.ctx.shared.snapshot() {
+            if let Some(p) = doc.pipelines.iter().find(|p| p.name == name) {
+                if let Some(a) = p.applied_lsn {
+                    metrics::gauge!("deriver_applied_lsn", "pipeline" => name.clone()).set(a.0 as f64);
+                }
+                if let Some(l) = p.lag_bytes {
+                    metrics::gauge!("deriver_lag_bytes", "pipeline" => name.clone()).set(l as f64);
+                }
+                metrics::gauge!("deriver_dead_letters", "pipeline" => name.clone()).set(p.dead_letters as f64);
+                if let Some(a) = &p.audit {
+                    metrics::gauge!("deriver_audit_drifted", "pipeline" => name.clone()).set(a.drifted as f64);
+                    metrics::gauge!("deriver_audit_remaining", "pipeline" => name.clone()).set(a.remaining as f64);
+                }
+            }
+        }
+    }
+}
