@@ -98,7 +98,7 @@ pub struct PipelinesConfig {
     pub dir: PathBuf,
 }
 
-/// Tuning knobs of the apply loop (an addition to the spec; all optional).
+/// Tuning knobs of the workers' batching (an addition to the spec; all optional).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuntimeConfig {

@@ -1,6 +1,10 @@
 //! Crash points for the crash-matrix tests. In debug builds (what the tests run), setting
 //! `DERIVER_FAILPOINTS=name[:n],…` makes the process abort — like a SIGKILL, no cleanup — the
 //! n-th time (default: first) it reaches that point. Release builds compile them to nothing.
+//!
+//! Not the `fail` crate: its actions (panic, return, sleep, pause …) unwind or stall one task,
+//! while these tests need the whole process to die at that instant, as a power cut or `kill -9`
+//! would, with no destructor, flush or final acknowledgement running after it.
 
 #[cfg(debug_assertions)]
 mod imp {

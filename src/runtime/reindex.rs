@@ -1,7 +1,7 @@
 //! Full reprocess without downtime. A search target is rebuilt into a *new generation* by a
 //! background task: it derives every record from a `REPEATABLE READ` snapshot taken after the
-//! position `from` the live pipeline had applied, while the apply loop keeps streaming and logs
-//! every key it re-derives after `from`. When the bulk load is committed, the apply loop catches
+//! position `from` the live pipeline had applied, while the pipeline's worker keeps streaming and
+//! logs every key it re-derives after `from`. When the bulk load is committed, the worker catches
 //! the new generation up by re-deriving the logged keys, then makes it live (`CURRENT`, an atomic
 //! rename) and keeps the previous generation for rollback. Searches answer from the old
 //! generation until the switch and never see a half-built index.

@@ -76,7 +76,7 @@ pub struct RowChange {
     pub old: Option<ColumnTexts>,
 }
 
-/// What the apply loop receives from the replication stream.
+/// What the source task receives from the replication stream.
 #[derive(Debug, Clone)]
 pub enum SourceEvent {
     Begin {
