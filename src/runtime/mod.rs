@@ -473,6 +473,7 @@ impl Daemon {
     pub async fn run(mut self, on_streaming: impl FnOnce()) -> Result<()> {
         // State of removed pipelines: one start-up warning, and `orphans` in status.
         orphans::watch(self.cfg.clone(), self.shared.clone(), self.pipelines.iter().map(|p| p.def.clone()).collect(), self.cancel.clone());
+        self.shared.start_meter(&self.pipelines); // telemetry
         let url = self.cfg.postgres_url()?.to_string();
         let conninfo = pg::replication_conninfo(&url)?;
         let slot = self.cfg.postgres.slot.clone();
@@ -866,11 +867,13 @@ impl Daemon {
                                         }
                                     }
                                     batch.changes += 1;
+                                    self.shared.meter_change(match r { Route::Source(i) | Route::Dep(i, _) => i }); // telemetry
                                 }
                             }
                         }
-                        SourceEvent::Commit { end_lsn, .. } => {
+                        SourceEvent::Commit { end_lsn, committed, .. } => {
                             tracing::debug!(%end_lsn, changes = batch.changes, "commit");
+                            self.shared.meter_commit(end_lsn, committed); // telemetry
                             failpoint("after_buffer");
                             in_txn = false;
                             if batch.changes > txn.1 {
@@ -935,6 +938,9 @@ impl Daemon {
                 }
             }
             batch.changes += 1;
+            self.shared.meter_change(match r {
+                Route::Source(i) | Route::Dep(i, _) => i,
+            }); // telemetry
         }
         Ok(())
     }
@@ -1003,7 +1009,6 @@ impl Daemon {
         if n >= 10_000 {
             release_memory();
         }
-        metrics::counter!("deriver_changes_applied_total").increment(n as u64);
         if let Some(e) = elapsed {
             metrics::histogram!("deriver_batch_latency_seconds").record(e.as_secs_f64());
         }
@@ -1166,9 +1171,12 @@ impl Daemon {
                 return Err(Error::fatal(format!("pipeline `{}` rejected key {} ({}) and says `on_error: stop`", p.def.name, p.failed[0].0, p.failed[0].1)));
             }
             let started = Instant::now();
-            commit_sinks(&mut p.sinks, &active, &self.fence).await?;
+            commit_sinks(&p.def.name, &mut p.sinks, &active, &self.fence).await?;
             failpoint("after_sink_commits");
             let committing = started.elapsed();
+            self.shared.meter_visible(i, lsn); // telemetry
+            crate::telemetry::record_pipeline(crate::telemetry::DERIVE_SECONDS, &p.def.name, deriving); // telemetry
+            crate::telemetry::record_pipeline(crate::telemetry::BATCH_SECONDS, &p.def.name, stages.elapsed()); // telemetry
             metrics::histogram!("deriver_commit_latency_seconds", "pipeline" => p.def.name.clone()).record(committing.as_secs_f64());
             tracing::debug!(
                 pipeline = %p.def.name,
@@ -1601,8 +1609,6 @@ impl Daemon {
             let name = self.pipelines[r.pipeline].def.name.clone();
             let done = r.progress.rows_done.load(std::sync::atomic::Ordering::Relaxed);
             let total = r.progress.rows_total.load(std::sync::atomic::Ordering::Relaxed).max(done);
-            metrics::gauge!("deriver_reindex_rows_done", "pipeline" => name.clone()).set(done as f64);
-            metrics::gauge!("deriver_reindex_rows_total", "pipeline" => name.clone()).set(total as f64);
             per.entry(name).or_insert(status::ReindexStatus {
                 generation: r.generation,
                 rows_done: done,
@@ -1688,6 +1694,7 @@ impl Daemon {
 
     /// Acknowledges the slot up to what every sink has made durable.
     async fn ack(&mut self, acker: &Acker, final_ack: bool) {
+        self.shared.meter_durable(&mut self.pipelines); // telemetry
         let mut min: Option<Lsn> = None;
         for p in &mut self.pipelines {
             for s in &mut p.sinks {
@@ -1735,21 +1742,6 @@ impl Daemon {
                 }
             }
         });
-        if let Some(doc) = self.shared.snapshot() {
-            for p in &doc.pipelines {
-                if let Some(a) = p.applied_lsn {
-                    metrics::gauge!("deriver_applied_lsn", "pipeline" => p.name.clone()).set(a.0 as f64);
-                }
-                if let Some(l) = p.lag_bytes {
-                    metrics::gauge!("deriver_lag_bytes", "pipeline" => p.name.clone()).set(l as f64);
-                }
-                metrics::gauge!("deriver_dead_letters", "pipeline" => p.name.clone()).set(p.dead_letters as f64);
-                if let Some(a) = &p.audit {
-                    metrics::gauge!("deriver_audit_drifted", "pipeline" => p.name.clone()).set(a.drifted as f64);
-                    metrics::gauge!("deriver_audit_remaining", "pipeline" => p.name.clone()).set(a.remaining as f64);
-                }
-            }
-        }
     }
 
     /// Fails when the publication stopped covering a table a pipeline reads (or gained a row
@@ -1828,7 +1820,7 @@ fn check_fence(fence: &CancellationToken) -> Result<()> {
 /// concurrently (each carries its own checkpoint, so their order does not matter); the dependency
 /// ledger commits only after all of them, since a ledger ahead of the data would forget join
 /// values the data still needs.
-async fn commit_sinks(sinks: &mut [AnySink], active: &[usize], fence: &CancellationToken) -> Result<()> {
+async fn commit_sinks(pipeline: &str, sinks: &mut [AnySink], active: &[usize], fence: &CancellationToken) -> Result<()> {
     use futures::stream::{FuturesUnordered, StreamExt};
     check_fence(fence)?;
     let mut ledger: Option<&mut AnySink> = None;
@@ -1840,7 +1832,12 @@ async fn commit_sinks(sinks: &mut [AnySink], active: &[usize], fence: &Cancellat
         if matches!(s, AnySink::Ledger(_)) {
             ledger = Some(s);
         } else {
-            data.push(async move { s.commit().await });
+            data.push(async move {
+                let (kind, started) = (status::sink_kind(s), Instant::now()); // telemetry
+                let r = s.commit().await;
+                crate::telemetry::record_sink_commit(pipeline, kind, started.elapsed()); // telemetry
+                r
+            });
         }
     }
     let mut done = 0;
@@ -1861,7 +1858,10 @@ async fn commit_sinks(sinks: &mut [AnySink], active: &[usize], fence: &Cancellat
             failpoint("between_sink_commits");
         }
         check_fence(fence)?;
+        let started = Instant::now(); // telemetry
         l.commit().await?;
+        crate::telemetry::record_sink_commit(pipeline, "ledger", started.elapsed());
+        // telemetry
     }
     Ok(())
 }
