@@ -180,15 +180,23 @@ fn metrics_pass_promtool_and_the_shipped_rules_and_dashboard_use_them() {
 
 #[test]
 fn readyz_is_503_while_redis_writes_are_paused_and_200_once_caught_up() {
-    let mut w = films("ops_ready", &[("DERIVER__RUNTIME__READY_MAX_LAG_SECS", "2".into())]);
+    // Under a steady load the lag stays below about 2.5 s (Redis writes count as durable 1.5 s
+    // after they are made, with appendfsync everysec): a bound of 5 s is kept while writes flow.
+    let bound = Duration::from_secs(5);
+    let mut w = films("ops_ready", &[("DERIVER__RUNTIME__READY_MAX_LAG_SECS", "5".into())]);
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let load = support::load::paced_film_load(w.url(), 50, stop.clone(), done.clone());
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(1));
     let get = |path: &str| http_get(&w, path).expect("the daemon answers");
-    assert_eq!(get("/readyz").0, 200, "ready under a light write load: {}", get("/readyz").1);
-    // Redis refuses writes (scripts included) for 8 s: batches wait, the lag grows.
-    let pause_ms = 8_000;
+    let steady = Instant::now();
+    while steady.elapsed() < Duration::from_secs(3) {
+        let (code, body) = get("/readyz");
+        assert_eq!(code, 200, "ready under a steady write load: {body}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Redis refuses writes (scripts included) for 12 s: batches wait, the lag grows.
+    let pause_ms = 12_000;
     let mut redis = env().redis.conn();
     let paused = Instant::now();
     let _: () = redis::cmd("CLIENT").arg("PAUSE").arg(pause_ms).arg("WRITE").query(&mut redis).unwrap();
@@ -203,12 +211,13 @@ fn readyz_is_503_while_redis_writes_are_paused_and_200_once_caught_up() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let (after, body) = not_ready.unwrap_or_else(|| panic!("/readyz stayed 200 through the pause; log:\n{}", w.log_text()));
-    // Lag passes 2 s at most 2 s after the pause began (plus a batch in flight and a poll).
-    assert!(after <= Duration::from_millis(3_500), "503 only after {after:?}");
-    assert!(body.contains("runtime.ready_max_lag_secs = 2"), "{body}");
+    // The lag passes the bound at most the bound after the pause began (plus a poll).
+    assert!(after <= bound + Duration::from_millis(1_000), "503 only after {after:?}");
+    assert!(body.contains("runtime.ready_max_lag_secs = 5"), "{body}");
     let text = metrics(&w);
     let lag = metric(&text, "deriver_lag_seconds", &[("pipeline", "films")]).unwrap();
-    assert!(lag > 2.0, "the lag gauge moves while the batch is stuck: {lag}");
+    assert!(lag > bound.as_secs_f64(), "the lag gauge moves while the batch is stuck: {lag}");
+    assert_eq!(metric(&text, "deriver_ready", &[]), Some(0.0));
     // The pause ends: caught up and ready again.
     let deadline = paused + Duration::from_millis(pause_ms) + Duration::from_secs(20);
     loop {
