@@ -45,8 +45,10 @@ PG_MAJOR=
 # System packages per package manager. The PostgreSQL server ones (*_PG, apt_pg_packages) are
 # installed only when find_pg_bin finds no server; the browser ones (*_BROWSER) only for
 # `install --with-browser` (tests/browser.rs), never for `up`: the demo needs no 130 MB Chromium.
+# The same flag (what CI runs) brings Debian's prometheus package for its promtool: tests/ops.rs
+# checks the daemon's /metrics and deploy/prometheus/alerts.yml with it.
 APT_BASE=(redis-server libpq-dev libssl-dev openssl pkg-config build-essential curl)
-APT_BROWSER=(chromium chromium-driver)
+APT_BROWSER=(chromium chromium-driver prometheus)
 DNF_BASE=(redis libpq-devel openssl-devel openssl pkg-config gcc)
 DNF_PG=(postgresql-server postgresql-contrib)
 DNF_BROWSER=(chromium chromedriver)
@@ -68,7 +70,8 @@ Commands:
             install whatever is missing of the system packages deriver needs: a PostgreSQL
             server (only when pg-bin finds none), Redis, the libpq and OpenSSL headers, the
             openssl tool, pkg-config, a C compiler and curl; --with-browser adds Chromium and
-            chromedriver (for tests/browser.rs; scripts/test.sh asks for them). Uses apt-get
+            chromedriver (for tests/browser.rs; scripts/test.sh asks for them) and, with apt,
+            the prometheus package for promtool (tests/ops.rs). Uses apt-get
             (Debian/Ubuntu), dnf (Fedora/RHEL) or brew (macOS), through sudo when not root; as
             root, also creates the 'postgres' OS user if no package did.
   pg-bin    print the directory of the PostgreSQL ≥ $PG_MIN_MAJOR server binaries (see PG_BIN below)

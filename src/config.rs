@@ -125,6 +125,10 @@ pub struct RuntimeConfig {
     /// three intervals) fences the process.
     #[serde(default = "default_lock_ms")]
     pub lock_check_ms: u64,
+    /// `/readyz` answers 503 while any pipeline's lag in seconds (the age of its oldest change
+    /// not yet durable in every target) exceeds this.
+    #[serde(default = "default_ready_max_lag_secs")]
+    pub ready_max_lag_secs: f64,
 }
 
 /// `[audit]`: the continuous audit `deriver run` does in the background (an addition to the spec;
@@ -228,6 +232,9 @@ fn default_lock_ms() -> u64 {
 fn default_idle_ms() -> u64 {
     1000
 }
+fn default_ready_max_lag_secs() -> f64 {
+    10.0
+}
 fn default_dirty_keys() -> usize {
     100_000
 }
@@ -271,6 +278,7 @@ impl Default for RuntimeConfig {
             dirty_keys_in_memory: default_dirty_keys(),
             lock_poll_ms: default_lock_ms(),
             lock_check_ms: default_lock_ms(),
+            ready_max_lag_secs: default_ready_max_lag_secs(),
         }
     }
 }
@@ -278,6 +286,18 @@ impl Default for RuntimeConfig {
 impl RuntimeConfig {
     pub fn batch_max_wait(&self) -> Duration {
         Duration::from_millis(self.batch_max_ms)
+    }
+
+    fn check(&self) -> Result<()> {
+        if !(self.ready_max_lag_secs.is_finite() && self.ready_max_lag_secs > 0.0 && self.ready_max_lag_secs < 1e9) {
+            return Err(Error::config(format!("runtime.ready_max_lag_secs must be a positive number of seconds, not {}", self.ready_max_lag_secs)));
+        }
+        Ok(())
+    }
+
+    /// The lag bound of readiness (`runtime.ready_max_lag_secs`).
+    pub fn ready_max_lag(&self) -> Duration {
+        Duration::from_secs_f64(self.ready_max_lag_secs)
     }
 }
 
@@ -308,6 +328,7 @@ impl Config {
         cfg.check_names()?;
         cfg.redis.check()?;
         cfg.audit.check()?;
+        cfg.runtime.check()?;
         Ok(cfg)
     }
 
@@ -434,7 +455,24 @@ impl RedisConfig {
 
 #[cfg(test)]
 mod tests {
-    use super::{PostgresConfig, RedisConfig};
+    use super::{PostgresConfig, RedisConfig, RuntimeConfig};
+
+    #[test]
+    fn the_readiness_lag_bound_defaults_to_ten_seconds_and_is_checked() {
+        let rt = RuntimeConfig::default();
+        assert_eq!(rt.ready_max_lag(), std::time::Duration::from_secs(10));
+        assert!(rt.check().is_ok());
+        let parse = |text: &str| -> RuntimeConfig {
+            config::Config::builder().add_source(config::File::from_str(text, config::FileFormat::Toml)).build().unwrap().try_deserialize().unwrap()
+        };
+        // An integer (as environment variables give it) and a fraction.
+        assert_eq!(parse("ready_max_lag_secs = 2").ready_max_lag(), std::time::Duration::from_secs(2));
+        assert_eq!(parse("ready_max_lag_secs = 0.5").ready_max_lag(), std::time::Duration::from_millis(500));
+        for bad in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let e = RuntimeConfig { ready_max_lag_secs: bad, ..RuntimeConfig::default() }.check().unwrap_err();
+            assert!(e.message.contains("runtime.ready_max_lag_secs"), "{}", e.message);
+        }
+    }
 
     #[test]
     fn password_file_joins_the_url() {

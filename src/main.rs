@@ -1,6 +1,6 @@
 //! deriver: derive search indexes and Redis views from Postgres logical replication.
 
-use deriver::{audit, cli, config, error, http, runtime, source};
+use deriver::{audit, cli, config, error, http, runtime, source, telemetry};
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -19,6 +19,11 @@ use error::{ErrorKind, Result};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// `DERIVER_LOG_FORMAT=json`: every line on stderr is one JSON object.
+fn json_logs() -> bool {
+    std::env::var("DERIVER_LOG_FORMAT").as_deref() == Ok("json")
+}
+
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("DERIVER_LOG")
@@ -27,8 +32,16 @@ fn init_tracing() {
     // Colour only for a person at a terminal: not in files, pipes or journals, nor with NO_COLOR.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour);
-    if std::env::var("DERIVER_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().init();
+    if json_logs() {
+        // `timestamp`, `level`, `target`, `message` and the event's fields (`pipeline`, `error`, …)
+        // at the top level of each line.
+        builder.json().flatten_event(true).with_current_span(false).with_span_list(false).init();
+        // A panic is a log line too (the default hook would write plain text).
+        std::panic::set_hook(Box::new(|info| {
+            let at = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+            let what = info.payload().downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| info.payload().downcast_ref::<String>().cloned());
+            tracing::error!(panic.location = %at, "panic: {}", deriver::redact::redact(&what.unwrap_or_default()));
+        }));
     } else {
         builder.init();
     }
@@ -51,10 +64,9 @@ fn shutdown_signal(cancel: CancellationToken) {
 async fn run_daemon(cfg: Config, resnapshot: bool) -> Result<()> {
     let cancel = CancellationToken::new();
     shutdown_signal(cancel.clone());
-    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .map_err(|e| error::Error::fatal("cannot install the metrics recorder").with_detail(e))?;
-    let shared = Arc::new(runtime::status::Shared::default());
+    let handle = telemetry::install().map_err(|e| error::Error::fatal("cannot install the metrics recorder").with_detail(e))?;
+    let shared = Arc::new(runtime::status::Shared { ready_max_lag: cfg.runtime.ready_max_lag(), ..Default::default() });
+    runtime::status::spawn_trends(shared.clone(), cancel.clone());
     // The API answers from the start: a standby reports itself in /v1/status and /readyz.
     http::serve(&cfg.http.listen, http::router(shared.clone(), handle, cfg.http.token.clone()), cancel.clone()).await?;
     let mut resnapshot = resnapshot;
@@ -75,6 +87,9 @@ async fn run_daemon(cfg: Config, resnapshot: bool) -> Result<()> {
         resnapshot = false;
         match result {
             Err(e) if e.kind == ErrorKind::Fenced || (lease.lost.is_cancelled() && !cancel.is_cancelled()) => {
+                if e.kind == ErrorKind::Fenced {
+                    metrics::counter!(telemetry::FENCED_WRITES).increment(1);
+                }
                 tracing::warn!(error = %e, "lost ownership of the slot; standing by again");
                 drop(lease);
                 // Give the sinks' writer threads a moment to release their locks.
@@ -202,6 +217,13 @@ fn main() -> ExitCode {
     };
     match rt.block_on(dispatch(cli)) {
         Ok(code) => ExitCode::from(code as u8),
+        Err(e) if json_logs() => {
+            tracing::error!(kind = ?e.kind, "{}", e);
+            ExitCode::from(match e.kind {
+                ErrorKind::Config => 2,
+                _ => 1,
+            })
+        }
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::from(match e.kind {

@@ -2,7 +2,9 @@
 //! the pipelines table fills in, typing in the search box shows highlighted hits and facet
 //! counts, the index picker starts on the biggest index and then on the one used last, an empty
 //! query lists integer ids numerically, a chosen facet value leaves the other values of its facet
-//! listed with their counts, and with `http.token` set the token form opens the page.
+//! listed with their counts, with `http.token` set the token form opens the page, and the charts
+//! of the last 15 minutes (lag, changes applied per second) are drawn per pipeline and move under
+//! a write load.
 //! Screenshots go to `target/test-artifacts/`.
 //!
 //! Needs Debian's `chromium` and `chromium-driver` (`scripts/dev-stack.sh install --with-browser`); without them
@@ -161,6 +163,72 @@ fn page_shows_pipelines_and_highlighted_search_hits() {
         std::fs::write(artifacts().join("ui.png"), png).unwrap();
         c.close().await.unwrap();
     });
+    assert_eq!(w.stop(), 0);
+}
+
+/// The chart of `series` of the films pipeline as drawn: (points of its line, its `data-max`,
+/// rendered width and height).
+async fn films_chart(c: &Client, series: &str) -> Option<(String, usize, f64, f64, f64)> {
+    let script = format!(
+        "var svg = document.querySelector(\"#trends svg[data-pipeline='films'][data-series='{series}']\"); \
+         if (!svg) {{ return null; }} var line = svg.querySelector('polyline'); var r = svg.getBoundingClientRect(); \
+         return [line.getAttribute('points'), Number(svg.getAttribute('data-points')), Number(svg.getAttribute('data-max')), r.width, r.height];"
+    );
+    let v = js(c, &script).await;
+    let a = v.as_array()?;
+    Some((a[0].as_str().unwrap().to_string(), a[1].as_u64().unwrap() as usize, a[2].as_f64().unwrap(), a[3].as_f64().unwrap(), a[4].as_f64().unwrap()))
+}
+
+#[test]
+fn the_last_15_minutes_are_drawn_per_pipeline_and_move_under_load() {
+    require_browser();
+    let mut w = world("browser_trends", &[]);
+    let driver = Driver::start();
+    let base = format!("http://127.0.0.1:{}/", w.http_port);
+    runtime().block_on(async {
+        let c = driver.session().await;
+        c.goto(&base).await.unwrap();
+        // Both charts of films drawn with a few samples (one a second), at a visible size.
+        let deadline = Instant::now() + WAIT;
+        let (lag_before, rate_before) = loop {
+            if let (Some(lag), Some(rate)) = (films_chart(&c, "lag_seconds").await, films_chart(&c, "changes_per_second").await) {
+                if lag.1 >= 3 && rate.1 >= 3 {
+                    break (lag, rate);
+                }
+            }
+            assert!(Instant::now() < deadline, "the films charts were not drawn with 3 samples");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        for (series, chart) in [("lag", &lag_before), ("rate", &rate_before)] {
+            assert!(chart.3 > 100.0 && chart.4 > 20.0, "the {series} chart has a size: {chart:?}");
+            assert_eq!(chart.0.split(' ').count(), chart.1, "one point per sample: {chart:?}");
+        }
+        assert_eq!(rate_before.2, 0.0, "no writes yet: the rate line is flat at zero ({rate_before:?})");
+        // A write load: the rate chart rises and both lines move.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let load = support::load::paced_film_load(w.url(), 50, stop.clone(), done.clone());
+        let deadline = Instant::now() + WAIT;
+        let (lag_after, rate_after) = loop {
+            let lag = films_chart(&c, "lag_seconds").await.expect("the lag chart");
+            let rate = films_chart(&c, "changes_per_second").await.expect("the rate chart");
+            if rate.2 >= 5.0 && lag.1 >= lag_before.1 + 3 {
+                break (lag, rate);
+            }
+            assert!(Instant::now() < deadline, "the charts did not move under load: lag {lag:?}, rate {rate:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        load.join().unwrap();
+        assert!(done.load(std::sync::atomic::Ordering::Relaxed) > 0);
+        assert_ne!(rate_after.0, rate_before.0, "the rate line moved");
+        assert_ne!(lag_after.0, lag_before.0, "the lag line moved");
+        let caption = js(&c, "return document.querySelector(\"#trends svg[data-series='changes_per_second']\").parentNode.textContent;").await;
+        assert!(caption.as_str().unwrap().starts_with("Changes applied: now"), "{caption}");
+        std::fs::write(artifacts().join("ui-trends.png"), c.screenshot().await.unwrap()).unwrap();
+        c.close().await.unwrap();
+    });
+    w.catch_up(&["films"], &["films"]);
     assert_eq!(w.stop(), 0);
 }
 

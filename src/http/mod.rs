@@ -113,40 +113,66 @@ async fn time_limit(State(limit): State<Duration>, req: Request, next: Next) -> 
     }
 }
 
-/// Request counts and latency per route (the matched route pattern, never the raw path).
-async fn track(req: Request, next: Next) -> Response {
+/// Request counts and latency per route (the matched route pattern, never the raw path), and
+/// search latency by index and status.
+async fn track(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = req.method().to_string();
     let route = req.extensions().get::<MatchedPath>().map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let index = search_index(&route, req.uri().path());
     let resp = next.run(req).await;
     let status = resp.status().as_u16().to_string();
+    let elapsed = started.elapsed().as_secs_f64();
+    if let Some(index) = index {
+        // Only live indexes name a series: a request for any name must not add one.
+        let index = if state.shared.indexes.read().is_ok_and(|i| i.contains_key(&index)) { index } else { "(unknown)".to_string() };
+        metrics::histogram!(crate::telemetry::SEARCH_SECONDS, "index" => index, "status" => status.clone()).record(elapsed);
+    }
     metrics::counter!("deriver_http_requests_total", "method" => method.clone(), "route" => route.clone(), "status" => status).increment(1);
-    metrics::histogram!("deriver_http_request_duration_seconds", "method" => method, "route" => route).record(started.elapsed().as_secs_f64());
+    metrics::histogram!("deriver_http_request_duration_seconds", "method" => method, "route" => route).record(elapsed);
     resp
+}
+
+/// The index a search request names: a route pattern whose last segment is `search` and whose
+/// segment before it is a parameter (`/v1/indexes/{index}/search`, and the same shape on other
+/// APIs), with the path's segment there.
+fn search_index(route: &str, path: &str) -> Option<String> {
+    let pattern: Vec<&str> = route.split('/').collect();
+    let segments: Vec<&str> = path.split('/').collect();
+    let n = pattern.len();
+    if n < 2 || segments.len() != n || pattern[n - 1] != "search" || !pattern[n - 2].starts_with('{') {
+        return None;
+    }
+    Some(percent_encoding::percent_decode_str(segments[n - 2]).decode_utf8_lossy().into_owned())
 }
 
 async fn healthz() -> &'static str {
     "ok"
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
-    if let Some(owner) = state.shared.standby() {
-        let by = owner.map(|h| format!(" (the slot is owned by pid {} {})", h.pid, h.application_name.unwrap_or_default())).unwrap_or_default();
-        return error(StatusCode::SERVICE_UNAVAILABLE, "standby", &format!("this process stands by{by}"));
+/// 200 once this process owns the slot, every pipeline streams within its lag bound
+/// (`runtime.ready_max_lag_secs`) and no dependency is failing; else 503 with the reason
+/// (`runtime::status::readiness`).
+/// With `?pipeline=<name>`, only that pipeline counts (`runtime::status::pipeline_readiness`): 404
+/// for a pipeline that does not exist.
+async fn readyz(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
+    let pipeline = query.as_deref().and_then(|q| url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "pipeline").map(|(_, v)| v.into_owned()));
+    let readiness = match &pipeline {
+        Some(name) => state.shared.pipeline_readiness(name),
+        None => state.shared.readiness(),
+    };
+    match readiness {
+        Ok(()) => (StatusCode::OK, Json(json!({ "ready": true }))).into_response(),
+        Err(e) if e.code == "pipeline_not_found" => error(StatusCode::NOT_FOUND, e.code, &e.reason),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.code, &e.reason),
     }
-    match state.shared.snapshot() {
-        None => error(StatusCode::SERVICE_UNAVAILABLE, "starting", "deriver is starting"),
-        Some(doc) => {
-            let mut not_ready: Vec<String> = doc.pipelines.iter().filter(|p| p.state != "streaming").map(|p| format!("{} is {}", p.name, p.state)).collect();
-            // A dependency that is failing (being retried): the pipelines are not keeping up.
-            not_ready.extend(health::failing().into_iter().map(|(dep, e)| format!("{dep} is failing: {}", e.lines().next().unwrap_or_default())));
-            if not_ready.is_empty() {
-                (StatusCode::OK, Json(json!({ "ready": true }))).into_response()
-            } else {
-                error(StatusCode::SERVICE_UNAVAILABLE, "not_ready", &not_ready.join("; "))
-            }
-        }
-    }
+}
+
+/// `GET /v1/status/trends`: per pipeline, lag in seconds and changes applied per second over the
+/// last 15 minutes, one sample a second (an addition to the spec, for the status page).
+async fn trends(State(state): State<AppState>) -> Response {
+    use crate::telemetry::history::{INTERVAL_MS, WINDOW_MS};
+    Json(json!({ "interval_ms": INTERVAL_MS, "window_ms": WINDOW_MS, "pipelines": state.shared.trend_columns() })).into_response()
 }
 
 async fn status(State(state): State<AppState>) -> Response {
@@ -180,6 +206,7 @@ async fn status(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics_text(State(state): State<AppState>) -> Response {
+    state.shared.export_gauges();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
 }
 
@@ -393,6 +420,7 @@ pub fn router(shared: Arc<Shared>, metrics: PrometheusHandle, token: Option<Stri
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/v1/status", get(status))
+        .route("/v1/status/trends", get(trends))
         .route("/metrics", get(metrics_text))
         .route("/v1/indexes", get(list_indexes))
         .route("/v1/indexes/{index}/search", post(search))
@@ -407,7 +435,7 @@ pub fn router(shared: Arc<Shared>, metrics: PrometheusHandle, token: Option<Stri
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(REQUEST_TIME_LIMIT, time_limit))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
-        .layer(middleware::from_fn(track))
+        .layer(middleware::from_fn_with_state(state.clone(), track))
         .with_state(state)
 }
 
@@ -526,6 +554,47 @@ mod tests {
         assert!(resp.headers()[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/event-stream"));
         let (s, _, body) = call(&app, get("/v1/pipelines/films/changes?since=x")).await;
         assert_eq!((s, code(&body).as_str()), (StatusCode::BAD_REQUEST, "invalid_lsn"));
+    }
+
+    #[test]
+    fn search_routes_name_their_index() {
+        assert_eq!(search_index("/v1/indexes/{index}/search", "/v1/indexes/films/search").as_deref(), Some("films"));
+        assert_eq!(search_index("/indexes/{index_uid}/search", "/indexes/a%20b/search").as_deref(), Some("a b"));
+        assert_eq!(search_index("/v1/indexes/{index}/documents/{id}", "/v1/indexes/films/documents/3"), None);
+        assert_eq!(search_index("/v1/search", "/v1/search"), None);
+        assert_eq!(search_index("unmatched", "/v1/indexes/films/search"), None);
+    }
+
+    #[tokio::test]
+    async fn readyz_and_metrics_follow_the_lag() {
+        let recorder = crate::telemetry::builder().build_recorder();
+        let handle = recorder.handle();
+        let shared = shared();
+        let app = router(shared.clone(), handle.clone(), None);
+        *shared.meter() = crate::telemetry::lag::Meter::new(["films".to_string()]);
+        // (Other tests of this binary report dependencies failing now and then: the 200 cases are
+        // checked without them.)
+        let ready = |shared: &Shared| crate::runtime::status::readiness(None, shared.snapshot().as_ref(), &[], &shared.lags(), shared.ready_max_lag);
+        assert_eq!(ready(&shared), Ok(()));
+        // A change committed 60 s ago and not yet durable: over the 10 s bound.
+        shared.meter_change(0);
+        shared.meter_commit(crate::source::Lsn(0x20), std::time::SystemTime::now() - Duration::from_secs(60));
+        let (s, _, body) = call(&app, get("/readyz")).await;
+        assert_eq!((s, code(&body).as_str()), (StatusCode::SERVICE_UNAVAILABLE, "not_ready"));
+        assert!(body.contains("films lags 60"), "{body}");
+        let (s, _, _) = call(&app, get("/healthz")).await;
+        assert_eq!(s, StatusCode::OK, "healthz stays 200");
+        let text = metrics::with_local_recorder(&recorder, || {
+            shared.export_gauges();
+            handle.render()
+        });
+        assert!(text.contains("deriver_lag_seconds{pipeline=\"films\"} 60"), "{text}");
+        assert!(text.contains("deriver_ready 0"), "{text}");
+        shared.meter().durable(0, 0x20);
+        assert_eq!(ready(&shared), Ok(()));
+        let (s, _, body) = call(&app, get("/v1/status/trends")).await;
+        assert_eq!(s, StatusCode::OK);
+        assert!(body.contains(r#""interval_ms":1000"#), "{body}");
     }
 
     #[tokio::test]

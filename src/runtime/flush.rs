@@ -14,13 +14,14 @@ use super::dirty::DirtyKeys;
 use super::failpoint::failpoint;
 use super::pipeline::note_rejects;
 use super::reindex;
-use super::status::ChangeNotice;
+use super::status::{sink_kind, ChangeNotice};
 use super::worker::Worker;
 use crate::error::{Error, Result};
 use crate::pipeline::OnError;
 use crate::sink::{AnySink, BatchMode, Rejected, Sink, Write};
 use crate::source::postgres as pg;
 use crate::source::Lsn;
+use crate::telemetry;
 
 /// Change notices list at most this many keys; bigger batches say `"*"` (re-read everything).
 const NOTICE_KEYS: usize = 10_000;
@@ -39,9 +40,8 @@ impl Worker {
             }
             self.apply(batch, lsn).await?;
             self.settle_dead_letters()?;
-            metrics::counter!("deriver_changes_applied_total", "pipeline" => self.p.def.name.clone()).increment(batch.changes as u64);
             if let Some(age) = batch.age() {
-                metrics::histogram!("deriver_batch_latency_seconds", "pipeline" => self.p.def.name.clone()).record(age.as_secs_f64());
+                metrics::histogram!(crate::telemetry::BATCH_LATENCY).record(age.as_secs_f64());
             }
             if batch.changes >= 10_000 {
                 super::release_memory();
@@ -144,7 +144,7 @@ impl Worker {
         }
         if dirty.keys.is_empty() && !dirty.truncate {
             // Probes reached no source key: only the ledger (if any) moves.
-            return commit_sinks(&mut p.sinks, &active, &self.ctx.fence).await;
+            return commit_sinks(&p.def.name, &mut p.sinks, &active, &self.ctx.fence).await;
         }
         let stmt = p.statement()?;
         let stages = Instant::now();
@@ -197,10 +197,13 @@ impl Worker {
             return Err(Error::fatal(format!("pipeline `{}` rejected key {} ({}) and says `on_error: stop`", p.def.name, p.failed[0].0, p.failed[0].1)));
         }
         let started = Instant::now();
-        commit_sinks(&mut p.sinks, &active, &self.ctx.fence).await?;
+        commit_sinks(&p.def.name, &mut p.sinks, &active, &self.ctx.fence).await?;
         failpoint("after_sink_commits");
         let committing = started.elapsed();
-        metrics::histogram!("deriver_commit_latency_seconds", "pipeline" => p.def.name.clone()).record(committing.as_secs_f64());
+        self.ctx.shared.meter_visible(self.index, lsn);
+        telemetry::record_pipeline(telemetry::DERIVE_SECONDS, &p.def.name, deriving);
+        telemetry::record_pipeline(telemetry::BATCH_SECONDS, &p.def.name, stages.elapsed());
+        telemetry::record_pipeline(telemetry::COMMIT_LATENCY, &p.def.name, committing);
         tracing::debug!(
             pipeline = %p.def.name,
             %lsn,
@@ -392,7 +395,7 @@ impl Worker {
 /// concurrently (each carries its own checkpoint, so their order does not matter); the dependency
 /// ledger commits only after all of them, since a ledger ahead of the data would forget join
 /// values the data still needs.
-pub(super) async fn commit_sinks(sinks: &mut [AnySink], active: &[usize], fence: &tokio_util::sync::CancellationToken) -> Result<()> {
+pub(super) async fn commit_sinks(pipeline: &str, sinks: &mut [AnySink], active: &[usize], fence: &tokio_util::sync::CancellationToken) -> Result<()> {
     use futures::stream::{FuturesUnordered, StreamExt};
     super::check_fence(fence)?;
     let mut ledger: Option<&mut AnySink> = None;
@@ -404,7 +407,12 @@ pub(super) async fn commit_sinks(sinks: &mut [AnySink], active: &[usize], fence:
         if matches!(s, AnySink::Ledger(_)) {
             ledger = Some(s);
         } else {
-            data.push(async move { s.commit().await });
+            data.push(async move {
+                let (kind, started) = (sink_kind(s), Instant::now());
+                let r = s.commit().await;
+                telemetry::record_sink_commit(pipeline, kind, started.elapsed());
+                r
+            });
         }
     }
     let mut done = 0;
@@ -425,7 +433,9 @@ pub(super) async fn commit_sinks(sinks: &mut [AnySink], active: &[usize], fence:
             failpoint("between_sink_commits");
         }
         super::check_fence(fence)?;
+        let started = Instant::now();
         l.commit().await?;
+        telemetry::record_sink_commit(pipeline, "ledger", started.elapsed());
     }
     Ok(())
 }

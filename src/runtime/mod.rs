@@ -335,6 +335,7 @@ impl Daemon {
         }
         let start = start.unwrap_or(Lsn::ZERO);
         self.publish_status(workers.iter().map(|w| &w.p), "streaming").await;
+        self.shared.start_meter(workers.iter().map(|w| &w.p));
         let cancel = self.cancel.clone();
         let Daemon { cfg, pg, interest, routes, shared, admin_rx, .. } = self;
         let (passed, passed_rx) = watch::channel((1u64, start));
@@ -343,6 +344,7 @@ impl Daemon {
         for (i, mut w) in workers.into_iter().enumerate() {
             let (feed, rx) = Feed::new(WORKER_QUEUE_BYTES);
             let (admin_tx, admin) = mpsc::channel(16);
+            w.index = i;
             let (progress_tx, progress) = watch::channel(w.progress());
             handles.push(WorkerHandle { name: w.name().to_string(), feed, admin: admin_tx, progress });
             let wiring = Wiring { rx, passed: passed_rx.clone(), admin, progress: progress_tx, start, epoch: 1 };

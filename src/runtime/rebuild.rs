@@ -292,8 +292,6 @@ impl Worker {
         for r in &self.rebuilds {
             let done = r.progress.rows_done.load(std::sync::atomic::Ordering::Relaxed);
             let total = r.progress.rows_total.load(std::sync::atomic::Ordering::Relaxed).max(done);
-            metrics::gauge!("deriver_reindex_rows_done", "pipeline" => name.clone()).set(done as f64);
-            metrics::gauge!("deriver_reindex_rows_total", "pipeline" => name.clone()).set(total as f64);
             status.get_or_insert(ReindexStatus {
                 generation: r.generation,
                 rows_done: done,

@@ -193,6 +193,7 @@ impl SourceTask {
                                 if !self.send(w, Input::Change { change: change.clone(), route }, bytes).await? {
                                     return Ok(());
                                 }
+                                self.shared.meter_change(w);
                             }
                         }
                         SourceEvent::Truncate { tables } => {
@@ -207,11 +208,13 @@ impl SourceTask {
                                     if !self.send(w, Input::Truncate { route }, 64).await? {
                                         return Ok(());
                                     }
+                                    self.shared.meter_change(w);
                                 }
                             }
                         }
-                        SourceEvent::Commit { end_lsn, .. } => {
+                        SourceEvent::Commit { end_lsn, committed, .. } => {
                             tracing::debug!(%end_lsn, workers = began.len(), "commit");
+                            self.shared.meter_commit(end_lsn, committed);
                             for w in std::mem::take(&mut began) {
                                 if !self.send(w, Input::Commit { end_lsn }, 16).await? {
                                     return Ok(());

@@ -151,6 +151,8 @@ pub struct Worker {
     pub(super) retrying: bool,
     /// A reindex requested before a restart resumes when the worker starts.
     pub(super) resume_reindex: bool,
+    /// The pipeline's place in the daemon's order (its meter in `Shared`).
+    pub(super) index: usize,
 }
 
 impl Worker {
@@ -171,6 +173,7 @@ impl Worker {
             last_sql_retry: Instant::now().checked_sub(Duration::from_secs(3600)).unwrap_or_else(Instant::now),
             retrying: false,
             resume_reindex,
+            index: 0,
         })
     }
 
@@ -419,6 +422,7 @@ impl Worker {
 
     fn publish(&mut self, progress: &watch::Sender<Progress>) {
         let now = self.progress();
+        self.ctx.shared.meter_durable(self.index, now.durable);
         progress.send_if_modified(|p| {
             let changed = *p != now;
             *p = now;
@@ -504,20 +508,5 @@ impl Worker {
                 }
             }
         });
-        if let Some(doc) = self.ctx.shared.snapshot() {
-            if let Some(p) = doc.pipelines.iter().find(|p| p.name == name) {
-                if let Some(a) = p.applied_lsn {
-                    metrics::gauge!("deriver_applied_lsn", "pipeline" => name.clone()).set(a.0 as f64);
-                }
-                if let Some(l) = p.lag_bytes {
-                    metrics::gauge!("deriver_lag_bytes", "pipeline" => name.clone()).set(l as f64);
-                }
-                metrics::gauge!("deriver_dead_letters", "pipeline" => name.clone()).set(p.dead_letters as f64);
-                if let Some(a) = &p.audit {
-                    metrics::gauge!("deriver_audit_drifted", "pipeline" => name.clone()).set(a.drifted as f64);
-                    metrics::gauge!("deriver_audit_remaining", "pipeline" => name.clone()).set(a.remaining as f64);
-                }
-            }
-        }
     }
 }

@@ -89,6 +89,8 @@ pub enum SourceEvent {
     Commit {
         commit_lsn: Lsn,
         end_lsn: Lsn,
+        /// When the transaction committed, by the server's clock (for lag in seconds).
+        committed: std::time::SystemTime,
     },
     /// Nothing arrived for a while and no transaction is open: everything up to `lsn` has been
     /// delivered, so a consumer with nothing pending may treat it as applied.

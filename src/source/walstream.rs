@@ -223,9 +223,9 @@ impl Reader {
                 self.in_txn = true;
                 SourceEvent::Begin { xid: transaction_id }
             }
-            EventType::Commit { commit_lsn, end_lsn, .. } => {
+            EventType::Commit { commit_lsn, end_lsn, commit_timestamp } => {
                 self.in_txn = false;
-                SourceEvent::Commit { commit_lsn: Lsn(commit_lsn.value()), end_lsn: Lsn(end_lsn.value()) }
+                SourceEvent::Commit { commit_lsn: Lsn(commit_lsn.value()), end_lsn: Lsn(end_lsn.value()), committed: commit_timestamp.into() }
             }
             EventType::Insert { schema, table, relation_oid, data } => {
                 let Some((name, cols)) = self.relation(relation_oid, &schema, &table) else { return Ok(None) };
