@@ -9,14 +9,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: [&str; 11] = ["redact", "error", "health", "config", "source", "pipeline", "sink", "runtime", "http", "audit", "cli"];
 
 /// Files over the limit when the limit came, with their size then: they may not grow.
-const STILL_LARGE: [(&str, usize); 6] = [
-    ("src/runtime/mod.rs", 1887),
-    ("src/audit/mod.rs", 1194),
-    ("src/pipeline/check.rs", 1070),
-    ("src/http/ranking.rs", 781),
-    ("src/sink/redis/mod.rs", 684),
-    ("src/sink/tantivy/mod.rs", 646),
-];
+const STILL_LARGE: [(&str, usize); 2] = [("src/runtime/mod.rs", 1887), ("src/http/ranking.rs", 781)];
 const LIMIT: usize = 600;
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {
