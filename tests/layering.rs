@@ -9,13 +9,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: [&str; 12] = ["redact", "error", "health", "telemetry", "config", "source", "pipeline", "sink", "runtime", "http", "audit", "cli"];
 
 /// Files over the limit when the limit came, with their size then: they may not grow.
-const STILL_LARGE: [(&str, usize); 5] = [
-    ("src/audit/mod.rs", 1194),
-    ("src/pipeline/check.rs", 1070),
-    ("src/http/ranking.rs", 781),
-    ("src/sink/redis/mod.rs", 684),
-    ("src/sink/tantivy/mod.rs", 646),
-];
+const STILL_LARGE: [(&str, usize); 1] = [("src/http/ranking.rs", 781)];
 const LIMIT: usize = 600;
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {

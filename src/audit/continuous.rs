@@ -18,7 +18,11 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{last_report, report_path, save_report, Checker, Findings, KeyFilter, Link, PipelineReport, Sample, TargetReport};
+use super::checker::Checker;
+use super::findings::Findings;
+use super::link::Link;
+use super::report::{last_report, report_path, save_report, PipelineReport, TargetReport};
+use super::sample::{KeyFilter, Sample};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::pipeline::sql::DerivationSql;

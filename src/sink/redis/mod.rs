@@ -13,212 +13,30 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use redis::Value as RValue;
-use serde_json::Value;
 
-use super::{BatchMode, Checkpoint, Record, Rejected, Sink, Write};
+use super::{BatchMode, Checkpoint, Rejected, Sink, Write};
 use crate::config::RedisConfig;
 use crate::error::{Error, ErrorKind, Result};
 use std::collections::HashSet;
 
+mod checkpoint;
 pub(crate) mod compare;
 mod conn;
-use crate::pipeline::{Pipeline, RedisTarget, RedisType};
+mod keys;
+mod views;
+use crate::pipeline::Pipeline;
 use crate::source::Lsn;
+pub use checkpoint::{durability_delay, read_checkpoint};
 pub use conn::{connect, connect_pinned, RedisConn};
+pub use keys::Keys;
+use views::{build_views, render_views, View};
+pub use views::{preview, view_renderer, ViewWrite};
 
 const SCRIPT: &str = include_str!("apply.lua");
 /// Above this many argument bytes a chunk is flushed into a MULTI transaction.
 const CHUNK_BYTES: usize = 4 << 20;
 /// The default limit on one view value (`redis.max_value_bytes`).
 pub const MAX_VALUE_BYTES: usize = 64 << 20;
-
-/// Key layout of one pipeline: its bookkeeping keys, and what its view keys start with.
-///
-/// On a single server (`redis.cluster = false`): views `<prefix>:<template>`, bookkeeping
-/// `<prefix>:_meta:<pipeline>:…`, `<prefix>:_ledger:<pipeline>`. On a Redis Cluster the pipeline
-/// name becomes the hash tag `{<pipeline>}` in every key: views `<prefix>:{<pipeline>}:<template>`,
-/// `<prefix>:_meta:{<pipeline>}:…`, `<prefix>:_ledger:{<pipeline>}`, so one pipeline is one hash
-/// slot. Every Redis key deriver reads or writes is built here or from [`Keys::views`].
-#[derive(Debug, Clone)]
-pub struct Keys {
-    /// What every view key of the pipeline starts with, before `:<rendered template>`.
-    pub views: String,
-    pub checkpoint: String,
-    pub ledger: String,
-    pub hash: String,
-    /// The notice channel (a channel, not a key: the same name on a cluster, where PUBLISH
-    /// reaches subscribers on every node).
-    pub changes: String,
-    /// Incremented by each process that takes ownership; batches carry the value they claimed.
-    pub epoch: String,
-    /// Batches refused because they carried an old epoch (a fenced process tried to write).
-    pub fenced: String,
-}
-
-impl Keys {
-    pub fn new(prefix: &str, pipeline: &str, cluster: bool) -> Keys {
-        let p = if cluster { format!("{{{pipeline}}}") } else { pipeline.to_string() };
-        Keys {
-            views: if cluster { format!("{prefix}:{p}") } else { prefix.to_string() },
-            checkpoint: format!("{prefix}:_meta:{p}:applied_lsn"),
-            ledger: format!("{prefix}:_ledger:{p}"),
-            hash: format!("{prefix}:_meta:{p}:definition_hash"),
-            changes: format!("{prefix}:_changes:{pipeline}"),
-            epoch: format!("{prefix}:_meta:{p}:owner_epoch"),
-            fenced: format!("{prefix}:_meta:{p}:fenced_writes"),
-        }
-    }
-
-    /// The layout the configuration asks for.
-    pub fn of(cfg: &RedisConfig, pipeline: &str) -> Keys {
-        Keys::new(&cfg.prefix, pipeline, cfg.cluster)
-    }
-}
-
-/// Reads a pipeline's Redis checkpoint (for `status` and start-up).
-pub async fn read_checkpoint(conn: &mut RedisConn, keys: &Keys) -> Result<Option<Checkpoint>> {
-    let (lsn, hash): (Option<String>, Option<String>) = redis::pipe().get(&keys.checkpoint).get(&keys.hash).query_async(conn).await?;
-    match lsn {
-        None => Ok(None),
-        Some(text) => {
-            let lsn = text.parse().map_err(|e: String| Error::fatal(format!("{} holds a bad LSN", keys.checkpoint)).with_detail(e))?;
-            Ok(Some(Checkpoint { lsn, definition_hash: hash }))
-        }
-    }
-}
-
-/// How long after a write Redis is trusted to have it on disk, from its persistence settings.
-pub async fn durability_delay(conn: &mut RedisConn, configured: Option<u64>) -> Result<Duration> {
-    if let Some(ms) = configured {
-        return Ok(Duration::from_millis(ms));
-    }
-    let aof: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("appendonly").query_async(conn).await.unwrap_or_default();
-    let fsync: Vec<String> = redis::cmd("CONFIG").arg("GET").arg("appendfsync").query_async(conn).await.unwrap_or_default();
-    let aof_on = aof.get(1).map(|v| v == "yes").unwrap_or(false);
-    let policy = fsync.get(1).cloned().unwrap_or_default();
-    Ok(match (aof_on, policy.as_str()) {
-        (true, "always") => Duration::ZERO,
-        (true, "everysec") => Duration::from_millis(1500),
-        _ => {
-            tracing::warn!(
-                "Redis runs without appendfsync everysec/always: a Redis crash can lose recent view writes \
-                 together with their checkpoint; deriver then re-derives the affected pipeline on the next start"
-            );
-            Duration::from_millis(1500)
-        }
-    })
-}
-
-/// One Redis write a record makes: `json` [text], `hash` [field, value, …], `set` [member],
-/// `zset` [member, score].
-#[derive(Debug, Clone, PartialEq)]
-pub struct ViewWrite {
-    pub key: String,
-    pub kind: &'static str,
-    pub values: Vec<String>,
-}
-
-/// The Redis writes one record makes under a pipeline's targets (what `deriver preview` shows);
-/// `prefix` is the pipeline's [`Keys::views`].
-pub fn preview(prefix: &str, pipeline: &Pipeline, record: &Record) -> std::result::Result<Vec<ViewWrite>, String> {
-    render_views(prefix, &build_views(pipeline), record, usize::MAX)
-}
-
-/// The views each record produces, like [`preview`], with the pipeline's view definitions built
-/// once: for callers that render many records (audits read exactly these views back). `prefix` is
-/// the pipeline's [`Keys::views`].
-pub fn view_renderer(prefix: &str, pipeline: &Pipeline) -> impl Fn(&Record) -> std::result::Result<Vec<ViewWrite>, String> + Send + Sync {
-    let prefix = prefix.to_string();
-    let views = build_views(pipeline);
-    move |record| render_views(&prefix, &views, record, usize::MAX)
-}
-
-fn build_views(pipeline: &Pipeline) -> Vec<View> {
-    let text_fields = pipeline.text_fields();
-    let pos = |f: &str| text_fields.iter().position(|x| x == f);
-    pipeline
-        .redis
-        .iter()
-        .map(|t| View {
-            target: t.clone(),
-            field_pos: t.key.fields().map(|f| (f.to_string(), pos(f).expect("template fields are text fields"))).collect(),
-            member_pos: t.member.as_deref().and_then(pos),
-            score_pos: t.score.as_deref().and_then(pos),
-        })
-        .collect()
-}
-
-fn render_views(prefix: &str, views: &[View], record: &Record, max_value: usize) -> std::result::Result<Vec<ViewWrite>, String> {
-    let text = |p: Option<usize>| p.and_then(|p| record.texts.get(p).cloned().flatten());
-    let mut out = Vec::new();
-    for view in views {
-        let Some(rendered) = view.target.key.render(|f| text(view.field_pos.iter().find(|(name, _)| name == f).map(|(_, p)| *p))) else {
-            // A NULL field in the template: this record has no key for this view.
-            continue;
-        };
-        if rendered.starts_with('_') {
-            return Err(format!("the key `{rendered}` would fall among deriver's bookkeeping keys (`{prefix}:_…`)"));
-        }
-        let key = format!("{prefix}:{rendered}");
-        let fields: Vec<(&String, &Value)> = match &view.target.fields {
-            None => record.value.iter().collect(),
-            Some(list) => list.iter().filter_map(|f| record.value.get_key_value(f)).collect(),
-        };
-        let (kind, values) = match view.target.ty {
-            RedisType::Json => {
-                let payload = if view.target.fields.is_none() {
-                    record.json.clone()
-                } else {
-                    let obj: serde_json::Map<String, Value> = fields.into_iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-                    serde_json::to_string(&obj).expect("JSON serializes")
-                };
-                if payload.len() > max_value {
-                    return Err(format!("the JSON view {key} would be {} bytes (redis.max_value_bytes = {max_value})", payload.len()));
-                }
-                ("json", vec![payload])
-            }
-            RedisType::Hash => {
-                let mut pairs = Vec::new();
-                for (name, value) in fields {
-                    let text = match value {
-                        Value::Null => continue,
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    };
-                    pairs.push(name.clone());
-                    pairs.push(text);
-                }
-                if let Some(big) = pairs.iter().find(|v| v.len() > max_value) {
-                    return Err(format!("a field of the hash view {key} would be {} bytes (redis.max_value_bytes = {max_value})", big.len()));
-                }
-                ("hash", pairs)
-            }
-            RedisType::Set => {
-                // A NULL member: this record contributes nothing to the view.
-                let Some(member) = text(view.member_pos) else { continue };
-                ("set", vec![member])
-            }
-            RedisType::Zset => {
-                let (Some(member), Some(score)) = (text(view.member_pos), text(view.score_pos)) else { continue };
-                if !score.trim().parse::<f64>().is_ok_and(|f| !f.is_nan()) {
-                    return Err(format!("zset score `{score}` for {key} is not a number"));
-                }
-                ("zset", vec![member, score])
-            }
-        };
-        out.push(ViewWrite { key, kind, values });
-    }
-    Ok(out)
-}
-
-struct View {
-    target: RedisTarget,
-    /// Positions of the template's fields in `Pipeline::text_fields()`.
-    field_pos: Vec<(String, usize)>,
-    /// set/zset: positions of the member and score fields in `Pipeline::text_fields()`.
-    member_pos: Option<usize>,
-    score_pos: Option<usize>,
-}
 
 pub struct RedisSink {
     pipeline: String,
@@ -678,38 +496,5 @@ impl RedisSink {
     /// The checkpoint of the last commit (no I/O).
     pub fn current_checkpoint(&self) -> Option<Checkpoint> {
         self.checkpoint.clone()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Keys;
-
-    #[test]
-    fn key_layout_single_server_and_cluster() {
-        let k = Keys::new("deriver", "films", false);
-        assert_eq!(k.views, "deriver");
-        assert_eq!(k.checkpoint, "deriver:_meta:films:applied_lsn");
-        assert_eq!(k.ledger, "deriver:_ledger:films");
-        assert_eq!(k.hash, "deriver:_meta:films:definition_hash");
-        assert_eq!(k.epoch, "deriver:_meta:films:owner_epoch");
-        assert_eq!(k.fenced, "deriver:_meta:films:fenced_writes");
-        assert_eq!(k.changes, "deriver:_changes:films");
-
-        let k = Keys::new("deriver", "films", true);
-        assert_eq!(k.views, "deriver:{films}");
-        assert_eq!(k.checkpoint, "deriver:_meta:{films}:applied_lsn");
-        assert_eq!(k.ledger, "deriver:_ledger:{films}");
-        assert_eq!(k.hash, "deriver:_meta:{films}:definition_hash");
-        assert_eq!(k.epoch, "deriver:_meta:{films}:owner_epoch");
-        assert_eq!(k.fenced, "deriver:_meta:{films}:fenced_writes");
-        // A channel, not a key: no slot.
-        assert_eq!(k.changes, "deriver:_changes:films");
-        // The first `{…}` of every key is the pipeline's tag (Redis hashes only that part).
-        for key in [format!("{}:film:1", k.views), k.checkpoint, k.ledger, k.hash, k.epoch, k.fenced] {
-            let open = key.find('{').unwrap();
-            let close = open + key[open..].find('}').unwrap();
-            assert_eq!(&key[open + 1..close], "films", "{key}");
-        }
     }
 }

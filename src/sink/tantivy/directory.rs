@@ -226,7 +226,7 @@ impl Spares {
     /// The pool's thread: keeps [`SPARE_TARGET`] files ready until the directory is dropped
     /// (only this thread holds the pool then) or a file cannot be made; then removes the folder.
     fn fill(self: Arc<Self>) {
-        super::lower_thread_priority(0);
+        super::priority::lower_thread_priority(0);
         let mut made: u64 = 0;
         loop {
             let missing = {
@@ -395,13 +395,13 @@ mod tests {
         };
         let mut nices = spare_nices();
         for _ in 0..50 {
-            if !nices.is_empty() && nices.iter().all(|&n| n == super::super::BACKGROUND_NICE) {
+            if !nices.is_empty() && nices.iter().all(|&n| n == super::super::priority::BACKGROUND_NICE) {
                 break;
             }
             std::thread::sleep(Duration::from_millis(20));
             nices = spare_nices();
         }
-        assert!(!nices.is_empty() && nices.iter().all(|&n| n == super::super::BACKGROUND_NICE), "index-spares threads' nice values: {nices:?}");
+        assert!(!nices.is_empty() && nices.iter().all(|&n| n == super::super::priority::BACKGROUND_NICE), "index-spares threads' nice values: {nices:?}");
         let next_spare = std::fs::metadata(pool.lock().ready.last().unwrap()).unwrap().ino();
         write("second.bin", b"two");
         assert_eq!(std::fs::metadata(root.join("second.bin")).unwrap().ino(), next_spare, "the file is the spare, renamed");
