@@ -663,6 +663,7 @@ impl Daemon {
                 }
                 Err(e) => return Err(e),
             };
+            self.dead.persist(&name, &p.failed)?; // issue 28: dead letters durable before the checkpoints pass them
             for s in sinks {
                 s.commit().await?;
             }
@@ -1165,6 +1166,7 @@ impl Daemon {
             if p.def.on_error == OnError::Stop && !p.failed.is_empty() {
                 return Err(Error::fatal(format!("pipeline `{}` rejected key {} ({}) and says `on_error: stop`", p.def.name, p.failed[0].0, p.failed[0].1)));
             }
+            self.dead.persist(&p.def.name, &p.failed)?; // issue 28: dead letters durable before the checkpoints pass them
             let started = Instant::now();
             commit_sinks(&mut p.sinks, &active, &self.fence).await?;
             failpoint("after_sink_commits");
@@ -1227,19 +1229,7 @@ impl Daemon {
             if let Err(e) = self.repair(&name, &due, Some(applied)).await {
                 warn!(pipeline = %name, error = %e, "retrying dead letters failed");
             }
-            // Keys the retry did not write again are still dead: count an attempt, keeping the
-            // reason the retry gave (or the one recorded before).
-            let written: std::collections::HashSet<String> = self.pipelines[i].written.iter().cloned().collect();
-            let failed_now: std::collections::HashSet<String> = self.pipelines[i].failed.iter().map(|(k, _)| k.clone()).collect();
-            let previous = self.dead.list(&name, usize::MAX)?;
-            let again: Vec<(String, String)> = due
-                .iter()
-                .filter(|k| !written.contains(*k) && !failed_now.contains(*k))
-                .map(|k| {
-                    let reason = previous.iter().find(|d| &d.key == k).map(|d| d.reason.clone()).unwrap_or_else(|| "still failing".into());
-                    (k.clone(), reason)
-                })
-                .collect();
+            let again = self.dead.not_retried(&name, &due, &self.pipelines[i].written, &self.pipelines[i].failed)?;
             self.pipelines[i].failed.extend(again);
             self.settle_dead_letters()?;
         }
