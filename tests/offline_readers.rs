@@ -1,7 +1,8 @@
 //! Commands that only read (`deriver status`, `deriver dead-letters` without a daemon) never take a
 //! lock the daemon needs: they open the dead-letter store read-only, beside its one writer. A
 //! daemon starting while they run neither fails ("Database already open. Cannot acquire lock")
-//! nor waits for them.
+//! nor waits for them. Commands that do a daemon's work without one (`reindex`, `dead-letters
+//! --retry`, `audit --repair`) hold the slot's ownership instead: a starting daemon stands by.
 
 mod support;
 
@@ -110,4 +111,33 @@ fn a_reader_holding_the_store_neither_delays_a_start_nor_misses_its_commits() {
     let log = w.log_text();
     assert!(!log.contains(WAITED), "the start waited for the reader; log:\n{log}");
     drop(reader);
+}
+
+/// A command doing a daemon's work without one (`deriver reindex` here) holds the slot's
+/// ownership while it works: a daemon starting meanwhile stands by (it neither fails on nor waits
+/// for the stores and index the command holds) and takes over when the command is done.
+#[test]
+fn a_daemon_started_during_an_offline_reindex_stands_by_until_it_is_done() {
+    let mut w = World::new("reindex_owner");
+    w.add_repo_pipeline("films");
+    w.setup();
+    w.start();
+    w.catch_up(&["films"], &["films"]);
+    assert_eq!(w.stop(), 0);
+    let reindex = w.command().args(["reindex", "films"]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    register_kill(reindex.id());
+    // The command is building generation 2: start the daemon now.
+    wait_for("the offline reindex to start building", Duration::from_secs(30), || w.index_dir().join("films/gen-000002").exists());
+    w.start();
+    let out = reindex.wait_with_output().unwrap();
+    assert!(out.status.success(), "the offline reindex failed: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    w.wait_ready();
+    let log = w.log_text();
+    assert!(log.contains("another deriver owns this slot; standing by"), "the daemon did not stand by while the command ran; log:\n{log}");
+    assert!(!log.contains(WAITED), "the daemon met the command's stores; log:\n{log}");
+    assert_eq!(std::fs::read_to_string(w.index_dir().join("films/CURRENT")).unwrap().trim(), "2");
+    w.sql("UPDATE film SET title = 'AFTER THE OFFLINE REINDEX' WHERE film_id = 5");
+    w.catch_up(&["films"], &["films"]);
+    check_films(&w);
+    assert_eq!(w.stop(), 0);
 }
