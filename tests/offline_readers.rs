@@ -104,6 +104,13 @@ fn a_reader_holding_the_store_neither_delays_a_start_nor_misses_its_commits() {
     let (code, out, err) = w.run_cli(&["dead-letters", "--json"]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["items"][0]["key"], "7", "{out}");
+    // Offline after a crash (the store was not closed cleanly), and after a clean stop.
+    w.kill();
+    let (code, out, err) = w.run_cli(&["dead-letters", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["items"][0]["key"], "7", "offline after a crash: {out}{err}");
+    w.start();
+    w.wait_ready();
     assert_eq!(w.stop(), 0);
     let (code, out, err) = w.run_cli(&["dead-letters", "--json"]);
     assert_eq!(code, 0, "{out}{err}");

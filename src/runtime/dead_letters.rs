@@ -97,12 +97,28 @@ impl DeadLetters {
     /// Opens the store read-only, for commands that only look (`deriver status`,
     /// `deriver dead-letters` without `--retry`): it takes no lock a daemon needs, whether the
     /// daemon is running or starts meanwhile. A missing store is an empty one.
+    ///
+    /// A store its writer did not close (the daemon was killed) must be repaired before it can be
+    /// read, which only a writer does: with no writer around, this opens it for writing for that
+    /// moment (a daemon starting meanwhile waits for it, [`DeadLetters::open_waiting`]).
     pub fn open_read_only(dir: &Path) -> Result<DeadLetters> {
         let path = file(dir);
-        let db = match builder().open_read_only(&path) {
-            Ok(db) => Some(db),
-            Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(Error::fatal("cannot read the dead-letter store").with_detail(e)),
+        let mut repaired = false;
+        let db = loop {
+            match builder().open_read_only(&path) {
+                Ok(db) => break Some(db),
+                Err(redb::DatabaseError::Storage(redb::StorageError::Io(e))) if e.kind() == std::io::ErrorKind::NotFound => break None,
+                Err(redb::DatabaseError::RepairAborted) if !repaired => {
+                    repaired = true;
+                    match DeadLetters::open(dir) {
+                        // A writer opened it meanwhile: it repairs the store itself.
+                        Ok(_) => {}
+                        Err(e) if e.cause == Some(Cause::StoreLocked) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(e) => return Err(Error::fatal("cannot read the dead-letter store").with_detail(e)),
+            }
         };
         DeadLetters::load(path, Handle::Read(db))
     }
