@@ -49,9 +49,14 @@ PG_MAJOR=
 # checks the daemon's /metrics and deploy/prometheus/alerts.yml with it.
 APT_BASE=(redis-server libpq-dev libssl-dev openssl pkg-config build-essential curl)
 APT_BROWSER=(chromium chromium-driver prometheus)
+# Also for `install --with-browser` (what scripts/test.sh runs): the tools tests/disk.rs mounts and
+# breaks small file systems with (mount, findmnt, mkfs.ext4, e2fsck, chattr), and the locales
+# that tests/hostile_session.rs sets as role defaults (see ensure_test_locales).
+APT_TEST=(mount util-linux e2fsprogs locales)
 DNF_BASE=(redis libpq-devel openssl-devel openssl pkg-config gcc)
 DNF_PG=(postgresql-server postgresql-contrib)
 DNF_BROWSER=(chromium chromedriver)
+DNF_TEST=(util-linux e2fsprogs glibc-langpack-de)
 # macOS brings curl, and a C compiler with Xcode's command line tools (not a Homebrew formula).
 BREW_BASE=(redis libpq openssl@3 pkg-config)
 BREW_PG=(postgresql@16)
@@ -70,8 +75,9 @@ Commands:
             install whatever is missing of the system packages deriver needs: a PostgreSQL
             server (only when pg-bin finds none), Redis, the libpq and OpenSSL headers, the
             openssl tool, pkg-config, a C compiler and curl; --with-browser adds Chromium and
-            chromedriver (for tests/browser.rs; scripts/test.sh asks for them) and, with apt,
-            the prometheus package for promtool (tests/ops.rs). Uses apt-get
+            chromedriver (for tests/browser.rs; scripts/test.sh asks for them), with apt the
+            prometheus package for promtool (tests/ops.rs), and what the other tests need:
+            mount, e2fsprogs, and the de_DE.UTF-8 locale. Uses apt-get
             (Debian/Ubuntu), dnf (Fedora/RHEL) or brew (macOS), through sudo when not root; as
             root, also creates the 'postgres' OS user if no package did.
   pg-bin    print the directory of the PostgreSQL ≥ $PG_MIN_MAJOR server binaries (see PG_BIN below)
@@ -320,7 +326,7 @@ install_apt() {
     mapfile -t pg < <(apt_pg_packages)
   fi
   wanted=("${pg[@]}" "${APT_BASE[@]}")
-  if ((with_browser)); then wanted+=("${APT_BROWSER[@]}"); fi
+  if ((with_browser)); then wanted+=("${APT_BROWSER[@]}" "${APT_TEST[@]}"); fi
   mapfile -t missing < <(pkg_missing "${wanted[@]}")
   if ((${#missing[@]} == 0)); then
     return 0
@@ -352,7 +358,7 @@ install_dnf() {
   wanted+=("${DNF_BASE[@]}")
   # Fedora ships curl-minimal, which conflicts with the full curl package: any curl will do.
   command -v curl >/dev/null 2>&1 || wanted+=(curl)
-  if ((with_browser)); then wanted+=("${DNF_BROWSER[@]}"); fi
+  if ((with_browser)); then wanted+=("${DNF_BROWSER[@]}" "${DNF_TEST[@]}"); fi
   mapfile -t missing < <(pkg_missing "${wanted[@]}")
   if ((${#missing[@]} == 0)); then
     return 0
@@ -424,6 +430,19 @@ ensure_pg_user() {
     die "useradd postgres failed; create a 'postgres' user by hand, or run as a normal user"
 }
 
+# The locale tests/hostile_session.rs gives a role as its default lc_monetary/lc_time (deriver
+# must pin them): Debian's `locales` package has the definitions but generates none by itself;
+# Fedora's glibc-langpack-de brings it compiled.
+TEST_LOCALE=de_DE.UTF-8
+ensure_test_locales() {
+  [[ $(uname -s) == Linux ]] || return 0
+  if locale -a 2>/dev/null | grep -qix 'de_DE.utf-\?8'; then return 0; fi
+  command -v localedef >/dev/null 2>&1 || die "the $TEST_LOCALE locale is missing and localedef is not installed"
+  need_root_for "the $TEST_LOCALE locale"
+  log "generating the $TEST_LOCALE locale (for tests/hostile_session.rs)"
+  as_root localedef -i de_DE -f UTF-8 "$TEST_LOCALE" || die "localedef failed for $TEST_LOCALE"
+}
+
 cmd_install() {
   local with_browser=0 need_pg=0
   while (($#)); do
@@ -442,6 +461,7 @@ cmd_install() {
     brew) install_brew "$need_pg" "$with_browser" ;;
     *) install_unknown "$need_pg" "$with_browser" ;;
   esac
+  if ((with_browser)); then ensure_test_locales; fi
   if ((need_pg)); then
     if ! find_pg_bin; then
       case $PKG_MGR in

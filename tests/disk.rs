@@ -8,7 +8,10 @@
 //! the disk is writable again): the daemon resumes by itself and the index and Redis equal a
 //! fresh derivation.
 //!
-//! Without the right to mount (not root, or no CAP_SYS_ADMIN) each test says so and returns.
+//! Without the right to mount (not root, or no CAP_SYS_ADMIN: an unprivileged container) or
+//! without the tools (`mount`, `chattr`, `mkfs.ext4`, `e2fsck`, `findmnt`: `scripts/dev-stack.sh
+//! install` installs them) each test FAILS and says why: a test that could not run never passes.
+//! Where mounting is impossible by design, leave them out by name (`--skip disk`), visibly.
 
 mod support;
 
@@ -184,33 +187,29 @@ impl Drop for Ext4 {
     }
 }
 
-/// A world whose `index.dir` is a fresh tmpfs of `size`, or `None` (with the reason printed)
-/// when this machine does not let the tests mount one.
-fn world_on_tmpfs(name: &str, size: &str) -> Option<(World, Tmpfs)> {
+/// Fails the test, saying what is missing, when this machine cannot mount the file system it needs.
+fn cannot_mount(what: &str, e: &str) -> ! {
+    panic!(
+        "cannot mount {what} here: {e}\nthe disk tests need root with CAP_SYS_ADMIN (not an unprivileged container), loop devices for ext4, \
+         and mount, chattr, mkfs.ext4, e2fsck and findmnt (scripts/dev-stack.sh install); they fail rather than pass untested — \
+         leave them out by name (`--skip disk`) where that is intended"
+    )
+}
+
+/// A world whose `index.dir` is a fresh tmpfs of `size` (the test fails when it cannot be mounted).
+fn world_on_tmpfs(name: &str, size: &str) -> (World, Tmpfs) {
     let w = World::new(name);
-    let fs = match Tmpfs::mount(&w.index_dir(), size) {
-        Ok(fs) => fs,
-        Err(e) => {
-            eprintln!("SKIPPED {name}: cannot mount a tmpfs for index.dir here ({e}); run the tests as root to exercise a full / read-only index disk");
-            return None;
-        }
-    };
+    let fs = Tmpfs::mount(&w.index_dir(), size).unwrap_or_else(|e| cannot_mount("a tmpfs for index.dir", &e));
     add_items(&w);
-    Some((w, fs))
+    (w, fs)
 }
 
 /// The same on an ext4 image of `size` (needs loop devices besides the right to mount).
-fn world_on_ext4(name: &str, size: &str) -> Option<(World, Ext4)> {
+fn world_on_ext4(name: &str, size: &str) -> (World, Ext4) {
     let w = World::new(name);
-    let fs = match Ext4::mount(&w.dir.join("index.img"), &w.index_dir(), size) {
-        Ok(fs) => fs,
-        Err(e) => {
-            eprintln!("SKIPPED {name}: cannot mount an ext4 image for index.dir here ({e}); run the tests as root with loop devices");
-            return None;
-        }
-    };
+    let fs = Ext4::mount(&w.dir.join("index.img"), &w.index_dir(), size).unwrap_or_else(|e| cannot_mount("an ext4 image for index.dir", &e));
     add_items(&w);
-    Some((w, fs))
+    (w, fs)
 }
 
 fn add_items(w: &World) {
@@ -414,7 +413,7 @@ fn check_items(w: &World) {
 
 #[test]
 fn a_full_index_disk_is_reported_retried_and_survived() {
-    let Some((mut w, fs)) = world_on_tmpfs("diskfull", "48m") else { return };
+    let (mut w, fs) = world_on_tmpfs("diskfull", "48m");
     w.setup();
     w.start();
     w.wait_ready();
@@ -458,7 +457,7 @@ fn a_full_index_disk_is_reported_retried_and_survived() {
 
 #[test]
 fn index_directories_that_refuse_writes_are_reported_retried_and_survived() {
-    let Some((mut w, fs)) = world_on_tmpfs("diskro", "64m") else { return };
+    let (mut w, fs) = world_on_tmpfs("diskro", "64m");
     w.setup();
     w.start();
     w.wait_ready();
@@ -478,7 +477,7 @@ fn index_directories_that_refuse_writes_are_reported_retried_and_survived() {
 
 #[test]
 fn an_index_disk_that_turns_read_only_is_reported_and_survived_after_the_operator_repairs_it() {
-    let Some((mut w, fs)) = world_on_ext4("diskerofs", "64M") else { return };
+    let (mut w, fs) = world_on_ext4("diskerofs", "64M");
     w.setup();
     w.start();
     w.wait_ready();
@@ -514,7 +513,7 @@ fn an_index_disk_that_turns_read_only_is_reported_and_survived_after_the_operato
 /// committed, is the next test.)
 #[test]
 fn a_full_disk_under_a_pipeline_with_a_dependency_ledger_is_survived() {
-    let Some((mut w, fs)) = films_on_tmpfs("diskledger", "", "48m") else { return };
+    let (mut w, fs) = films_on_tmpfs("diskledger", "", "48m");
     fs.fill("filler");
     // A change of a child table: the ledger records join values.
     w.sql("UPDATE film_actor SET actor_id = 2 WHERE film_id = 1 AND actor_id = 1; UPDATE film SET title = 'FULL DISK' WHERE film_id = 2");
@@ -531,7 +530,7 @@ fn a_full_disk_under_a_pipeline_with_a_dependency_ledger_is_survived() {
 /// freed, and a later change of a child row still reaches the right records.
 #[test]
 fn a_full_disk_under_the_dependency_ledger_alone_is_retried_not_fatal() {
-    let Some((mut w, fs)) = films_on_tmpfs("diskledger2", "_ledger", "4m") else { return };
+    let (mut w, fs) = films_on_tmpfs("diskledger2", "_ledger", "4m");
     fs.fill("filler");
     // A child row whose parent the ledger must remember (inventory.film_id is not in the WAL's
     // old key), staged while the ledger cannot commit.
@@ -554,21 +553,70 @@ fn a_full_disk_under_the_dependency_ledger_alone_is_retried_not_fatal() {
     assert_eq!(w.stop(), 0);
 }
 
-/// The repo's `films` pipeline, running and caught up, with `index.dir/<sub>` on a tmpfs of `size`
-/// (`None`, after saying SKIPPED, where tmpfs cannot be mounted).
-fn films_on_tmpfs(name: &str, sub: &str, size: &str) -> Option<(World, Tmpfs)> {
-    let mut w = World::new(name);
-    let fs = match Tmpfs::mount(&w.index_dir().join(sub), size) {
-        Ok(fs) => fs,
-        Err(e) => {
-            eprintln!("SKIPPED: cannot mount a tmpfs for index.dir/{sub} here ({e})");
-            return None;
-        }
+/// The dead-letter store's own disk full (`index.dir/_state` on a tmpfs filled to the last byte)
+/// when a transaction brings a key whose derivation fails beside one that works: the rejection
+/// cannot be recorded, so the batch must not commit without it (a committed checkpoint would pass
+/// a dead letter that exists nowhere). The batch waits, retried and unacknowledged, with the
+/// daemon up and saying why; once space is freed it applies, and the dead letter is there.
+#[test]
+fn a_dead_letter_that_cannot_be_recorded_holds_its_batch_until_it_can() {
+    let mut w = World::new("diskdead");
+    let fs = Tmpfs::mount(&w.index_dir().join("_state"), "1m").unwrap_or_else(|e| cannot_mount("a tmpfs for index.dir/_state", &e));
+    w.sql("CREATE TABLE item (id int PRIMARY KEY, n int, tag text); INSERT INTO item SELECT g, 1, 'before' FROM generate_series(1, 10) g");
+    w.add_pipeline(
+        "items",
+        "version: 1\npipeline: items\nsource: { table: item }\nfields: { id: item.id, inv: 100 / item.n, tag: item.tag }\n\
+         targets:\n  - redis: { key: \"item:{id}\", type: json }\n",
+    );
+    w.setup();
+    w.start();
+    w.wait_ready();
+    w.catch_up(&["items"], &[]);
+    assert!(fs.path.join("dead_letters.redb").exists(), "the daemon opened its store on the tmpfs");
+    fs.fill("filler");
+    // One transaction: key 3 now fails to derive (division by zero), key 4 changes fine.
+    w.sql("UPDATE item SET n = 0, tag = 'after' WHERE id = 3; UPDATE item SET tag = 'after' WHERE id = 4");
+    let lsn = w.current_lsn();
+    assert_stays_alive(&mut w, 8, "with the dead-letter store's disk full");
+    let tag = |w: &World, id: i64| -> String {
+        let v: serde_json::Value = serde_json::from_str(&w.redis_get(&format!("item:{id}")).unwrap()).unwrap();
+        v["tag"].as_str().unwrap().to_string()
     };
+    assert!(w.redis_applied("items").unwrap() < lsn, "the batch committed without its dead letter; log:\n{}", w.log_text());
+    assert_eq!(tag(&w, 4), "before", "nothing of the batch is visible while it waits");
+    let confirmed: Lsn = w.sql(&format!("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{}'", w.db)).parse().unwrap();
+    assert!(confirmed < lsn, "the slot was acknowledged past the waiting batch ({confirmed} >= {lsn})");
+    let doc = status(&w);
+    let error = doc["pipelines"][0]["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("dead-letter store"), "status does not say why the pipeline waits: {doc}");
+    let (code, out, err) = w.run_cli(&["dead-letters", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&out).unwrap()["items"], serde_json::json!([]), "{out}");
+
+    std::fs::remove_file(fs.path.join("filler")).unwrap();
+    w.catch_up(&["items"], &[]);
+    assert_eq!(tag(&w, 4), "after");
+    let (code, out, err) = w.run_cli(&["dead-letters", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let dead: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let dead = dead["items"].as_array().unwrap();
+    assert_eq!(dead.len(), 1, "{out}");
+    assert_eq!(dead[0]["key"], "3");
+    assert!(dead[0]["reason"].as_str().unwrap().contains("division by zero"), "{out}");
+    assert_eq!(dead[0]["attempts"], 1, "a batch retried while it waited counts one attempt: {out}");
+    assert_alive(&mut w, "after the dead-letter store's disk was freed");
+    assert_eq!(w.stop(), 0);
+}
+
+/// The repo's `films` pipeline, running and caught up, with `index.dir/<sub>` on a tmpfs of `size`
+/// (the test fails where a tmpfs cannot be mounted).
+fn films_on_tmpfs(name: &str, sub: &str, size: &str) -> (World, Tmpfs) {
+    let mut w = World::new(name);
+    let fs = Tmpfs::mount(&w.index_dir().join(sub), size).unwrap_or_else(|e| cannot_mount(&format!("a tmpfs for index.dir/{sub}"), &e));
     w.add_repo_pipeline("films");
     w.setup();
     w.start();
     w.wait_ready();
     w.catch_up(&["films"], &["films"]);
-    Some((w, fs))
+    (w, fs)
 }

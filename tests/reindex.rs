@@ -6,7 +6,7 @@ mod support;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::*;
 
@@ -32,6 +32,22 @@ fn search_total(w: &World) -> Option<u64> {
     v["total"]["value"].as_u64()
 }
 
+/// Hits of an empty query (HTTP 200 with a total), or what went wrong.
+fn search_at(port: u16) -> Result<u64, String> {
+    let client = reqwest::blocking::Client::builder().timeout(Duration::from_secs(5)).build().unwrap();
+    let resp = client
+        .post(format!("http://127.0.0.1:{port}/v1/indexes/films/search"))
+        .json(&serde_json::json!({ "q": "", "limit": 1 }))
+        .send()
+        .map_err(|e| e.to_string())?;
+    let code = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().map_err(|e| e.to_string())?;
+    if code != 200 {
+        return Err(format!("{code}: {body}"));
+    }
+    body["total"]["value"].as_u64().ok_or_else(|| format!("no total: {body}"))
+}
+
 #[test]
 fn reindex_under_write_load_swaps_atomically_and_rolls_back() {
     let mut w = World::new("reindex");
@@ -46,13 +62,35 @@ fn reindex_under_write_load_swaps_atomically_and_rolls_back() {
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let load = film_load(w.url(), stop.clone(), done.clone());
+    // Searches from another thread for the whole reindex: every one must be answered from a
+    // complete generation (no error, no empty or partial index at the swap).
+    let searching = Arc::new(AtomicBool::new(true));
+    let searcher = {
+        let (port, searching) = (w.http_port, searching.clone());
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while searching.load(Ordering::Relaxed) {
+                let at = Instant::now();
+                seen.push((at, search_at(port), Instant::now()));
+            }
+            seen
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let began = Instant::now();
     let (code, out, err) = w.run_cli(&["reindex", "films"]);
+    let ended = Instant::now();
+    std::thread::sleep(Duration::from_millis(200));
+    searching.store(false, Ordering::Relaxed);
+    let searches = searcher.join().unwrap();
     assert_eq!(code, 0, "{out}{err}\n{}", w.log_text());
     assert!(err.contains("films") && err.contains("done: generation 2 is live"), "{err}");
-    // Searches answered from a complete generation the whole time.
-    for _ in 0..20 {
-        assert!(search_total(&w).is_some_and(|t| t >= 900), "search saw an empty or partial index");
+    for (at, answer, _) in &searches {
+        assert!(answer.as_ref().is_ok_and(|t| *t >= 900), "a search {:?} after the reindex began was answered {answer:?}", at.saturating_duration_since(began));
     }
+    let during = searches.iter().filter(|(at, _, done)| *at >= began && *done <= ended).count();
+    eprintln!("{} searches, {during} of them inside the reindex ({:?})", searches.len(), ended - began);
+    assert!(during >= 10, "only {during} searches ran inside the reindex ({:?}); the test proves nothing", ended - began);
     stop.store(true, Ordering::Relaxed);
     load.join().unwrap();
     assert!(done.load(Ordering::Relaxed) > 20);

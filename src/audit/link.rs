@@ -132,8 +132,8 @@ async fn repair_keys(cfg: &Config, p: &Pipeline, keys: &[String]) -> Result<usiz
         Some((200, _)) => Ok(keys.len()),
         Some((_, body)) => Err(Error::fatal("the daemon refused the repair").with_detail(body)),
         None => {
-            let shared = std::sync::Arc::new(crate::runtime::status::Shared::default());
-            let mut d = crate::runtime::Daemon::prepare(cfg.clone(), shared, tokio_util::sync::CancellationToken::new(), false).await?;
+            let _owner = crate::runtime::lease::hold_for_command(cfg, "audit --repair").await?;
+            let mut d = crate::runtime::Daemon::prepare(cfg.clone(), Default::default(), tokio_util::sync::CancellationToken::new(), false).await?;
             d.repair(&p.name, keys).await?;
             Ok(keys.len())
         }

@@ -42,6 +42,7 @@ pub async fn run(cfg: &Config, pipelines: Vec<String>, retry: bool, json: bool) 
                 code = 1;
             }
             None => {
+                let _owner = crate::runtime::lease::hold_for_command(cfg, "dead-letters --retry").await?;
                 let shared = std::sync::Arc::new(crate::runtime::status::Shared::default());
                 let mut d = crate::runtime::Daemon::prepare(cfg.clone(), shared, tokio_util::sync::CancellationToken::new(), false).await?;
                 d.repair(&p.name, &keys).await?;

@@ -113,6 +113,7 @@ pub async fn run(cfg: &Config, pipelines: Vec<String>, all: bool, rollback: bool
                     code = 1;
                 }
                 None => {
+                    let _owner = crate::runtime::lease::hold_for_command(cfg, "reindex --rollback").await?;
                     let gens = Daemon::rollback_offline(cfg, name)?;
                     let gens = gens.iter().map(u64::to_string).collect::<Vec<_>>().join(", ");
                     println!("{name}: generation {gens} is live again; the next `deriver run` brings it up to date");
@@ -196,6 +197,7 @@ fn cfg_generation(cfg: &Config, pipeline: &str) -> String {
 
 /// No daemon: build the new generations here, at the slot's confirmed position.
 async fn offline(cfg: &Config, names: &[String]) -> Result<i32> {
+    let _owner = crate::runtime::lease::hold_for_command(cfg, "reindex").await?;
     let shared = Arc::new(Shared::default());
     let daemon = Daemon::prepare(cfg.clone(), shared, tokio_util::sync::CancellationToken::new(), false).await.map_err(|e| {
         if e.cause == Some(crate::error::Cause::IndexLocked) {

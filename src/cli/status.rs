@@ -50,7 +50,14 @@ async fn offline(cfg: &Config) -> Result<StatusDoc> {
     let live = crate::runtime::orphans::Live::of(&cfg.redis, &defs);
     let mut redis = None;
     let mut pipelines = Vec::new();
-    let dead = crate::runtime::dead_letters::DeadLetters::open(&crate::runtime::state_dir(&cfg.index.dir)).ok();
+    // Read-only: a daemon starting meanwhile opens the store for writing beside this reader.
+    let dead = match crate::runtime::dead_letters::DeadLetters::open_read_only(&crate::runtime::state_dir(&cfg.index.dir)) {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the dead-letter store; dead letters are not shown");
+            None
+        }
+    };
     for def in defs {
         let mut targets = BTreeMap::new();
         let mut generation = None;

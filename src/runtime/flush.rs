@@ -196,6 +196,9 @@ impl Worker {
         if p.def.on_error == OnError::Stop && !p.failed.is_empty() {
             return Err(Error::fatal(format!("pipeline `{}` rejected key {} ({}) and says `on_error: stop`", p.def.name, p.failed[0].0, p.failed[0].1)));
         }
+        // Dead letters are durable before the checkpoints pass them: a store that cannot write
+        // (a full disk) fails the batch, which is retried unacknowledged.
+        self.ctx.dead.lock().expect("dead-letter lock").persist(&p.def.name, &p.failed)?;
         let started = Instant::now();
         commit_sinks(&p.def.name, &mut p.sinks, &active, &self.ctx.fence).await?;
         failpoint("after_sink_commits");
@@ -322,6 +325,8 @@ impl Worker {
             }
             Err(e) => return Err(e),
         };
+        // Dead letters are durable before the checkpoints pass them.
+        self.ctx.dead.lock().expect("dead-letter lock").persist(&name, &p.failed)?;
         for s in sinks {
             s.commit().await?;
         }
@@ -373,19 +378,8 @@ impl Worker {
         if let Err(e) = self.repair(&due, Some(applied)).await {
             warn!(pipeline = %name, error = %e, "retrying dead letters failed");
         }
-        // Keys the retry did not write again are still dead: count an attempt, keeping the reason
-        // the retry gave (or the one recorded before).
-        let written: HashSet<String> = self.p.written.iter().cloned().collect();
-        let failed_now: HashSet<String> = self.p.failed.iter().map(|(k, _)| k.clone()).collect();
-        let previous = self.ctx.dead.lock().expect("dead-letter lock").list(&name, usize::MAX)?;
-        let again: Vec<(String, String)> = due
-            .iter()
-            .filter(|k| !written.contains(*k) && !failed_now.contains(*k))
-            .map(|k| {
-                let reason = previous.iter().find(|d| &d.key == k).map(|d| d.reason.clone()).unwrap_or_else(|| "still failing".into());
-                (k.clone(), reason)
-            })
-            .collect();
+        // Keys the retry did not reach are still dead: each counts an attempt.
+        let again = self.ctx.dead.lock().expect("dead-letter lock").not_retried(&name, &due, &self.p.written, &self.p.failed)?;
         self.p.failed.extend(again);
         self.settle_dead_letters()
     }

@@ -88,6 +88,37 @@ async fn connect(cfg: &Config) -> Result<Client> {
     Ok(client)
 }
 
+/// The slot's ownership held by a command that does a daemon's work without one (`deriver reindex`,
+/// `deriver dead-letters --retry`, `deriver audit --repair` when no daemon answers): a daemon
+/// starting meanwhile stands by until the command is done (the lock goes with this session, at the
+/// latest when the process ends) instead of meeting the stores and the index the command holds.
+pub struct CommandLease {
+    _client: Client,
+}
+
+/// Takes the slot's ownership for `command`, or says who has it.
+pub async fn hold_for_command(cfg: &Config, command: &str) -> Result<CommandLease> {
+    let slot = &cfg.postgres.slot;
+    let session = crate::source::postgres::Session {
+        application_name: format!("deriver {command} pid {}", std::process::id()),
+        dependency: "lock",
+        what: "Postgres for the ownership lock",
+        observed: false,
+        keepalives_idle: Some(Duration::from_secs(5)),
+    };
+    let client = crate::source::postgres::connect_as(cfg.postgres_url()?, &session).await?;
+    let got: bool = client.query_one("SELECT pg_try_advisory_lock($1)", &[&lock_key(slot)]).await?.get(0);
+    if !got {
+        let who =
+            holder(&client, slot).await.ok().flatten().map(|h| format!(" (pid {}, {})", h.pid, h.application_name.unwrap_or_default())).unwrap_or_default();
+        return Err(Error::fatal(format!(
+            "a deriver process owns slot `{slot}`{who} but no daemon answers at http://{} (http.listen); `deriver {command}` goes through a running daemon, or works alone: is it still starting?",
+            cfg.http.listen
+        )));
+    }
+    Ok(CommandLease { _client: client })
+}
+
 /// Who holds the lock of `slot` now, if anyone.
 pub async fn holder(client: &Client, slot: &str) -> Result<Option<Holder>> {
     let row = client

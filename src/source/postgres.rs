@@ -13,9 +13,14 @@ use crate::error::{Error, Result};
 use crate::redact::redact;
 
 /// Session settings pinned on every connection deriver opens (see `values.md`): role or database
-/// defaults on the server must not change what deriver stores.
+/// defaults on the server must not change what deriver stores. Startup options outrank
+/// `ALTER ROLE/DATABASE … SET`. Besides the output formats: `search_path` (a role default such as
+/// `evil, pg_catalog, public` would let another schema's function, operator or table shadow the
+/// one a pipeline means, and changes how `regclass`/`regtype` values print; deriver's own SQL
+/// qualifies tables, pipelines name tables in `public` unqualified), and the locale categories
+/// that change a value's text (`lc_monetary`: `money`; `lc_numeric` and `lc_time`: `to_char`).
 pub const SESSION_OPTIONS: &str = "-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 \
--c bytea_output=hex -c timezone=UTC -c client_encoding=UTF8";
+-c bytea_output=hex -c timezone=UTC -c client_encoding=UTF8 -c search_path=pg_catalog,public -c lc_monetary=C -c lc_numeric=C -c lc_time=C";
 
 /// How one kind of connection presents itself to Postgres.
 #[derive(Debug, Clone)]
@@ -152,7 +157,7 @@ mod tests {
         assert!(c.starts_with("postgres://u:p@h:5432/db?application_name=x%20y&sslmode=disable&ssl_min_protocol_version=TLSv1.2&replication=database&options=-c%20datestyle%3DISO"), "{c}");
         assert!(!c.contains('+'));
         let kv = replication_conninfo("host=h dbname=db sslmode=disable").unwrap();
-        assert!(kv.ends_with("replication=database options='-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 -c bytea_output=hex -c timezone=UTC -c client_encoding=UTF8'"), "{kv}");
+        assert!(kv.ends_with("replication=database options='-c datestyle=ISO -c intervalstyle=postgres -c extra_float_digits=3 -c bytea_output=hex -c timezone=UTC -c client_encoding=UTF8 -c search_path=pg_catalog,public -c lc_monetary=C -c lc_numeric=C -c lc_time=C'"), "{kv}");
     }
 }
 

@@ -26,19 +26,6 @@ const REPLICATION: &str = "replication";
 /// only here.
 pub fn classify(e: ReplicationError) -> Error {
     let text = crate::redact::redact(&e.to_string());
-    let lower = text.to_lowercase();
-    if lower.contains("does not exist") && lower.contains("slot") {
-        return Error::fatal("the replication slot is missing").with_detail(text);
-    }
-    if lower.contains("publication") && lower.contains("does not exist") {
-        return Error::fatal("the publication is missing (run `deriver setup`)").with_detail(text);
-    }
-    if lower.contains("can no longer get changes") || lower.contains("invalidated") {
-        return Error::fatal("the replication slot was invalidated: Postgres removed WAL it still needed").with_detail(text);
-    }
-    if lower.contains("is active for pid") {
-        return Error::transient("the replication slot is in use by another process").with_detail(text);
-    }
     let kind = if e.is_transient() || matches!(e, ReplicationError::Io(_) | ReplicationError::Timeout(_)) {
         ErrorKind::Transient
     } else if matches!(e, ReplicationError::Authentication(_) | ReplicationError::Config(_)) {
@@ -50,7 +37,55 @@ pub fn classify(e: ReplicationError) -> Error {
             _ => ErrorKind::Fatal,
         }
     };
-    Error::new(kind, "replication stream error").with_detail(text)
+    match server_condition(&text) {
+        Some(lost) => lost.error().with_detail(text),
+        None => Error::new(kind, "replication stream error").with_detail(text),
+    }
+}
+
+/// A server error that means deriver can no longer get every change: it stops, never retries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lost {
+    SlotMissing,
+    PublicationMissing,
+    SlotInvalidated,
+    SlotInUse,
+}
+
+impl Lost {
+    fn error(self) -> Error {
+        match self {
+            Lost::SlotMissing => Error::fatal(
+                "the replication slot is missing: changes since the sinks' checkpoints are lost to deriver; run `deriver run --resnapshot` to re-derive everything from a new slot",
+            ),
+            Lost::PublicationMissing => Error::fatal(
+                "the publication is missing (dropped while deriver was running?): changes made without it are lost to this slot; run `deriver setup`, then `deriver run --resnapshot`",
+            ),
+            Lost::SlotInvalidated => Error::fatal(
+                "the replication slot was invalidated: Postgres removed WAL deriver had not yet applied (max_slot_wal_keep_size); run `deriver run --resnapshot` to drop the slot and re-derive everything from a new one",
+            ),
+            Lost::SlotInUse => Error::transient("the replication slot is in use by another process"),
+        }
+    }
+}
+
+/// Which of the [`Lost`] conditions the server's error names, judged by its primary message (the
+/// `ERROR:` line; a `CONTEXT:` line names the slot whatever the error is) and, for an
+/// invalidated slot, its `DETAIL:`.
+fn server_condition(text: &str) -> Option<Lost> {
+    let lower = text.to_lowercase();
+    let primary = lower.lines().find(|l| l.contains("error:") || l.contains("fatal:")).unwrap_or(&lower);
+    if lower.contains("can no longer get changes") || lower.contains("has been invalidated") || primary.contains("invalidated") {
+        Some(Lost::SlotInvalidated)
+    } else if primary.contains("publication \"") && primary.contains("does not exist") {
+        Some(Lost::PublicationMissing)
+    } else if primary.contains("replication slot \"") && primary.contains("does not exist") {
+        Some(Lost::SlotMissing)
+    } else if primary.contains("is active for pid") {
+        Some(Lost::SlotInUse)
+    } else {
+        None
+    }
 }
 
 impl From<ReplicationError> for Error {
@@ -287,4 +322,27 @@ fn texts(row: &RowData, cols: &[String]) -> ColumnTexts {
             Some(ColumnValue::Null) | None => None,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_errors_that_lose_changes_are_told_apart_by_their_primary_message() {
+        // The publication dropped while streaming: the CONTEXT line names the slot.
+        let dropped = "Replication slot error: [42704] replication stream terminated by server: ERROR:  publication \"deriver\" does not exist\n\
+                       CONTEXT:  slot \"s1\", output plugin \"pgoutput\", in the change callback, associated LSN 0/2C57910";
+        assert_eq!(server_condition(dropped), Some(Lost::PublicationMissing));
+        let invalidated = "Replication slot error: [55000] Query execution failed: ERROR:  cannot read from logical replication slot \"s1\"\n\
+                           DETAIL:  This slot has been invalidated because it exceeded the maximum reserved size.";
+        assert_eq!(server_condition(invalidated), Some(Lost::SlotInvalidated));
+        assert_eq!(server_condition("ERROR:  can no longer get changes from replication slot \"s1\""), Some(Lost::SlotInvalidated));
+        assert_eq!(server_condition("ERROR:  replication slot \"s1\" does not exist"), Some(Lost::SlotMissing));
+        assert_eq!(server_condition("ERROR:  replication slot \"s1\" is active for PID 42"), Some(Lost::SlotInUse));
+        assert_eq!(server_condition("FATAL:  terminating connection due to administrator command"), None);
+        assert!(Lost::PublicationMissing.error().message.contains("publication is missing"));
+        assert!(!Lost::SlotInvalidated.error().is_transient());
+        assert!(Lost::SlotInUse.error().is_transient());
+    }
 }

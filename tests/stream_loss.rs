@@ -1,0 +1,89 @@
+//! The stream loses changes under deriver while it runs — its slot invalidated (WAL it still
+//! needed removed past `max_slot_wal_keep_size`) or its publication dropped: deriver stops
+//! loudly (non-zero exit, a message naming the cause) and skips nothing: the changes it cannot get
+//! are neither applied nor acknowledged, and a restart refuses as well.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+
+const ITEMS: &str = "version: 1\npipeline: items\nsource: { table: item }\nfields: { id: item.id, name: item.name }\n\
+                     targets:\n  - redis: { key: \"item:{id}\", type: json }\n";
+
+fn items_world(cluster: &'static Cluster, name: &str) -> World {
+    let mut w = World::on(cluster, name, None);
+    w.sql("CREATE TABLE item (id int PRIMARY KEY, name text); INSERT INTO item VALUES (1, 'before'); CREATE TABLE junk (x text)");
+    w.add_pipeline("items", ITEMS);
+    w.setup();
+    w.start();
+    w.wait_ready();
+    w.catch_up(&["items"], &[]);
+    w
+}
+
+fn name_of(w: &World, id: i64) -> String {
+    let v: serde_json::Value = serde_json::from_str(&w.redis_get(&format!("item:{id}")).unwrap()).unwrap();
+    v["name"].as_str().unwrap().to_string()
+}
+
+fn confirmed_flush(w: &World) -> Lsn {
+    w.sql(&format!("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = '{}'", w.db)).parse().unwrap()
+}
+
+/// Nothing at or after `lsn` (the first change deriver cannot get) was applied or acknowledged.
+fn nothing_skipped(w: &World, lsn: Lsn) {
+    let applied = w.redis_applied("items").unwrap();
+    assert!(applied < lsn, "the views claim {applied}, past the lost change at {lsn}");
+    assert_eq!(name_of(w, 1), "before");
+    let confirmed = confirmed_flush(w);
+    assert!(confirmed < lsn, "the slot was acknowledged to {confirmed}, past the lost change at {lsn}");
+}
+
+#[test]
+fn a_slot_invalidated_while_streaming_stops_deriver_loudly() {
+    let cluster: &'static Cluster =
+        Box::leak(Box::new(Cluster::start("max_slot_wal_keep_size = 1MB\nmin_wal_size = 32MB\nmax_wal_size = 32MB\nwal_keep_size = 0")));
+    let mut w = items_world(cluster, "invalid_live");
+    // Deriver frozen (it cannot acknowledge): the slot holds WAL from here on.
+    let pid = w.daemon.as_ref().unwrap().id() as i32;
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    w.sql("UPDATE item SET name = 'lost' WHERE id = 1");
+    let lsn = w.current_lsn();
+    let slot = w.db.clone();
+    wait_for("the slot to be invalidated", Duration::from_secs(60), || {
+        w.sql("INSERT INTO junk SELECT repeat(md5(g::text), 30) FROM generate_series(1, 4000) g; SELECT pg_switch_wal(); CHECKPOINT");
+        w.sql(&format!("SELECT wal_status FROM pg_replication_slots WHERE slot_name = '{slot}'")) == "lost"
+    });
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let (code, log) = w.wait_exit(Duration::from_secs(60));
+    assert_ne!(code, 0, "log:\n{log}");
+    assert!(log.contains("replication slot was invalidated") || log.contains("was invalidated (wal_status=lost)"), "log:\n{log}");
+    assert!(log.contains("--resnapshot"), "the message says what to do; log:\n{log}");
+    nothing_skipped(&w, lsn);
+    // A restart refuses too.
+    w.start();
+    let (code, log) = w.wait_exit(Duration::from_secs(60));
+    assert_ne!(code, 0);
+    assert!(log.contains("was invalidated (wal_status=lost)"), "log:\n{log}");
+    cluster.stop();
+}
+
+#[test]
+fn a_publication_dropped_while_running_stops_deriver_loudly() {
+    let mut w = items_world(&env().pg, "droppub_live");
+    w.sql("DROP PUBLICATION deriver");
+    w.sql("UPDATE item SET name = 'lost' WHERE id = 1");
+    let lsn = w.current_lsn();
+    // Some WAL after it, as an application keeps writing: keepalives must not carry the slot past it.
+    w.sql("INSERT INTO junk SELECT md5(g::text) FROM generate_series(1, 100) g");
+    let (code, log) = w.wait_exit(Duration::from_secs(60));
+    assert_ne!(code, 0, "log:\n{log}");
+    assert!(log.contains("publication `deriver` was dropped") || log.contains("the publication is missing"), "log:\n{log}");
+    nothing_skipped(&w, lsn);
+    // A restart refuses too.
+    let (code, _, err) = w.run_cli(&["run"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("publication `deriver` does not exist"), "{err}");
+}
