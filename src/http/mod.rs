@@ -17,6 +17,7 @@ pub mod client;
 pub mod error;
 pub mod filter;
 pub mod freshness;
+pub mod meili;
 pub mod query;
 pub mod ranking;
 pub mod search;
@@ -74,7 +75,8 @@ fn error(status: StatusCode, code: &'static str, message: &str) -> Response {
 
 async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if let Some(token) = &state.token {
-        if req.uri().path() != "/healthz" {
+        // The Meilisearch-compatible routes check their key (or tenant token) themselves.
+        if req.uri().path() != "/healthz" && !meili::owns(req.uri().path()) {
             let ok = req
                 .headers()
                 .get(header::AUTHORIZATION)
@@ -404,6 +406,8 @@ pub fn router(shared: Arc<Shared>, metrics: PrometheusHandle, token: Option<Stri
         .route("/v1/admin/repair", post(admin_repair))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // After the fallbacks: the compatible API keeps its own (and its CORS preflights).
+        .merge(meili::router(state.clone()))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(REQUEST_TIME_LIMIT, time_limit))
         .layer(middleware::from_fn_with_state(state.clone(), auth))
