@@ -279,6 +279,13 @@ async fn multi_search(
         }
     }
     merged.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    // A document several queries found is listed once, where it scored best (as Meilisearch).
+    let mut seen = std::collections::HashSet::new();
+    merged.retain(|(_, _, h)| {
+        let doc: Map<String, Value> =
+            h.as_object().map(|o| o.iter().filter(|(k, _)| !k.starts_with('_')).map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default();
+        seen.insert((h["_federation"]["indexUid"].to_string(), Value::Object(doc).to_string()))
+    });
     let hits: Vec<Value> = merged.into_iter().skip(offset).take(limit).map(|(_, _, h)| h).collect();
     Ok(Json(json!({
         "hits": hits, "processingTimeMs": started.elapsed().as_millis() as u64, "limit": limit, "offset": offset, "estimatedTotalHits": estimated,
@@ -437,6 +444,8 @@ mod tests {
         let fed = json!({ "federation": { "limit": 5 }, "queries": [{ "indexUid": "films", "q": "robot" }, { "indexUid": "films", "q": "drama" }] });
         let (s, _, v) = call(&app, "POST", "/multi-search", None, Some(fed)).await;
         assert_eq!((s, v["hits"].as_array().map(Vec::len), v["estimatedTotalHits"].as_u64()), (StatusCode::OK, Some(5), Some(20)), "{v}");
+        let ids: std::collections::HashSet<String> = v["hits"].as_array().unwrap().iter().map(|h| h["film_id"].to_string()).collect();
+        assert_eq!(ids.len(), 5, "a film both queries found is listed once: {v}");
         assert!(v["hits"][0]["_federation"]["weightedRankingScore"].as_f64().unwrap() > 0.0);
         let (s, _, v) = call(&app, "POST", "/indexes/films/facet-search", None, Some(json!({ "facetName": "rating", "facetQuery": "p" }))).await;
         assert_eq!((s, v["facetHits"].clone()), (StatusCode::OK, json!([{ "value": "PG", "count": 4 }])));
