@@ -5,7 +5,8 @@
 //! Every route but `/healthz` needs `Authorization: Bearer <http.token>` when a token is set. A
 //! browser opening `/` without it gets a small form (status 401) asking for the token; the form
 //! keeps it in the tab's `sessionStorage`, loads the page with it as a bearer token, and the page
-//! sends it with every API call.
+//! sends it with every API call. The Meilisearch-compatible read API ([`meili`], at the root:
+//! `/indexes/…`, `/multi-search`, …) checks the same token itself, and also tenant tokens.
 //!
 //! Requests are limited to [`MAX_BODY_BYTES`] of body and [`REQUEST_TIME_LIMIT`] to answer (a
 //! streaming answer — the change feed — counts until its headers). Searches run on the blocking
