@@ -482,6 +482,26 @@ mod tests {
         assert_eq!(attrs, ["a", "b"]);
     }
 
+    proptest::proptest! {
+        /// Any text is a filter or a clear `invalid_search_filter`, never a panic.
+        #[test]
+        fn any_text_parses_or_is_refused(s in "\\PC{0,80}") {
+            if let Err(e) = parse_str(&s) {
+                proptest::prop_assert_eq!(e.code, "invalid_search_filter");
+            }
+        }
+
+        /// Filters made of the grammar's pieces in any order, likewise.
+        #[test]
+        fn grammar_soup_parses_or_is_refused(parts in proptest::collection::vec(proptest::sample::select(vec![
+            "a", "'b c'", "\"d\"", "=", "!=", ">=", "<", "TO", "IN", "[", "]", ",", "(", ")", "NOT", "AND", "OR", "EXISTS", "IS", "NULL", "EMPTY", "STARTS", "WITH", "1",
+        ]), 0..24)) {
+            if let Err(e) = parse_str(&parts.join(" ")) {
+                proptest::prop_assert_eq!(e.code, "invalid_search_filter");
+            }
+        }
+    }
+
     #[test]
     fn refuses_with_meilisearch_messages() {
         for (bad, needle) in [

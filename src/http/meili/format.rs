@@ -59,6 +59,10 @@ pub fn format_text(text: &str, tokens: &[Token], f: &Formatting<'_>) -> String {
     }
     let mut at = from;
     for t in &tokens[start..end] {
+        if t.from < at || t.to > to {
+            // Overlapping or out-of-window tokens (no analyzer of deriver makes them) are skipped.
+            continue;
+        }
         if let (true, Some((pre, post))) = (t.matched, f.tags) {
             out.push_str(&text[at..t.from]);
             out.push_str(pre);
@@ -157,6 +161,13 @@ mod tests {
         // Two matches close together stay in one window.
         let t = tokens(TEXT, &["frisbee", "lumberjack"]);
         assert_eq!(format_text(TEXT, &t, &Formatting { tags: None, crop: Some((6, "…")) }), "…a Frisbee And a Lumberjack who…");
+    }
+
+    #[test]
+    fn overlapping_tokens_do_not_break_formatting() {
+        let text = "abc def";
+        let t = [Token { from: 0, to: 3, matched: true }, Token { from: 1, to: 2, matched: true }, Token { from: 4, to: 7, matched: true }];
+        assert_eq!(format_text(text, &t, &Formatting { tags: Some(("[", "]")), crop: None }), "[abc] [def]");
     }
 
     #[test]
