@@ -76,8 +76,12 @@ Commands:
             server (only when pg-bin finds none), Redis, the libpq and OpenSSL headers, the
             openssl tool, pkg-config, a C compiler and curl; --with-browser adds Chromium and
             chromedriver (for tests/browser.rs; scripts/test.sh asks for them), with apt the
-            prometheus package for promtool (tests/ops.rs), and what the other tests need:
-            mount, e2fsprogs, and the de_DE.UTF-8 locale. Uses apt-get
+            prometheus package for promtool (tests/ops.rs), what the other tests need: mount,
+            e2fsprogs, and the de_DE.UTF-8 locale, and the real Meilisearch clients that
+            tests/meili_clients.rs drives, pinned in tests/meili/ (npm ci of its
+            package-lock.json, and a Python venv with requirements.txt) into
+            .dev/meili-clients (Node.js with npm, and python3 with venv, are installed when
+            missing). Uses apt-get
             (Debian/Ubuntu), dnf (Fedora/RHEL) or brew (macOS), through sudo when not root; as
             root, also creates the 'postgres' OS user if no package did.
   pg-bin    print the directory of the PostgreSQL ≥ $PG_MIN_MAJOR server binaries (see PG_BIN below)
@@ -326,7 +330,13 @@ install_apt() {
     mapfile -t pg < <(apt_pg_packages)
   fi
   wanted=("${pg[@]}" "${APT_BASE[@]}")
-  if ((with_browser)); then wanted+=("${APT_BROWSER[@]}" "${APT_TEST[@]}"); fi
+  if ((with_browser)); then
+    wanted+=("${APT_BROWSER[@]}" "${APT_TEST[@]}")
+    # The Meilisearch clients' runtimes (install_meili_clients); a Node.js from elsewhere
+    # (NodeSource ships npm inside its nodejs) is used as it is.
+    command -v npm >/dev/null 2>&1 || wanted+=(nodejs npm)
+    python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || wanted+=(python3-venv)
+  fi
   mapfile -t missing < <(pkg_missing "${wanted[@]}")
   if ((${#missing[@]} == 0)); then
     return 0
@@ -416,6 +426,33 @@ install_unknown() {
   die "no supported package manager found (apt-get, dnf, or Homebrew on macOS); install these by hand: ${list#; }"
 }
 
+# The real Meilisearch clients tests/meili_clients.rs drives, pinned in tests/meili/: the npm
+# packages exactly as package-lock.json has them, and the Python client in a venv. Reinstalled
+# only when those files change (a stamp of their hash).
+MEILI_CLIENTS="$DEV/meili-clients"
+install_meili_clients() {
+  local src="$ROOT/tests/meili" want have=""
+  command -v npm >/dev/null 2>&1 || die "npm not found: the Meilisearch client tests need Node.js >= 20.19 with npm"
+  command -v python3 >/dev/null 2>&1 || die "python3 not found: the Meilisearch client tests need it (with venv)"
+  if command -v sha256sum >/dev/null 2>&1; then
+    want=$(cat "$src/package.json" "$src/package-lock.json" "$src/requirements.txt" | sha256sum | cut -c1-16)
+  else # macOS
+    want=$(cat "$src/package.json" "$src/package-lock.json" "$src/requirements.txt" | shasum -a 256 | cut -c1-16)
+  fi
+  if [[ -r $MEILI_CLIENTS/.stamp ]]; then read -r have <"$MEILI_CLIENTS/.stamp" || true; fi
+  if [[ $have == "$want" && -d $MEILI_CLIENTS/node_modules && -x $MEILI_CLIENTS/py/bin/python ]]; then return 0; fi
+  mkdir -p "$MEILI_CLIENTS"
+  cp "$src/package.json" "$src/package-lock.json" "$MEILI_CLIENTS/"
+  log "meilisearch clients: npm ci in $MEILI_CLIENTS (tests/meili/package-lock.json)"
+  (cd "$MEILI_CLIENTS" && npm ci --no-audit --no-fund >&2) || die "npm ci failed in $MEILI_CLIENTS"
+  log "meilisearch clients: python venv $MEILI_CLIENTS/py ($(tr '\n' ' ' <"$src/requirements.txt"))"
+  rm -rf -- "$MEILI_CLIENTS/py"
+  python3 -m venv "$MEILI_CLIENTS/py" >&2 || die "python3 -m venv failed (install python3-venv)"
+  "$MEILI_CLIENTS/py/bin/python" -m pip install -q --disable-pip-version-check -r "$src/requirements.txt" >&2 ||
+    die "pip install -r tests/meili/requirements.txt failed"
+  printf '%s\n' "$want" >"$MEILI_CLIENTS/.stamp"
+}
+
 # As root the cluster runs as the 'postgres' OS user (see as_pg). The distributions' server
 # packages create it; a server from elsewhere (PG_BIN, built from source...) may come without.
 ensure_pg_user() {
@@ -461,7 +498,10 @@ cmd_install() {
     brew) install_brew "$need_pg" "$with_browser" ;;
     *) install_unknown "$need_pg" "$with_browser" ;;
   esac
-  if ((with_browser)); then ensure_test_locales; fi
+  if ((with_browser)); then
+    ensure_test_locales
+    install_meili_clients
+  fi
   if ((need_pg)); then
     if ! find_pg_bin; then
       case $PKG_MGR in

@@ -5,7 +5,8 @@
 //! Every route but `/healthz` needs `Authorization: Bearer <http.token>` when a token is set. A
 //! browser opening `/` without it gets a small form (status 401) asking for the token; the form
 //! keeps it in the tab's `sessionStorage`, loads the page with it as a bearer token, and the page
-//! sends it with every API call.
+//! sends it with every API call. The Meilisearch-compatible read API ([`meili`], at the root:
+//! `/indexes/…`, `/multi-search`, …) checks the same token itself, and also tenant tokens.
 //!
 //! Requests are limited to [`MAX_BODY_BYTES`] of body and [`REQUEST_TIME_LIMIT`] to answer (a
 //! streaming answer — the change feed — counts until its headers). Searches run on the blocking
@@ -17,6 +18,7 @@ pub mod client;
 pub mod error;
 pub mod filter;
 pub mod freshness;
+pub mod meili;
 pub mod query;
 pub mod ranking;
 pub mod search;
@@ -74,7 +76,8 @@ fn error(status: StatusCode, code: &'static str, message: &str) -> Response {
 
 async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if let Some(token) = &state.token {
-        if req.uri().path() != "/healthz" {
+        // The Meilisearch-compatible routes check their key (or tenant token) themselves.
+        if req.uri().path() != "/healthz" && !meili::owns(req.uri().path()) {
             let ok = req
                 .headers()
                 .get(header::AUTHORIZATION)
@@ -432,6 +435,8 @@ pub fn router(shared: Arc<Shared>, metrics: PrometheusHandle, token: Option<Stri
         .route("/v1/admin/repair", post(admin_repair))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        // After the fallbacks: the compatible API keeps its own (and its CORS preflights).
+        .merge(meili::router(state.clone()))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(REQUEST_TIME_LIMIT, time_limit))
         .layer(middleware::from_fn_with_state(state.clone(), auth))

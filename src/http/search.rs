@@ -213,16 +213,37 @@ impl Plan {
         Ok(Plan { parsed, filter, sort, cursor, limit, offset, facets, highlight, fields: req.fields })
     }
 
-    /// Runs the search (blocking).
-    pub fn run(&self, index: &SearchIndex, cache: &IdOrdCache, applied_lsn: Option<Lsn>) -> ApiResult<SearchResponse> {
-        let started = Instant::now();
+    /// The tantivy query of `q` and `filter` (what [`Plan::run`] searches; also for aggregations
+    /// over the same matches, e.g. the facet stats of the Meilisearch-compatible API).
+    pub fn query(&self, index: &SearchIndex) -> ApiResult<Box<dyn Query>> {
         let text = compile_text(&self.parsed, index, None).unwrap_or_else(|| Box::new(AllQuery));
         // Without a filter the text query runs as it is (not inside a boolean of one clause,
         // which would hide its structure from tantivy's pruning scorers).
-        let query: Box<dyn Query> = match &self.filter {
+        Ok(match &self.filter {
             None => text,
             Some(f) => Box::new(BooleanQuery::new(vec![(Occur::Must, text), (Occur::Must, Box::new(ConstScoreQuery::new(filter::compile(f, index)?, 0.0)))])),
-        };
+        })
+    }
+
+    /// Whether `q` holds any word (a search without words matches everything equally).
+    pub fn has_words(&self) -> bool {
+        !self.parsed.clauses.is_empty()
+    }
+
+    /// The indexed terms the positive part of `q` matches in `searcher` (fuzzy terms expanded),
+    /// for highlighting outside [`Plan::run`].
+    pub fn highlight_terms(&self, index: &SearchIndex, searcher: &Searcher) -> Vec<Term> {
+        let mut out = Vec::new();
+        if let Some(q) = compile_text(&self.parsed, index, Some(searcher)) {
+            q.query_terms(&mut |t, _| out.push(t.clone()));
+        }
+        out
+    }
+
+    /// Runs the search (blocking).
+    pub fn run(&self, index: &SearchIndex, cache: &IdOrdCache, applied_lsn: Option<Lsn>) -> ApiResult<SearchResponse> {
+        let started = Instant::now();
+        let query = self.query(index)?;
         let searcher = index.reader.searcher();
         let id_field = index.schema.get_field(ID_FIELD)?;
         let collector = RankCollector {
