@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: [&str; 12] = ["redact", "error", "health", "telemetry", "config", "source", "pipeline", "sink", "runtime", "http", "audit", "cli"];
 
 /// Files over the limit when the limit came, with their size then: they may not grow.
-const STILL_LARGE: [(&str, usize); 1] = [("src/http/ranking.rs", 781)];
+const STILL_LARGE: [(&str, usize); 0] = [];
 const LIMIT: usize = 600;
 
 fn sources(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -18,10 +18,12 @@ pub mod client;
 pub mod error;
 pub mod filter;
 pub mod freshness;
+pub mod id_order;
 pub mod meili;
 pub mod query;
 pub mod ranking;
 pub mod search;
+pub mod sort;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -15,331 +15,19 @@
 //! hits of each segment are turned into bytes for the final merge.
 
 use std::cmp::Ordering;
-use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::Arc;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine as _;
-use serde::{Deserialize, Serialize};
 use tantivy::collector::{Collector, SegmentCollector};
 use tantivy::columnar::{Column, StrColumn};
-use tantivy::index::{InvertedIndexReader, SegmentId};
+use tantivy::index::InvertedIndexReader;
 use tantivy::query::Weight;
-use tantivy::schema::{Field, IndexRecordOption};
-use tantivy::{DocAddress, DocId, DocSet, Score, Searcher, SegmentOrdinal, SegmentReader, TERMINATED};
+use tantivy::schema::Field;
+use tantivy::{DocAddress, DocId, Score, SegmentOrdinal, SegmentReader};
 
-use super::error::{shorten, ApiError, ApiResult};
-use crate::pipeline::{SearchTarget, SearchType};
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SortKind {
-    Score,
-    Field { name: String, keyword: bool },
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SortKey {
-    pub kind: SortKind,
-    pub desc: bool,
-}
-
-/// The sort keys of a request; the search id (ascending) always breaks ties.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SortSpec {
-    pub keys: Vec<SortKey>,
-}
-
-pub const MAX_SORT_KEYS: usize = 8;
-
-fn invalid_sort(message: impl Into<String>) -> ApiError {
-    ApiError::bad_request("invalid_sort", message)
-}
-
-impl SortSpec {
-    /// `["rate:desc", "_score"]`; absent or empty: by score. Fields must be declared sortable.
-    pub fn parse(sort: Option<&[String]>, target: &SearchTarget) -> ApiResult<SortSpec> {
-        let items = sort.unwrap_or_default();
-        if items.len() > MAX_SORT_KEYS {
-            return Err(invalid_sort(format!("at most {MAX_SORT_KEYS} sort keys")));
-        }
-        let mut keys = Vec::new();
-        for item in items {
-            let (name, dir) = match item.rsplit_once(':') {
-                Some((n, d)) => (n.trim(), Some(d.trim())),
-                None => (item.trim(), None),
-            };
-            let kind = if name == "_score" {
-                SortKind::Score
-            } else {
-                let Some(f) = target.fields.iter().find(|f| f.name == name) else {
-                    return Err(invalid_sort(format!("`{}` is not a field of this index", shorten(name))).with_field(name));
-                };
-                if !f.sortable {
-                    return Err(invalid_sort(format!("`{name}` is not sortable (declare it `sortable: true`)")).with_field(name));
-                }
-                SortKind::Field { name: name.to_string(), keyword: f.ty == SearchType::Keyword }
-            };
-            let desc = match dir {
-                None => kind == SortKind::Score,
-                Some("asc") => false,
-                Some("desc") => true,
-                Some(other) => return Err(invalid_sort(format!("`{}`: the direction must be `asc` or `desc`", shorten(other))).with_field(name)),
-            };
-            if keys.iter().any(|k: &SortKey| k.kind == kind) {
-                return Err(invalid_sort(format!("`{name}` appears twice in `sort`")).with_field(name));
-            }
-            keys.push(SortKey { kind, desc });
-        }
-        if keys.is_empty() {
-            keys.push(SortKey { kind: SortKind::Score, desc: true });
-        }
-        Ok(SortSpec { keys })
-    }
-
-    /// A short text that changes when the sort changes (a cursor is valid for one sort only).
-    fn signature(&self) -> String {
-        self.keys
-            .iter()
-            .map(|k| {
-                let name = match &k.kind {
-                    SortKind::Score => "_score",
-                    SortKind::Field { name, .. } => name,
-                };
-                format!("{name}:{}", if k.desc { "d" } else { "a" })
-            })
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-
-    pub fn uses_score(&self) -> bool {
-        self.keys.iter().any(|k| k.kind == SortKind::Score)
-    }
-}
-
-/// One sort value of a hit, comparable across segments.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum SortValue {
-    #[serde(rename = "m")]
-    Missing,
-    /// A number (or date, bool) in tantivy's order-preserving u64 mapping.
-    #[serde(rename = "n")]
-    Num(u64),
-    #[serde(rename = "s")]
-    Str(String),
-    /// The bits of an f32 score (exact round trip).
-    #[serde(rename = "f")]
-    Score(u32),
-}
-
-/// Where the previous page ended.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Cursor {
-    #[serde(rename = "s")]
-    sort: String,
-    #[serde(rename = "v")]
-    values: Vec<SortValue>,
-    id: String,
-}
-
-fn invalid_cursor(message: &str) -> ApiError {
-    ApiError::bad_request("invalid_cursor", format!("`cursor` {message}; use the `next_cursor` of the previous page with the same sort"))
-}
-
-impl Cursor {
-    pub fn after(spec: &SortSpec, hit: &RankedHit) -> Cursor {
-        Cursor { sort: spec.signature(), values: hit.values.clone(), id: hit.id.clone() }
-    }
-
-    pub fn encode(&self) -> String {
-        URL_SAFE_NO_PAD.encode(serde_json::to_vec(self).unwrap_or_default())
-    }
-
-    pub fn decode(text: &str, spec: &SortSpec) -> ApiResult<Cursor> {
-        if text.len() > 64 * 1024 {
-            return Err(invalid_cursor("is too long"));
-        }
-        let bytes = URL_SAFE_NO_PAD.decode(text.trim().trim_end_matches('=')).map_err(|_| invalid_cursor("is not a cursor"))?;
-        let cursor: Cursor = serde_json::from_slice(&bytes).map_err(|_| invalid_cursor("is not a cursor"))?;
-        if cursor.sort != spec.signature() || cursor.values.len() != spec.keys.len() {
-            return Err(invalid_cursor("was made for another sort"));
-        }
-        for (v, k) in cursor.values.iter().zip(&spec.keys) {
-            let fits = matches!(
-                (&k.kind, v),
-                (SortKind::Score, SortValue::Score(_))
-                    | (SortKind::Field { .. }, SortValue::Missing)
-                    | (SortKind::Field { keyword: true, .. }, SortValue::Str(_))
-                    | (SortKind::Field { keyword: false, .. }, SortValue::Num(_))
-            );
-            if !fits {
-                return Err(invalid_cursor("was made for another sort"));
-            }
-        }
-        Ok(cursor)
-    }
-}
-
-/// One kept hit.
-#[derive(Debug, Clone)]
-pub struct RankedHit {
-    pub addr: DocAddress,
-    pub score: Score,
-    pub values: Vec<SortValue>,
-    pub id: String,
-}
-
-/// What the collector gives: the best hits in order, the match count, facet counts.
-#[derive(Debug, Default)]
-pub struct Ranked {
-    pub hits: Vec<RankedHit>,
-    pub total: u64,
-    /// `total` is a lower bound: counting stopped at the collector's `total_cap`.
-    pub total_capped: bool,
-    /// Per requested facet field: value → number of matching documents.
-    pub facets: Vec<HashMap<String, u64>>,
-}
-
-/// The order of search ids: ids that are integers in canonical decimal form (`-?[1-9][0-9]*` or
-/// `0`) by value, of any length, before every other id; other ids by bytes. Consistent with
-/// equality (distinct ids never compare equal), so it is a total order.
-pub fn cmp_ids(a: &[u8], b: &[u8]) -> Ordering {
-    fn int(s: &[u8]) -> Option<(bool, &[u8])> {
-        let (neg, digits) = match s.split_first() {
-            Some((b'-', rest)) => (true, rest),
-            _ => (false, s),
-        };
-        let canonical = match digits {
-            [] => false,
-            [b'0'] => !neg,
-            [first, ..] => *first != b'0' && digits.iter().all(u8::is_ascii_digit),
-        };
-        canonical.then_some((neg, digits))
-    }
-    match (int(a), int(b)) {
-        (Some((an, ad)), Some((bn, bd))) => {
-            let magnitude = ad.len().cmp(&bd.len()).then_with(|| ad.cmp(bd));
-            match (an, bn) {
-                (false, false) => magnitude,
-                (true, true) => magnitude.reverse(),
-                (true, false) => Ordering::Less,
-                (false, true) => Ordering::Greater,
-            }
-        }
-        (Some(_), None) => Ordering::Less,
-        (None, Some(_)) => Ordering::Greater,
-        (None, None) => a.cmp(b),
-    }
-}
-
-/// The ids of one segment in [`cmp_ids`] order (segments never change, so this is cached).
-#[derive(Debug, Default)]
-pub struct IdOrder {
-    /// Document → rank of its `_id` among the segment's ids (`u32::MAX`: no id).
-    pub by_doc: Vec<u32>,
-    /// Rank → ordinal of the `_id` term in the segment's dictionary.
-    pub by_rank: Vec<u32>,
-}
-
-impl IdOrder {
-    /// The id of rank `rank`, appended to `out` (nothing for an unknown rank).
-    fn id_bytes(&self, dict: &InvertedIndexReader, rank: u32, out: &mut Vec<u8>) -> std::io::Result<()> {
-        if let Some(ord) = self.by_rank.get(rank as usize) {
-            dict.terms().ord_to_term(u64::from(*ord), out)?;
-        }
-        Ok(())
-    }
-
-    /// The position of `id` in this order: `2 * rank` when the segment has it, else the odd
-    /// number just before the rank of the first greater id.
-    fn pos(&self, dict: &InvertedIndexReader, id: &str) -> std::io::Result<Pos> {
-        let (mut lo, mut hi) = (0usize, self.by_rank.len());
-        let mut buf = Vec::new();
-        while lo < hi {
-            let mid = lo + (hi - lo) / 2;
-            buf.clear();
-            self.id_bytes(dict, mid as u32, &mut buf)?;
-            match cmp_ids(&buf, id.as_bytes()) {
-                Ordering::Less => lo = mid + 1,
-                Ordering::Greater => hi = mid,
-                Ordering::Equal => return Ok(dict_pos(Some(mid as u64), 0)),
-            }
-        }
-        Ok(dict_pos(None, lo as u64))
-    }
-}
-
-pub type IdOrds = Arc<IdOrder>;
-
-/// A cache of [`IdOrds`] by segment, shared by all searches.
-#[derive(Default)]
-pub struct IdOrdCache {
-    entries: Mutex<HashMap<SegmentId, (String, IdOrds)>>,
-}
-
-impl IdOrdCache {
-    /// The id ordinals of every segment of `searcher`, in segment order. Entries of segments of
-    /// this index that the searcher no longer has are dropped.
-    pub fn for_searcher(&self, index: &str, searcher: &Searcher, id_field: Field) -> tantivy::Result<Vec<IdOrds>> {
-        let mut out = Vec::new();
-        let mut live = HashSet::new();
-        for seg in searcher.segment_readers() {
-            let sid = seg.segment_id();
-            live.insert(sid);
-            let cached = self.entries.lock().ok().and_then(|m| m.get(&sid).map(|(_, o)| o.clone()));
-            let ords = match cached {
-                Some(o) if o.by_doc.len() == seg.max_doc() as usize => o,
-                _ => {
-                    let o = Arc::new(build_id_ords(seg, id_field)?);
-                    if let Ok(mut m) = self.entries.lock() {
-                        m.insert(sid, (index.to_string(), o.clone()));
-                    }
-                    o
-                }
-            };
-            out.push(ords);
-        }
-        if let Ok(mut m) = self.entries.lock() {
-            m.retain(|sid, (name, _)| name != index || live.contains(sid));
-        }
-        Ok(out)
-    }
-}
-
-fn build_id_ords(seg: &SegmentReader, id_field: Field) -> tantivy::Result<IdOrder> {
-    let inv = seg.inverted_index(id_field)?;
-    // The dictionary is in byte order: read every term, re-sort their ordinals in id order.
-    let mut bytes: Vec<u8> = Vec::new();
-    let mut ends: Vec<usize> = Vec::new();
-    let mut stream = inv.terms().stream()?;
-    while stream.advance() {
-        bytes.extend_from_slice(stream.key());
-        ends.push(bytes.len());
-    }
-    let term = |ord: usize| &bytes[if ord == 0 { 0 } else { ends[ord - 1] }..ends[ord]];
-    let n = u32::try_from(ends.len()).unwrap_or(u32::MAX - 1);
-    let mut by_rank: Vec<u32> = (0..n).collect();
-    // Stable, and byte order already is the order of the ids that are not integers.
-    by_rank.sort_by(|a, b| cmp_ids(term(*a as usize), term(*b as usize)));
-    let mut rank_of = vec![u32::MAX - 1; by_rank.len()];
-    for (rank, ord) in by_rank.iter().enumerate() {
-        rank_of[*ord as usize] = rank as u32;
-    }
-    let mut by_doc = vec![u32::MAX; seg.max_doc() as usize];
-    let mut stream = inv.terms().stream()?;
-    while stream.advance() {
-        let rank = usize::try_from(stream.term_ord()).ok().and_then(|o| rank_of.get(o)).copied().unwrap_or(u32::MAX - 1);
-        let info = stream.value().clone();
-        let mut postings = inv.read_postings_from_terminfo(&info, IndexRecordOption::Basic)?;
-        let mut doc = postings.doc();
-        while doc != TERMINATED {
-            if let Some(slot) = by_doc.get_mut(doc as usize) {
-                *slot = rank;
-            }
-            doc = postings.advance();
-        }
-    }
-    Ok(IdOrder { by_doc, by_rank })
-}
+use super::id_order::{build_id_ords, dict_pos, Pos};
+pub use super::id_order::{cmp_ids, IdOrdCache, IdOrder, IdOrds};
+pub use super::sort::{Cursor, Ranked, RankedHit, SortKey, SortKind, SortSpec, SortValue, MAX_SORT_KEYS};
 
 pub struct RankCollector {
     pub spec: Arc<SortSpec>,
@@ -375,10 +63,6 @@ impl LocalKey {
         }
     }
 }
-
-/// A position in a segment's order: `2 * ordinal` for a value present in the segment, an odd
-/// number between two ordinals for a cursor value the segment does not hold.
-type Pos = i128;
 
 #[derive(Clone)]
 struct Cand {
@@ -458,15 +142,6 @@ fn cmp_to_bound(keys: &[LocalKey], a: &Cand, b: &LocalBound) -> Ordering {
         }
     }
     (2 * a.id as Pos).cmp(&b.id)
-}
-
-/// The position of `key` in a sorted dictionary given its exact ordinal (if present) and the
-/// ordinal of the first greater term.
-fn dict_pos(exact: Option<u64>, next: u64) -> Pos {
-    match exact {
-        Some(o) => 2 * o as Pos,
-        None => 2 * next as Pos - 1,
-    }
 }
 
 fn str_pos(col: &StrColumn, s: &str) -> std::io::Result<Pos> {
@@ -782,6 +457,8 @@ impl SegmentCollector for SegCollector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::SearchTarget;
+    use tantivy::schema::IndexRecordOption;
 
     fn target() -> SearchTarget {
         crate::sink::tantivy::schema::tests::target()
