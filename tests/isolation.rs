@@ -17,9 +17,17 @@ fn a_paused_redis_holds_back_only_the_pipelines_that_write_to_it() {
     w.add_pipeline("notes", NOTES);
     w.add_repo_pipeline("actors");
     w.setup();
-    w.start();
+    // A short lag bound, so that the stuck pipeline's own readiness turns within the test.
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&w.log).unwrap();
+    w.daemon = Some(w.command().env("DERIVER__RUNTIME__READY_MAX_LAG_SECS", "2").arg("run").stdout(log.try_clone().unwrap()).stderr(log).spawn().unwrap());
     w.catch_up(&["actors"], &["actors", "notes"]);
     w.wait_ready();
+    let port = w.http_port;
+    let ready = |pipeline: &str| {
+        let url = format!("http://127.0.0.1:{port}/readyz?pipeline={pipeline}");
+        reqwest::blocking::get(url).unwrap().status().as_u16()
+    };
+    assert_eq!((ready("notes"), ready("actors"), ready("nope")), (200, 200, 404));
 
     // Every write to Redis blocks (reads go on) until unpaused.
     let mut redis = env().redis.conn();
@@ -36,6 +44,12 @@ fn a_paused_redis_holds_back_only_the_pipelines_that_write_to_it() {
         assert!(started.elapsed() < Duration::from_secs(5));
     }
     assert_eq!(w.index_docs("notes")["5"]["body"], "while paused 4");
+    // Readiness per pipeline: the stuck one turns 503 once it lags past the bound; the other
+    // stays 200 all along.
+    wait_for("the paused pipeline to be not ready", Duration::from_secs(20), || {
+        assert_eq!(ready("notes"), 200, "the search-only pipeline is ready throughout");
+        ready("actors") == 503
+    });
     // The Redis pipeline has not got past its paused commit.
     assert!(w.redis_applied("actors").is_none_or(|a| a < stuck_at), "the paused Redis took a write");
     assert_ne!(w.redis_hgetall("actor:1").get("first_name").map(String::as_str), Some("PAUSED"));
