@@ -279,6 +279,39 @@ targets:
       type: json
 "#;
 
+    /// The spec's `via` form (both joins in `via.on`) and the split form (`via.on` to the source,
+    /// the child's own `on`) describe the same child; a `via.on` that never joins the child says so.
+    #[test]
+    fn the_via_form_of_the_spec_equals_the_split_form() {
+        let file = |children: &str| {
+            format!(
+                "version: 1\npipeline: films\nsource: {{ table: film }}\nchildren:\n{children}\nfields:\n  film_id: film.film_id\n  actors: {{ child: actors, agg: \"count(*)\" }}\ntargets:\n  - redis: {{ key: \"film:{{film_id}}\", type: json }}\n"
+            )
+        };
+        let spec = file(
+            "  actors:\n    table: actor\n    via: { table: film_actor, on: \"film_actor.film_id = film.film_id AND film_actor.actor_id = actor.actor_id\" }",
+        );
+        let split = file("  actors:\n    table: actor\n    via: { table: film_actor, on: \"film_actor.film_id = film.film_id\" }\n    on: \"actor.actor_id = film_actor.actor_id\"");
+        let a = check(Path::new("pipelines/films.yaml"), &spec).unwrap_or_else(|d| panic!("{d:?}"));
+        let b = check(Path::new("pipelines/films.yaml"), &split).unwrap_or_else(|d| panic!("{d:?}"));
+        assert_eq!(serde_json::to_value(&a.children).unwrap(), serde_json::to_value(&b.children).unwrap());
+        assert_eq!(a.children[0].via.as_ref().unwrap().on.len(), 1);
+        assert_eq!(a.children[0].on.len(), 1);
+        // Written the other way round, and with quoted names, it is the same child.
+        let swapped = file("  actors:\n    table: actor\n    via: { table: film_actor, on: \"actor.actor_id = \\\"film_actor\\\".actor_id AND film.film_id = film_actor.film_id\" }");
+        let c = check(Path::new("pipelines/films.yaml"), &swapped).unwrap_or_else(|d| panic!("{d:?}"));
+        assert_eq!(serde_json::to_value(&c.children).unwrap(), serde_json::to_value(&b.children).unwrap());
+        // Only the link's join: the message names what is missing, at the `via.on`.
+        let missing = file("  actors:\n    table: actor\n    via: { table: film_actor, on: \"film_actor.film_id = film.film_id\" }");
+        let errs = check(Path::new("pipelines/films.yaml"), &missing).unwrap_err();
+        assert!(errs.iter().any(|d| d.message.contains("`via.on` must also join film_actor to actor")), "{errs:?}");
+        // A term joining the child straight to the source is a wrong join, named precisely.
+        let wrong =
+            file("  actors:\n    table: actor\n    via: { table: film_actor, on: \"film_actor.film_id = film.film_id AND actor.actor_id = film.film_id\" }");
+        let errs = check(Path::new("pipelines/films.yaml"), &wrong).unwrap_err();
+        assert!(errs.iter().any(|d| d.message.contains("must join actors to one of film_actor")), "{errs:?}");
+    }
+
     #[test]
     fn a_good_file_checks() {
         let p = check(Path::new("pipelines/films.yaml"), FILMS).unwrap();

@@ -80,6 +80,10 @@ pub(super) fn check_child(c: &mut Checker, key: &Key, node: &Node, source: &[(St
     let entries = c.map(node, &what, &["table", "on", "via", "filter"])?;
     let table = table_of(c, entries, node, &what)?;
     let filter = get(entries, "filter").and_then(|n| c.sql(n, "`filter`"));
+    let this_names = vec![key.name.clone(), table.name.clone()];
+    let child_on = get(entries, "on");
+    // With `via` and no child-level `on` (the spec's form), `via.on` holds both joins.
+    let mut joined_in_via: Option<(&Node, Option<String>)> = None;
     let via = match get(entries, "via") {
         None => None,
         Some(vn) => {
@@ -93,23 +97,56 @@ pub(super) fn check_child(c: &mut Checker, key: &Key, node: &Node, source: &[(St
                 }
             };
             let text = c.string(von_node, "`on`")?;
-            let on = resolve_on(c, von_node, &text, std::slice::from_ref(&vtable.name), source, &format!("{what} `via.on`"))?;
+            let (link_text, child_text) = if child_on.is_some() { (text, None) } else { split_via_on(&text, &this_names) };
+            if child_on.is_none() {
+                joined_in_via = Some((von_node, child_text));
+            }
+            let on = resolve_on(c, von_node, &link_text, std::slice::from_ref(&vtable.name), source, &format!("{what} `via.on`"))?;
             Some(Via { alias: vtable.name.clone(), table: vtable, on })
         }
     };
-    let on_node = match get(entries, "on") {
-        Some(n) => n,
-        None => {
-            c.err(node.pos, format!("{what} needs `on`"));
-            return None;
-        }
-    };
-    let text = c.string(on_node, "`on`")?;
-    let this_names = vec![key.name.clone(), table.name.clone()];
     let parents: Vec<(String, String)> = match &via {
         Some(v) => vec![(v.alias.clone(), v.alias.clone())],
         None => source.to_vec(),
     };
-    let on = resolve_on(c, on_node, &text, &this_names, &parents, &format!("{what} `on`"))?;
+    let on = match (child_on, joined_in_via) {
+        (Some(on_node), _) => {
+            let text = c.string(on_node, "`on`")?;
+            resolve_on(c, on_node, &text, &this_names, &parents, &format!("{what} `on`"))?
+        }
+        (None, Some((von_node, Some(text)))) => resolve_on(c, von_node, &text, &this_names, &parents, &format!("{what} `via.on`"))?,
+        (None, Some((von_node, None))) => {
+            let link = via.as_ref().map_or(String::new(), |v| v.alias.clone());
+            c.err(
+                von_node.pos,
+                format!(
+                    "{what} `via.on` must also join {link} to {} (e.g. `{link}.{}_id = {}.{}_id`), or the child needs its own `on`",
+                    table.name, table.name, table.name, table.name
+                ),
+            );
+            return None;
+        }
+        (None, None) => {
+            c.err(node.pos, format!("{what} needs `on`"));
+            return None;
+        }
+    };
     Some(Child { alias: key.name.clone(), sql_alias: table.name.clone(), table, on, via, filter })
+}
+
+/// Splits the spec's one-piece `via.on` (`link.a = source.a AND link.b = child.b`) into the link's
+/// join to the source and the child's join to the link: a term naming the child goes to the
+/// child. Text that does not parse goes whole to the link's join, which reports the error.
+fn split_via_on(text: &str, child_names: &[String]) -> (String, Option<String>) {
+    let Ok(terms) = super::join::parse_on(text) else { return (text.to_string(), None) };
+    let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let render = |terms: &[&(super::join::ColumnRef, super::join::ColumnRef)]| {
+        terms.iter().map(|(a, b)| format!("{}.{} = {}.{}", quote(&a.0), quote(&a.1), quote(&b.0), quote(&b.1))).collect::<Vec<_>>().join(" AND ")
+    };
+    let (child, link): (Vec<_>, Vec<_>) = terms.iter().partition(|(a, b)| child_names.contains(&a.0) || child_names.contains(&b.0));
+    let child_text = (!child.is_empty()).then(|| render(&child));
+    if link.is_empty() {
+        return (text.to_string(), child_text);
+    }
+    (render(&link), child_text)
 }
