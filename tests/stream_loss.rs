@@ -105,3 +105,24 @@ fn a_publication_dropped_while_running_stops_deriver_loudly() {
     assert_ne!(code, 0);
     assert!(err.contains("publication `deriver` does not exist"), "{err}");
 }
+
+/// A key column renamed while deriver runs: its changes would look like rows with a NULL key and
+/// be skipped. Deriver stops instead, naming the column and the pipeline, and applies nothing
+/// after the rename; `ADD COLUMN` (a column no pipeline reads) costs nothing.
+#[test]
+fn a_key_column_renamed_while_running_stops_deriver_naming_it() {
+    let mut w = items_world(&env().pg, "rename_live");
+    w.sql("ALTER TABLE item ADD COLUMN extra int; INSERT INTO item VALUES (3, 'added', 1)");
+    w.catch_up(&["items"], &[]);
+    assert_eq!(name_of(&w, 3), "added", "a new column nobody reads changes nothing");
+    w.sql("ALTER TABLE item RENAME COLUMN id TO item_id");
+    w.sql("INSERT INTO item VALUES (2, 'after the rename')");
+    let lsn = w.current_lsn();
+    let (code, log) = w.wait_exit(Duration::from_secs(60));
+    assert_ne!(code, 0, "log:\n{log}");
+    assert!(log.contains("no longer has column `id`") && log.contains("pipeline `items`"), "log:\n{log}");
+    let applied = w.redis_applied("items").unwrap();
+    assert!(applied < lsn, "the views claim {applied}, past the change at {lsn} that could not be derived");
+    assert!(w.redis_get("item:2").is_none());
+    assert!(confirmed_flush(&w) < lsn);
+}

@@ -130,9 +130,11 @@ impl Daemon {
             }
             let key_names: Vec<String> = info.key.iter().map(|k| k.name.clone()).collect();
             let key_pos = interest_positions(&mut interest, &table, &key_names);
+            interest.add_reader(&table, &def.name);
             routes.entry(table).or_default().push((idx, Route::Source));
             for (di, d) in deps.iter_mut().enumerate() {
                 d.this_pos = interest_positions(&mut interest, &d.table, &d.this_cols);
+                interest.add_reader(&d.table, &def.name);
                 if d.needs_ledger {
                     d.ident_pos = interest_positions(&mut interest, &d.table, &d.identity);
                 }

@@ -103,4 +103,42 @@ pub enum SourceEvent {
 #[derive(Debug, Clone, Default)]
 pub struct Interest {
     pub tables: HashMap<TableName, Vec<String>>,
+    /// For each table, the pipelines that read it (for errors that must name them).
+    pub readers: HashMap<TableName, Vec<String>>,
+}
+
+impl Interest {
+    /// Records that `pipeline` reads `table`.
+    pub fn add_reader(&mut self, table: &TableName, pipeline: &str) {
+        let readers = self.readers.entry(table.clone()).or_default();
+        if !readers.iter().any(|r| r == pipeline) {
+            readers.push(pipeline.to_string());
+        }
+    }
+
+    /// The columns of `table` deriver reads that `present` (the table's columns now) lacks, with
+    /// the pipelines that read the table: a rename or drop deriver must not paper over.
+    pub fn missing_columns(&self, table: &TableName, present: &[&str]) -> Option<(Vec<String>, Vec<String>)> {
+        let wanted = self.tables.get(table)?;
+        let missing: Vec<String> = wanted.iter().filter(|c| !present.contains(&c.as_str())).cloned().collect();
+        (!missing.is_empty()).then(|| (missing, self.readers.get(table).cloned().unwrap_or_default()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_column_deriver_reads_that_the_table_lost_is_named_with_its_readers() {
+        let t = TableName::new("public", "item");
+        let mut i = Interest::default();
+        i.tables.insert(t.clone(), vec!["id".into(), "owner_id".into()]);
+        i.add_reader(&t, "items");
+        i.add_reader(&t, "items");
+        i.add_reader(&t, "owners");
+        assert_eq!(i.missing_columns(&t, &["id", "owner_id", "extra"]), None, "an added column costs nothing");
+        assert_eq!(i.missing_columns(&t, &["item_id", "owner_id"]), Some((vec!["id".to_string()], vec!["items".to_string(), "owners".to_string()])));
+        assert_eq!(i.missing_columns(&TableName::new("public", "other"), &[]), None, "a table nobody reads");
+    }
 }

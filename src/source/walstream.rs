@@ -292,9 +292,20 @@ impl Reader {
                 }
                 SourceEvent::Truncate { tables: hit }
             }
-            EventType::Relation { relation_id, .. } => {
-                // Schema changed or first sighting: forget the cached mapping.
+            EventType::Relation { relation_id, namespace, relation_name, columns, .. } => {
+                // Schema changed or first sighting: forget the cached mapping, and stop loudly when
+                // a column deriver reads is gone (renamed or dropped): its changes would otherwise
+                // look like NULL keys and be skipped.
                 self.relations.remove(&relation_id);
+                let name = TableName::new(&*namespace, &*relation_name);
+                let present: Vec<&str> = columns.iter().map(|c| &*c.name).collect();
+                if let Some((missing, readers)) = self.interest.missing_columns(&name, &present) {
+                    let cols = missing.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ");
+                    let pipelines = readers.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ");
+                    return Err(Error::fatal(format!(
+                        "table {name} no longer has column {cols}, which pipeline {pipelines} reads (renamed or dropped while deriver was running); its changes cannot be derived. Change the pipeline (or the table) to match and start deriver again: it resumes from the last change it applied"
+                    )));
+                }
                 return Ok(None);
             }
             EventType::StreamStart { .. }
