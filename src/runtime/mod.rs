@@ -353,7 +353,8 @@ impl Daemon {
             tasks.spawn(async move { (i, w.run(wiring).await) });
         }
         let admin_rx = admin_rx.expect("admin receiver");
-        let mut task = SourceTask { cfg, shared, cancel: cancel.clone(), pg, interest, routes, workers: handles, tasks, passed, epoch: 1, admin_rx };
+        let mut task =
+            SourceTask { cfg, shared, cancel: cancel.clone(), pg, interest, routes: Arc::new(routes), workers: handles, tasks, passed, epoch: 1, admin_rx };
         info!(%start, "streaming from the replication slot");
         on_streaming();
         let result = task.run(replication, start).await;

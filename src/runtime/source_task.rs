@@ -42,7 +42,7 @@ pub struct SourceTask {
     pub pg: Client,
     pub interest: Interest,
     /// For each table, the workers whose pipeline reads it, and how.
-    pub routes: HashMap<TableName, Vec<(usize, Route)>>,
+    pub routes: Arc<HashMap<TableName, Vec<(usize, Route)>>>,
     pub workers: Vec<WorkerHandle>,
     pub tasks: JoinSet<(usize, Result<()>)>,
     pub passed: watch::Sender<(u64, Lsn)>,
@@ -180,10 +180,12 @@ impl SourceTask {
                             began.clear();
                         }
                         SourceEvent::Change(change) => {
-                            let Some(routes) = self.routes.get(&*change.table).cloned() else { continue };
+                            // An `Arc` of the table, not a copy of the routes, for each change.
+                            let all = self.routes.clone();
+                            let Some(routes) = all.get(&*change.table) else { continue };
                             let bytes = change_bytes(&change);
                             let change = Arc::new(change);
-                            for (w, route) in routes {
+                            for &(w, route) in routes {
                                 if !began.contains(&w) {
                                     began.push(w);
                                     if !self.send(w, Input::Begin { xid }, 16).await? {
@@ -198,7 +200,8 @@ impl SourceTask {
                         }
                         SourceEvent::Truncate { tables } => {
                             for t in tables {
-                                for (w, route) in self.routes.get(&*t).cloned().unwrap_or_default() {
+                                let all = self.routes.clone();
+                                for &(w, route) in all.get(&*t).into_iter().flatten() {
                                     if !began.contains(&w) {
                                         began.push(w);
                                         if !self.send(w, Input::Begin { xid }, 16).await? {
@@ -242,20 +245,18 @@ impl SourceTask {
 
     /// Queues `input` for worker `w`, waiting while its queue is full. Ok(false): deriver stops.
     async fn send(&mut self, w: usize, input: Input, bytes: usize) -> Result<bool> {
-        let feed = self.workers[w].feed.clone();
-        tokio::select! {
-            r = feed.send(input, bytes) => match r {
-                Ok(()) => Ok(true),
-                Err(()) => {
-                    // The worker is gone: its task says why.
-                    while let Some(joined) = self.tasks.join_next().await {
-                        flatten(joined)?;
-                    }
-                    Err(Error::fatal(format!("the worker of pipeline `{}` stopped", self.workers[w].name)))
-                }
-            },
-            _ = self.cancel.cancelled() => Ok(false),
+        let sent = tokio::select! {
+            r = self.workers[w].feed.send(input, bytes) => r,
+            _ = self.cancel.cancelled() => return Ok(false),
+        };
+        if sent.is_err() {
+            // The worker is gone: its task says why.
+            while let Some(joined) = self.tasks.join_next().await {
+                flatten(joined)?;
+            }
+            return Err(Error::fatal(format!("the worker of pipeline `{}` stopped", self.workers[w].name)));
         }
+        Ok(true)
     }
 
     /// Acknowledges the slot up to what every worker has made durable.

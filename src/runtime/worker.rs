@@ -84,11 +84,6 @@ impl Feed {
         let permit = self.bytes.clone().acquire_many_owned(n).await.map_err(|_| ())?;
         self.tx.send(Msg { input, _bytes: Some(permit) }).map_err(|_| ())
     }
-
-    /// Bytes queued now.
-    pub fn queued_bytes(&self) -> usize {
-        (self.capacity as usize).saturating_sub(self.bytes.available_permits())
-    }
 }
 
 /// The approximate size of a change in a worker's queue.
