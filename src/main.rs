@@ -61,12 +61,46 @@ fn shutdown_signal(cancel: CancellationToken) {
     });
 }
 
+/// `SIGHUP` re-reads the pipeline files and applies them (as `deriver apply`); the outcome is logged.
+fn reload_signal(shared: Arc<runtime::status::Shared>, cancel: CancellationToken) {
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = hup.recv() => {}
+            }
+            tracing::info!("SIGHUP: re-reading the pipeline files");
+            let tx = shared.admin.lock().expect("admin lock").clone();
+            let Some(tx) = tx else {
+                tracing::warn!("SIGHUP: this process does not run the pipelines now (it starts or stands by); it reads the files when it does");
+                continue;
+            };
+            let (reply, rx) = tokio::sync::oneshot::channel();
+            if tx.send(runtime::status::AdminRequest::Reload { reply }).await.is_err() {
+                continue;
+            }
+            match rx.await {
+                Ok(Ok(report)) => tracing::info!(
+                    added = ?report.added, changed = ?report.changed, removed = ?report.removed,
+                    rebuilding = ?report.rebuilding,
+                    "SIGHUP: the pipeline files were applied"
+                ),
+                Ok(Err(e)) => tracing::error!(error = %e, "SIGHUP: the pipeline files were not applied"),
+                Err(_) => {}
+            }
+        }
+    });
+}
+
 async fn run_daemon(cfg: Config, resnapshot: bool) -> Result<()> {
     let cancel = CancellationToken::new();
     shutdown_signal(cancel.clone());
     let handle = telemetry::install().map_err(|e| error::Error::fatal("cannot install the metrics recorder").with_detail(e))?;
     let shared = Arc::new(runtime::status::Shared { ready_max_lag: cfg.runtime.ready_max_lag(), ..Default::default() });
     runtime::status::spawn_trends(shared.clone(), cancel.clone());
+    reload_signal(shared.clone(), cancel.clone());
     // The API answers from the start: a standby reports itself in /v1/status and /readyz.
     http::serve(&cfg.http.listen, http::router(shared.clone(), handle, cfg.http.token.clone()), cancel.clone()).await?;
     let mut resnapshot = resnapshot;
@@ -183,6 +217,10 @@ async fn dispatch(cli: Cli) -> Result<i32> {
         Command::Plan => {
             let cfg = Config::load(cli.config.as_deref())?;
             cli::plan::run(&cfg).await
+        }
+        Command::Apply(args) => {
+            let cfg = Config::load(cli.config.as_deref())?;
+            cli::apply::run(&cfg, args.prune).await
         }
         Command::Prune(args) => {
             let cfg = Config::load(cli.config.as_deref())?;

@@ -1,5 +1,6 @@
 //! The `deriver` command line.
 
+pub mod apply;
 pub mod audit;
 pub mod dead_letters;
 pub mod pipeline_test;
@@ -37,7 +38,7 @@ pub struct Cli {
 pub enum Command {
     /// Create or extend the publication for the pipelines' tables and check the source (wal_level, rights, replica identity).
     Setup(SetupArgs),
-    /// Run the daemon: initial snapshot on first start, then stream changes; serves HTTP. Stops cleanly on SIGINT/SIGTERM.
+    /// Run the daemon: initial snapshot on first start, then stream changes; serves HTTP. Stops cleanly on SIGINT/SIGTERM; re-reads and applies the pipeline files on SIGHUP.
     Run(RunArgs),
     /// Show per pipeline: state, applied LSN per target, lag, generation, definition hash.
     Status(StatusArgs),
@@ -49,6 +50,13 @@ pub enum Command {
     Preview(PreviewArgs),
     /// Per pipeline: `unchanged`, `in-place` or `rebuild`, comparing the files with what is deployed.
     Plan,
+    /// Ask the running daemon to apply the edited pipeline files (as SIGHUP does): prints the plan, then follows the rebuilds.
+    ///
+    /// Every file is checked first; a file with errors changes nothing (the problems are printed with
+    /// file:line:col, exit code 1). New pipelines are built in the background while they stream,
+    /// changed ones are rebuilt beside the live version and swapped in, removed ones stop. The other
+    /// pipelines keep streaming throughout; the daemon keeps its PID.
+    Apply(ApplyArgs),
     /// Full reprocess into a new index generation while streaming goes on, then an atomic swap (asks the daemon when one runs).
     Reindex(ReindexArgs),
     /// Compare every target with a fresh derivation from Postgres; list missing, extra and different keys; --repair re-derives them.
@@ -71,6 +79,13 @@ pub enum Command {
     /// meanwhile stands by until it is done); it refuses while another process owns the slot, and
     /// skips an index whose writer lock a process holds.
     Prune(PruneArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ApplyArgs {
+    /// Also remove what removed pipelines leave behind (as `deriver prune --yes`).
+    #[arg(long)]
+    pub prune: bool,
 }
 
 #[derive(Debug, clap::Args)]

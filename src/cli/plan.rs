@@ -11,6 +11,12 @@ pub async fn run(cfg: &Config) -> Result<i32> {
     let defs = crate::pipeline::load_dir(&cfg.pipelines.dir).map_err(|d| {
         Error::config("the pipeline files have problems (run `deriver validate`)").with_detail(d.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("\n"))
     })?;
+    print(cfg, defs).await?;
+    Ok(0)
+}
+
+/// Prints the plan of `defs` against what is deployed (also what `deriver apply` shows first).
+pub async fn print(cfg: &Config, defs: Vec<crate::pipeline::Pipeline>) -> Result<()> {
     let mut redis = None;
     for def in defs {
         let mut reasons = Vec::new();
@@ -67,5 +73,5 @@ pub async fn run(cfg: &Config) -> Result<i32> {
             println!("    {r}");
         }
     }
-    Ok(0)
+    Ok(())
 }

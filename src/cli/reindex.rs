@@ -143,7 +143,7 @@ fn error_message(body: &str) -> String {
 }
 
 /// Follows a reindex the daemon runs, through `/v1/status`.
-async fn follow(cfg: &Config, names: &[String]) -> Result<i32> {
+pub(super) async fn follow(cfg: &Config, names: &[String]) -> Result<i32> {
     let mut display = Display::new();
     let mut pending: Vec<String> = names.to_vec();
     let mut failed = false;
@@ -155,6 +155,10 @@ async fn follow(cfg: &Config, names: &[String]) -> Result<i32> {
         let doc: StatusDoc = serde_json::from_str(&body).map_err(|e| Error::fatal("unreadable status from the daemon").with_detail(e))?;
         pending.retain(|name| {
             let Some(p) = doc.pipelines.iter().find(|p| &p.name == name) else { return false };
+            if p.reindex.is_none() && (p.state == "rebuilding" || p.state == "starting") && p.error.is_none() {
+                // Started by a reload, its worker or its build not yet under way.
+                return true;
+            }
             match &p.reindex {
                 Some(r) => {
                     display.update(name, r.phase.as_deref().unwrap_or("deriving"), r.rows_done, r.rows_total);

@@ -80,6 +80,28 @@ pub async fn reindex(shared: &Shared, req: ReindexRequest) -> ApiResult<Response
     }
 }
 
+/// `POST /v1/admin/reload`: re-read the pipeline files and apply them, as `SIGHUP` does. 200 with
+/// what changed; 400 `reload_refused` when a file has errors or a pipeline cannot run (nothing
+/// changed), with the problems one per line in `problems`.
+pub async fn reload(shared: &Shared) -> ApiResult<Response> {
+    let (reply, rx) = oneshot::channel();
+    send(shared, AdminRequest::Reload { reply }).await?;
+    match rx.await {
+        Ok(Ok(report)) => Ok(Json(report).into_response()),
+        Ok(Err(e)) => {
+            let problems: Vec<String> = e.detail.as_deref().map(|d| d.lines().map(str::to_string).collect()).unwrap_or_default();
+            let message = e.message.clone();
+            let mut err = refused("reload_refused", e);
+            if err.status == StatusCode::BAD_REQUEST {
+                err.message = message;
+                err = err.with("problems", problems);
+            }
+            Err(err)
+        }
+        Err(_) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "stopping", "deriver stopped before answering")),
+    }
+}
+
 pub async fn rollback(shared: &Shared, req: RollbackRequest) -> ApiResult<Response> {
     let (reply, rx) = oneshot::channel();
     send(shared, AdminRequest::Rollback { pipeline: req.pipeline, reply }).await?;

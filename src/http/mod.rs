@@ -371,6 +371,10 @@ async fn admin_rollback(State(state): State<AppState>, body: std::result::Result
     admin::rollback(&state.shared, json_body(body)?).await
 }
 
+async fn admin_reload(State(state): State<AppState>) -> ApiResult<Response> {
+    admin::reload(&state.shared).await
+}
+
 async fn admin_repair(State(state): State<AppState>, body: std::result::Result<Bytes, BytesRejection>) -> ApiResult<Response> {
     admin::repair(&state.shared, json_body(body)?).await
 }
@@ -435,6 +439,7 @@ pub fn router(shared: Arc<Shared>, metrics: PrometheusHandle, token: Option<Stri
         .route("/v1/admin/reindex", post(admin_reindex))
         .route("/v1/admin/rollback", post(admin_rollback))
         .route("/v1/admin/repair", post(admin_repair))
+        .route("/v1/admin/reload", post(admin_reload))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // After the fallbacks: the compatible API keeps its own (and its CORS preflights).

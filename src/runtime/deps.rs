@@ -19,6 +19,7 @@ use crate::sink::ledger::Ledger;
 use crate::source::postgres::{self as pg};
 use crate::source::{quote_ident, ColumnTexts, RowChange, TableName};
 
+#[derive(Clone)]
 pub struct Dep {
     pub dep: DepRef,
     pub table: TableName,

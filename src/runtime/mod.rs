@@ -8,6 +8,7 @@
 //! Postgres and commits every sink with the batch's end LSN (`flush.rs`); the source task
 //! acknowledges the slot up to the minimum LSN every worker's sinks have made durable.
 
+mod assemble;
 pub mod batch;
 pub mod dead_letters;
 pub mod deps;
@@ -21,6 +22,7 @@ pub mod orphans;
 pub mod pipeline;
 mod rebuild;
 pub mod reindex;
+pub mod reload;
 pub mod retry;
 pub mod source_task;
 pub mod status;
@@ -37,14 +39,12 @@ use tracing::{info, warn};
 
 use crate::config::Config;
 use crate::error::{Error, ErrorKind, Result};
-use crate::sink::redis::RedisSink;
-use crate::sink::tantivy::SearchSink;
 use crate::sink::{AnySink, Sink};
 use crate::source::postgres as pg;
 use crate::source::walstream;
 use crate::source::{Interest, Lsn, TableName};
 pub use pipeline::{derivation_sql, load_pipelines, replica_identity_problem, state_dir, PipelineRt};
-use pipeline::{interest_positions, reindex_marker, Route};
+use pipeline::{redis_rewrite_marker, reindex_marker, Route};
 use source_task::{SourceTask, WorkerHandle};
 use status::{PipelineStatus, Shared, SlotStatus, StatusDoc};
 use worker::{Context, DeadStore, Feed, Wiring, Worker};
@@ -92,95 +92,32 @@ impl Daemon {
             )));
         }
         let loaded = load_pipelines(&cfg, &client).await?;
-        let published = pg::publication_tables(&client, &cfg.postgres.publication)
-            .await?
-            .ok_or_else(|| Error::fatal(format!("publication `{}` does not exist; run `deriver setup` to create it", cfg.postgres.publication)))?;
-        let filtered = pg::publication_row_filters(&client, &cfg.postgres.publication).await?;
+        let publication = assemble::Publication::read(&client, &cfg.postgres.publication).await?;
         let mut interest = Interest::default();
         let mut routes: HashMap<TableName, Vec<(usize, Route)>> = HashMap::new();
         let mut pipelines = Vec::new();
         for (idx, (def, info, sql)) in loaded.into_iter().enumerate() {
-            let table = def.source.table.clone();
-            let mut deps = deps::resolve(&client, &def, &info.key).await?;
-            // Every table the pipeline reads must be published, with the columns deriver needs.
-            for (t, cols) in &deps::wal_columns(&def, &info.key, &deps) {
-                if let Some((_, filter)) = filtered.iter().find(|(f, _)| f == t) {
-                    return Err(Error::fatal(format!(
-                        "publication `{}` publishes only the rows of {t} where {filter}; pipeline `{}` needs every change of it (remove the row filter)",
-                        cfg.postgres.publication, def.name
-                    )));
-                }
-                let Some((_, published_cols)) = published.iter().find(|(p, _)| p == t) else {
-                    return Err(Error::fatal(format!(
-                        "publication `{}` does not cover table {t}, which pipeline `{}` reads; run `deriver setup`",
-                        cfg.postgres.publication, def.name
-                    )));
-                };
-                if let Some(pc) = published_cols {
-                    if let Some(c) = cols.iter().find(|c| !pc.contains(c)) {
-                        return Err(Error::fatal(format!(
-                            "publication `{}` does not publish column {t}.{c}, which pipeline `{}` needs",
-                            cfg.postgres.publication, def.name
-                        )));
-                    }
-                }
+            let mut checked = assemble::check(&client, def, info, sql, &publication).await?;
+            let (key_pos, placed) = checked.place(&mut interest, idx);
+            for (table, route) in placed {
+                routes.entry(table).or_default().push(route);
             }
-            if let Some(problem) = replica_identity_problem(&def, &info) {
-                return Err(Error::fatal(problem));
-            }
-            let key_names: Vec<String> = info.key.iter().map(|k| k.name.clone()).collect();
-            let key_pos = interest_positions(&mut interest, &table, &key_names);
-            interest.add_reader(&table, &def.name);
-            routes.entry(table).or_default().push((idx, Route::Source));
-            for (di, d) in deps.iter_mut().enumerate() {
-                d.this_pos = interest_positions(&mut interest, &d.table, &d.this_cols);
-                interest.add_reader(&d.table, &def.name);
-                if d.needs_ledger {
-                    d.ident_pos = interest_positions(&mut interest, &d.table, &d.identity);
-                }
-                d.stmt = Some(client.prepare(&d.reverse_sql).await.map_err(|e| {
-                    Error::config(format!("pipeline `{}`: the reverse query of its {} does not compile", def.name, d.dep.name(&def)))
-                        .with_detail(Error::from(e).message)
-                })?);
-                routes.entry(d.table.clone()).or_default().push((idx, Route::Dep(di)));
-            }
-            let stmt = client.prepare(&sql.keyed).await.map_err(|e| {
-                Error::config(format!("pipeline `{}` ({}): its SQL does not compile", def.name, def.file.display())).with_detail(Error::from(e).message)
-            })?;
-            let mut sinks = Vec::new();
-            for t in &def.search {
-                let sink = SearchSink::open(&cfg.index.dir, &def, t, cfg.index.writer_memory_mb)?;
-                shared.indexes.write().expect("lock").insert(t.index.clone(), sink.index());
-                sinks.push(AnySink::Search(sink));
-            }
-            if !def.redis.is_empty() {
-                let sink = RedisSink::open(&cfg.redis, &def).await.map_err(unreachable_at_start)?;
-                sinks.push(AnySink::Redis(sink));
-            }
-            if deps.iter().any(|d| d.needs_ledger) {
-                // Last, so it commits after the pipeline's other sinks.
-                sinks.push(AnySink::Ledger(crate::sink::ledger::Ledger::open(&cfg.index.dir.join("_ledger"), &def.name, &def.hash)?));
-            }
-            pipelines.push(PipelineRt {
-                key: info.key.clone(),
-                table: info,
-                def,
-                sql,
-                stmt: Some(stmt),
-                sinks,
-                key_pos,
-                deps,
-                failed: Vec::new(),
-                written: Vec::new(),
-                retry_sql_errors: false,
-            });
+            pipelines.push(checked.open(&cfg, &shared, key_pos).await.map_err(unreachable_at_start)?);
         }
+        // What each table's readers need, as a reload computes it (so that it compares alike).
+        let reads: Vec<(TableName, Vec<String>, String)> =
+            pipelines.iter().flat_map(|p| deps::wal_columns(&p.def, &p.key, &p.deps).into_iter().map(|(t, cols)| (t, cols, p.def.name.clone()))).collect();
+        interest.retain_reads(&reads);
         let cfg_dir = cfg.index.dir.clone();
         let (admin_tx, admin_rx) = mpsc::channel(16);
         *shared.admin.lock().expect("admin lock") = Some(admin_tx);
         // Interrupted builds (generations newer than the live one) go; requested reindexes resume.
         let mut pending_reindex = Vec::new();
         for (i, p) in pipelines.iter().enumerate() {
+            if !p.def.redis.is_empty() && redis_rewrite_marker(&cfg, &p.def.name).exists() {
+                info!(pipeline = %p.def.name, "resuming a rewrite of the Redis views that was interrupted (it starts over)");
+                pending_reindex.push(i);
+            }
             for t in &p.def.search {
                 crate::sink::tantivy::collect_garbage(&cfg.index.dir, &t.index, cfg.index.keep_generations, None)?;
                 if reindex_marker(&cfg, &t.index).exists() && !pending_reindex.contains(&i) {
@@ -225,37 +162,7 @@ impl Daemon {
 
     async fn publish_status(&self, pipelines: impl Iterator<Item = &PipelineRt>, state: &str) {
         let previous = self.shared.snapshot();
-        let mut statuses: Vec<PipelineStatus> = Vec::new();
-        for p in pipelines {
-            let (dead_count, dead_list) = {
-                let dead = self.dead.lock().expect("dead-letter lock");
-                (dead.count(&p.def.name) as u64, dead.list(&p.def.name, 20).unwrap_or_default())
-            };
-            let mut targets = BTreeMap::new();
-            for s in &p.sinks {
-                let cp = s.current_checkpoint();
-                for label in s.labels() {
-                    targets.insert(label, cp.as_ref().map(|c| c.lsn));
-                }
-            }
-            statuses.push(PipelineStatus {
-                name: p.def.name.clone(),
-                state: state.to_string(),
-                generation: p.generation(),
-                definition_hash: p.def.hash.clone(),
-                applied_lsn: None,
-                targets,
-                lag_bytes: None,
-                dead_letters: dead_count,
-                dead_letter_list: dead_list,
-                description: p.def.description.clone(),
-                owner: p.def.owner.clone(),
-                error: None,
-                reindex: None,
-                // Audit results are published by the audit task; a new document keeps them.
-                audit: previous.as_ref().and_then(|d| d.pipelines.iter().find(|q| q.name == p.def.name)).and_then(|q| q.audit.clone()),
-            });
-        }
+        let statuses: Vec<PipelineStatus> = pipelines.map(|p| status_entry(p, &self.dead, state, previous.as_ref())).collect();
         let server_lsn = pg::current_wal_lsn(&self.pg).await.ok();
         let slot = pg::slot_info(&self.pg, &self.cfg.postgres.slot).await.ok().flatten().map(|s| SlotStatus {
             name: self.cfg.postgres.slot.clone(),
@@ -339,6 +246,7 @@ impl Daemon {
         self.publish_status(workers.iter().map(|w| &w.p), "streaming").await;
         self.shared.start_meter(workers.iter().map(|w| &w.p));
         let cancel = self.cancel.clone();
+        let ctx = self.context();
         let Daemon { cfg, pg, interest, routes, shared, admin_rx, .. } = self;
         let (passed, passed_rx) = watch::channel((1u64, start));
         let mut tasks = JoinSet::new();
@@ -348,13 +256,47 @@ impl Daemon {
             let (admin_tx, admin) = mpsc::channel(16);
             w.index = i;
             let (progress_tx, progress) = watch::channel(w.progress());
-            handles.push(WorkerHandle { name: w.name().to_string(), feed, admin: admin_tx, progress });
+            let mut own_routes = Vec::new();
+            for (table, list) in &routes {
+                own_routes.extend(list.iter().filter(|(j, _)| *j == i).map(|(_, r)| (table.clone(), *r)));
+            }
+            let reads = deps::wal_columns(&w.p.def, &w.p.key, &w.p.deps);
+            handles.push(Some(WorkerHandle {
+                name: w.name().to_string(),
+                feed,
+                admin: admin_tx,
+                progress,
+                def: w.p.def.clone(),
+                routes: own_routes,
+                reads,
+                last_sent: Lsn::ZERO,
+                gone: false,
+            }));
             let wiring = Wiring { rx, passed: passed_rx.clone(), admin, progress: progress_tx, start, epoch: 1 };
             tasks.spawn(async move { (i, w.run(wiring).await) });
         }
         let admin_rx = admin_rx.expect("admin receiver");
-        let mut task =
-            SourceTask { cfg, shared, cancel: cancel.clone(), pg, interest, routes: Arc::new(routes), workers: handles, tasks, passed, epoch: 1, admin_rx };
+        let (planned_tx, planned_rx) = mpsc::unbounded_channel();
+        let (reopen_tx, reopen_rx) = mpsc::unbounded_channel();
+        let mut task = SourceTask {
+            cfg,
+            shared,
+            cancel: cancel.clone(),
+            pg,
+            interest,
+            routes: Arc::new(routes),
+            workers: handles,
+            ctx,
+            tasks,
+            passed,
+            epoch: 1,
+            admin_rx,
+            reloading: false,
+            planned_tx,
+            planned_rx,
+            reopen_tx,
+            reopen_rx,
+        };
         info!(%start, "streaming from the replication slot");
         on_streaming();
         let result = task.run(replication, start).await;
@@ -481,6 +423,38 @@ impl Daemon {
         let n = result?;
         settled?;
         Ok(n)
+    }
+}
+
+/// A pipeline's entry in the status document. A new document keeps the audit results the audit
+/// task published in `previous`.
+fn status_entry(p: &PipelineRt, dead: &DeadStore, state: &str, previous: Option<&StatusDoc>) -> PipelineStatus {
+    let (dead_count, dead_list) = {
+        let dead = dead.lock().expect("dead-letter lock");
+        (dead.count(&p.def.name) as u64, dead.list(&p.def.name, 20).unwrap_or_default())
+    };
+    let mut targets = BTreeMap::new();
+    for s in &p.sinks {
+        let cp = s.current_checkpoint();
+        for label in s.labels() {
+            targets.insert(label, cp.as_ref().map(|c| c.lsn));
+        }
+    }
+    PipelineStatus {
+        name: p.def.name.clone(),
+        state: state.to_string(),
+        generation: p.generation(),
+        definition_hash: p.def.hash.clone(),
+        applied_lsn: None,
+        targets,
+        lag_bytes: None,
+        dead_letters: dead_count,
+        dead_letter_list: dead_list,
+        description: p.def.description.clone(),
+        owner: p.def.owner.clone(),
+        error: None,
+        reindex: None,
+        audit: previous.and_then(|d| d.pipelines.iter().find(|q| q.name == p.def.name)).and_then(|q| q.audit.clone()),
     }
 }
 

@@ -109,6 +109,11 @@ pub fn reindex_marker(cfg: &Config, index: &str) -> std::path::PathBuf {
     cfg.index.dir.join(index).join("REINDEX")
 }
 
+/// The file that records a rewrite of a pipeline's Redis views in progress, until it is done.
+pub fn redis_rewrite_marker(cfg: &Config, pipeline: &str) -> std::path::PathBuf {
+    state_dir(&cfg.index.dir).join(format!("{pipeline}.redis-rewrite"))
+}
+
 /// Loads pipelines, checks the source and resolves every table against the catalog.
 pub async fn load_pipelines(cfg: &Config, client: &Client) -> Result<Vec<(Pipeline, TableInfo, DerivationSql)>> {
     let defs = crate::pipeline::load_dir(&cfg.pipelines.dir).map_err(|diags| {

@@ -8,7 +8,7 @@ use tracing::{error, info};
 
 use super::derive::{self, KeyTuple};
 use super::dirty::DirtyKeys;
-use super::pipeline::reindex_marker;
+use super::pipeline::{redis_rewrite_marker, reindex_marker};
 use super::reindex;
 use super::status::{ChangeNotice, ReindexStatus};
 use super::worker::{Admin, Worker};
@@ -23,13 +23,18 @@ impl Worker {
     /// `redis`, a rewrite of the Redis views in place), from position `from`. Returns the
     /// pipeline's name when something started.
     pub(super) async fn start_rebuild(&mut self, redis: bool, from: Lsn) -> Result<Vec<String>> {
+        self.start_rebuild_of(true, redis, from).await
+    }
+
+    /// As [`Worker::start_rebuild`]; without `search`, only the Redis views are rewritten.
+    pub(super) async fn start_rebuild_of(&mut self, search: bool, redis: bool, from: Lsn) -> Result<Vec<String>> {
         self.refresh_field_types().await?;
         let cfg = self.ctx.cfg.clone();
         let mut started = Vec::new();
         let total = reindex::estimate_rows(&self.pg, &self.p.def.source.table).await;
         let search_sinks: Vec<usize> = self.p.sinks.iter().enumerate().filter(|(_, s)| matches!(s, AnySink::Search(_))).map(|(j, _)| j).collect();
         let mut redis_done = !redis || self.p.def.redis.is_empty();
-        let jobs: Vec<Option<usize>> = if search_sinks.is_empty() { vec![None] } else { search_sinks.into_iter().map(Some).collect() };
+        let jobs: Vec<Option<usize>> = if search_sinks.is_empty() || !search { vec![None] } else { search_sinks.into_iter().map(Some).collect() };
         for j in jobs {
             if self.rebuilds.iter().any(|r| r.sink == j) {
                 continue;
@@ -56,6 +61,10 @@ impl Worker {
                 None
             };
             let rewrite_redis = redis_sink.is_some();
+            if rewrite_redis {
+                // Until the rewrite is done the views mix definitions: a restart starts it over.
+                std::fs::write(redis_rewrite_marker(&cfg, &p.def.name), "requested\n")?;
+            }
             let progress = reindex::Progress::new(total);
             let id = self.next_rebuild;
             self.next_rebuild += 1;
@@ -130,6 +139,7 @@ impl Worker {
             if let Some(j) = self.p.sinks.iter().position(|s| matches!(s, AnySink::Redis(_))) {
                 self.catch_up_sink(None, j, &mut log, applied, BatchMode::Repair).await?;
             }
+            let _ = std::fs::remove_file(redis_rewrite_marker(&cfg, &name));
         }
         if let (Some(j), Some(gen)) = (r.sink, r.generation) {
             let AnySink::Search(new_search) = &new else { unreachable!("a search sink") };

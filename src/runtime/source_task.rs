@@ -33,6 +33,26 @@ pub struct WorkerHandle {
     pub feed: Feed,
     pub admin: mpsc::Sender<Admin>,
     pub progress: watch::Receiver<Progress>,
+    /// The definition it runs (a reload compares the files with it).
+    pub def: crate::pipeline::Pipeline,
+    /// The tables it reads and how (its entries in the routes).
+    pub routes: Vec<(TableName, Route)>,
+    /// The columns of each table it needs from the WAL.
+    pub reads: Vec<(TableName, Vec<String>)>,
+    /// The end of the last transaction handed to it.
+    pub last_sent: Lsn,
+    /// Its queue closed without being asked to (it failed to start or stopped with an error):
+    /// nothing is sent to it any more; its task's outcome says what happens next.
+    pub gone: bool,
+}
+
+/// Why the stream of one connection ended without an error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// deriver stops.
+    Stop,
+    /// A reload changed what the stream must deliver: reopen it from the workers' checkpoints.
+    Reopen,
 }
 
 pub struct SourceTask {
@@ -43,11 +63,21 @@ pub struct SourceTask {
     pub interest: Interest,
     /// For each table, the workers whose pipeline reads it, and how.
     pub routes: Arc<HashMap<TableName, Vec<(usize, Route)>>>,
-    pub workers: Vec<WorkerHandle>,
+    /// Indexed by worker place; a place whose pipeline a reload stopped stays empty.
+    pub workers: Vec<Option<WorkerHandle>>,
+    /// What a worker a reload starts shares with the daemon.
+    pub ctx: super::worker::Context,
     pub tasks: JoinSet<(usize, Result<()>)>,
     pub passed: watch::Sender<(u64, Lsn)>,
     pub epoch: u64,
     pub admin_rx: mpsc::Receiver<AdminRequest>,
+    /// A reload is being read and checked (one at a time).
+    pub reloading: bool,
+    pub planned_tx: mpsc::UnboundedSender<(Result<super::reload::Planned>, super::reload::ReloadReply)>,
+    pub planned_rx: mpsc::UnboundedReceiver<(Result<super::reload::Planned>, super::reload::ReloadReply)>,
+    /// A worker a reload started asks for the stream to be replayed from the checkpoints.
+    pub reopen_tx: mpsc::UnboundedSender<()>,
+    pub reopen_rx: mpsc::UnboundedReceiver<()>,
 }
 
 impl SourceTask {
@@ -97,9 +127,13 @@ impl SourceTask {
             let result = self.pump(rx, &acker).await;
             stream_cancel.cancel();
             match result {
-                Ok(()) => {
+                Ok(Flow::Stop) => {
                     self.finish(&acker).await?;
                     return Ok(());
+                }
+                Ok(Flow::Reopen) => {
+                    self.ack(&acker);
+                    start = self.restart().await?;
                 }
                 Err(e) if error_policy::retries(&e) => {
                     warn!(error = %e, "replication interrupted; resuming from the sinks' checkpoints");
@@ -118,7 +152,7 @@ impl SourceTask {
     /// of unfinished batches, and the stream replays it.
     async fn restart(&mut self) -> Result<Lsn> {
         self.epoch += 1;
-        let start = self.workers.iter().map(|w| w.progress.borrow().checkpoint).min().unwrap_or(Lsn::ZERO);
+        let start = self.workers.iter().flatten().map(|w| w.progress.borrow().checkpoint).min().unwrap_or(Lsn::ZERO);
         self.passed.send_replace((self.epoch, start));
         for i in 0..self.workers.len() {
             if !self.send(i, Input::Restart { epoch: self.epoch }, 16).await? {
@@ -144,7 +178,7 @@ impl SourceTask {
     }
 
     /// Hands the stream to the workers until it ends or deriver stops.
-    async fn pump(&mut self, mut rx: mpsc::Receiver<Result<SourceEvent>>, acker: &Acker) -> Result<()> {
+    async fn pump(&mut self, mut rx: mpsc::Receiver<Result<SourceEvent>>, acker: &Acker) -> Result<Flow> {
         let mut ack_tick = tokio::time::interval(Duration::from_millis(20));
         let mut status_tick = tokio::time::interval(Duration::from_millis(self.cfg.runtime.idle_ms.max(100)));
         ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -153,15 +187,34 @@ impl SourceTask {
         // The open transaction's xid, and the workers it was handed to so far.
         let mut xid = 0u32;
         let mut began: Vec<usize> = Vec::new();
+        let mut in_txn = false;
         loop {
             tokio::select! {
                 biased;
-                _ = self.cancel.cancelled() => return Ok(()),
+                _ = self.cancel.cancelled() => return Ok(Flow::Stop),
                 Some(joined) = self.tasks.join_next() => {
-                    // A worker stops only with the daemon, or with an error deriver must stop for.
+                    // A worker stops with the daemon, when a reload stops its pipeline, or with
+                    // an error deriver must stop for.
+                    let slot = joined.as_ref().ok().map(|(slot, _)| *slot);
                     flatten(joined)?;
+                    if let Some(slot) = slot {
+                        self.ended_on_its_own(slot);
+                    }
                 }
-                Some(req) = self.admin_rx.recv() => self.dispatch_admin(req),
+                Some(req) = self.admin_rx.recv() => {
+                    if let AdminRequest::Reload { reply } = req {
+                        self.begin_reload(reply);
+                    } else {
+                        self.dispatch_admin(req);
+                    }
+                }
+                // Between transactions, so that a reload changes the routes at a boundary.
+                Some((planned, reply)) = self.planned_rx.recv(), if !in_txn => {
+                    if self.switch(planned, reply) {
+                        return Ok(Flow::Reopen);
+                    }
+                }
+                Some(()) = self.reopen_rx.recv() => return Ok(Flow::Reopen),
                 _ = ack_tick.tick() => {
                     self.ack(acker);
                 }
@@ -178,6 +231,7 @@ impl SourceTask {
                         SourceEvent::Begin { xid: x } => {
                             xid = x;
                             began.clear();
+                            in_txn = true;
                         }
                         SourceEvent::Change(change) => {
                             // An `Arc` of the table, not a copy of the routes, for each change.
@@ -189,11 +243,11 @@ impl SourceTask {
                                 if !began.contains(&w) {
                                     began.push(w);
                                     if !self.send(w, Input::Begin { xid }, 16).await? {
-                                        return Ok(());
+                                        return Ok(Flow::Stop);
                                     }
                                 }
                                 if !self.send(w, Input::Change { change: change.clone(), route }, bytes).await? {
-                                    return Ok(());
+                                    return Ok(Flow::Stop);
                                 }
                                 self.shared.meter_change(w);
                             }
@@ -205,11 +259,11 @@ impl SourceTask {
                                     if !began.contains(&w) {
                                         began.push(w);
                                         if !self.send(w, Input::Begin { xid }, 16).await? {
-                                            return Ok(());
+                                            return Ok(Flow::Stop);
                                         }
                                     }
                                     if !self.send(w, Input::Truncate { route }, 64).await? {
-                                        return Ok(());
+                                        return Ok(Flow::Stop);
                                     }
                                     self.shared.meter_change(w);
                                 }
@@ -218,9 +272,13 @@ impl SourceTask {
                         SourceEvent::Commit { end_lsn, committed, .. } => {
                             tracing::debug!(%end_lsn, workers = began.len(), "commit");
                             self.shared.meter_commit(end_lsn, committed);
+                            in_txn = false;
                             for w in std::mem::take(&mut began) {
                                 if !self.send(w, Input::Commit { end_lsn }, 16).await? {
-                                    return Ok(());
+                                    return Ok(Flow::Stop);
+                                }
+                                if let Some(h) = &mut self.workers[w] {
+                                    h.last_sent = end_lsn;
                                 }
                             }
                             // Every transaction up to here is queued: workers it did not touch
@@ -245,24 +303,40 @@ impl SourceTask {
 
     /// Queues `input` for worker `w`, waiting while its queue is full. Ok(false): deriver stops.
     async fn send(&mut self, w: usize, input: Input, bytes: usize) -> Result<bool> {
+        let Some(handle) = &mut self.workers[w] else { return Ok(true) };
+        if handle.gone {
+            return Ok(true);
+        }
         let sent = tokio::select! {
-            r = self.workers[w].feed.send(input, bytes) => r,
+            r = handle.feed.send(input, bytes) => r,
             _ = self.cancel.cancelled() => return Ok(false),
         };
         if sent.is_err() {
-            // The worker is gone: its task says why.
-            while let Some(joined) = self.tasks.join_next().await {
-                flatten(joined)?;
-            }
-            return Err(Error::fatal(format!("the worker of pipeline `{}` stopped", self.workers[w].name)));
+            // The worker is gone: its task's outcome (an error stops deriver; a pipeline that
+            // could not start leaves the routes) comes through `tasks`.
+            handle.gone = true;
         }
         Ok(true)
+    }
+
+    /// A worker's task ended without an error while its place was still routed: a pipeline a
+    /// reload could not start. It leaves the routes and holds nothing back.
+    fn ended_on_its_own(&mut self, slot: usize) {
+        if self.cancel.is_cancelled() || self.workers.get(slot).is_none_or(Option::is_none) {
+            return;
+        }
+        if let Some(h) = self.workers[slot].take() {
+            warn!(pipeline = %h.name, "the pipeline's worker is not running; it starts again with the next reload or restart");
+        }
+        self.shared.meter_retire(slot);
+        let mut interest = self.interest.clone();
+        self.reroute(&mut interest);
     }
 
     /// Acknowledges the slot up to what every worker has made durable.
     fn ack(&self, acker: &Acker) -> Option<Lsn> {
         let mut min: Option<Lsn> = None;
-        for w in &self.workers {
+        for w in self.workers.iter().flatten() {
             let d = w.progress.borrow().durable?;
             min = Some(min.map_or(d, |m| m.min(d)));
         }
@@ -275,7 +349,7 @@ impl SourceTask {
     }
 
     fn dispatch_admin(&self, req: AdminRequest) {
-        let find = |name: &str| self.workers.iter().find(|w| w.name == name).map(|w| w.admin.clone());
+        let find = |name: &str| self.workers.iter().flatten().find(|w| w.name == name).map(|w| w.admin.clone());
         let unknown = |name: &str| Error::config(format!("no pipeline named `{name}`"));
         match req {
             AdminRequest::Reindex { pipelines, reply } => {
@@ -313,6 +387,10 @@ impl SourceTask {
                     let _ = reply.send(Err(unknown(&pipeline)));
                 }
             },
+            AdminRequest::Reload { reply, .. } => {
+                // `pump` carries reloads out itself, between transactions.
+                let _ = reply.send(Err(Error::transient("deriver is not streaming yet; try again shortly")));
+            }
             AdminRequest::Repair { pipeline, keys, reply } => match find(&pipeline) {
                 Some(tx) => {
                     tokio::spawn(async move {
@@ -342,7 +420,7 @@ impl SourceTask {
         crate::health::report_encryption("replication", &encryption);
     }
 
-    async fn reconnect_pg(&mut self) -> Result<()> {
+    pub(super) async fn reconnect_pg(&mut self) -> Result<()> {
         if !self.pg.is_closed() {
             return Ok(());
         }

@@ -96,6 +96,8 @@ pub enum AdminRequest {
     Rollback { pipeline: String, reply: tokio::sync::oneshot::Sender<crate::error::Result<Vec<u64>>> },
     /// Re-derive these source keys (key text) through the normal write path (audit repairs).
     Repair { pipeline: String, keys: Vec<String>, reply: tokio::sync::oneshot::Sender<crate::error::Result<usize>> },
+    /// Re-read the pipeline files and apply them (SIGHUP, `deriver apply`).
+    Reload { reply: tokio::sync::oneshot::Sender<crate::error::Result<crate::runtime::reload::ReloadReport>> },
 }
 
 impl PipelineStatus {
@@ -384,6 +386,23 @@ impl Shared {
         *self.meter() = Meter::new(pipelines.iter().map(|p| p.def.name.clone()));
     }
 
+    /// A pipeline a reload starts: its place in the meter.
+    pub fn meter_reserve(&self, name: &str) -> usize {
+        self.meter().add(name.to_string())
+    }
+
+    /// Registers the metrics of a pipeline a reload started.
+    pub fn meter_register(&self, p: &super::PipelineRt) {
+        let mut kinds: Vec<&str> = p.sinks.iter().map(sink_kind).collect();
+        kinds.dedup();
+        telemetry::register_pipeline(&p.def.name, &kinds);
+    }
+
+    /// Pipeline `i` stopped (a reload removed or replaced it).
+    pub fn meter_retire(&self, i: usize) {
+        self.meter().retire(i);
+    }
+
     /// A change of the open transaction was routed to pipeline `i`.
     pub fn meter_change(&self, i: usize) {
         self.meter().change(i, 1);
@@ -470,7 +489,7 @@ impl Shared {
     /// Adds a sample of every pipeline of the meter to its trend (pipelines no longer run are
     /// forgotten).
     pub fn sample_trends(&self, now: SystemTime) {
-        let samples: Vec<(String, Duration, u64)> = self.meter().pipelines().iter().map(|p| (p.name.clone(), p.clock.lag_at(now), p.changes_applied)).collect();
+        let samples: Vec<(String, Duration, u64)> = self.meter().pipelines().map(|p| (p.name.clone(), p.clock.lag_at(now), p.changes_applied)).collect();
         let mut trends = self.trends.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         trends.retain(|name, _| samples.iter().any(|(n, _, _)| n == name));
         for (name, lag, total) in samples {

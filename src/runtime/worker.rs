@@ -146,6 +146,9 @@ pub struct Worker {
     pub(super) retrying: bool,
     /// A reindex requested before a restart resumes when the worker starts.
     pub(super) resume_reindex: bool,
+    /// The Redis views are rewritten in the background when the worker starts (a reload changed
+    /// how they are derived).
+    pub(super) rewrite_redis: bool,
     /// The pipeline's place in the daemon's order (its meter in `Shared`).
     pub(super) index: usize,
 }
@@ -168,6 +171,7 @@ impl Worker {
             last_sql_retry: Instant::now().checked_sub(Duration::from_secs(3600)).unwrap_or_else(Instant::now),
             retrying: false,
             resume_reindex,
+            rewrite_redis: false,
             index: 0,
         })
     }
@@ -192,6 +196,10 @@ impl Worker {
         if let Err(e) = &result {
             self.set_error(Some(e.to_string()));
         }
+        // The sinks close (an index writer lets go of its lock) before whoever waits for the
+        // progress channel to close learns that this worker ended.
+        drop(self);
+        drop(w);
         result
     }
 
@@ -200,9 +208,13 @@ impl Worker {
         // A search index built from another definition is rebuilt in the background; so is a
         // reindex requested before a restart.
         let frozen = self.p.sinks.iter().any(|s| matches!(s, AnySink::Search(x) if x.is_frozen()));
+        let rewrite_redis = std::mem::take(&mut self.rewrite_redis);
         if frozen {
             info!(pipeline = %self.name(), "its search definition changed: building a new index generation in the background");
-            self.start_rebuild(false, start).await?;
+            // One snapshot read feeds the new generation and, when they changed too, the Redis views.
+            self.start_rebuild(rewrite_redis, start).await?;
+        } else if rewrite_redis {
+            self.start_rebuild_of(false, true, start).await?;
         }
         if std::mem::take(&mut self.resume_reindex) {
             self.start_rebuild(true, start).await?;
@@ -275,8 +287,15 @@ impl Worker {
                     self.publish(&w.progress);
                 }
                 msg = w.rx.recv() => {
-                    // The source task ended (the daemon stops): stop with it.
-                    let Some(msg) = msg else { return Ok(()) };
+                    // The source task closed the queue (a reload stops this pipeline, or the daemon
+                    // stops): everything queued was handled; store the complete batch and stop.
+                    let Some(msg) = msg else {
+                        super::check_fence(&self.ctx.fence)?;
+                        if !pos.in_txn() && retry_at.is_none() {
+                            self.flush(&mut batch, &mut pos).await?;
+                        }
+                        return Ok(());
+                    };
                     match msg.input {
                         Input::Begin { xid } => {
                             pos.begin();

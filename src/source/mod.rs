@@ -100,11 +100,16 @@ pub enum SourceEvent {
 }
 
 /// Which columns the consumer wants from each table's row images.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Interest {
+    /// For each table, the columns extracted from its row images, in the order pipelines hold
+    /// their places (append-only while pipelines run).
     pub tables: HashMap<TableName, Vec<String>>,
     /// For each table, the pipelines that read it (for errors that must name them).
     pub readers: HashMap<TableName, Vec<String>>,
+    /// After a reload: the columns running pipelines still read (`tables` may keep columns of
+    /// pipelines that stopped, whose places nobody uses). Empty: all of `tables`.
+    pub needed: HashMap<TableName, Vec<String>>,
 }
 
 impl Interest {
@@ -116,10 +121,33 @@ impl Interest {
         }
     }
 
+    /// After a reload, only `reads` (table, columns, pipeline) are still read: tables nobody
+    /// reads are no longer extracted, and only those columns count when a table loses one.
+    /// Columns keep their places.
+    pub fn retain_reads(&mut self, reads: &[(TableName, Vec<String>, String)]) {
+        let mut needed: HashMap<TableName, Vec<String>> = HashMap::new();
+        let mut readers: HashMap<TableName, Vec<String>> = HashMap::new();
+        for (table, cols, pipeline) in reads {
+            let n = needed.entry(table.clone()).or_default();
+            for c in cols {
+                if !n.contains(c) {
+                    n.push(c.clone());
+                }
+            }
+            let r = readers.entry(table.clone()).or_default();
+            if !r.contains(pipeline) {
+                r.push(pipeline.clone());
+            }
+        }
+        self.tables.retain(|t, _| needed.contains_key(t));
+        self.readers = readers;
+        self.needed = needed;
+    }
+
     /// The columns of `table` deriver reads that `present` (the table's columns now) lacks, with
     /// the pipelines that read the table: a rename or drop deriver must not paper over.
     pub fn missing_columns(&self, table: &TableName, present: &[&str]) -> Option<(Vec<String>, Vec<String>)> {
-        let wanted = self.tables.get(table)?;
+        let wanted = if self.needed.is_empty() { self.tables.get(table)? } else { self.needed.get(table)? };
         let missing: Vec<String> = wanted.iter().filter(|c| !present.contains(&c.as_str())).cloned().collect();
         (!missing.is_empty()).then(|| (missing, self.readers.get(table).cloned().unwrap_or_default()))
     }
@@ -140,5 +168,20 @@ mod tests {
         assert_eq!(i.missing_columns(&t, &["id", "owner_id", "extra"]), None, "an added column costs nothing");
         assert_eq!(i.missing_columns(&t, &["item_id", "owner_id"]), Some((vec!["id".to_string()], vec!["items".to_string(), "owners".to_string()])));
         assert_eq!(i.missing_columns(&TableName::new("public", "other"), &[]), None, "a table nobody reads");
+    }
+
+    #[test]
+    fn after_a_reload_only_the_columns_running_pipelines_read_count() {
+        let item = TableName::new("public", "item");
+        let owner = TableName::new("public", "owner");
+        let mut i = Interest::default();
+        i.tables.insert(item.clone(), vec!["id".into(), "owner_id".into()]);
+        i.tables.insert(owner.clone(), vec!["id".into()]);
+        // `owners` (which read item.owner_id and the owner table) was removed.
+        i.retain_reads(&[(item.clone(), vec!["id".into()], "items".into())]);
+        assert_eq!(i.tables.get(&item).unwrap(), &vec!["id".to_string(), "owner_id".to_string()], "places stay");
+        assert!(!i.tables.contains_key(&owner), "a table nobody reads is no longer extracted");
+        assert_eq!(i.missing_columns(&item, &["id"]), None, "dropping a column only a removed pipeline read is fine");
+        assert_eq!(i.missing_columns(&item, &["item_id"]), Some((vec!["id".to_string()], vec!["items".to_string()])));
     }
 }

@@ -146,6 +146,8 @@ pub struct PipelineMeter {
     /// Row changes and transactions applied since this meter was made.
     pub changes_applied: u64,
     pub transactions_applied: u64,
+    /// The pipeline stopped (removed or replaced by a reload); its place is never reused.
+    pub retired: bool,
 }
 
 impl Meter {
@@ -153,8 +155,23 @@ impl Meter {
         Meter { pipelines: names.into_iter().map(|name| PipelineMeter { name, ..Default::default() }).collect() }
     }
 
-    pub fn pipelines(&self) -> &[PipelineMeter] {
-        &self.pipelines
+    /// The pipelines running now.
+    pub fn pipelines(&self) -> impl Iterator<Item = &PipelineMeter> {
+        self.pipelines.iter().filter(|p| !p.retired)
+    }
+
+    /// A pipeline that starts while the daemon runs (a reload): its place.
+    pub fn add(&mut self, name: String) -> usize {
+        self.pipelines.push(PipelineMeter { name, ..Default::default() });
+        self.pipelines.len() - 1
+    }
+
+    /// Pipeline `i` stopped: it no longer counts.
+    pub fn retire(&mut self, i: usize) {
+        if let Some(p) = self.pipelines.get_mut(i) {
+            p.retired = true;
+            p.clock = LagClock::default();
+        }
     }
 
     pub fn name(&self, i: usize) -> Option<&str> {
@@ -168,7 +185,7 @@ impl Meter {
     }
 
     pub fn commit(&mut self, lsn: u64, committed: SystemTime) {
-        for p in &mut self.pipelines {
+        for p in self.pipelines.iter_mut().filter(|p| !p.retired) {
             p.clock.commit(lsn, committed);
         }
     }
@@ -191,7 +208,7 @@ impl Meter {
 
     /// (pipeline, lag at `now`) for every pipeline.
     pub fn lags_at(&self, now: SystemTime) -> Vec<(String, Duration)> {
-        self.pipelines.iter().map(|p| (p.name.clone(), p.clock.lag_at(now))).collect()
+        self.pipelines().map(|p| (p.name.clone(), p.clock.lag_at(now))).collect()
     }
 }
 
@@ -279,11 +296,28 @@ mod tests {
         m.commit(20, t(100));
         m.visible(0, 20, t(200));
         m.durable(1, 20);
-        let p = m.pipelines();
+        let p: Vec<&PipelineMeter> = m.pipelines().collect();
         assert_eq!((p[0].changes_applied, p[0].transactions_applied), (3, 1));
         assert_eq!((p[1].changes_applied, p[1].transactions_applied), (1, 1));
         let lags = m.lags_at(t(1_000));
         assert_eq!(lags, vec![("a".to_string(), Duration::from_secs(1)), ("b".to_string(), Duration::ZERO)]);
+    }
+
+    #[test]
+    fn a_pipeline_added_or_retired_by_a_reload_keeps_the_others_places() {
+        let mut m = Meter::new(["a".to_string(), "b".to_string()]);
+        m.change(1, 1);
+        m.commit(10, t(0));
+        m.retire(1);
+        let c = m.add("b".to_string());
+        assert_eq!(c, 2, "a place is never reused: a stopping worker may still report on the old one");
+        m.change(2, 1);
+        m.commit(20, t(500));
+        m.durable(1, 20);
+        let names: Vec<&str> = m.pipelines().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, vec!["a", "b"]);
+        // The retired place does not count towards the lag; the new one does.
+        assert_eq!(m.lags_at(t(1_000)), vec![("a".to_string(), Duration::ZERO), ("b".to_string(), Duration::from_millis(500))]);
     }
 
     proptest! {
