@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 use tracing::{info, warn};
 
-use super::batch::{Batch, Position};
+use super::batch::Batch;
 use super::derive::{derive_keys, KeyTuple};
 use super::dirty::DirtyKeys;
 use super::failpoint::failpoint;
@@ -28,8 +28,9 @@ const NOTICE_KEYS: usize = 10_000;
 
 impl Worker {
     /// Commits the batch (if it holds a complete transaction) and starts a new one. On error the
-    /// batch stays whole for the next attempt.
-    pub(super) async fn flush(&mut self, batch: &mut Batch, pos: &mut Position) -> Result<()> {
+    /// batch stays whole for the next attempt. The caller tells the worker's state
+    /// (`worker_state::Event::Flushed`).
+    pub(super) async fn flush(&mut self, batch: &mut Batch) -> Result<()> {
         let Some(lsn) = batch.end_lsn else { return Ok(()) };
         if batch.has_work() {
             let visible_started = Instant::now();
@@ -48,7 +49,6 @@ impl Worker {
             }
             self.update_targets();
         }
-        pos.flushed();
         *batch = self.new_batch();
         Ok(())
     }

@@ -4,6 +4,7 @@
 //! when the sink already holds that LSN, so replays after a crash are skipped per sink.
 
 pub mod ledger;
+pub mod memory;
 pub mod redis;
 pub mod tantivy;
 
