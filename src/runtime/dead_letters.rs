@@ -8,23 +8,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use redb::{ConcurrencyMode, Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
-use serde::{Deserialize, Serialize};
 
 use crate::error::{Cause, Error, Result};
 use crate::sink::{RejectCause, Rejected};
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct DeadLetter {
-    pub key: String,
-    pub reason: String,
-    /// Which step rejected the record (`None`: recorded by a deriver that did not store it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cause: Option<RejectCause>,
-    pub attempts: u32,
-    /// Unix seconds.
-    pub first_seen: u64,
-    pub next_retry: u64,
-}
+pub use crate::status::DeadLetter;
 
 /// Whether a dead letter is retried at once, before its backoff ends, when the pipeline's SQL
 /// derives again (after a schema change, say): a key whose derivation failed may work now; a
