@@ -14,4 +14,5 @@ pub mod redact;
 pub mod runtime;
 pub mod sink;
 pub mod source;
+pub mod status;
 pub mod telemetry;

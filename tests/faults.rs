@@ -47,6 +47,9 @@ fn poison_records_become_dead_letters_and_are_retried() {
     assert!(reason("1").contains("does not fit type i64"), "{list:?}");
     assert!(reason("2").contains("division by zero"), "{list:?}");
     assert!(reason("3").contains("max_value_bytes"), "{list:?}");
+    // Each carries which step rejected it: the derivation (SQL) or a target.
+    let cause = |k: &str| list.iter().find(|d| d["key"] == k).map(|d| d["cause"].clone()).unwrap_or_default();
+    assert_eq!((cause("1"), cause("2"), cause("3")), (serde_json::json!("target"), serde_json::json!("derivation"), serde_json::json!("target")), "{list:?}");
     assert!(w.redis_get("item:4").unwrap().contains("fine"));
     assert_eq!(w.redis_hgetall("actor:1")["first_name"], "STILL");
     assert!(w.log_text().contains("record rejected (dead letter)"));

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Bottom to top: a module may use the ones before it, never one after it.
-const LAYERS: [&str; 12] = ["redact", "error", "health", "telemetry", "config", "source", "pipeline", "sink", "runtime", "http", "audit", "cli"];
+const LAYERS: [&str; 13] = ["redact", "error", "health", "telemetry", "config", "source", "pipeline", "sink", "status", "runtime", "http", "audit", "cli"];
 
 /// Files over the limit when the limit came, with their size then: they may not grow.
 const STILL_LARGE: [(&str, usize); 0] = [];

@@ -28,8 +28,9 @@ use crate::error::{Error, Result};
 use crate::pipeline::sql::DerivationSql;
 use crate::pipeline::Pipeline;
 use crate::runtime::derive::{key_text, KeyTuple};
-use crate::runtime::status::{AuditSummary, Shared};
+use crate::runtime::status::Shared;
 use crate::source::postgres::{self as pg, TableInfo};
+use crate::status::AuditSummary;
 
 /// How often report files written by `deriver audit` are looked for.
 const POLL: Duration = Duration::from_secs(2);

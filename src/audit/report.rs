@@ -51,15 +51,9 @@ pub struct PipelineReport {
     pub finished_at: String,
 }
 
-impl From<&PipelineReport> for crate::runtime::status::AuditSummary {
+impl From<&PipelineReport> for crate::status::AuditSummary {
     fn from(r: &PipelineReport) -> Self {
-        crate::runtime::status::AuditSummary {
-            finished_at: r.finished_at.clone(),
-            records: r.records,
-            drifted: r.drifted,
-            repaired: r.repaired,
-            remaining: r.remaining,
-        }
+        crate::status::AuditSummary { finished_at: r.finished_at.clone(), records: r.records, drifted: r.drifted, repaired: r.repaired, remaining: r.remaining }
     }
 }
 

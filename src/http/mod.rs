@@ -474,8 +474,9 @@ pub async fn serve(listen: &str, app: Router, cancel: CancellationToken) -> Resu
 pub(crate) mod testing {
     use std::sync::Arc;
 
-    use crate::runtime::status::{Shared, StatusDoc};
+    use crate::runtime::status::Shared;
     use crate::source::Lsn;
+    use crate::status::StatusDoc;
 
     /// A `Shared` whose status has pipeline `films` with target `search:films` at `applied`.
     /// (Built from JSON so that new optional status fields need no change here.)

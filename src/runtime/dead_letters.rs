@@ -8,18 +8,25 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use redb::{ConcurrencyMode, Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
-use serde::{Deserialize, Serialize};
 
 use crate::error::{Cause, Error, Result};
+use crate::sink::{RejectCause, Rejected};
+pub use crate::status::DeadLetter;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct DeadLetter {
-    pub key: String,
-    pub reason: String,
-    pub attempts: u32,
-    /// Unix seconds.
-    pub first_seen: u64,
-    pub next_retry: u64,
+/// Whether a dead letter is retried at once, before its backoff ends, when the pipeline's SQL
+/// derives again (after a schema change, say): a key whose derivation failed may work now; a
+/// value a target refused does not change by that. A dead letter stored without its cause (by an
+/// older deriver) is retried too: one derivation more, at most once per recovery, costs little.
+pub fn retried_when_sql_recovers(cause: Option<RejectCause>) -> bool {
+    match cause {
+        Some(RejectCause::Derivation) | None => true,
+        Some(RejectCause::Target) => false,
+    }
+}
+
+/// The dead letters of `listed` to retry now that the pipeline's SQL works again, besides `due`.
+pub fn sql_recovery_keys(listed: &[DeadLetter], due: &[String]) -> Vec<String> {
+    listed.iter().filter(|d| retried_when_sql_recovers(d.cause) && !due.contains(&d.key)).map(|d| d.key.clone()).collect()
 }
 
 fn now() -> u64 {
@@ -221,14 +228,16 @@ impl DeadLetters {
 
     /// After a retry of `due` keys: those it neither wrote nor rejected again are still dead
     /// (the retry did not reach them); each counts an attempt, keeping the reason recorded before.
-    pub fn not_retried(&self, pipeline: &str, due: &[String], written: &[String], failed: &[(String, String)]) -> Result<Vec<(String, String)>> {
+    /// A key the store does not know (or knows without a cause) counts as a failed derivation:
+    /// the retry was one.
+    pub fn not_retried(&self, pipeline: &str, due: &[String], written: &[String], failed: &[Rejected]) -> Result<Vec<Rejected>> {
         let previous = self.list(pipeline, usize::MAX)?;
         Ok(due
             .iter()
-            .filter(|k| !written.contains(*k) && !failed.iter().any(|(f, _)| f == *k))
-            .map(|k| {
-                let reason = previous.iter().find(|d| &d.key == k).map(|d| d.reason.clone()).unwrap_or_else(|| "still failing".into());
-                (k.clone(), reason)
+            .filter(|k| !written.contains(*k) && !failed.iter().any(|f| &f.key == *k))
+            .map(|k| match previous.iter().find(|d| &d.key == k) {
+                Some(d) => Rejected { key: k.clone(), reason: d.reason.clone(), cause: d.cause.unwrap_or(RejectCause::Derivation) },
+                None => Rejected::by_derivation(k.clone(), "still failing"),
             })
             .collect())
     }
@@ -238,46 +247,47 @@ impl DeadLetters {
     /// the batch fails with it and is retried, unacknowledged, instead of committing without its
     /// dead letters. Recording them again while the same batch is retried, or when it settles
     /// ([`DeadLetters::record`]), does not count another attempt.
-    pub fn persist(&mut self, pipeline: &str, failures: &[(String, String)]) -> Result<()> {
+    pub fn persist(&mut self, pipeline: &str, failures: &[Rejected]) -> Result<()> {
         let done = self.persisted.get(pipeline);
-        let new: Vec<(String, String)> = failures.iter().filter(|(k, _)| !done.is_some_and(|d| d.contains(k))).cloned().collect();
+        let new: Vec<Rejected> = failures.iter().filter(|f| !done.is_some_and(|d| d.contains(&f.key))).cloned().collect();
         self.record_now(pipeline, &new)?;
-        self.persisted.entry(pipeline.to_string()).or_default().extend(new.into_iter().map(|(k, _)| k));
+        self.persisted.entry(pipeline.to_string()).or_default().extend(new.into_iter().map(|f| f.key));
         Ok(())
     }
 
     /// Records failures (new or again: attempts grow, the next retry backs off), except those
     /// [`DeadLetters::persist`] recorded already; the batch is settled.
-    pub fn record(&mut self, pipeline: &str, failures: &[(String, String)]) -> Result<()> {
+    pub fn record(&mut self, pipeline: &str, failures: &[Rejected]) -> Result<()> {
         let done = self.persisted.remove(pipeline).unwrap_or_default();
-        let new: Vec<(String, String)> = failures.iter().filter(|(k, _)| !done.contains(k)).cloned().collect();
+        let new: Vec<Rejected> = failures.iter().filter(|f| !done.contains(&f.key)).cloned().collect();
         self.record_now(pipeline, &new)
     }
 
     /// Records each key once (a batch retried after a failure lists its rejections again; the
     /// last reason wins).
-    fn record_now(&mut self, pipeline: &str, failures: &[(String, String)]) -> Result<()> {
+    fn record_now(&mut self, pipeline: &str, failures: &[Rejected]) -> Result<()> {
         let mut seen = HashSet::new();
-        let mut failures: Vec<&(String, String)> = failures.iter().rev().filter(|(k, _)| seen.insert(k.as_str())).collect();
+        let mut failures: Vec<&Rejected> = failures.iter().rev().filter(|f| seen.insert(f.key.as_str())).collect();
         failures.reverse();
         if failures.is_empty() {
             return Ok(());
         }
         self.write(|w| {
             let mut tbl = w.open_table(table(pipeline)).map_err(storage)?;
-            for (key, reason) in &failures {
-                let prev: Option<DeadLetter> = tbl.get(key.as_str()).map_err(storage)?.and_then(|v| serde_json::from_str(v.value()).ok());
+            for f in &failures {
+                let prev: Option<DeadLetter> = tbl.get(f.key.as_str()).map_err(storage)?.and_then(|v| serde_json::from_str(v.value()).ok());
                 let t = now();
+                let (reason, cause) = (f.reason.clone(), Some(f.cause));
                 let d = match prev {
-                    Some(p) => DeadLetter { reason: reason.clone(), attempts: p.attempts + 1, next_retry: t + backoff_secs(p.attempts + 1), ..p },
-                    None => DeadLetter { key: key.clone(), reason: reason.clone(), attempts: 1, first_seen: t, next_retry: t + backoff_secs(1) },
+                    Some(p) => DeadLetter { reason, cause, attempts: p.attempts + 1, next_retry: t + backoff_secs(p.attempts + 1), ..p },
+                    None => DeadLetter { key: f.key.clone(), reason, cause, attempts: 1, first_seen: t, next_retry: t + backoff_secs(1) },
                 };
-                tbl.insert(key.as_str(), serde_json::to_string(&d).map_err(io)?.as_str()).map_err(storage)?;
+                tbl.insert(f.key.as_str(), serde_json::to_string(&d).map_err(io)?.as_str()).map_err(storage)?;
             }
             Ok(())
         })?;
         let set = self.keys.entry(pipeline.to_string()).or_default();
-        set.extend(failures.iter().map(|(k, _)| k.clone()));
+        set.extend(failures.iter().map(|f| f.key.clone()));
         Ok(())
     }
 
@@ -308,6 +318,14 @@ impl DeadLetters {
 mod tests {
     use super::*;
 
+    fn t(key: &str, reason: &str) -> Rejected {
+        Rejected::by_target(key, reason)
+    }
+
+    fn sql(key: &str, reason: &str) -> Rejected {
+        Rejected::by_derivation(key, reason)
+    }
+
     #[test]
     fn readers_open_beside_the_writer_follow_its_commits_and_never_keep_it_out() {
         let dir = tempfile::tempdir().unwrap();
@@ -317,7 +335,7 @@ mod tests {
         assert!(r.list("films", 10).unwrap().is_empty());
         assert!(!dir.path().join("dead_letters.redb").exists());
         let mut w = DeadLetters::open(dir.path()).unwrap();
-        w.record("films", &[("7".into(), "bad".into())]).unwrap();
+        w.record("films", &[t("7", "bad")]).unwrap();
         // A reader opened while the writer has the store open.
         let r = DeadLetters::open_read_only(dir.path()).unwrap();
         assert!(r.contains("films", "7"));
@@ -325,7 +343,7 @@ mod tests {
         drop(w);
         let r2 = DeadLetters::open_read_only(dir.path()).unwrap();
         let mut w = DeadLetters::open(dir.path()).expect("a reader must not keep the writer out");
-        w.record("films", &[("8".into(), "worse".into())]).unwrap();
+        w.record("films", &[t("8", "worse")]).unwrap();
         // Readers follow the writer's commits.
         assert_eq!(r.list("films", 10).unwrap().len(), 2);
         assert_eq!(r2.list("films", 10).unwrap().len(), 2);
@@ -333,14 +351,14 @@ mod tests {
         assert_eq!(DeadLetters::open(dir.path()).err().and_then(|e| e.cause), Some(Cause::StoreLocked));
         // A read-only handle refuses to write.
         let mut r = r;
-        assert!(r.record("films", &[("9".into(), "x".into())]).is_err());
+        assert!(r.record("films", &[t("9", "x")]).is_err());
     }
 
     #[test]
     fn a_failure_persisted_before_the_commit_counts_one_attempt() {
         let dir = tempfile::tempdir().unwrap();
         let mut d = DeadLetters::open(dir.path()).unwrap();
-        let failed = vec![("7".to_string(), "bad".to_string())];
+        let failed = vec![t("7", "bad")];
         d.persist("films", &failed).unwrap();
         assert!(d.contains("films", "7"), "durable before the commit");
         // The batch is retried: persisted again, then settled.
@@ -348,7 +366,7 @@ mod tests {
         d.record("films", &failed).unwrap();
         assert_eq!(d.list("films", 10).unwrap()[0].attempts, 1);
         // A retried batch lists its rejections twice: one attempt still.
-        d.persist("films", &[failed[0].clone(), ("7".into(), "bad again".into())]).unwrap();
+        d.persist("films", &[failed[0].clone(), t("7", "bad again")]).unwrap();
         d.record("films", &[]).unwrap();
         assert_eq!(d.list("films", 10).unwrap()[0].attempts, 2);
         assert_eq!(d.list("films", 10).unwrap()[0].reason, "bad again");
@@ -367,18 +385,18 @@ mod tests {
     fn keys_a_retry_did_not_reach_keep_their_reason() {
         let dir = tempfile::tempdir().unwrap();
         let mut d = DeadLetters::open(dir.path()).unwrap();
-        d.record("films", &[("1".into(), "bad date".into()), ("2".into(), "too big".into()), ("3".into(), "sql".into())]).unwrap();
+        d.record("films", &[t("1", "bad date"), t("2", "too big"), sql("3", "sql")]).unwrap();
         let due: Vec<String> = ["1", "2", "3", "4"].map(String::from).to_vec();
-        let again = d.not_retried("films", &due, &["1".to_string()], &[("2".to_string(), "still too big".to_string())]).unwrap();
-        assert_eq!(again, vec![("3".to_string(), "sql".to_string()), ("4".to_string(), "still failing".to_string())]);
+        let again = d.not_retried("films", &due, &["1".to_string()], &[t("2", "still too big")]).unwrap();
+        assert_eq!(again, vec![sql("3", "sql"), sql("4", "still failing")]);
     }
 
     #[test]
     fn records_backs_off_resolves_and_persists() {
         let dir = tempfile::tempdir().unwrap();
         let mut d = DeadLetters::open(dir.path()).unwrap();
-        d.record("films", &[("7".into(), "value does not fit".into())]).unwrap();
-        d.record("films", &[("7".into(), "still not".into())]).unwrap();
+        d.record("films", &[t("7", "value does not fit")]).unwrap();
+        d.record("films", &[t("7", "still not")]).unwrap();
         let l = d.list("films", 10).unwrap();
         assert_eq!(l.len(), 1);
         assert_eq!(l[0].attempts, 2);
@@ -392,5 +410,52 @@ mod tests {
         assert_eq!(d.count("films"), 0);
         assert_eq!(backoff_secs(0), 5);
         assert_eq!(backoff_secs(30), 3600);
+    }
+
+    #[test]
+    fn the_cause_is_stored_and_decides_the_retry_when_sql_recovers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = DeadLetters::open(dir.path()).unwrap();
+        // The reasons read alike on purpose: only the cause decides.
+        d.record("films", &[sql("1", "Postgres error 22007: bad date"), t("2", "Postgres error 22007: bad date")]).unwrap();
+        drop(d);
+        let d = DeadLetters::open(dir.path()).unwrap();
+        let l = d.list("films", 10).unwrap();
+        let cause = |k: &str| l.iter().find(|x| x.key == k).unwrap().cause;
+        assert_eq!(cause("1"), Some(RejectCause::Derivation));
+        assert_eq!(cause("2"), Some(RejectCause::Target));
+        assert_eq!(sql_recovery_keys(&l, &[]), vec!["1".to_string()]);
+        assert!(sql_recovery_keys(&l, &["1".to_string()]).is_empty(), "already due");
+        assert!(retried_when_sql_recovers(Some(RejectCause::Derivation)));
+        assert!(!retried_when_sql_recovers(Some(RejectCause::Target)));
+        assert!(retried_when_sql_recovers(None), "a dead letter from an older deriver");
+    }
+
+    #[test]
+    fn dead_letters_written_without_a_cause_are_still_read_and_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // What an older deriver wrote: no `cause`.
+            let db = builder().create(file(dir.path())).unwrap();
+            let w = db.begin_write().unwrap();
+            {
+                let mut tbl = w.open_table(table("films")).unwrap();
+                tbl.insert("7", r#"{"key":"7","reason":"value too long","attempts":2,"first_seen":10,"next_retry":20}"#).unwrap();
+            }
+            w.commit().unwrap();
+        }
+        let mut d = DeadLetters::open(dir.path()).unwrap();
+        let l = d.list("films", 10).unwrap();
+        assert_eq!(l[0].cause, None);
+        assert_eq!(l[0].attempts, 2);
+        assert_eq!(sql_recovery_keys(&l, &[]), vec!["7".to_string()]);
+        // Its entry in the status document has no `cause` field, as before.
+        assert!(!serde_json::to_string(&l[0]).unwrap().contains("cause"));
+        // A retry that does not reach it keeps its reason and counts it as a failed derivation.
+        assert_eq!(d.not_retried("films", &["7".to_string()], &[], &[]).unwrap(), vec![sql("7", "value too long")]);
+        // Recorded again, it gets a cause.
+        d.record("films", &[t("7", "value too long")]).unwrap();
+        let l = d.list("films", 10).unwrap();
+        assert_eq!((l[0].cause, l[0].attempts), (Some(RejectCause::Target), 3));
     }
 }

@@ -89,7 +89,7 @@ pub async fn derive_keys(client: &Client, stmt: &Statement, n_key_cols: usize, k
         Ok(writes) => Ok((writes, Vec::new())),
         Err(e) if e.kind == ErrorKind::Transient || keys.len() == 1 => {
             if keys.len() == 1 && e.kind != ErrorKind::Transient {
-                Ok((Vec::new(), vec![Rejected { key: key_text(&keys[0]), reason: e.to_string() }]))
+                Ok((Vec::new(), vec![Rejected::by_derivation(key_text(&keys[0]), e.to_string())]))
             } else {
                 Err(e)
             }
@@ -101,7 +101,7 @@ pub async fn derive_keys(client: &Client, stmt: &Statement, n_key_cols: usize, k
                 match query_keys(client, stmt, n_key_cols, std::slice::from_ref(key)).await {
                     Ok(mut w) => writes.append(&mut w),
                     Err(e) if e.kind == ErrorKind::Transient => return Err(e),
-                    Err(e) => rejected.push(Rejected { key: key_text(key), reason: e.to_string() }),
+                    Err(e) => rejected.push(Rejected::by_derivation(key_text(key), e.to_string())),
                 }
             }
             Ok((writes, rejected))

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 use tracing::{info, warn};
 
-use super::batch::{Batch, Position};
+use super::batch::Batch;
 use super::derive::{derive_keys, KeyTuple};
 use super::dirty::DirtyKeys;
 use super::failpoint::failpoint;
@@ -28,8 +28,9 @@ const NOTICE_KEYS: usize = 10_000;
 
 impl Worker {
     /// Commits the batch (if it holds a complete transaction) and starts a new one. On error the
-    /// batch stays whole for the next attempt.
-    pub(super) async fn flush(&mut self, batch: &mut Batch, pos: &mut Position) -> Result<()> {
+    /// batch stays whole for the next attempt. The caller tells the worker's state
+    /// (`worker_state::Event::Flushed`).
+    pub(super) async fn flush(&mut self, batch: &mut Batch) -> Result<()> {
         let Some(lsn) = batch.end_lsn else { return Ok(()) };
         if batch.has_work() {
             let visible_started = Instant::now();
@@ -48,7 +49,6 @@ impl Worker {
             }
             self.update_targets();
         }
-        pos.flushed();
         *batch = self.new_batch();
         Ok(())
     }
@@ -190,11 +190,11 @@ impl Worker {
                 let rejected = p.sinks[j].write(&writes).await?;
                 note_rejects(&p.def.name, &mut p.failed, &rejected);
             }
-            let failed: HashSet<String> = p.failed[failed_before..].iter().map(|(k, _)| k.clone()).collect();
+            let failed: HashSet<String> = p.failed[failed_before..].iter().map(|r| r.key.clone()).collect();
             p.written.extend(writes.iter().map(|w| w.key().to_string()).filter(|k| !failed.contains(k)));
         }
         if p.def.on_error == OnError::Stop && !p.failed.is_empty() {
-            return Err(Error::fatal(format!("pipeline `{}` rejected key {} ({}) and says `on_error: stop`", p.def.name, p.failed[0].0, p.failed[0].1)));
+            return Err(Error::fatal(format!("pipeline `{}` rejected key {} ({}) and says `on_error: stop`", p.def.name, p.failed[0].key, p.failed[0].reason)));
         }
         // Dead letters are durable before the checkpoints pass them: a store that cannot write
         // (a full disk) fails the batch, which is retried unacknowledged.
@@ -248,7 +248,7 @@ impl Worker {
             let failed_before = p.failed.len();
             let rejected = sink.write(&writes).await?;
             note_rejects(&p.def.name, &mut p.failed, &rejected);
-            let failed: HashSet<String> = p.failed[failed_before..].iter().map(|(k, _)| k.clone()).collect();
+            let failed: HashSet<String> = p.failed[failed_before..].iter().map(|r| r.key.clone()).collect();
             p.written.extend(writes.iter().map(|w| w.key().to_string()).filter(|k| !failed.contains(k)));
         }
         sink.commit().await?;
@@ -331,7 +331,7 @@ impl Worker {
             s.commit().await?;
         }
         if p.def.on_error == OnError::Stop && !p.failed.is_empty() {
-            return Err(Error::fatal(format!("pipeline `{name}` rejected key {} ({}) and says `on_error: stop`", p.failed[0].0, p.failed[0].1)));
+            return Err(Error::fatal(format!("pipeline `{name}` rejected key {} ({}) and says `on_error: stop`", p.failed[0].key, p.failed[0].reason)));
         }
         info!(pipeline = %name, rows = total, secs = started.elapsed().as_secs_f64(), "derived every record");
         super::release_memory();
@@ -344,8 +344,8 @@ impl Worker {
         let failed = std::mem::take(&mut self.p.failed);
         let written = std::mem::take(&mut self.p.written);
         let mut dead = self.ctx.dead.lock().expect("dead-letter lock");
-        // The pipeline's SQL works again (a derivation succeeded while keys are dead after SQL
-        // errors, e.g. during a schema change): retry those now rather than after backoff.
+        // The pipeline's SQL works again (a derivation succeeded while keys are dead after failed
+        // derivations, e.g. during a schema change): retry those now rather than after backoff.
         if !written.is_empty() && failed.is_empty() && dead.count(&self.p.def.name) > 0 {
             self.p.retry_sql_errors = true;
         }
@@ -365,11 +365,8 @@ impl Worker {
         self.p.retry_sql_errors = false;
         if let Some(list) = listed {
             self.last_sql_retry = Instant::now();
-            for d in list {
-                if d.reason.contains("Postgres error") && !due.contains(&d.key) {
-                    due.push(d.key);
-                }
-            }
+            let again = super::dead_letters::sql_recovery_keys(&list, &due);
+            due.extend(again);
         }
         if due.is_empty() {
             return Ok(());

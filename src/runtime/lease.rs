@@ -20,6 +20,7 @@ use tracing::{info, warn};
 use super::status::Shared;
 use crate::config::Config;
 use crate::error::{Error, Result};
+pub use crate::status::Holder;
 
 /// The advisory lock key of a slot: 64 bits of SHA-256 over a fixed prefix and the slot name, so
 /// it does not collide with locks an application takes with small integers.
@@ -27,15 +28,6 @@ pub fn lock_key(slot: &str) -> i64 {
     use sha2::{Digest, Sha256};
     let digest = Sha256::digest(format!("deriver slot {slot}").as_bytes());
     i64::from_be_bytes(digest[..8].try_into().expect("8 bytes"))
-}
-
-/// Who holds a slot's lock, as Postgres sees it.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
-pub struct Holder {
-    pub pid: i32,
-    pub application_name: Option<String>,
-    pub client_addr: Option<String>,
-    pub since: Option<String>,
 }
 
 /// A held lock. Dropping it (or losing its connection) releases the lock in Postgres.

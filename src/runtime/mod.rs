@@ -27,6 +27,7 @@ pub mod retry;
 pub mod source_task;
 pub mod status;
 pub mod worker;
+pub mod worker_state;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

@@ -27,54 +27,10 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, RedisConfig};
 use crate::error::{Error, Result};
 use crate::pipeline::{KeyTemplate, Pipeline, TemplatePart};
-use crate::runtime::status::{Shared, StatusDoc};
+use crate::runtime::status::Shared;
 use crate::sink::redis::{self as rsink, Keys, RedisConn};
-use crate::source::Lsn;
-
-/// The `orphans` member of the status document.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct Orphans {
-    /// Search index folders under `index.dir` that no pipeline declares.
-    pub indexes: Vec<OrphanIndex>,
-    /// Removed pipelines whose Redis bookkeeping (and the views their ledger lists) remain.
-    pub redis_pipelines: Vec<OrphanRedis>,
-    /// Per-pipeline files under `index.dir` of removed pipelines.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub files: Vec<OrphanFile>,
-    /// Pipelines whose bookkeeping Redis holds under this prefix, that no file declares, but that
-    /// this deployment has no record of owning last (another deriver sharing `redis.prefix`, or
-    /// state older than the record): left alone unless named to `deriver prune --redis-pipeline`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub redis_unrecorded: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct OrphanIndex {
-    pub name: String,
-    pub path: String,
-    pub bytes: u64,
-    /// The generations present.
-    pub generations: Vec<u64>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct OrphanRedis {
-    pub name: String,
-    /// Source records whose views the ledger lists.
-    pub ledger_entries: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub applied_lsn: Option<Lsn>,
-    /// The bookkeeping keys found (`_meta`, `_ledger`).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub keys: Vec<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct OrphanFile {
-    pub pipeline: String,
-    pub path: String,
-    pub bytes: u64,
-}
+use crate::status::StatusDoc;
+pub use crate::status::{OrphanFile, OrphanIndex, OrphanRedis, Orphans};
 
 impl Orphans {
     pub fn is_empty(&self) -> bool {

@@ -25,21 +25,22 @@ pub struct PipelineRt {
     pub key_pos: Vec<usize>,
     /// Lookup, child and link tables: changes there re-derive joined source keys.
     pub deps: Vec<deps::Dep>,
-    /// Records rejected since the last flush: (key, reason), to record as dead letters.
-    pub failed: Vec<(String, String)>,
+    /// Records rejected since the last flush, to record as dead letters.
+    pub failed: Vec<Rejected>,
     /// Keys written successfully since the last flush (candidates to leave the dead letters).
     pub written: Vec<String>,
-    /// Dead letters from SQL errors should be retried at the next tick.
+    /// Dead letters of failed derivations should be retried at the next tick
+    /// (`dead_letters::retried_when_sql_recovers`).
     pub retry_sql_errors: bool,
 }
 
 /// Logs rejected records and keeps them for the dead-letter store.
-pub fn note_rejects(pipeline: &str, failed: &mut Vec<(String, String)>, rejected: &[Rejected]) {
+pub fn note_rejects(pipeline: &str, failed: &mut Vec<Rejected>, rejected: &[Rejected]) {
     for r in rejected {
         error!(pipeline, key = %r.key, reason = %r.reason, "record rejected (dead letter)");
         metrics::counter!("deriver_dead_letters_total", "pipeline" => pipeline.to_string()).increment(1);
         if r.key != "?" {
-            failed.push((r.key.clone(), r.reason.clone()));
+            failed.push(r.clone());
         }
     }
 }

@@ -10,13 +10,14 @@ use super::derive::{self, KeyTuple};
 use super::dirty::DirtyKeys;
 use super::pipeline::{redis_rewrite_marker, reindex_marker};
 use super::reindex;
-use super::status::{ChangeNotice, ReindexStatus};
+use super::status::ChangeNotice;
 use super::worker::{Admin, Worker};
 use crate::error::{Error, Result};
 use crate::sink::redis::RedisSink;
 use crate::sink::tantivy::SearchSink;
 use crate::sink::{AnySink, BatchMode};
 use crate::source::Lsn;
+use crate::status::ReindexStatus;
 
 impl Worker {
     /// Starts a background full reprocess: a new generation for each search target (and, when

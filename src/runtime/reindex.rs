@@ -174,7 +174,7 @@ async fn read_bulk(
                 Ok(r) => buf.push(Write::Upsert(r)),
                 Err(e) => {
                     let key = row.try_get::<_, Option<String>>(0).ok().flatten().unwrap_or_else(|| "?".into());
-                    rejected.push(Rejected { key, reason: e.to_string() });
+                    rejected.push(Rejected::by_derivation(key, e.to_string()));
                 }
             }
             total += 1;

@@ -1,4 +1,5 @@
-//! The state the daemon shares with the HTTP API and `deriver status`.
+//! The state the daemon shares with the HTTP API and `deriver status`: its behaviour (the shared
+//! document's updates, change notices, readiness); the document's types are in `crate::status`.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
@@ -9,84 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::sink::tantivy::SearchIndex;
 use crate::sink::AnySink;
 use crate::source::Lsn;
+pub use crate::status::{AuditSummary, PipelineStatus, ReindexStatus, SlotStatus, StatusDoc};
 use crate::telemetry::{self, history::Trend, lag::Meter};
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct StatusDoc {
-    pub server_lsn: Option<Lsn>,
-    pub slot: Option<SlotStatus>,
-    pub pipelines: Vec<PipelineStatus>,
-    /// Added by the daemon's `/v1/status` (not part of the spec's document): `owner` or `standby`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub role: Option<String>,
-    /// Added by the daemon's `/v1/status` while standing by: the process holding the slot.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub owner: Option<serde_json::Value>,
-    /// Added by the daemon's `/v1/status`: the health of each dependency it reported on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dependencies: Option<BTreeMap<String, crate::health::DependencyHealth>>,
-    /// An addition to the spec's document: state of pipelines that no file declares any more
-    /// (index folders, files, Redis bookkeeping), which `deriver prune` removes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub orphans: Option<crate::runtime::orphans::Orphans>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SlotStatus {
-    pub name: String,
-    pub confirmed_flush_lsn: Option<Lsn>,
-    pub wal_status: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct PipelineStatus {
-    pub name: String,
-    pub state: String,
-    pub generation: Option<u64>,
-    pub definition_hash: String,
-    pub applied_lsn: Option<Lsn>,
-    pub targets: BTreeMap<String, Option<Lsn>>,
-    pub lag_bytes: Option<u64>,
-    pub dead_letters: u64,
-    /// The first dead letters, with their reasons.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub dead_letter_list: Vec<crate::runtime::dead_letters::DeadLetter>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub description: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub owner: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// A full reprocess in progress.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reindex: Option<ReindexStatus>,
-    /// The last `deriver audit` of this pipeline.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub audit: Option<AuditSummary>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct AuditSummary {
-    pub finished_at: String,
-    pub records: u64,
-    pub drifted: usize,
-    pub repaired: usize,
-    pub remaining: usize,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct ReindexStatus {
-    /// The generation being built (search) or null (Redis views only).
-    pub generation: Option<u64>,
-    pub rows_done: u64,
-    pub rows_total: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub eta_seconds: Option<f64>,
-    /// `deriving`, `writing` (the new generation is written out) or `catching up` (with what
-    /// changed meanwhile, then the swap).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<String>,
-}
 
 /// Requests the HTTP admin endpoint hands to the running daemon.
 pub enum AdminRequest {
@@ -98,17 +23,6 @@ pub enum AdminRequest {
     Repair { pipeline: String, keys: Vec<String>, reply: tokio::sync::oneshot::Sender<crate::error::Result<usize>> },
     /// Re-read the pipeline files and apply them (SIGHUP, `deriver apply`).
     Reload { reply: tokio::sync::oneshot::Sender<crate::error::Result<crate::runtime::reload::ReloadReport>> },
-}
-
-impl PipelineStatus {
-    /// `applied_lsn` = the minimum over targets.
-    pub fn refresh(&mut self, server_lsn: Option<Lsn>) {
-        self.applied_lsn = if self.targets.values().any(Option::is_none) { None } else { self.targets.values().filter_map(|v| *v).min() };
-        self.lag_bytes = match (server_lsn, self.applied_lsn) {
-            (Some(s), Some(a)) => Some(s.0.saturating_sub(a.0)),
-            _ => None,
-        };
-    }
 }
 
 /// One applied batch of one pipeline: the source keys whose records were written or removed.
@@ -187,7 +101,7 @@ pub struct Shared {
     /// Where the admin endpoint sends requests (set by the running daemon).
     pub admin: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<AdminRequest>>>,
     /// `Some` while this process stands by, with the process holding the slot (when known).
-    pub standby: RwLock<Option<Option<crate::runtime::lease::Holder>>>,
+    pub standby: RwLock<Option<Option<crate::status::Holder>>>,
     /// Lag in seconds and applied totals per pipeline of the running daemon (see `telemetry::lag`).
     pub meter: Mutex<Meter>,
     /// The last 15 minutes of each pipeline, for the status page.
@@ -251,7 +165,7 @@ impl Shared {
     /// forgets the status and the index readers of an earlier ownership: they would go stale.
     /// With no known owner (the lock session was lost with Postgres, say), the last status is
     /// kept with every pipeline marked `standby`, so an outage stays visible per pipeline.
-    pub fn set_standby(&self, standby: Option<Option<crate::runtime::lease::Holder>>) {
+    pub fn set_standby(&self, standby: Option<Option<crate::status::Holder>>) {
         match &standby {
             Some(Some(_)) => {
                 *self.status.write().expect("status lock") = None;
@@ -274,7 +188,7 @@ impl Shared {
         self.progress.send_modify(|v| *v += 1);
     }
 
-    pub fn standby(&self) -> Option<Option<crate::runtime::lease::Holder>> {
+    pub fn standby(&self) -> Option<Option<crate::status::Holder>> {
         self.standby.read().expect("standby lock").clone()
     }
 
@@ -293,7 +207,7 @@ pub struct NotReady {
 /// The decision of `/readyz` from what it looks at: ready once the process owns the slot, every
 /// pipeline streams, no dependency is failing and no pipeline lags more than `max_lag`.
 pub fn readiness(
-    standby: Option<Option<crate::runtime::lease::Holder>>,
+    standby: Option<Option<crate::status::Holder>>,
     doc: Option<&StatusDoc>,
     failing: &[(String, String)],
     lags: &[(String, Duration)],
@@ -323,7 +237,7 @@ pub fn readiness(
 /// and lags within the bound. Other pipelines and dependencies it does not wait on do not count:
 /// every pipeline has its own worker, so one stuck pipeline does not hold the others back.
 pub fn pipeline_readiness(
-    standby: Option<Option<crate::runtime::lease::Holder>>,
+    standby: Option<Option<crate::status::Holder>>,
     doc: Option<&StatusDoc>,
     pipeline: &str,
     lags: &[(String, Duration)],

@@ -5,7 +5,7 @@
 //! far its sinks are durable. A worker that waits for a sink or rebuilds an index holds back only
 //! its own pipeline (and the slot, as far as it needs).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::batch::{Batch, BatchPolicy, Position};
+use super::batch::{Batch, BatchPolicy};
 use super::dead_letters::DeadLetters;
 use super::derive::KeyTuple;
 use super::dirty::DirtyKeys;
@@ -22,11 +22,31 @@ use super::pipeline::{PipelineRt, Route};
 use super::reindex;
 use super::retry::Retry;
 use super::status::Shared;
+use super::worker_state::{Action, BatchFacts, Event, Outcome, Passed, WorkerState};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::sink::{AnySink, BatchMode, Sink};
 use crate::source::postgres as pg;
 use crate::source::{Lsn, RowChange};
+
+/// What the loop keeps between events: the state machine, the open batch it describes, and when
+/// a failed batch may be tried again.
+struct Looping {
+    st: WorkerState,
+    batch: Batch,
+    retry_at: Option<tokio::time::Instant>,
+}
+
+/// The open batch as the state machine sees it.
+fn facts(batch: &Batch) -> BatchFacts {
+    BatchFacts { changes: batch.changes, age: batch.age(), has_work: batch.has_work() }
+}
+
+/// The source task's passed position, read before checking the queue.
+fn passed(w: &Wiring) -> Passed {
+    let (epoch, lsn) = *w.passed.borrow();
+    Passed { epoch, lsn, queue_empty: w.rx.is_empty() }
+}
 
 /// The dead-letter store, shared by the workers (each writes only its pipeline's table).
 pub type DeadStore = Arc<Mutex<DeadLetters>>;
@@ -203,6 +223,9 @@ impl Worker {
         result
     }
 
+    /// The loop: each arm turns what happened into an [`Event`] (or, for a request that waits
+    /// for a batch boundary, flushes and serves it); [`Worker::step`] hands the event to the
+    /// state machine (`worker_state.rs`, which decides) and performs its actions.
     async fn run_inner(&mut self, w: &mut Wiring) -> Result<()> {
         let start = w.start;
         // A search index built from another definition is rebuilt in the background; so is a
@@ -226,137 +249,138 @@ impl Worker {
         let mut cp_tick = tokio::time::interval(Duration::from_millis(rt.idle_ms.max(100)));
         flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         cp_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut batch = self.new_batch();
-        let mut pos = Position::new(start, w.epoch);
+        let mut l = Looping {
+            st: WorkerState::new(policy, start, w.epoch, Retry::new(Duration::from_millis(200), Duration::from_secs(30))),
+            batch: self.new_batch(),
+            retry_at: None,
+        };
         // The open transaction's xid and the batch's change count when it began.
         let mut txn: (u32, usize) = (0, 0);
-        // An applied position not yet stored in the sinks (see the flush tick).
-        let mut idle_pending = false;
-        let mut retry = Retry::new(Duration::from_millis(200), Duration::from_secs(30));
-        // While a failed batch backs off: when the next attempt may run.
-        let mut retry_at: Option<tokio::time::Instant> = None;
         loop {
-            let backoff = retry_at.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
-            tokio::select! {
+            let backoff = l.retry_at.unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            let event: Option<Event> = tokio::select! {
                 biased;
                 _ = self.ctx.cancel.cancelled() => {
                     super::check_fence(&self.ctx.fence)?;
-                    if !pos.in_txn() && retry_at.is_none() {
-                        self.flush(&mut batch, &mut pos).await?;
-                        self.checkpoint_idle_sinks(pos.applied()).await?;
+                    if l.st.between_batches() {
+                        self.flush_for_request(&mut l, &w.progress).await?;
+                        self.checkpoint_idle_sinks(l.st.applied()).await?;
                     }
                     return Ok(());
                 }
-                Some(built) = built_rx.recv(), if !pos.in_txn() && retry_at.is_none() => {
-                    self.flush(&mut batch, &mut pos).await?;
-                    self.finish_rebuild(built, pos.applied()).await?;
+                Some(built) = built_rx.recv(), if l.st.between_batches() => {
+                    self.flush_for_request(&mut l, &w.progress).await?;
+                    self.finish_rebuild(built, l.st.applied()).await?;
                     super::release_memory();
                     self.publish(&w.progress);
+                    None
                 }
-                Some(req) = w.admin.recv(), if !pos.in_txn() && retry_at.is_none() => {
-                    self.flush(&mut batch, &mut pos).await?;
-                    self.admin(req, pos.applied()).await;
+                Some(req) = w.admin.recv(), if l.st.between_batches() => {
+                    self.flush_for_request(&mut l, &w.progress).await?;
+                    self.admin(req, l.st.applied()).await;
                     self.publish(&w.progress);
+                    None
                 }
-                _ = tokio::time::sleep_until(backoff), if retry_at.is_some() && !pos.in_txn() => {
-                    retry_at = self.attempt(&mut batch, &mut pos, &mut retry, &w.progress).await?;
-                }
+                _ = tokio::time::sleep_until(backoff), if l.st.backoff_due() => Some(Event::BackoffOver),
                 _ = flush_tick.tick() => {
-                    if !pos.in_txn() && retry_at.is_none() && policy.on_tick(batch.age()).is_some() {
-                        retry_at = self.attempt(&mut batch, &mut pos, &mut retry, &w.progress).await?;
-                    }
-                    // The stream moved past this pipeline's last transaction: store that position
-                    // now (at most once a tick), so a reader waiting for a position after its own
-                    // commit is answered without waiting for the idle tick.
-                    idle_pending |= self.take_passed(w, &mut pos, &batch);
-                    if idle_pending && !pos.in_txn() && !batch.has_work() {
-                        idle_pending = false;
-                        self.checkpoint_idle_sinks(pos.applied()).await?;
-                        self.publish(&w.progress);
-                    }
+                    let tick = Event::FlushTick { batch: facts(&l.batch) };
+                    self.step(&mut l, tick, &w.progress).await?;
+                    Some(Event::PassedTick { batch: facts(&l.batch), passed: passed(w) })
                 }
                 _ = cp_tick.tick() => {
-                    if !pos.in_txn() && retry_at.is_none() {
-                        self.take_passed(w, &mut pos, &batch);
-                        self.checkpoint_idle_sinks(pos.applied()).await?;
-                        self.retry_dead_letters(pos.applied()).await?;
-                    }
                     if !self.rebuilds.is_empty() {
                         self.publish_reindex_status();
                     }
-                    self.publish(&w.progress);
+                    Some(Event::IdleTick { batch: facts(&l.batch), passed: passed(w) })
                 }
                 msg = w.rx.recv() => {
                     // The source task closed the queue (a reload stops this pipeline, or the daemon
                     // stops): everything queued was handled; store the complete batch and stop.
                     let Some(msg) = msg else {
                         super::check_fence(&self.ctx.fence)?;
-                        if !pos.in_txn() && retry_at.is_none() {
-                            self.flush(&mut batch, &mut pos).await?;
+                        if l.st.between_batches() {
+                            self.flush_for_request(&mut l, &w.progress).await?;
                         }
                         return Ok(());
                     };
                     match msg.input {
                         Input::Begin { xid } => {
-                            pos.begin();
-                            txn = (xid, batch.changes);
+                            txn = (xid, l.batch.changes);
+                            Some(Event::Begin)
                         }
-                        Input::Change { change, route } => self.route(&change, route, &mut batch)?,
-                        Input::Truncate { route } => self.truncate(route, &mut batch),
+                        Input::Change { change, route } => {
+                            self.route(&change, route, &mut l.batch)?;
+                            None
+                        }
+                        Input::Truncate { route } => {
+                            self.truncate(route, &mut l.batch);
+                            None
+                        }
                         Input::Commit { end_lsn } => {
                             super::failpoint::failpoint("after_buffer");
-                            pos.commit(end_lsn);
-                            batch.close_transaction(txn.0, txn.1, end_lsn)?;
-                            let age = batch.age().unwrap_or_default();
-                            if retry_at.is_none() && policy.at_commit(batch.changes, age, !w.rx.is_empty()).is_some() {
-                                retry_at = self.attempt(&mut batch, &mut pos, &mut retry, &w.progress).await?;
-                            }
+                            l.batch.close_transaction(txn.0, txn.1, end_lsn)?;
+                            Some(Event::Commit { end_lsn, batch: facts(&l.batch), more_queued: !w.rx.is_empty() })
                         }
-                        Input::Restart { epoch } => {
-                            // Staged join values of transactions that will be replayed go too.
-                            if let Some(l) = self.p.ledger() {
-                                l.discard_staged();
-                            }
-                            for s in &mut self.p.sinks {
-                                s.abort().await;
-                            }
-                            pos.restart(epoch);
-                            batch = self.new_batch();
-                            retry_at = None;
-                        }
+                        Input::Restart { epoch } => Some(Event::Restart { epoch }),
                     }
                 }
+            };
+            if let Some(event) = event {
+                self.step(&mut l, event, &w.progress).await?;
             }
         }
     }
 
-    /// Offers the source task's passed position (read before checking the queue). True when the
-    /// applied position moved.
-    fn take_passed(&self, w: &Wiring, pos: &mut Position, batch: &Batch) -> bool {
-        let (epoch, lsn) = *w.passed.borrow();
-        let empty = w.rx.is_empty();
-        !batch.has_work() && batch.end_lsn.is_none() && pos.passed(epoch, lsn, empty)
+    /// Hands `event` to the state machine and performs the actions it decides, in order; a
+    /// flush's outcome goes back to it, and what that decides is done next.
+    async fn step(&mut self, l: &mut Looping, event: Event, progress: &watch::Sender<Progress>) -> Result<()> {
+        let mut todo: VecDeque<Action> = l.st.on(event).into();
+        while let Some(action) = todo.pop_front() {
+            match action {
+                Action::Flush => {
+                    let outcome = self.attempt(&mut l.batch).await?;
+                    if outcome == Outcome::Done {
+                        l.retry_at = None;
+                    }
+                    for a in l.st.on(Event::Flushed(outcome)).into_iter().rev() {
+                        todo.push_front(a);
+                    }
+                }
+                Action::BackOff(delay) => l.retry_at = Some(tokio::time::Instant::now() + delay),
+                Action::CheckpointIdle(lsn) => self.checkpoint_idle_sinks(lsn).await?,
+                Action::RetryDeadLetters(lsn) => self.retry_dead_letters(lsn).await?,
+                Action::Publish => self.publish(progress),
+                Action::DropBatch => {
+                    // Staged join values of transactions that will be replayed go too.
+                    if let Some(ledger) = self.p.ledger() {
+                        ledger.discard_staged();
+                    }
+                    for s in &mut self.p.sinks {
+                        s.abort().await;
+                    }
+                    l.batch = self.new_batch();
+                    l.retry_at = None;
+                }
+            }
+        }
+        Ok(())
     }
 
-    /// One flush attempt: `None` when the batch went through, else when to try again.
-    async fn attempt(
-        &mut self,
-        batch: &mut Batch,
-        pos: &mut Position,
-        retry: &mut Retry,
-        progress: &watch::Sender<Progress>,
-    ) -> Result<Option<tokio::time::Instant>> {
-        match self.flush(batch, pos).await {
+    /// Before a request that needs a batch boundary (stopping, an admin request, a finished
+    /// rebuild): the batch is flushed first; an error here ends the worker, as it did before.
+    async fn flush_for_request(&mut self, l: &mut Looping, progress: &watch::Sender<Progress>) -> Result<()> {
+        self.flush(&mut l.batch).await?;
+        self.step(l, Event::Flushed(Outcome::Done), progress).await
+    }
+
+    /// One flush attempt. A retryable failure keeps the batch whole for the next attempt.
+    async fn attempt(&mut self, batch: &mut Batch) -> Result<Outcome> {
+        match self.flush(batch).await {
             Ok(()) => {
-                if retry.waits() > 0 {
-                    // The batch went through after retries: the outage is over.
-                    retry.reset();
-                }
                 if std::mem::take(&mut self.retrying) {
                     self.set_error(None);
                 }
-                self.publish(progress);
-                Ok(None)
+                Ok(Outcome::Done)
             }
             Err(e) if super::error_policy::retries(&e) => {
                 for s in &mut self.p.sinks {
@@ -368,7 +392,7 @@ impl Worker {
                 if let Err(e2) = self.reconnect_pg().await {
                     warn!(pipeline = %self.name(), error = %e2, "reconnecting to Postgres failed");
                 }
-                Ok(Some(tokio::time::Instant::now() + retry.next_delay()))
+                Ok(Outcome::Retryable)
             }
             Err(e) => Err(e),
         }

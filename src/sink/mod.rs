@@ -4,6 +4,7 @@
 //! when the sink already holds that LSN, so replays after a crash are skipped per sink.
 
 pub mod ledger;
+pub mod memory;
 pub mod redis;
 pub mod tantivy;
 
@@ -76,11 +77,38 @@ pub enum BatchMode {
     Repair,
 }
 
-/// A record a sink could not take (value does not fit, too large, …); the rest of the batch goes on.
-#[derive(Debug, Clone)]
+/// A record that could not be derived or that a sink could not take (value does not fit, too
+/// large, …); the rest of the batch goes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejected {
     pub key: String,
     pub reason: String,
+    /// Which step refused it: decides how its dead letter is retried, never the reason's text.
+    pub cause: RejectCause,
+}
+
+impl Rejected {
+    /// A target refused the derived value.
+    pub fn by_target(key: impl Into<String>, reason: impl Into<String>) -> Rejected {
+        Rejected { key: key.into(), reason: reason.into(), cause: RejectCause::Target }
+    }
+
+    /// The derivation of this key failed in Postgres.
+    pub fn by_derivation(key: impl Into<String>, reason: impl Into<String>) -> Rejected {
+        Rejected { key: key.into(), reason: reason.into(), cause: RejectCause::Derivation }
+    }
+}
+
+/// Why a record was rejected (kept with its dead letter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectCause {
+    /// The derivation query failed for this key (an SQL error on its row, a schema change in
+    /// progress): once the pipeline's SQL derives again, it may well work too.
+    Derivation,
+    /// A target refused the derived value (does not fit a declared search type, over a size
+    /// limit, no search id): only a change of the row helps.
+    Target,
 }
 
 #[allow(async_fn_in_trait)]

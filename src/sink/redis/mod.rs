@@ -352,7 +352,7 @@ impl Sink for RedisSink {
             if let Write::Upsert(r) = w {
                 match render_views(&self.prefix, &self.views, r, self.max_value) {
                     Ok(views) => upserts.push((r.key.as_str(), views)),
-                    Err(reason) => rejected.push(Rejected { key: r.key.clone(), reason }),
+                    Err(reason) => rejected.push(Rejected::by_target(r.key.clone(), reason)),
                 }
             }
         }
@@ -411,7 +411,7 @@ impl Sink for RedisSink {
         writes
             .iter()
             .filter_map(|w| match w {
-                Write::Upsert(r) => render_views(&self.prefix, &self.views, r, self.max_value).err().map(|reason| Rejected { key: r.key.clone(), reason }),
+                Write::Upsert(r) => render_views(&self.prefix, &self.views, r, self.max_value).err().map(|reason| Rejected::by_target(r.key.clone(), reason)),
                 Write::Delete { .. } => None,
             })
             .collect()

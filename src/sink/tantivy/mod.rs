@@ -239,7 +239,7 @@ impl Sink for SearchSink {
                 Write::Upsert(r) => {
                     bytes += queue::doc_bytes(r.json.len());
                     let Some(id) = r.texts.get(self.id_pos).cloned().flatten() else {
-                        rejected.push(Rejected { key: r.key.clone(), reason: format!("search id field `{}` is NULL", self.live.target.id) });
+                        rejected.push(Rejected::by_target(r.key.clone(), format!("search id field `{}` is NULL", self.live.target.id)));
                         continue;
                     };
                     match self.builder.build(&id, &r.value) {
@@ -248,7 +248,7 @@ impl Sink for SearchSink {
                             doc.add_u64(self.live.schema.get_field(schema::HASH_FIELD).expect("_hash"), super::content_hash(&r.json));
                             docs.push((r.key.clone(), Some(doc)))
                         }
-                        Err(reason) => rejected.push(Rejected { key: r.key.clone(), reason }),
+                        Err(reason) => rejected.push(Rejected::by_target(r.key.clone(), reason)),
                     }
                 }
             }
@@ -263,8 +263,8 @@ impl Sink for SearchSink {
             .iter()
             .filter_map(|w| match w {
                 Write::Upsert(r) => match r.texts.get(self.id_pos).cloned().flatten() {
-                    None => Some(Rejected { key: r.key.clone(), reason: format!("search id field `{}` is NULL", self.live.target.id) }),
-                    Some(id) => self.builder.build(&id, &r.value).err().map(|reason| Rejected { key: r.key.clone(), reason }),
+                    None => Some(Rejected::by_target(r.key.clone(), format!("search id field `{}` is NULL", self.live.target.id))),
+                    Some(id) => self.builder.build(&id, &r.value).err().map(|reason| Rejected::by_target(r.key.clone(), reason)),
                 },
                 Write::Delete { .. } => None,
             })
