@@ -274,7 +274,29 @@ async fn search(f: &Flags) {
         let _ = run_deriver(w.clone()).await;
         let _ = pg.query(&stmt, &[w, &limit]).await;
     }
+    // The same words as relevance variants, measured in the same run: exact (quoted: no prefix, no
+    // typos, what Postgres FTS does), a prefix (the first half, at least 3 letters, typed as the
+    // last word), a typo (two middle letters swapped, a space after it: no prefix; words of 5+).
+    let variants = |w: &str| -> (String, String, Option<String>) {
+        let chars: Vec<char> = w.chars().collect();
+        let prefix: String = chars.iter().take(chars.len().div_ceil(2).max(3)).collect();
+        let typo = (chars.len() >= 5).then(|| {
+            let mut c = chars.clone();
+            c.swap(1, 2);
+            format!("{} ", c.into_iter().collect::<String>())
+        });
+        (format!("\"{w}\""), prefix, typo)
+    };
     for rep in 1..=reps {
+        let (mut exact_lat, mut prefix_lat, mut typo_lat) = (Vec::new(), Vec::new(), Vec::new());
+        for w in &words {
+            let (exact, prefix, typo) = variants(w);
+            exact_lat.push(run_deriver(exact).await.0);
+            prefix_lat.push(run_deriver(prefix).await.0);
+            if let Some(t) = typo {
+                typo_lat.push(run_deriver(t).await.0);
+            }
+        }
         let (mut d_lat, mut p_lat) = (Vec::new(), Vec::new());
         let (mut d_err, mut d_hits_zero, mut p_rows_zero) = (0u64, 0u64, 0u64);
         let mut d_hits_total = 0u64;
@@ -301,6 +323,9 @@ async fn search(f: &Flags) {
                 "rep": rep,
                 "queries": words.len(),
                 "deriver": summary(d_lat),
+                "deriver_exact": summary(exact_lat),
+                "deriver_prefix": summary(prefix_lat),
+                "deriver_typo": summary(typo_lat),
                 "postgres": summary(p_lat),
                 "deriver_errors": d_err,
                 "deriver_zero_hits": d_hits_zero,

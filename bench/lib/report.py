@@ -115,6 +115,10 @@ ratio("audit / full reindex", "audit", "audit_secs", reindex_secs, f"audit secs 
 pg_p99 = med("search", "postgres_p99")
 r_search = ratio("search p99: Postgres FTS / deriver", "search", "deriver_p99", pg_p99,
                  f"{fmt(pg_p99)} ms (Postgres p99) ÷ deriver p99", invert=True)
+exact_p99 = med("search", "deriver_exact_p99")
+for v in ("prefix", "typo"):
+    ratio(f"search p99: {v} queries / exact ones", "search", f"deriver_{v}_p99", exact_p99,
+          f"deriver p99 of {v} queries ÷ {fmt(exact_p99)} ms (p99 of the same words exact, same run)")
 
 # ------------------------------------------------------------------------------------ ceilings
 # What this machine allows, from figures of the same run: a target a ratio cannot reach here is

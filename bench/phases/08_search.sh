@@ -2,7 +2,9 @@
 # Search: 200 keyword queries from the corpus vocabulary (100 distinct title words, 100 body words
 # picked by position, so frequent words are well represented), through deriver's search API and
 # through Postgres full-text search on the same rows (a tsvector copy of doc with a GIN index,
-# plainto_tsquery('simple', w), ts_rank, top 10), alternating, after one warm-up pass.
+# plainto_tsquery('simple', w), ts_rank, top 10), alternating, after one warm-up pass. The words
+# go as typed (deriver's defaults: the word is a prefix, typos from 5 letters), and before that,
+# in the same run, as exact, prefix and typo variants, each with its own p50/p99.
 phase_search() {
   local t0 words=$RUN/tmp/search_words.txt
   ensure_deriver
@@ -29,6 +31,12 @@ phase_search() {
     rep=$(jq -r .rep <<<"$line")
     figure search deriver_p50 ms "$rep" "$(jq -r .deriver.p50 <<<"$line")"
     figure search deriver_p99 ms "$rep" "$(jq -r .deriver.p99 <<<"$line")"
+    # Relevance variants of the same words, same run (the client's `variants`): exact (quoted),
+    # prefix (the first half typed), one typo (words of 5+ letters, a space after).
+    for v in exact prefix typo; do
+      figure search "deriver_${v}_p50" ms "$rep" "$(jq -r ".deriver_$v.p50" <<<"$line")"
+      figure search "deriver_${v}_p99" ms "$rep" "$(jq -r ".deriver_$v.p99" <<<"$line")"
+    done
     figure search postgres_p50 ms "$rep" "$(jq -r .postgres.p50 <<<"$line")"
     figure search postgres_p99 ms "$rep" "$(jq -r .postgres.p99 <<<"$line")"
     figure search deriver_errors n "$rep" "$(jq -r .deriver_errors <<<"$line")"

@@ -161,6 +161,15 @@ async fn check_pipeline(client: &Client, cfg: &Config, p: &Pipeline, published: 
     Ok(Checked { diagnostics: out, skipped })
 }
 
+/// Prints, per search target, how its queries match (typos, prefix, synonyms, stop words, distinct).
+fn print_search_relevance(pipelines: &[Pipeline]) {
+    for p in pipelines {
+        for t in &p.search {
+            println!("{}: search:{}: {}", p.name, t.index, t.relevance.summary().join("; "));
+        }
+    }
+}
+
 /// Returns the process exit code.
 pub async fn run(config: Option<&std::path::Path>, no_environment: bool) -> Result<i32> {
     let cfg_result = Config::load(config);
@@ -183,6 +192,8 @@ pub async fn run(config: Option<&std::path::Path>, no_environment: bool) -> Resu
             return Ok(1);
         }
     };
+    // relevance (issue 27): each search target's query-time settings.
+    print_search_relevance(&pipelines);
     if no_environment {
         println!("{} pipeline(s) valid (files only)", pipelines.len());
         return Ok(0);

@@ -22,6 +22,7 @@ pub mod id_order;
 pub mod meili;
 pub mod query;
 pub mod ranking;
+pub mod relevance;
 pub mod search;
 pub mod sort;
 

@@ -6,6 +6,8 @@
 //! - `-term`, `-"phrase"`, `NOT term`: must not match
 //! - `a OR b`: either; `OR` binds its two neighbours (`x a OR b` = x AND (a OR b))
 //! - `AND`, `+`, parentheses are accepted and ignored; dangling `OR`s are ignored.
+//! - the last word, when nothing follows it (not even a space), is marked `prefix` (search as
+//!   you type: the search target's `prefix_search` decides whether it matches as a prefix).
 
 /// One term: a word or a phrase, searched in one field or in the default search fields.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,6 +15,8 @@ pub struct Term {
     pub field: Option<String>,
     pub text: String,
     pub phrase: bool,
+    /// The query's last word, typed up to the end of the input: it may be unfinished.
+    pub prefix: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,7 +89,7 @@ pub fn parse(q: &str, is_field: impl Fn(&str) -> bool) -> ParsedQuery {
     }
     if clauses.is_empty() && saw_or {
         // The query was nothing but `OR`s: search the word itself.
-        clauses.push(Clause::Any(vec![Term { field: None, text: "OR".into(), phrase: false }]));
+        clauses.push(Clause::Any(vec![Term { field: None, text: "OR".into(), phrase: false, prefix: false }]));
     }
     ParsedQuery { clauses }
 }
@@ -127,7 +131,7 @@ fn lex(q: &str, is_field: &impl Fn(&str) -> bool) -> Vec<Token> {
             let (text, next) = read_phrase(&chars, i + 1);
             i = next;
             if !text.trim().is_empty() {
-                out.push(Token::Word { negated, term: Term { field: None, text: cut(&text), phrase: true } });
+                out.push(Token::Word { negated, term: Term { field: None, text: cut(&text), phrase: true, prefix: false } });
             }
             continue;
         }
@@ -137,6 +141,7 @@ fn lex(q: &str, is_field: &impl Fn(&str) -> bool) -> Vec<Token> {
             i += 1;
         }
         let chunk: String = chars[start..i].iter().collect();
+        let prefix = !negated && i == chars.len();
         if !negated && chunk == "OR" {
             out.push(Token::Or);
             continue;
@@ -155,17 +160,17 @@ fn lex(q: &str, is_field: &impl Fn(&str) -> bool) -> Vec<Token> {
                     let (text, next) = read_phrase(&chars, i + 1);
                     i = next;
                     if !text.trim().is_empty() {
-                        out.push(Token::Word { negated, term: Term { field: Some(f), text: cut(&text), phrase: true } });
+                        out.push(Token::Word { negated, term: Term { field: Some(f), text: cut(&text), phrase: true, prefix: false } });
                     }
                 } else if rest.is_empty() {
                     // `field:` with nothing after it: nothing to search for.
                 } else {
-                    out.push(Token::Word { negated, term: Term { field: Some(f), text: cut(&rest), phrase: false } });
+                    out.push(Token::Word { negated, term: Term { field: Some(f), text: cut(&rest), phrase: false, prefix } });
                 }
             }
             _ => {
                 // (`word"…`: the word, then a phrase starts at the quote.)
-                out.push(Token::Word { negated, term: Term { field: None, text: cut(&chunk), phrase: false } });
+                out.push(Token::Word { negated, term: Term { field: None, text: cut(&chunk), phrase: false, prefix } });
             }
         }
     }
@@ -196,7 +201,12 @@ mod tests {
     }
 
     fn word(text: &str) -> Term {
-        Term { field: None, text: text.into(), phrase: false }
+        Term { field: None, text: text.into(), phrase: false, prefix: false }
+    }
+
+    /// The last word of a query, typed to the end.
+    fn last(text: &str) -> Term {
+        Term { prefix: true, ..word(text) }
     }
 
     fn any(terms: &[Term]) -> Clause {
@@ -205,7 +215,7 @@ mod tests {
 
     #[test]
     fn words_are_anded() {
-        assert_eq!(p("drama robot").clauses, vec![any(&[word("drama")]), any(&[word("robot")])]);
+        assert_eq!(p("drama robot").clauses, vec![any(&[word("drama")]), any(&[last("robot")])]);
         assert_eq!(p("  drama   AND robot ").clauses, vec![any(&[word("drama")]), any(&[word("robot")])]);
         assert!(p("").clauses.is_empty());
         assert!(p("   ").clauses.is_empty());
@@ -217,22 +227,32 @@ mod tests {
         assert_eq!(
             q.clauses,
             vec![
-                any(&[Term { field: Some("title".into()), text: "academy dinosaur".into(), phrase: true }]),
+                any(&[Term { field: Some("title".into()), text: "academy dinosaur".into(), phrase: true, prefix: false }]),
                 Clause::Not(word("boring")),
-                any(&[Term { field: Some("rating".into()), text: "PG".into(), phrase: false }]),
+                any(&[Term { field: Some("rating".into()), text: "PG".into(), phrase: false, prefix: false }]),
                 any(&[word("x"), word("y")]),
                 Clause::Not(word("z")),
             ]
         );
-        assert_eq!(p("a OR b OR c").clauses, vec![any(&[word("a"), word("b"), word("c")])]);
-        assert_eq!(p(r#"-"bad phrase""#).clauses, vec![Clause::Not(Term { field: None, text: "bad phrase".into(), phrase: true })]);
+        assert_eq!(p("a OR b OR c").clauses, vec![any(&[word("a"), word("b"), last("c")])]);
+        assert_eq!(p(r#"-"bad phrase""#).clauses, vec![Clause::Not(Term { field: None, text: "bad phrase".into(), phrase: true, prefix: false })]);
+    }
+
+    #[test]
+    fn only_a_last_word_typed_to_the_end_is_a_prefix() {
+        assert_eq!(p("drama rob").clauses, vec![any(&[word("drama")]), any(&[last("rob")])]);
+        assert_eq!(p("drama rob ").clauses, vec![any(&[word("drama")]), any(&[word("rob")])]);
+        assert_eq!(p("title:rob").clauses, vec![any(&[Term { field: Some("title".into()), text: "rob".into(), phrase: false, prefix: true }])]);
+        assert_eq!(p("drama -rob").clauses, vec![any(&[word("drama")]), Clause::Not(word("rob"))]);
+        assert_eq!(p("(drama rob)").clauses, vec![any(&[word("drama")]), any(&[word("rob")])]);
+        assert_eq!(p(r#""drama rob""#).clauses, vec![any(&[Term { field: None, text: "drama rob".into(), phrase: true, prefix: false }])]);
     }
 
     #[test]
     fn unknown_fields_are_text() {
-        assert_eq!(p("http://x.org").clauses, vec![any(&[word("http://x.org")])]);
-        assert_eq!(p("nope:thing").clauses, vec![any(&[word("nope:thing")])]);
-        assert_eq!(p("12:30").clauses, vec![any(&[word("12:30")])]);
+        assert_eq!(p("http://x.org").clauses, vec![any(&[last("http://x.org")])]);
+        assert_eq!(p("nope:thing").clauses, vec![any(&[last("nope:thing")])]);
+        assert_eq!(p("12:30").clauses, vec![any(&[last("12:30")])]);
     }
 
     #[test]
@@ -240,7 +260,7 @@ mod tests {
         // Unbalanced quotes run to the end.
         assert_eq!(
             p(r#"robot "unclosed phrase"#).clauses,
-            vec![any(&[word("robot")]), any(&[Term { field: None, text: "unclosed phrase".into(), phrase: true }]),]
+            vec![any(&[word("robot")]), any(&[Term { field: None, text: "unclosed phrase".into(), phrase: true, prefix: false }]),]
         );
         assert!(p(r#"""#).clauses.is_empty());
         assert!(p(r#""""""#).clauses.is_empty());
@@ -248,22 +268,22 @@ mod tests {
         assert!(p("-").clauses.is_empty());
         assert!(p("- + -- ++").clauses.is_empty());
         assert!(p("title:").clauses.is_empty());
-        assert_eq!(p("title: robot").clauses, vec![any(&[word("robot")])]);
-        assert_eq!(p(":robot").clauses, vec![any(&[word(":robot")])]);
+        assert_eq!(p("title: robot").clauses, vec![any(&[last("robot")])]);
+        assert_eq!(p(":robot").clauses, vec![any(&[last(":robot")])]);
         // Dangling and repeated ORs.
         assert_eq!(p("OR OR").clauses, vec![any(&[word("OR")])]);
-        assert_eq!(p("OR a").clauses, vec![any(&[word("a")])]);
+        assert_eq!(p("OR a").clauses, vec![any(&[last("a")])]);
         assert_eq!(p("a OR").clauses, vec![any(&[word("a")])]);
-        assert_eq!(p("a OR OR b").clauses, vec![any(&[word("a"), word("b")])]);
+        assert_eq!(p("a OR OR b").clauses, vec![any(&[word("a"), last("b")])]);
         assert_eq!(p("a OR -b").clauses, vec![any(&[word("a")]), Clause::Not(word("b"))]);
         assert!(p("NOT").clauses.is_empty());
         assert!(p("((()))").clauses.is_empty());
-        assert_eq!(p("(a OR b) c").clauses, vec![any(&[word("a"), word("b")]), any(&[word("c")])]);
+        assert_eq!(p("(a OR b) c").clauses, vec![any(&[word("a"), word("b")]), any(&[last("c")])]);
         // Unicode.
         assert_eq!(p("café 東京 -ünï").clauses, vec![any(&[word("café")]), any(&[word("東京")]), Clause::Not(word("ünï"))]);
-        assert_eq!(p("title:\"日本 語\"").clauses, vec![any(&[Term { field: Some("title".into()), text: "日本 語".into(), phrase: true }])]);
+        assert_eq!(p("title:\"日本 語\"").clauses, vec![any(&[Term { field: Some("title".into()), text: "日本 語".into(), phrase: true, prefix: false }])]);
         // A quote glued to a word.
-        assert_eq!(p(r#"a"b c""#).clauses, vec![any(&[word("a")]), any(&[Term { field: None, text: "b c".into(), phrase: true }])]);
+        assert_eq!(p(r#"a"b c""#).clauses, vec![any(&[word("a")]), any(&[Term { field: None, text: "b c".into(), phrase: true, prefix: false }])]);
     }
 
     #[test]

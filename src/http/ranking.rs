@@ -48,6 +48,9 @@ pub struct RankCollector {
     /// none yet). No hit scoring below it can make the page, so later segments start their
     /// pruning there instead of from nothing.
     pub floor: std::sync::atomic::AtomicU32,
+    /// A keyword field with a column: of the matches sharing a value of it, only the best ranked
+    /// counts (as a hit, in `total` and in facets); matches without a value all count.
+    pub distinct: Option<String>,
 }
 
 enum LocalKey {
@@ -164,6 +167,20 @@ pub struct SegCollector {
     worst: Option<Cand>,
     facets: Vec<(Option<StrColumn>, HashMap<u64, u64>)>,
     scratch: Vec<u64>,
+    distinct: Option<SegDistinct>,
+}
+
+/// The best match of each value of the `distinct` field in one segment (by term ordinal).
+struct SegDistinct {
+    col: Option<StrColumn>,
+    groups: HashMap<u64, Cand>,
+}
+
+/// The best match of one `distinct` value in a segment, with its facet values.
+pub struct Group {
+    value: String,
+    hit: RankedHit,
+    facets: Vec<Vec<String>>,
 }
 
 impl Collector for RankCollector {
@@ -211,7 +228,24 @@ impl Collector for RankCollector {
         for name in &self.facet_fields {
             facets.push((ff.str(name)?, HashMap::new()));
         }
-        Ok(SegCollector { keep: self.keep, count: 0, segment_ord, keys, id_ords, id_dict, bound, cands: Vec::new(), worst: None, facets, scratch: Vec::new() })
+        let distinct = match &self.distinct {
+            Some(name) => Some(SegDistinct { col: ff.str(name)?, groups: HashMap::new() }),
+            None => None,
+        };
+        Ok(SegCollector {
+            keep: self.keep,
+            count: 0,
+            segment_ord,
+            keys,
+            id_ords,
+            id_dict,
+            bound,
+            cands: Vec::new(),
+            worst: None,
+            facets,
+            scratch: Vec::new(),
+            distinct,
+        })
     }
 
     fn requires_scoring(&self) -> bool {
@@ -224,7 +258,7 @@ impl Collector for RankCollector {
     /// over all segments. The hits are the same as visiting every match.
     fn collect_segment(&self, weight: &dyn Weight, segment_ord: u32, reader: &SegmentReader) -> tantivy::Result<tantivy::Result<SegFruit>> {
         let mut seg = self.for_segment(segment_ord, reader)?;
-        let prunable = seg.facets.is_empty() && seg.keep > 0 && matches!(seg.keys.as_slice(), [LocalKey::Score { desc: true }]);
+        let prunable = seg.facets.is_empty() && seg.distinct.is_none() && seg.keep > 0 && matches!(seg.keys.as_slice(), [LocalKey::Score { desc: true }]);
         if !prunable {
             match reader.alive_bitset() {
                 Some(alive) => weight.for_each(reader, &mut |doc, score| {
@@ -268,8 +302,21 @@ impl Collector for RankCollector {
 
     fn merge_fruits(&self, fruits: Vec<tantivy::Result<SegFruit>>) -> tantivy::Result<Ranked> {
         let mut ranked = Ranked { facets: vec![HashMap::new(); self.facet_fields.len()], ..Default::default() };
+        let mut best: HashMap<String, Group> = HashMap::new();
         for fruit in fruits {
-            let fruit = fruit?;
+            let mut fruit = fruit?;
+            for g in fruit.groups.drain(..) {
+                match best.entry(g.value.clone()) {
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(g);
+                    }
+                    std::collections::hash_map::Entry::Occupied(mut e) => {
+                        if cmp_hits(&self.spec, &g.hit, &e.get().hit) == Ordering::Less {
+                            e.insert(g);
+                        }
+                    }
+                }
+            }
             ranked.total += fruit.count;
             ranked.total_capped |= fruit.capped;
             ranked.hits.extend(fruit.hits);
@@ -277,6 +324,20 @@ impl Collector for RankCollector {
                 for (k, n) in from {
                     *into.entry(k).or_insert(0) += n;
                 }
+            }
+        }
+        // Each distinct value counts once, by its best match; the cursor applies after that, so a
+        // value shown on an earlier page never comes back with a worse match.
+        ranked.total += best.len() as u64;
+        let bound = self.cursor.as_deref().map(|c| cursor_hit(&self.spec, c));
+        for g in best.into_values() {
+            for (into, values) in ranked.facets.iter_mut().zip(g.facets) {
+                for v in values {
+                    *into.entry(v).or_insert(0) += 1;
+                }
+            }
+            if bound.as_ref().is_none_or(|b| cmp_hits(&self.spec, &g.hit, b) == Ordering::Greater) {
+                ranked.hits.push(g.hit);
             }
         }
         ranked.hits.sort_by(|a, b| cmp_hits(&self.spec, a, b));
@@ -303,6 +364,20 @@ fn count_up_to(weight: &dyn Weight, reader: &SegmentReader, budget: u64) -> tant
         doc = scorer.advance();
     }
     Ok((n, false))
+}
+
+/// Where a cursor points, as a hit (to compare hits with it by [`cmp_hits`]).
+fn cursor_hit(spec: &SortSpec, c: &Cursor) -> RankedHit {
+    let score = spec
+        .keys
+        .iter()
+        .zip(&c.values)
+        .find_map(|(k, v)| match (&k.kind, v) {
+            (SortKind::Score, SortValue::Score(bits)) => Some(f32::from_bits(*bits)),
+            _ => None,
+        })
+        .unwrap_or(0.0);
+    RankedHit { addr: DocAddress::new(0, 0), score, values: c.values.clone(), id: c.id.clone() }
 }
 
 /// The global order of hits from different segments.
@@ -344,6 +419,8 @@ pub struct SegFruit {
     capped: bool,
     hits: Vec<RankedHit>,
     facets: Vec<HashMap<String, u64>>,
+    /// With `distinct`: the best match of each value in this segment.
+    groups: Vec<Group>,
 }
 
 impl SegCollector {
@@ -356,28 +433,61 @@ impl SegCollector {
         }
     }
 
+    fn hit(&self, c: &Cand) -> tantivy::Result<RankedHit> {
+        let mut values = Vec::with_capacity(self.keys.len());
+        for (i, k) in self.keys.iter().enumerate() {
+            values.push(match (k, c.vals[i]) {
+                (LocalKey::Score { .. }, _) => SortValue::Score(c.score.to_bits()),
+                (_, None) => SortValue::Missing,
+                (LocalKey::Num { .. }, Some(v)) => SortValue::Num(v),
+                (LocalKey::Str { col: Some(col), .. }, Some(ord)) => {
+                    let mut s = String::new();
+                    col.ord_to_str(ord, &mut s)?;
+                    SortValue::Str(s)
+                }
+                (LocalKey::Str { col: None, .. }, Some(_)) => SortValue::Missing,
+            });
+        }
+        let mut bytes = Vec::new();
+        self.id_ords.id_bytes(&self.id_dict, c.id, &mut bytes)?;
+        Ok(RankedHit { addr: DocAddress::new(self.segment_ord, c.doc), score: c.score, values, id: String::from_utf8_lossy(&bytes).into_owned() })
+    }
+
+    /// The best match of each distinct value, with the facet values it counts under.
+    fn groups(&mut self) -> tantivy::Result<Vec<Group>> {
+        let Some(d) = self.distinct.take() else { return Ok(Vec::new()) };
+        let Some(col) = &d.col else { return Ok(Vec::new()) };
+        let mut out = Vec::with_capacity(d.groups.len());
+        for (ord, c) in &d.groups {
+            let mut value = String::new();
+            col.ord_to_str(*ord, &mut value)?;
+            let mut facets = Vec::with_capacity(self.facets.len());
+            for (fcol, _) in &self.facets {
+                let mut values: Vec<String> = Vec::new();
+                if let Some(fcol) = fcol {
+                    let mut ords: Vec<u64> = fcol.term_ords(c.doc).collect();
+                    ords.sort_unstable();
+                    ords.dedup();
+                    for o in ords {
+                        let mut s = String::new();
+                        if fcol.ord_to_str(o, &mut s)? {
+                            values.push(s);
+                        }
+                    }
+                }
+                facets.push(values);
+            }
+            out.push(Group { value, hit: self.hit(c)?, facets });
+        }
+        Ok(out)
+    }
+
     fn harvest_inner(mut self) -> tantivy::Result<SegFruit> {
         self.compact();
+        let groups = self.groups()?;
         let mut hits = Vec::with_capacity(self.cands.len());
-        let mut bytes = Vec::new();
         for c in &self.cands {
-            let mut values = Vec::with_capacity(self.keys.len());
-            for (i, k) in self.keys.iter().enumerate() {
-                values.push(match (k, c.vals[i]) {
-                    (LocalKey::Score { .. }, _) => SortValue::Score(c.score.to_bits()),
-                    (_, None) => SortValue::Missing,
-                    (LocalKey::Num { .. }, Some(v)) => SortValue::Num(v),
-                    (LocalKey::Str { col: Some(col), .. }, Some(ord)) => {
-                        let mut s = String::new();
-                        col.ord_to_str(ord, &mut s)?;
-                        SortValue::Str(s)
-                    }
-                    (LocalKey::Str { col: None, .. }, Some(_)) => SortValue::Missing,
-                });
-            }
-            bytes.clear();
-            self.id_ords.id_bytes(&self.id_dict, c.id, &mut bytes)?;
-            hits.push(RankedHit { addr: DocAddress::new(self.segment_ord, c.doc), score: c.score, values, id: String::from_utf8_lossy(&bytes).into_owned() });
+            hits.push(self.hit(c)?);
         }
         let mut facets = Vec::with_capacity(self.facets.len());
         for (col, counts) in &self.facets {
@@ -392,7 +502,23 @@ impl SegCollector {
             }
             facets.push(named);
         }
-        Ok(SegFruit { count: self.count, capped: false, hits, facets })
+        Ok(SegFruit { count: self.count, capped: false, hits, facets, groups })
+    }
+}
+
+impl SegCollector {
+    fn cand(&self, doc: DocId, score: Score) -> Cand {
+        let vals: Vec<Option<u64>> = self
+            .keys
+            .iter()
+            .map(|k| match k {
+                LocalKey::Score { .. } => None,
+                LocalKey::Num { col, .. } => col.as_ref().and_then(|c| c.first(doc)),
+                LocalKey::Str { col, .. } => col.as_ref().and_then(|c| c.ords().first(doc)),
+            })
+            .collect();
+        let id = self.id_ords.by_doc.get(doc as usize).copied().unwrap_or(u32::MAX);
+        Cand { vals, score, id, doc }
     }
 }
 
@@ -400,6 +526,22 @@ impl SegmentCollector for SegCollector {
     type Fruit = tantivy::Result<SegFruit>;
 
     fn collect(&mut self, doc: DocId, score: Score) {
+        if let Some(ord) = self.distinct.as_ref().and_then(|d| d.col.as_ref()).and_then(|c| c.ords().first(doc)) {
+            let cand = self.cand(doc, score);
+            let keys = &self.keys;
+            let Some(d) = self.distinct.as_mut() else { return };
+            match d.groups.entry(ord) {
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(cand);
+                }
+                std::collections::hash_map::Entry::Occupied(mut e) => {
+                    if cmp_cands(keys, &cand, e.get()) == Ordering::Less {
+                        e.insert(cand);
+                    }
+                }
+            }
+            return;
+        }
         self.count += 1;
         for (col, counts) in &mut self.facets {
             if let Some(col) = col {
@@ -422,17 +564,7 @@ impl SegmentCollector for SegCollector {
                 return;
             }
         }
-        let vals: Vec<Option<u64>> = self
-            .keys
-            .iter()
-            .map(|k| match k {
-                LocalKey::Score { .. } => None,
-                LocalKey::Num { col, .. } => col.as_ref().and_then(|c| c.first(doc)),
-                LocalKey::Str { col, .. } => col.as_ref().and_then(|c| c.ords().first(doc)),
-            })
-            .collect();
-        let id = self.id_ords.by_doc.get(doc as usize).copied().unwrap_or(u32::MAX);
-        let cand = Cand { vals, score, id, doc };
+        let cand = self.cand(doc, score);
         if let Some(b) = &self.bound {
             if cmp_to_bound(&self.keys, &cand, b) != Ordering::Greater {
                 return;
@@ -493,6 +625,7 @@ mod tests {
                 total_cap: self.total_cap,
                 counted: Default::default(),
                 floor: Default::default(),
+                distinct: self.distinct.clone(),
             }
         }
     }
@@ -548,6 +681,7 @@ mod tests {
                 total_cap: u64::MAX,
                 counted: Default::default(),
                 floor: Default::default(),
+                distinct: None,
             };
             let ranked = searcher.search(&query, &c).unwrap();
             if cursor.is_none() {

@@ -11,7 +11,9 @@ use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use tantivy::collector::TopDocs;
-use tantivy::query::{AllQuery, BooleanQuery, BoostQuery, ConstScoreQuery, EmptyQuery, FuzzyTermQuery, Occur, PhraseQuery, Query, TermQuery};
+use tantivy::query::{
+    AllQuery, BooleanQuery, BoostQuery, ConstScoreQuery, EmptyQuery, FuzzyTermQuery, Occur, PhrasePrefixQuery, PhraseQuery, Query, TermQuery,
+};
 use tantivy::schema::{Field, IndexRecordOption, Value as _};
 use tantivy::snippet::SnippetGenerator;
 use tantivy::{Searcher, TantivyDocument, Term};
@@ -20,6 +22,7 @@ use super::error::{shorten, ApiError, ApiResult};
 use super::filter;
 use super::query::{self, Clause, ParsedQuery};
 use super::ranking::{Cursor, IdOrdCache, RankCollector, SortSpec};
+use crate::pipeline::relevance::PrefixSearch;
 use crate::pipeline::{SearchField, SearchType};
 use crate::sink::tantivy::schema::{ID_FIELD, SOURCE_FIELD};
 use crate::sink::tantivy::SearchIndex;
@@ -66,6 +69,9 @@ pub struct SearchRequest {
     pub min_lsn: Option<String>,
     #[serde(default)]
     pub timeout_ms: Option<u64>,
+    /// At most one hit per value of this keyword field (default: the target's `distinct`).
+    #[serde(default)]
+    pub distinct: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -126,6 +132,7 @@ pub struct Plan {
     facets: Vec<(String, usize)>,
     highlight: Option<Highlight>,
     fields: Option<Vec<String>>,
+    distinct: Option<String>,
 }
 
 struct Highlight {
@@ -143,6 +150,20 @@ impl Plan {
     /// Checks a request against the index (every 4xx is decided here).
     pub fn new(req: SearchRequest, index: &SearchIndex) -> ApiResult<Plan> {
         let parsed = query::parse(req.q.as_deref().unwrap_or(""), |name| field(index, name).is_some());
+        let parsed = super::relevance::apply(parsed, &index.target.relevance);
+        let distinct = match req.distinct {
+            None => index.target.relevance.distinct.clone(),
+            Some(name) => {
+                if !field(index, &name).is_some_and(crate::pipeline::check::relevance::distinct_capable) {
+                    return Err(ApiError::bad_request(
+                        "invalid_distinct",
+                        format!("`{}` cannot be distinct: it must be a keyword field declared `facet`, `filterable` or `sortable`", shorten(&name)),
+                    )
+                    .with_field(&name));
+                }
+                Some(name)
+            }
+        };
         let filter = match &req.filter {
             None | Some(Value::Null) => None,
             Some(v) => {
@@ -210,7 +231,7 @@ impl Plan {
                 Some(Highlight { fields, pre, post, max_chars })
             }
         };
-        Ok(Plan { parsed, filter, sort, cursor, limit, offset, facets, highlight, fields: req.fields })
+        Ok(Plan { parsed, filter, sort, cursor, limit, offset, facets, highlight, fields: req.fields, distinct })
     }
 
     /// The tantivy query of `q` and `filter` (what [`Plan::run`] searches; also for aggregations
@@ -257,6 +278,7 @@ impl Plan {
             total_cap: TOTAL_EXACT_UP_TO,
             counted: Default::default(),
             floor: Default::default(),
+            distinct: self.distinct.clone(),
         };
         let mut ranked = searcher.search(&*query, &collector)?;
         let more = ranked.hits.len() > self.offset + self.limit;
@@ -422,7 +444,7 @@ fn term_query(term: &query::Term, index: &SearchIndex, expand: Option<&Searcher>
             }
             continue;
         };
-        if let Some(q) = field_query(decl, handle, &term.text, term.phrase, index, expand) {
+        if let Some(q) = field_query(decl, handle, term, index, expand) {
             alts.push(if (decl.boost - 1.0).abs() > f32::EPSILON { Box::new(BoostQuery::new(q, decl.boost)) } else { q });
         }
     }
@@ -475,17 +497,11 @@ fn expand_fuzzy(fuzzy: &FuzzyTermQuery, field: Field, searcher: &Searcher) -> Bo
     ))
 }
 
-/// The fuzzy distance actually used for a token: short tokens match exactly.
-fn fuzzy_distance(declared: u8, token: &str) -> u8 {
-    match token.chars().count() {
-        0..=2 => 0,
-        3..=5 => declared.min(1),
-        6..=64 => declared,
-        _ => 0,
-    }
-}
-
-fn field_query(decl: &SearchField, handle: Field, text: &str, phrase: bool, index: &SearchIndex, expand: Option<&Searcher>) -> Option<Box<dyn Query>> {
+fn field_query(decl: &SearchField, handle: Field, term: &query::Term, index: &SearchIndex, expand: Option<&Searcher>) -> Option<Box<dyn Query>> {
+    let text = term.text.as_str();
+    let relevance = &index.target.relevance;
+    let prefix = term.prefix && !term.phrase && relevance.prefix_search == PrefixSearch::LastWord;
+    let phrase = term.phrase;
     match decl.ty {
         SearchType::Text => {
             let tokens = analyze(index, handle, text);
@@ -494,20 +510,26 @@ fn field_query(decl: &SearchField, handle: Field, text: &str, phrase: bool, inde
                 1 => {
                     let term = Term::from_field_text(handle, &tokens[0].1);
                     let exact: Box<dyn Query> = Box::new(TermQuery::new(term.clone(), IndexRecordOption::WithFreqs));
-                    let distance = if phrase { 0 } else { fuzzy_distance(decl.fuzzy, &tokens[0].1) };
-                    if distance == 0 {
+                    // Typos by the length of the word as typed; a phrase or a synonym is exact.
+                    let typos = if phrase { 0 } else { relevance.typo_tolerance.typos(decl, text) };
+                    if typos == 0 && !prefix {
                         return Some(exact);
                     }
-                    let fuzzy = FuzzyTermQuery::new(term, distance, true);
+                    let fuzzy = if prefix { FuzzyTermQuery::new_prefix(term, typos, true) } else { FuzzyTermQuery::new(term, typos, true) };
                     let fuzzy: Box<dyn Query> = match expand {
                         None => Box::new(fuzzy),
                         Some(searcher) => expand_fuzzy(&fuzzy, handle, searcher),
                     };
+                    // Exact matches score as words do; typo and prefix matches only add a constant.
                     Some(Box::new(BooleanQuery::new(vec![(Occur::Should, exact), (Occur::Should, fuzzy)])))
                 }
                 _ => {
                     let first = tokens[0].0;
-                    let terms = tokens.into_iter().map(|(p, t)| (p.saturating_sub(first), Term::from_field_text(handle, &t))).collect();
+                    let terms: Vec<(usize, Term)> = tokens.into_iter().map(|(p, t)| (p.saturating_sub(first), Term::from_field_text(handle, &t))).collect();
+                    if prefix && expand.is_none() {
+                        // `e-mai`: the words of the chunk in a row, the last one a prefix.
+                        return Some(Box::new(PhrasePrefixQuery::new_with_offset(terms)));
+                    }
                     Some(Box::new(PhraseQuery::new_with_offset(terms)))
                 }
             }
@@ -558,7 +580,12 @@ pub(crate) mod tests {
 
     /// An in-memory index of `n` films, committed in several segments.
     pub(crate) fn films(n: u64) -> SearchIndex {
-        let p = crate::pipeline::check::check(std::path::Path::new("films.yaml"), PIPELINE).unwrap();
+        films_with(n, "")
+    }
+
+    /// `films`, with more keys on the search target (relevance settings).
+    pub(crate) fn films_with(n: u64, target_yaml: &str) -> SearchIndex {
+        let p = crate::pipeline::check::check(std::path::Path::new("films.yaml"), &format!("{PIPELINE}{target_yaml}")).unwrap();
         let target = p.search[0].clone();
         let schema = build_schema(&target);
         let index = Index::create_in_ram(schema.clone());
@@ -590,12 +617,12 @@ pub(crate) mod tests {
         SearchIndex { name: "films".into(), generation: 1, index, reader, schema, target }
     }
 
-    fn run(index: &SearchIndex, req: Value) -> ApiResult<SearchResponse> {
+    pub(crate) fn run(index: &SearchIndex, req: Value) -> ApiResult<SearchResponse> {
         let req: SearchRequest = serde_json::from_value(req).unwrap();
         Plan::new(req, index)?.run(index, &IdOrdCache::default(), None)
     }
 
-    fn ids(r: &SearchResponse) -> Vec<String> {
+    pub(crate) fn ids(r: &SearchResponse) -> Vec<String> {
         r.hits.iter().map(|h| h.id.clone()).collect()
     }
 

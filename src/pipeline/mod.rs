@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod model;
+pub mod relevance;
 pub mod sql;
 pub mod yaml;
 

@@ -129,6 +129,10 @@ pub struct SearchTarget {
     pub id: String,
     pub fields: Vec<SearchField>,
     pub default_search_fields: Vec<String>,
+    /// Query-time settings (synonyms, stop words, prefix search, typos, distinct): not part of
+    /// the index, so not of its definition hash either.
+    #[serde(skip)]
+    pub relevance: crate::pipeline::relevance::Relevance,
 }
 
 /// The analyzers a `text` field may name: these, or a stemmer language of [`STEMMER_LANGUAGES`].
@@ -203,7 +207,14 @@ pub struct SearchField {
     pub sortable: bool,
     pub boost: f32,
     pub highlight: bool,
-    pub fuzzy: u8,
+    /// The declared `fuzzy`: the most typos a word may have in this field (`None`: as many as
+    /// the target's typo tolerance allows). Hashed as before it was optional (absent = 0).
+    #[serde(serialize_with = "zero_if_none")]
+    pub fuzzy: Option<u8>,
+}
+
+fn zero_if_none<S: serde::Serializer>(v: &Option<u8>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u8(v.unwrap_or(0))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -18,6 +18,7 @@ use super::search::{filterable_attributes, sortable_attributes};
 use super::{blocking, index_of, query_pairs, token};
 use crate::http::filter::{compile, Filter, Op};
 use crate::http::AppState;
+use crate::pipeline::relevance::PrefixSearch;
 use crate::pipeline::SearchType;
 use crate::sink::tantivy::SearchIndex;
 
@@ -130,35 +131,42 @@ async fn global_stats(State(state): State<AppState>) -> MeiliResult<Response> {
 /// The index's settings, as the pipeline file declares them.
 pub fn settings(index: &SearchIndex) -> Value {
     let fields = &index.target.fields;
-    let typo_fields: Vec<&str> = fields.iter().filter(|f| f.ty == SearchType::Text && f.fuzzy > 0).map(|f| f.name.as_str()).collect();
-    let exact_fields: Vec<&str> = fields.iter().filter(|f| f.ty == SearchType::Text && f.fuzzy == 0).map(|f| f.name.as_str()).collect();
+    let rel = &index.target.relevance;
+    let typos = &rel.typo_tolerance;
+    // Text fields declared `fuzzy: 0` are exact too.
+    let mut exact_fields: Vec<&str> = typos.disable_on_attributes.iter().map(String::as_str).collect();
+    for f in fields.iter().filter(|f| f.ty == SearchType::Text && f.fuzzy == Some(0)) {
+        if !exact_fields.contains(&f.name.as_str()) {
+            exact_fields.push(&f.name);
+        }
+    }
     json!({
         "displayedAttributes": ["*"],
         "searchableAttributes": index.target.default_search_fields,
         "filterableAttributes": filterable_attributes(index),
         "sortableAttributes": sortable_attributes(index),
         "rankingRules": ["sort", "words", "attribute"],
-        "stopWords": [],
+        "stopWords": rel.stop_words,
         "nonSeparatorTokens": [],
         "separatorTokens": [],
         "dictionary": [],
-        "synonyms": {},
-        "distinctAttribute": null,
+        "synonyms": rel.synonyms,
+        "distinctAttribute": rel.distinct,
         "proximityPrecision": "byWord",
-        // deriver's fuzzy matching: 1 typo from 3 letters, the declared `fuzzy` from 6.
         "typoTolerance": {
-            "enabled": !typo_fields.is_empty(),
-            "minWordSizeForTypos": { "oneTypo": 3, "twoTypos": 6 },
-            "disableOnWords": [],
+            "enabled": typos.enabled,
+            "minWordSizeForTypos": { "oneTypo": typos.one_typo, "twoTypos": typos.two_typos },
+            "disableOnWords": typos.disable_on_words,
             "disableOnAttributes": exact_fields,
-            "disableOnNumbers": true,
+            "disableOnNumbers": typos.disable_on_numbers,
         },
         "faceting": { "maxValuesPerFacet": MAX_VALUES_PER_FACET, "sortFacetValuesBy": { "*": "alpha" } },
         "pagination": { "maxTotalHits": MAX_TOTAL_HITS },
         "searchCutoffMs": null,
         "localizedAttributes": null,
         "facetSearch": true,
-        "prefixSearch": "disabled",
+        // deriver matches prefixes at query time; Meilisearch's name for "on".
+        "prefixSearch": if rel.prefix_search == PrefixSearch::LastWord { "indexingTime" } else { "disabled" },
         "embedders": {},
     })
 }
@@ -288,7 +296,11 @@ mod tests {
         assert_eq!(s["filterableAttributes"], json!(["rating", "rate", "year", "tags"]));
         assert_eq!(s["sortableAttributes"], json!(["rate", "year"]));
         assert_eq!(s["searchableAttributes"], json!(["title", "description"]));
-        assert_eq!(s["typoTolerance"]["disableOnAttributes"], json!(["description"]));
+        assert_eq!(s["typoTolerance"]["disableOnAttributes"], json!([]));
+        assert_eq!(s["typoTolerance"]["enabled"], json!(true));
+        assert_eq!(s["typoTolerance"]["minWordSizeForTypos"], json!({ "oneTypo": 5, "twoTypos": 9 }));
+        assert_eq!((s["synonyms"].clone(), s["stopWords"].clone(), s["distinctAttribute"].clone()), (json!({}), json!([]), Value::Null));
+        assert_eq!(s["prefixSearch"], "indexingTime");
         let st = stats(&idx).unwrap();
         assert_eq!(st["numberOfDocuments"], 9);
         assert_eq!(st["fieldDistribution"]["rating"], 9);

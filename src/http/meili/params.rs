@@ -46,6 +46,8 @@ pub struct SearchParams {
     pub show_ranking_score: bool,
     pub ranking_score_threshold: Option<f64>,
     pub matching_strategy: Option<MatchingStrategy>,
+    /// Overrides the index's `distinctAttribute` for this search.
+    pub distinct: Option<String>,
     /// deriver's read-your-writes: the LSN the index must have applied (also the header
     /// `X-Deriver-Min-Lsn`), and how long to wait for it.
     pub min_lsn: Option<String>,
@@ -234,7 +236,8 @@ impl SearchParams {
                         }
                     }
                 }
-                "distinct" | "vector" | "hybrid" | "locales" => {
+                "distinct" => p.distinct = string_of(name, v)?,
+                "vector" | "hybrid" | "locales" => {
                     if !v.is_null() {
                         return Err(MeiliError::bad_request(code_of(name), format!("`{name}` is not supported by deriver's Meilisearch-compatible API.")));
                     }
@@ -335,6 +338,8 @@ mod tests {
     fn reads_parameters_and_windows() {
         let p = SearchParams::from_object(&obj(json!({ "q": "x", "limit": 5, "offset": 2, "facets": ["a"], "showRankingScore": true })), &[]).unwrap();
         assert_eq!((p.q.as_deref(), p.window(), p.paged(), p.show_ranking_score), (Some("x"), (2, 5), false, true));
+        let p = SearchParams::from_object(&obj(json!({ "distinct": "family" })), &[]).unwrap();
+        assert_eq!(p.distinct.as_deref(), Some("family"));
         let p = SearchParams::from_object(&obj(json!({ "hitsPerPage": 10, "page": 3 })), &[]).unwrap();
         assert_eq!((p.window(), p.paged()), ((20, 10), true));
         let p = SearchParams::from_object(&obj(json!({ "page": 0 })), &[]).unwrap();
@@ -358,7 +363,8 @@ mod tests {
             (json!({ "matchingStrategy": "some" }), "invalid_search_matching_strategy"),
             (json!({ "showMatchesPosition": "yes" }), "invalid_search_show_matches_position"),
             (json!({ "rankingScoreThreshold": 2 }), "invalid_search_ranking_score_threshold"),
-            (json!({ "distinct": "title" }), "invalid_search_distinct"),
+            (json!({ "distinct": 3 }), "invalid_search_distinct"),
+            (json!({ "hybrid": { "embedder": "x" } }), "invalid_search_hybrid_query"),
             (json!({ "nope": 1 }), "bad_request"),
             (json!({ "indexUid": "films" }), "bad_request"),
         ] {

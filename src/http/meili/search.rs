@@ -114,14 +114,36 @@ pub fn combined_filter(index: &SearchIndex, filter: Option<&Value>, tenant: Opti
     })
 }
 
-fn request(q: Option<String>, filter: Option<Value>, sort: Option<Vec<String>>, offset: usize, limit: usize, facets: &[String]) -> SearchRequest {
+fn request(q: Option<String>, filter: Option<Value>, params: &SearchParams, offset: usize, limit: usize, facets: &[String]) -> SearchRequest {
     let facets: IndexMap<String, FacetRequest> = facets.iter().map(|f| (f.clone(), FacetRequest { size: Some(crate::http::search::MAX_FACET_SIZE) })).collect();
-    SearchRequest { q, filter, sort, limit: Some(limit), offset: Some(offset), facets: (!facets.is_empty()).then_some(facets), ..SearchRequest::default() }
+    SearchRequest {
+        q,
+        filter,
+        sort: params.sort.clone(),
+        limit: Some(limit),
+        offset: Some(offset),
+        facets: (!facets.is_empty()).then_some(facets),
+        distinct: params.distinct.clone(),
+        ..SearchRequest::default()
+    }
 }
 
 impl Prepared {
     pub fn new(index: Arc<SearchIndex>, params: SearchParams, tenant_filter: Option<&Value>) -> MeiliResult<Prepared> {
         let filter = combined_filter(&index, params.filter.as_ref(), tenant_filter, "invalid_search_filter")?;
+        if let Some(name) = &params.distinct {
+            if !decl(&index, name).is_some_and(crate::pipeline::check::relevance::distinct_capable) {
+                let available = index.target.fields.iter().filter(|f| crate::pipeline::check::relevance::distinct_capable(f)).map(|f| f.name.clone());
+                return Err(MeiliError::bad_request(
+                    "invalid_search_distinct",
+                    format!(
+                        "Attribute `{}` cannot be used as distinct attribute: deriver needs a keyword attribute declared `facet`, `filterable` or `sortable`. Available distinct attributes are: {}.",
+                        shorten(name),
+                        names(available)
+                    ),
+                ));
+            }
+        }
         if let Some(sort) = &params.sort {
             for item in sort {
                 let name = item.rsplit_once(':').map_or(item.as_str(), |(n, _)| n).trim();
@@ -196,7 +218,7 @@ impl Prepared {
             }
         }
         let (offset, limit) = params.window();
-        let plan = Plan::new(request(params.q.clone(), filter.clone(), params.sort.clone(), offset, limit, &counted), &index)
+        let plan = Plan::new(request(params.q.clone(), filter.clone(), &params, offset, limit, &counted), &index)
             .map_err(|e| MeiliError::from_api(e, Context::Search))?;
         Ok(Prepared { index, params, filter, offset, limit, counted, stats, highlight, crop, plan })
     }
@@ -259,7 +281,7 @@ impl Prepared {
         }
         for keep in (1..words.len()).rev() {
             let q = words[..keep].join(" ");
-            let req = request(Some(q), self.filter.clone(), self.params.sort.clone(), self.offset, self.limit, &self.counted);
+            let req = request(Some(q), self.filter.clone(), &self.params, self.offset, self.limit, &self.counted);
             let plan = Plan::new(req, &self.index).map_err(|e| MeiliError::from_api(e, Context::Search))?;
             let resp = plan.run(&self.index, cache, None).map_err(|e| MeiliError::from_api(e, Context::Search))?;
             if resp.total.value > 0 || keep == 1 {

@@ -10,6 +10,7 @@ mod fields;
 mod join;
 mod names;
 mod relations;
+pub mod relevance;
 mod targets;
 mod test_cases;
 

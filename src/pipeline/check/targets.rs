@@ -9,7 +9,8 @@ use crate::pipeline::yaml::{Key, Node, Value};
 use crate::pipeline::{KeyTemplate, RedisTarget, RedisType, SearchField, SearchTarget, SearchType};
 
 pub(super) fn check_search(c: &mut Checker, node: &Node, pipeline: &str, field_names: &HashSet<String>) -> Option<SearchTarget> {
-    let entries = c.map(node, "a search target", &["index", "id", "fields", "default_search_fields"])?;
+    let allowed: Vec<&str> = ["index", "id", "fields", "default_search_fields"].into_iter().chain(super::relevance::KEYS).collect();
+    let entries = c.map(node, "a search target", &allowed)?;
     let index = match get(entries, "index") {
         None => pipeline.to_string(),
         Some(n) => {
@@ -65,7 +66,8 @@ pub(super) fn check_search(c: &mut Checker, node: &Node, pipeline: &str, field_n
             list.into_iter().map(|(s, _)| s).collect()
         }
     };
-    Some(SearchTarget { index, id, fields, default_search_fields })
+    let relevance = super::relevance::check(c, entries, &fields);
+    Some(SearchTarget { index, id, fields, default_search_fields, relevance })
 }
 
 fn check_search_field(c: &mut Checker, key: &Key, node: &Node) -> Option<SearchField> {
@@ -118,12 +120,12 @@ fn check_search_field(c: &mut Checker, key: &Key, node: &Node) -> Option<SearchF
         },
     };
     let fuzzy = match get(entries, "fuzzy") {
-        None => 0,
+        None => None,
         Some(n) => match n.value {
-            Value::Int(i @ 0..=2) => i as u8,
+            Value::Int(i @ 0..=2) => Some(i as u8),
             _ => {
                 c.err(n.pos, "`fuzzy` is a maximum edit distance: 0, 1 or 2");
-                0
+                None
             }
         },
     };
@@ -145,7 +147,7 @@ fn check_search_field(c: &mut Checker, key: &Key, node: &Node) -> Option<SearchF
     if highlight && !stored {
         c.err(key.pos, format!("{what}: `highlight` needs `stored: true`"));
     }
-    if fuzzy > 0 && ty != SearchType::Text {
+    if fuzzy.is_some_and(|f| f > 0) && ty != SearchType::Text {
         c.err(key.pos, format!("{what}: `fuzzy` needs `type: text`"));
     }
     Some(SearchField { name: key.name.clone(), ty, analyzer, stored, facet, filterable, sortable, boost, highlight, fuzzy })
