@@ -12,7 +12,7 @@ use super::batch::Batch;
 use super::derive::{derive_keys, KeyTuple};
 use super::dirty::DirtyKeys;
 use super::failpoint::failpoint;
-use super::pipeline::note_rejects;
+use super::pipeline::{note_rejects, PipelineRt};
 use super::reindex;
 use super::status::{sink_kind, ChangeNotice};
 use super::worker::Worker;
@@ -255,6 +255,24 @@ impl Worker {
         Ok(n)
     }
 
+    /// A pipeline a reload started whose dependency ledger is new or was kept for other joins:
+    /// fills it from a snapshot taken now, at `at` (the stream's changes after `at` are staged
+    /// onto it as the worker applies them; the pipeline's background rebuild re-derives what a
+    /// probe may have missed meanwhile).
+    pub(super) async fn fill_ledger(&mut self, at: Lsn) -> Result<()> {
+        if self.p.ledger().is_none() {
+            return Ok(());
+        }
+        let client = pg::connect(self.ctx.cfg.postgres_url()?).await?;
+        client.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").await?;
+        let ledger = self.p.ledger().expect("a ledger");
+        ledger.discard_staged();
+        ledger.begin(at, BatchMode::Replace).await?;
+        stage_ledger_rows(&mut self.p, &client).await?;
+        client.batch_execute("COMMIT").await?;
+        self.p.ledger().expect("a ledger").commit().await
+    }
+
     /// Derives every record in `client`'s open transaction and replaces the sinks' content,
     /// checkpointed at `lsn`.
     pub(super) async fn bulk_derive(&mut self, client: &Client, lsn: Lsn) -> Result<()> {
@@ -271,20 +289,7 @@ impl Worker {
             }
         }
         // The ledger's rows come from the same snapshot.
-        let ledger_sql: Vec<(usize, usize, String)> =
-            p.deps.iter().enumerate().filter(|(_, d)| d.needs_ledger).map(|(di, d)| (di, d.identity.len(), d.ledger_sql())).collect();
-        for (di, n_ident, sql) in ledger_sql {
-            let rows = client.query(sql.as_str(), &[]).await.map_err(Error::from)?;
-            let ledger = p.ledger().ok_or_else(|| Error::fatal("the ledger is not open"))?;
-            for r in rows {
-                let vals: Vec<Option<String>> = (0..r.len()).map(|c| r.get(c)).collect();
-                let ident: Option<Vec<String>> = vals[..n_ident].iter().cloned().collect();
-                let this: Option<Vec<String>> = vals[n_ident..].iter().cloned().collect();
-                if let (Some(ident), Some(this)) = (ident, this) {
-                    ledger.load(di, ident, this);
-                }
-            }
-        }
+        stage_ledger_rows(p, client).await?;
         client.batch_execute("SAVEPOINT deriver_bulk").await?;
         // The active sinks go to their writer tasks for the bulk load and come back after it.
         let mut slots: Vec<Option<AnySink>> = std::mem::take(&mut p.sinks).into_iter().map(Some).collect();
@@ -448,6 +453,26 @@ fn visible_in(xid: u32, xmin: u64, xmax: u64, running: &[u64]) -> bool {
         full -= 1 << 32;
     }
     full < xmin || (full < xmax && !running.contains(&full))
+}
+
+/// Stages every row of the pipeline's ledgered relations (identity, join values), as
+/// `client`'s open transaction sees them, into its ledger.
+async fn stage_ledger_rows(p: &mut PipelineRt, client: &Client) -> Result<()> {
+    let ledger_sql: Vec<(usize, usize, String)> =
+        p.deps.iter().enumerate().filter(|(_, d)| d.needs_ledger).map(|(di, d)| (di, d.identity.len(), d.ledger_sql())).collect();
+    for (di, n_ident, sql) in ledger_sql {
+        let rows = client.query(sql.as_str(), &[]).await.map_err(Error::from)?;
+        let ledger = p.ledger().ok_or_else(|| Error::fatal("the ledger is not open"))?;
+        for r in rows {
+            let vals: Vec<Option<String>> = (0..r.len()).map(|c| r.get(c)).collect();
+            let ident: Option<Vec<String>> = vals[..n_ident].iter().cloned().collect();
+            let this: Option<Vec<String>> = vals[n_ident..].iter().cloned().collect();
+            if let (Some(ident), Some(this)) = (ident, this) {
+                ledger.load(di, ident, this);
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -369,6 +369,19 @@ impl Starter {
         };
         let def = &w.p.def;
         w.rewrite_redis = old_def.as_ref().is_some_and(|o| o.redis_hash() != def.redis_hash()) && !def.redis.is_empty();
+        if old_def.as_ref().is_none_or(|o| o.ledger_hash() != def.ledger_hash()) {
+            let at = wiring.start;
+            if let Err(e) = w.fill_ledger(at).await {
+                error!(pipeline = %name, error = %e, "reload: the pipeline's dependency ledger could not be filled");
+                shared.update(|doc| {
+                    if let Some(p) = doc.pipelines.iter_mut().find(|p| p.name == name) {
+                        p.state = "failed".into();
+                        p.error = Some(format!("could not start: {e}"));
+                    }
+                });
+                return Ok(());
+            }
+        }
         w.index = self.slot;
         shared.meter_register(&w.p);
         let entry = super::status_entry(&w.p, &self.ctx.dead, if self.state == "starting" { "streaming" } else { self.state }, None);

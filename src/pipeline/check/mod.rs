@@ -249,7 +249,14 @@ pub fn check(file: &Path, text: &str) -> Result<Pipeline, Vec<Diagnostic>> {
 
 /// sha256 over the normalized definition (serde form skips description, owner, tests, file).
 pub fn definition_hash(p: &Pipeline) -> String {
-    let json = serde_json::to_string(p).expect("a pipeline serializes");
+    let mut json = serde_json::to_string(p).expect("a pipeline serializes");
+    // Query-time relevance settings are not part of any index's definition (no rebuild), but
+    // they are part of the pipeline's: a reload applies them. Defaults leave the hash as it was.
+    let relevance: Vec<(&str, &crate::pipeline::relevance::Relevance)> =
+        p.search.iter().filter(|t| t.relevance != Default::default()).map(|t| (t.index.as_str(), &t.relevance)).collect();
+    if !relevance.is_empty() {
+        json.push_str(&serde_json::to_string(&relevance).expect("relevance settings serialize"));
+    }
     hex::encode(Sha256::digest(json.as_bytes()))
 }
 
