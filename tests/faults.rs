@@ -78,16 +78,40 @@ fn poison_records_become_dead_letters_and_are_retried() {
     assert!(out.contains("items: 1 dead letter(s)") && out.contains("key 3"), "{out}");
 }
 
+/// `on_error: stop` stops that pipeline (state `failed`, the reason in status), not the others;
+/// the slot stays held at what it applied; `deriver apply` resumes it once the cause is fixed.
 #[test]
-fn on_error_stop_stops_the_daemon_with_the_reason() {
+fn on_error_stop_stops_the_pipeline_with_the_reason_and_apply_resumes_it() {
     let mut w = items_world("onerrorstop", "on_error: stop\n");
     w.setup();
     w.start();
-    w.catch_up(&["items"], &["items"]);
+    w.catch_up(&["items", "actors"], &["items", "actors"]);
+    let before = w.redis_applied("items").unwrap();
     w.sql("UPDATE item SET d = 0 WHERE id = 7");
-    let (code, log) = w.wait_exit(Duration::from_secs(30));
-    assert_ne!(code, 0);
-    assert!(log.contains("rejected key 7") && log.contains("on_error: stop"), "{log}");
+    wait_for("the pipeline to fail", Duration::from_secs(30), || pipeline(&status(&w), "items")["state"] == "failed");
+    let doc = status(&w);
+    let error = pipeline(&doc, "items")["error"].as_str().unwrap().to_string();
+    assert!(error.contains("rejected key 7") && error.contains("on_error: stop"), "{error}");
+    assert!(w.log_text().contains("the pipeline stopped; the other pipelines go on"), "{}", w.log_text());
+    // The other pipeline goes on.
+    w.sql("UPDATE actor SET first_name = 'STILL' WHERE actor_id = 3");
+    w.catch_up(&["actors"], &["actors"]);
+    assert_eq!(w.redis_hgetall("actor:3")["first_name"], "STILL");
+    assert_eq!(pipeline(&status(&w), "actors")["state"], "streaming");
+    // Nothing of the failed pipeline passed its failing change, and the slot is held for it.
+    assert!(w.redis_applied("items").unwrap() < w.current_lsn());
+    assert!(w.redis_applied("items").unwrap() >= before);
+    let url = format!("http://127.0.0.1:{}/readyz?pipeline=items", w.http_port);
+    assert_eq!(reqwest::blocking::get(url).unwrap().status().as_u16(), 503);
+    // Fixed at the source: a reload starts it again from its checkpoint, and it converges.
+    w.sql("UPDATE item SET d = 1 WHERE id = 7");
+    let (code, out, err) = w.run_cli(&["apply"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    w.catch_up(&["items", "actors"], &["items", "actors"]);
+    assert_eq!(pipeline(&status(&w), "items")["state"], "streaming");
+    let view: serde_json::Value = serde_json::from_str(&w.redis_get("item:7").unwrap()).unwrap();
+    assert_eq!(view["ratio"], 100);
+    assert_eq!(w.stop(), 0, "{}", w.log_text());
 }
 
 #[test]

@@ -230,3 +230,31 @@ fn a_pipeline_added_live_follows_changes_to_its_dependencies_from_the_start() {
     assert_eq!(code, 0, "no drift after the live addition:\n{out}\n{err}");
     assert_eq!(w.stop(), 0, "{}", w.log_text());
 }
+
+/// `ALTER TABLE … TYPE` rewrites rows without streaming them: a pipeline reading the column
+/// re-derives its records in the background (a new generation, views rewritten), without a row
+/// changing afterwards; the other pipeline is not touched.
+#[test]
+fn a_column_type_change_re_derives_the_pipelines_that_read_it() {
+    let mut w = World::new("retype");
+    w.sql("CREATE TABLE note (id int PRIMARY KEY, body text); INSERT INTO note SELECT g, 'note ' || g FROM generate_series(1, 20) g");
+    w.sql("CREATE TABLE item (id int PRIMARY KEY, title text, price numeric(10,2), unread int); INSERT INTO item SELECT g, 'item ' || g, g + 0.5, g FROM generate_series(1, 100) g");
+    w.add_pipeline("notes", NOTES);
+    w.add_pipeline("items", ITEMS);
+    w.setup();
+    w.start();
+    w.catch_up(&["items"], &["items", "notes"]);
+    let generation = |w: &World, index: &str| -> u64 { std::fs::read_to_string(w.index_dir().join(index).join("CURRENT")).unwrap().trim().parse().unwrap() };
+    let (items_gen, notes_gen) = (generation(&w, "items"), generation(&w, "notes"));
+    assert!(w.redis_get("item:1").unwrap().contains("\"price\":1.50"), "{:?}", w.redis_get("item:1"));
+    w.sql("ALTER TABLE item ALTER COLUMN price TYPE float8");
+    wait_for("the views to show the new type", Duration::from_secs(60), || {
+        assert_alive(&mut w);
+        w.redis_get("item:1").unwrap().contains("\"price\":1.5}") && generation(&w, "items") > items_gen
+    });
+    assert!(w.redis_get("item:100").unwrap().contains("\"price\":100.5}"));
+    assert_eq!(w.index_docs("items").len(), 100);
+    assert_eq!(generation(&w, "notes"), notes_gen, "a pipeline that does not read the table is not touched");
+    assert!(w.log_text().contains("changed type, which pipeline `items` reads"), "{}", w.log_text());
+    assert_eq!(w.stop(), 0, "{}", w.log_text());
+}

@@ -24,7 +24,9 @@ mod rebuild;
 pub mod reindex;
 pub mod reload;
 pub mod retry;
+pub mod schema;
 pub mod source_task;
+mod source_watch;
 pub mod status;
 pub mod worker;
 pub mod worker_state;
@@ -272,6 +274,7 @@ impl Daemon {
                 reads,
                 last_sent: Lsn::ZERO,
                 gone: false,
+                sql: w.p.sql.keyed.clone(),
             }));
             let wiring = Wiring { rx, passed: passed_rx.clone(), admin, progress: progress_tx, start, epoch: 1 };
             tasks.spawn(async move { (i, w.run(wiring).await) });
@@ -297,6 +300,7 @@ impl Daemon {
             planned_rx,
             reopen_tx,
             reopen_rx,
+            columns: Default::default(),
         };
         info!(%start, "streaming from the replication slot");
         on_streaming();

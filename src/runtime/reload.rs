@@ -138,6 +138,12 @@ fn rebuilds(old: Option<&Pipeline>, new: &Pipeline) -> bool {
 }
 
 impl SourceTask {
+    /// (name, definition hash) of every pipeline with a worker place; a failed pipeline counts as
+    /// changed, so that a reload starts it again.
+    fn running(&self) -> Vec<(String, String)> {
+        self.workers.iter().flatten().map(|w| (w.name.clone(), if w.gone { String::new() } else { w.def.hash.clone() })).collect()
+    }
+
     /// A reload was asked for: a task reads and checks the files beside the stream; the source
     /// task switches to the result between two transactions (`switch`).
     pub(super) fn begin_reload(&mut self, reply: ReloadReply) {
@@ -146,7 +152,7 @@ impl SourceTask {
             return;
         }
         self.reloading = true;
-        let running: Vec<(String, String)> = self.workers.iter().flatten().map(|w| (w.name.clone(), w.def.hash.clone())).collect();
+        let running: Vec<(String, String)> = self.running();
         let tx = self.planned_tx.clone();
         let cfg = self.cfg.clone();
         tokio::spawn(async move {
@@ -171,7 +177,7 @@ impl SourceTask {
             }
         };
         // The running set changed meanwhile (a pipeline's worker stopped): plan again.
-        let running: Vec<(String, String)> = self.workers.iter().flatten().map(|w| (w.name.clone(), w.def.hash.clone())).collect();
+        let running: Vec<(String, String)> = self.running();
         let now = plan(
             &running.iter().map(|(n, h)| (n.as_str(), h.as_str())).collect::<Vec<_>>(),
             &defs.iter().map(|d| (d.name.as_str(), d.hash.as_str())).collect::<Vec<_>>(),
@@ -221,6 +227,7 @@ impl SourceTask {
             let name = c.def.name.clone();
             let (key_pos, placed) = c.place(&mut interest, slot);
             let reads = assemble::wal_reads(&c);
+            let sql = c.sql.keyed.clone();
             let previous = stopping.remove(&name);
             let rebuilding = rebuilds(previous.as_ref().map(|(d, _, _)| d), &c.def);
             if rebuilding {
@@ -258,6 +265,7 @@ impl SourceTask {
                 reads,
                 last_sent: start,
                 gone: false,
+                sql,
             };
             self.workers.push(Some(handle));
         }

@@ -15,11 +15,11 @@ use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::error_policy::{self, Action};
+use super::error_policy;
 use super::failpoint::failpoint;
 use super::pipeline::Route;
 use super::retry::Retry;
-use super::status::{AdminRequest, Shared, SlotStatus};
+use super::status::{AdminRequest, Shared};
 use super::worker::{change_bytes, Admin, Feed, Input, Progress};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -41,6 +41,8 @@ pub struct WorkerHandle {
     pub reads: Vec<(TableName, Vec<String>)>,
     /// The end of the last transaction handed to it.
     pub last_sent: Lsn,
+    /// Its derivation SQL (which columns it reads, for schema changes).
+    pub sql: String,
     /// Its queue closed without being asked to (it failed to start or stopped with an error):
     /// nothing is sent to it any more; its task's outcome says what happens next.
     pub gone: bool,
@@ -78,6 +80,8 @@ pub struct SourceTask {
     /// A worker a reload started asks for the stream to be replayed from the checkpoints.
     pub reopen_tx: mpsc::UnboundedSender<()>,
     pub reopen_rx: mpsc::UnboundedReceiver<()>,
+    /// The columns (and types) of every table pipelines read, as last seen.
+    pub columns: super::schema::Columns,
 }
 
 impl SourceTask {
@@ -184,6 +188,10 @@ impl SourceTask {
         ack_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         status_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_pub_check = Instant::now();
+        if self.columns.is_empty() {
+            // What the tables look like as streaming starts: later checks compare with it.
+            self.check_schema().await;
+        }
         // The open transaction's xid, and the workers it was handed to so far.
         let mut xid = 0u32;
         let mut began: Vec<usize> = Vec::new();
@@ -195,10 +203,10 @@ impl SourceTask {
                 Some(joined) = self.tasks.join_next() => {
                     // A worker stops with the daemon, when a reload stops its pipeline, or with
                     // an error deriver must stop for.
-                    let slot = joined.as_ref().ok().map(|(slot, _)| *slot);
-                    flatten(joined)?;
-                    if let Some(slot) = slot {
-                        self.ended_on_its_own(slot);
+                    match joined {
+                        Ok((slot, Ok(()))) => self.ended_on_its_own(slot),
+                        Ok((slot, Err(e))) => self.worker_failed(slot, e)?,
+                        Err(e) => return Err(Error::fatal("a pipeline worker panicked").with_detail(e)),
                     }
                 }
                 Some(req) = self.admin_rx.recv() => {
@@ -222,6 +230,7 @@ impl SourceTask {
                     self.refresh_server_status().await;
                     if last_pub_check.elapsed() >= Duration::from_secs(5) {
                         self.check_publication().await?;
+                        self.check_schema().await;
                         last_pub_check = Instant::now();
                     }
                 }
@@ -285,6 +294,7 @@ impl SourceTask {
                             // may count it as applied.
                             self.passed.send_replace((self.epoch, end_lsn));
                         }
+                        SourceEvent::ColumnsLost { table, present } => self.columns_lost(&table, &present).await,
                         SourceEvent::Idle { lsn } => {
                             tracing::trace!(%lsn, "idle");
                             self.passed.send_if_modified(|p| {
@@ -302,7 +312,7 @@ impl SourceTask {
     }
 
     /// Queues `input` for worker `w`, waiting while its queue is full. Ok(false): deriver stops.
-    async fn send(&mut self, w: usize, input: Input, bytes: usize) -> Result<bool> {
+    pub(super) async fn send(&mut self, w: usize, input: Input, bytes: usize) -> Result<bool> {
         let Some(handle) = &mut self.workers[w] else { return Ok(true) };
         if handle.gone {
             return Ok(true);
@@ -410,75 +420,6 @@ impl SourceTask {
             _ = self.cancel.cancelled() => true,
             _ = tokio::time::sleep(d) => false,
         }
-    }
-
-    /// Says (in the log and status) whether the replication connection is encrypted, as the
-    /// server sees the slot's walsender.
-    async fn report_replication_encryption(&self, slot: &str) {
-        let Ok(tls) = self.cfg.postgres_url().and_then(pg::tls_settings) else { return };
-        let encryption = pg::replication_encryption(&self.pg, slot, &tls).await;
-        crate::health::report_encryption("replication", &encryption);
-    }
-
-    pub(super) async fn reconnect_pg(&mut self) -> Result<()> {
-        if !self.pg.is_closed() {
-            return Ok(());
-        }
-        self.pg = pg::connect(self.cfg.postgres_url()?).await?;
-        Ok(())
-    }
-
-    /// Fails when the publication stopped covering a table a pipeline reads (or gained a row
-    /// filter): changes would be lost silently otherwise.
-    async fn check_publication(&mut self) -> Result<()> {
-        // A connection that died while nothing needed it is reconnected here, so the check runs
-        // again as soon as Postgres is back (and says so while it is not).
-        if let Err(e) = self.reconnect_pg().await {
-            warn!(error = %e, "cannot check the publication: Postgres is unreachable; retrying");
-            return Ok(());
-        }
-        let published = match pg::publication_tables(&self.pg, &self.cfg.postgres.publication).await {
-            Ok(p) => p,
-            Err(e) if error_policy::action(&e) == Action::Retry => {
-                warn!(error = %e, "checking the publication failed; retrying");
-                return Ok(());
-            }
-            Err(e) => return Err(e),
-        };
-        let Some(published) = published else {
-            return Err(Error::fatal(format!("publication `{}` was dropped while deriver was running", self.cfg.postgres.publication)));
-        };
-        let filtered = pg::publication_row_filters(&self.pg, &self.cfg.postgres.publication).await.unwrap_or_default();
-        for t in self.routes.keys() {
-            if !published.iter().any(|(p, _)| p == t) {
-                return Err(Error::fatal(format!(
-                    "table {t} was removed from publication `{}` while deriver was running; its changes would be lost (add it back with `deriver setup`)",
-                    self.cfg.postgres.publication
-                )));
-            }
-            if let Some((_, f)) = filtered.iter().find(|(p, _)| p == t) {
-                return Err(Error::fatal(format!(
-                    "publication `{}` now filters the rows of {t} ({f}); deriver needs every change",
-                    self.cfg.postgres.publication
-                )));
-            }
-        }
-        Ok(())
-    }
-
-    async fn refresh_server_status(&self) {
-        let limit = Duration::from_secs(2);
-        let server = tokio::time::timeout(limit, pg::current_wal_lsn(&self.pg)).await.ok().and_then(|r| r.ok());
-        let slot = tokio::time::timeout(limit, pg::slot_info(&self.pg, &self.cfg.postgres.slot)).await.ok().and_then(|r| r.ok()).flatten();
-        let name = self.cfg.postgres.slot.clone();
-        self.shared.update(|doc| {
-            if server.is_some() {
-                doc.server_lsn = server;
-            }
-            if let Some(s) = slot {
-                doc.slot = Some(SlotStatus { name, confirmed_flush_lsn: s.confirmed_flush_lsn, wal_status: s.wal_status });
-            }
-        });
     }
 }
 

@@ -74,6 +74,11 @@ pub enum Input {
     Restart {
         epoch: u64,
     },
+    /// The pipeline cannot go on (a column it reads is gone): stop now, with this error, before
+    /// anything queued after it is applied.
+    Fail {
+        error: Error,
+    },
 }
 
 /// An input with the share of the worker's queue it holds (released when it is handled).
@@ -322,6 +327,7 @@ impl Worker {
                             Some(Event::Commit { end_lsn, batch: facts(&l.batch), more_queued: !w.rx.is_empty() })
                         }
                         Input::Restart { epoch } => Some(Event::Restart { epoch }),
+                        Input::Fail { error } => return Err(error),
                     }
                 }
             };

@@ -97,6 +97,13 @@ pub enum SourceEvent {
     Idle {
         lsn: Lsn,
     },
+    /// A table deriver reads lost columns it extracts (renamed or dropped), as the stream's
+    /// relation message says, before any change of the table under its new shape.
+    ColumnsLost {
+        table: Arc<TableName>,
+        /// The columns the table has now.
+        present: Vec<String>,
+    },
 }
 
 /// Which columns the consumer wants from each table's row images.

@@ -299,12 +299,10 @@ impl Reader {
                 self.relations.remove(&relation_id);
                 let name = TableName::new(&*namespace, &*relation_name);
                 let present: Vec<&str> = columns.iter().map(|c| &*c.name).collect();
-                if let Some((missing, readers)) = self.interest.missing_columns(&name, &present) {
-                    let cols = missing.iter().map(|c| format!("`{c}`")).collect::<Vec<_>>().join(", ");
-                    let pipelines = readers.iter().map(|p| format!("`{p}`")).collect::<Vec<_>>().join(", ");
-                    return Err(Error::fatal(format!(
-                        "table {name} no longer has column {cols}, which pipeline {pipelines} reads (renamed or dropped while deriver was running); its changes cannot be derived. Change the pipeline (or the table) to match and start deriver again: it resumes from the last change it applied"
-                    )));
+                if self.interest.missing_columns(&name, &present).is_some() {
+                    // The consumer stops the pipelines that read them, before any change of the
+                    // table under its new shape reaches them.
+                    return Ok(Some(SourceEvent::ColumnsLost { table: Arc::new(name), present: present.iter().map(|c| c.to_string()).collect() }));
                 }
                 return Ok(None);
             }
