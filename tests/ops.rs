@@ -148,6 +148,7 @@ fn metrics_pass_promtool_and_the_shipped_rules_and_dashboard_use_them() {
         "DeriverDown",
         "DeriverStandbyMissing",
         "DeriverAuditDrift",
+        "DeriverPipelineFailed",
     ] {
         assert!(rules_text.contains(&format!("alert: {alert}\n")), "alerts.yml has no {alert}");
     }

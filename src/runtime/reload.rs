@@ -392,6 +392,7 @@ impl Starter {
         }
         w.index = self.slot;
         shared.meter_register(&w.p);
+        metrics::gauge!(crate::telemetry::PIPELINE_FAILED, "pipeline" => name.clone()).set(0.0);
         let entry = super::status_entry(&w.p, &self.ctx.dead, if self.state == "starting" { "streaming" } else { self.state }, None);
         shared.update(|doc| match doc.pipelines.iter_mut().find(|p| p.name == entry.name) {
             Some(p) => *p = entry.clone(),

@@ -97,7 +97,7 @@ impl SourceTask {
         h.gone = true;
         let name = h.name.clone();
         error!(pipeline = %name, error = %e, "the pipeline stopped; the other pipelines go on. Fix the cause, then `deriver apply` (or restart) resumes it from its last checkpoint");
-        metrics::counter!("deriver_pipeline_failures_total", "pipeline" => name.clone()).increment(1);
+        metrics::gauge!(crate::telemetry::PIPELINE_FAILED, "pipeline" => name.clone()).set(1.0);
         let message = e.to_string();
         self.shared.update(|doc| {
             if let Some(p) = doc.pipelines.iter_mut().find(|p| p.name == name) {

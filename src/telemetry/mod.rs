@@ -52,6 +52,7 @@ pub const TRANSACTIONS_APPLIED: &str = "deriver_transactions_applied_total";
 pub const DEAD_LETTERS: &str = "deriver_dead_letters";
 pub const DEAD_LETTERS_TOTAL: &str = "deriver_dead_letters_total";
 pub const NULL_KEYS: &str = "deriver_null_keys_total";
+pub const PIPELINE_FAILED: &str = "deriver_pipeline_failed";
 pub const REINDEX_RUNNING: &str = "deriver_reindex_running";
 pub const REINDEX_ROWS_DONE: &str = "deriver_reindex_rows_done";
 pub const REINDEX_ROWS_PLANNED: &str = "deriver_reindex_rows_planned";
@@ -98,6 +99,7 @@ pub const CATALOGUE: &[Metric] = &[
     m(DEAD_LETTERS, Gauge, Pipeline, "Records currently in the dead-letter store"),
     m(DEAD_LETTERS_TOTAL, Counter, Pipeline, "Records rejected into the dead-letter store (failed retries included)"),
     m(NULL_KEYS, Counter, Pipeline, "Source rows skipped because a key column was NULL"),
+    m(PIPELINE_FAILED, Gauge, Pipeline, "1 while the pipeline is stopped on an error (state failed; the slot is held at its checkpoint)"),
     m(REINDEX_RUNNING, Gauge, Pipeline, "1 while a full reprocess (reindex) of the pipeline runs"),
     m(REINDEX_ROWS_DONE, Gauge, Pipeline, "Rows derived by the running reindex (0 when none runs)"),
     m(REINDEX_ROWS_PLANNED, Gauge, Pipeline, "Rows the running reindex will derive, as estimated at its start (0 when none runs)"),
