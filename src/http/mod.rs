@@ -2,7 +2,9 @@
 //! generations, read-your-writes waits, the change feed (Server-Sent Events), health, readiness,
 //! status, Prometheus metrics, and a small status and search page at `/`.
 //!
-//! Every route but `/healthz` needs `Authorization: Bearer <http.token>` when a token is set. A
+//! `GET /openapi.json` describes both APIs ([`openapi`], OpenAPI 3.1, generated from the handlers).
+//!
+//! Every route but `/healthz` and `/openapi.json` needs `Authorization: Bearer <http.token>` when a token is set. A
 //! browser opening `/` without it gets a small form (status 401) asking for the token; the form
 //! keeps it in the tab's `sessionStorage`, loads the page with it as a bearer token, and the page
 //! sends it with every API call. The Meilisearch-compatible read API ([`meili`], at the root:

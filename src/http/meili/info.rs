@@ -184,12 +184,24 @@ async fn get_settings(State(state): State<AppState>, Path(uid): Path<String>) ->
 ))]
 async fn get_setting(State(state): State<AppState>, Path((uid, name)): Path<(String, String)>) -> MeiliResult<Response> {
     let all = settings(&*index_of(&state, &uid)?);
-    let camel: String =
-        name.split('-').enumerate().map(|(i, w)| if i == 0 { w.to_string() } else { w[..1.min(w.len())].to_uppercase() + &w[1.min(w.len())..] }).collect();
-    match all.get(&camel) {
+    match all.get(camel_case(&name)) {
         Some(v) => Ok(Json(v.clone()).into_response()),
         None => Err(MeiliError::not_found_route()),
     }
+}
+
+/// `filterable-attributes` → `filterableAttributes` (any text: a name is user input).
+fn camel_case(name: &str) -> String {
+    name.split('-')
+        .enumerate()
+        .map(|(i, w)| {
+            let mut chars = w.chars();
+            match chars.next() {
+                Some(first) if i > 0 => first.to_uppercase().chain(chars).collect(),
+                _ => w.to_string(),
+            }
+        })
+        .collect()
 }
 
 async fn write_settings() -> MeiliError {
@@ -325,5 +337,13 @@ mod tests {
         assert_eq!(st["numberOfDocuments"], 9);
         assert_eq!(st["fieldDistribution"]["rating"], 9);
         assert!(st["rawDocumentDbSize"].as_u64().unwrap() > 0);
+    }
+
+    #[test]
+    fn setting_names_are_kebab_case_of_any_text() {
+        assert_eq!(camel_case("filterable-attributes"), "filterableAttributes");
+        assert_eq!(camel_case("typo-tolerance"), "typoTolerance");
+        assert_eq!(camel_case("a-é-"), "aÉ", "a name that cuts a character in two must not panic");
+        assert_eq!(camel_case("--"), "");
     }
 }

@@ -151,9 +151,11 @@ impl Modify for Shared {
             ),
         );
         for (path, methods) in meili::WRITE_ROUTES {
-            let item = doc.paths.paths.entry(path.to_string()).or_insert_with(PathItem::default);
+            let item = doc.paths.paths.entry(path.to_string()).or_default();
             for method in methods {
+                let words: Vec<&str> = path.split(['/', '{', '}', '-']).filter(|w| !w.is_empty()).collect();
                 let mut op = OperationBuilder::new()
+                    .operation_id(Some(format!("{method}_{}", words.join("_"))))
                     .tag(MEILI_TAG)
                     .summary(Some("A write: refused, the index is derived from PostgreSQL"))
                     .description(Some("Always answers 405 `index_derived_from_postgres`: change the rows in the database, or the pipeline file."))
@@ -176,6 +178,11 @@ impl Modify for Shared {
             let public = PUBLIC_PATHS.contains(&path.as_str());
             for op in operations(item) {
                 op.tags.get_or_insert_with(|| vec![(if meili { MEILI_TAG } else { NATIVE_TAG }).to_string()]);
+                // Operation ids are unique: the compatible API's are prefixed (both APIs have a
+                // `list_indexes`).
+                if meili {
+                    op.operation_id = op.operation_id.take().map(|id| format!("meili_{id}"));
+                }
                 if public {
                     op.security = Some(vec![SecurityRequirement::default()]);
                 } else {
@@ -316,6 +323,18 @@ mod tests {
         assert!(missing.is_empty(), "routes the router registers that /openapi.json does not describe: {missing:?}");
         let extra: Vec<_> = described.difference(&registered).collect();
         assert!(extra.is_empty(), "operations /openapi.json describes that no route registers: {extra:?}");
+    }
+
+    #[test]
+    fn operation_ids_are_unique() {
+        let mut seen = BTreeSet::new();
+        for (path, item) in &document().paths.paths {
+            for op in [&item.get, &item.post, &item.put, &item.patch, &item.delete].into_iter().flatten() {
+                let id = op.operation_id.clone().unwrap_or_else(|| panic!("an operation of {path} has no operationId"));
+                assert!(seen.insert(id.clone()), "operationId {id} twice");
+            }
+        }
+        assert!(seen.contains("meili_list_indexes") && seen.contains("list_indexes") && seen.contains("meili_post_indexes_uid_documents"), "{seen:?}");
     }
 
     #[test]
