@@ -80,8 +80,9 @@ Commands:
             e2fsprogs, and the de_DE.UTF-8 locale, and the real Meilisearch clients that
             tests/meili_clients.rs drives, pinned in tests/meili/ (npm ci of its
             package-lock.json, and a Python venv with requirements.txt) into
-            .dev/meili-clients (Node.js with npm, and python3 with venv, are installed when
-            missing). Uses apt-get
+            .dev/meili-clients, and schemathesis (tests/openapi/requirements.txt, a venv in
+            .dev/schemathesis) for tests/openapi.rs (Node.js with npm, and python3 with
+            venv, are installed when missing). Uses apt-get
             (Debian/Ubuntu), dnf (Fedora/RHEL) or brew (macOS), through sudo when not root; as
             root, also creates the 'postgres' OS user if no package did.
   pg-bin    print the directory of the PostgreSQL ≥ $PG_MIN_MAJOR server binaries (see PG_BIN below)
@@ -453,6 +454,28 @@ install_meili_clients() {
   printf '%s\n' "$want" >"$MEILI_CLIENTS/.stamp"
 }
 
+# schemathesis, the OpenAPI fuzzer tests/openapi.rs runs against the daemon's /openapi.json,
+# pinned in tests/openapi/requirements.txt, in its own venv (.dev/schemathesis). Reinstalled only
+# when that file changes (a stamp of its hash).
+SCHEMATHESIS="$DEV/schemathesis"
+install_schemathesis() {
+  local req="$ROOT/tests/openapi/requirements.txt" want have=""
+  command -v python3 >/dev/null 2>&1 || die "python3 not found: tests/openapi.rs needs it (with venv) for schemathesis"
+  if command -v sha256sum >/dev/null 2>&1; then
+    want=$(sha256sum <"$req" | cut -c1-16)
+  else # macOS
+    want=$(shasum -a 256 <"$req" | cut -c1-16)
+  fi
+  if [[ -r $SCHEMATHESIS/.stamp ]]; then read -r have <"$SCHEMATHESIS/.stamp" || true; fi
+  if [[ $have == "$want" && -x $SCHEMATHESIS/bin/schemathesis ]]; then return 0; fi
+  log "schemathesis: python venv $SCHEMATHESIS ($(tr '\n' ' ' <"$req"))"
+  rm -rf -- "$SCHEMATHESIS"
+  python3 -m venv "$SCHEMATHESIS" >&2 || die "python3 -m venv failed (install python3-venv)"
+  "$SCHEMATHESIS/bin/python" -m pip install -q --disable-pip-version-check -r "$req" >&2 ||
+    die "pip install -r tests/openapi/requirements.txt failed"
+  printf '%s\n' "$want" >"$SCHEMATHESIS/.stamp"
+}
+
 # As root the cluster runs as the 'postgres' OS user (see as_pg). The distributions' server
 # packages create it; a server from elsewhere (PG_BIN, built from source...) may come without.
 ensure_pg_user() {
@@ -501,6 +524,7 @@ cmd_install() {
   if ((with_browser)); then
     ensure_test_locales
     install_meili_clients
+    install_schemathesis
   fi
   if ((need_pg)); then
     if ! find_pg_bin; then

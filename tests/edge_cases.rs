@@ -683,7 +683,8 @@ fn a_table_dropped_from_the_publication_while_running_is_loud() {
 /// Whether the pipeline `a` stopped (`state: failed`).
 fn failed(w: &World) -> bool {
     let (_, out, _) = w.run_cli(&["status", "--json"]);
-    serde_json::from_str::<serde_json::Value>(&out).is_ok_and(|d| d["pipelines"].as_array().is_some_and(|ps| ps.iter().any(|p| p["name"] == "a" && p["state"] == "failed")))
+    serde_json::from_str::<serde_json::Value>(&out)
+        .is_ok_and(|d| d["pipelines"].as_array().is_some_and(|ps| ps.iter().any(|p| p["name"] == "a" && p["state"] == "failed")))
 }
 
 /// Brings a stopped daemon or pipeline back: a start, or `deriver apply` (a reload restarts a

@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 use super::error::{ApiError, ApiResult};
 use crate::runtime::status::{AdminRequest, Shared};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReindexRequest {
     #[serde(default)]
@@ -22,13 +22,13 @@ pub struct ReindexRequest {
     pub all: bool,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackRequest {
     pub pipeline: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RepairRequest {
     pub pipeline: String,

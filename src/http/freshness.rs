@@ -49,7 +49,7 @@ pub async fn require_index_lsn(shared: &Shared, index: &str, min_lsn: Option<&st
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WaitRequest {
     pub lsn: String,

@@ -2,7 +2,9 @@
 //! generations, read-your-writes waits, the change feed (Server-Sent Events), health, readiness,
 //! status, Prometheus metrics, and a small status and search page at `/`.
 //!
-//! Every route but `/healthz` needs `Authorization: Bearer <http.token>` when a token is set. A
+//! `GET /openapi.json` describes both APIs ([`openapi`], OpenAPI 3.1, generated from the handlers).
+//!
+//! Every route but `/healthz` and `/openapi.json` needs `Authorization: Bearer <http.token>` when a token is set. A
 //! browser opening `/` without it gets a small form (status 401) asking for the token; the form
 //! keeps it in the tab's `sessionStorage`, loads the page with it as a bearer token, and the page
 //! sends it with every API call. The Meilisearch-compatible read API ([`meili`], at the root:
@@ -20,6 +22,7 @@ pub mod filter;
 pub mod freshness;
 pub mod id_order;
 pub mod meili;
+pub mod openapi;
 pub mod query;
 pub mod ranking;
 pub mod relevance;
@@ -80,7 +83,7 @@ fn error(status: StatusCode, code: &'static str, message: &str) -> Response {
 async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if let Some(token) = &state.token {
         // The Meilisearch-compatible routes check their key (or tenant token) themselves.
-        if req.uri().path() != "/healthz" && !meili::owns(req.uri().path()) {
+        if !openapi::PUBLIC_PATHS.contains(&req.uri().path()) && !meili::owns(req.uri().path()) {
             let ok = req
                 .headers()
                 .get(header::AUTHORIZATION)
@@ -107,13 +110,18 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Answers 503 when a request takes longer than `limit` ([`REQUEST_TIME_LIMIT`]).
+/// The Meilisearch-compatible routes answer it in Meilisearch's error shape.
 async fn time_limit(State(limit): State<Duration>, req: Request, next: Next) -> Response {
+    let meili = meili::owns(req.uri().path());
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(resp) => resp,
         Err(_) => {
             let mut e =
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "request_timeout", format!("the request did not finish within {} ms", limit.as_millis()));
             e.retry_after = Some(1);
+            if meili {
+                return meili::error::MeiliError::from_api(e, meili::error::Context::Search).into_response();
+            }
             e.into_response()
         }
     }
@@ -152,6 +160,8 @@ fn search_index(route: &str, path: &str) -> Option<String> {
     Some(percent_encoding::percent_decode_str(segments[n - 2]).decode_utf8_lossy().into_owned())
 }
 
+/// 200 while the process serves (no key needed).
+#[utoipa::path(get, path = "/healthz", responses((status = 200, description = "`ok`", content_type = "text/plain", body = String)))]
 async fn healthz() -> &'static str {
     "ok"
 }
@@ -161,6 +171,11 @@ async fn healthz() -> &'static str {
 /// (`runtime::status::readiness`).
 /// With `?pipeline=<name>`, only that pipeline counts (`runtime::status::pipeline_readiness`): 404
 /// for a pipeline that does not exist.
+#[utoipa::path(get, path = "/readyz", params(("pipeline" = Option<String>, Query, description = "Only this pipeline counts")), responses(
+    (status = 200, description = "Ready", body = openapi::native::Ready),
+    (status = 404, description = "No such pipeline", body = openapi::native::NativeError),
+    (status = 503, description = "Not ready, with the reason", body = openapi::native::NativeError),
+))]
 async fn readyz(State(state): State<AppState>, RawQuery(query): RawQuery) -> Response {
     let pipeline = query.as_deref().and_then(|q| url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "pipeline").map(|(_, v)| v.into_owned()));
     let readiness = match &pipeline {
@@ -168,7 +183,7 @@ async fn readyz(State(state): State<AppState>, RawQuery(query): RawQuery) -> Res
         None => state.shared.readiness(),
     };
     match readiness {
-        Ok(()) => (StatusCode::OK, Json(json!({ "ready": true }))).into_response(),
+        Ok(()) => Json(openapi::native::Ready { ready: true }).into_response(),
         Err(e) if e.code == "pipeline_not_found" => error(StatusCode::NOT_FOUND, e.code, &e.reason),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.code, &e.reason),
     }
@@ -176,11 +191,17 @@ async fn readyz(State(state): State<AppState>, RawQuery(query): RawQuery) -> Res
 
 /// `GET /v1/status/trends`: per pipeline, lag in seconds and changes applied per second over the
 /// last 15 minutes, one sample a second (an addition to the spec, for the status page).
+#[utoipa::path(get, path = "/v1/status/trends", responses((status = 200, description = "Trends per pipeline", body = openapi::native::Trends)))]
 async fn trends(State(state): State<AppState>) -> Response {
     use crate::telemetry::history::{INTERVAL_MS, WINDOW_MS};
-    Json(json!({ "interval_ms": INTERVAL_MS, "window_ms": WINDOW_MS, "pipelines": state.shared.trend_columns() })).into_response()
+    Json(openapi::native::Trends { interval_ms: INTERVAL_MS, window_ms: WINDOW_MS, pipelines: state.shared.trend_columns() }).into_response()
 }
 
+/// The `deriver status --json` document, plus `role` and `dependencies`.
+#[utoipa::path(get, path = "/v1/status", responses(
+    (status = 200, description = "The status document", body = openapi::native::StatusDocument),
+    (status = 503, description = "deriver is starting", body = openapi::native::NativeError),
+))]
 async fn status(State(state): State<AppState>) -> Response {
     if let Some(owner) = state.shared.standby() {
         // A standby process: the last status it had as owner (pipelines marked `standby`) when
@@ -211,6 +232,8 @@ async fn status(State(state): State<AppState>) -> Response {
     }
 }
 
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String)))]
 async fn metrics_text(State(state): State<AppState>) -> Response {
     state.shared.export_gauges();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
@@ -226,6 +249,13 @@ fn page_response(status: StatusCode, html: &'static str) -> Response {
     resp
 }
 
+/// The status and search page for people.
+#[utoipa::path(get, path = "/", responses(
+    (status = 200, description = "The page", content_type = "text/html", body = String),
+    (status = 401, description = "No valid token: a browser (`Accept: text/html`) gets a form asking for it", content(
+        (String = "text/html"), (openapi::native::NativeError = "application/json")
+    )),
+))]
 async fn page() -> Response {
     page_response(StatusCode::OK, PAGE)
 }
@@ -295,6 +325,14 @@ async fn blocking<T: Send + 'static>(state: &AppState, f: impl FnOnce() -> ApiRe
     })?
 }
 
+/// Search an index (`../shared/spec/http-api.md#search`).
+#[utoipa::path(post, path = "/v1/indexes/{index}/search", params(("index" = String, Path)), request_body = search::SearchRequest, responses(
+    (status = 200, description = "The hits", body = search::SearchResponse),
+    (status = 400, description = "The request is not valid for this index", body = openapi::native::NativeError),
+    (status = 404, description = "No such index", body = openapi::native::NativeError),
+    (status = 413, description = "The body is over 1 MiB", body = openapi::native::NativeError),
+    (status = 503, description = "`min_lsn` not reached within `timeout_ms` (`lsn_not_reached`, with `applied_lsn` and `Retry-After`)", body = openapi::native::NativeError),
+))]
 async fn search(
     State(state): State<AppState>,
     path: std::result::Result<Path<String>, axum::extract::rejection::PathRejection>,
@@ -315,6 +353,17 @@ async fn search(
     Ok(Json(resp).into_response())
 }
 
+/// One stored document, by id.
+#[utoipa::path(get, path = "/v1/indexes/{index}/documents/{id}", params(
+    ("index" = String, Path), ("id" = String, Path),
+    ("min_lsn" = Option<String>, Query, description = "Answer once the index has applied this LSN (`X/Y`)"),
+    ("timeout_ms" = Option<u64>, Query, minimum = 0, description = "How long to wait for `min_lsn` (default 1000)"),
+), responses(
+    (status = 200, description = "The document", body = openapi::native::DocumentResponse),
+    (status = 400, description = "A parameter is not valid", body = openapi::native::NativeError),
+    (status = 404, description = "No such index, or no such document", body = openapi::native::NativeError),
+    (status = 503, description = "`min_lsn` not reached in time", body = openapi::native::NativeError),
+))]
 async fn document(
     State(state): State<AppState>,
     path: std::result::Result<Path<(String, String)>, axum::extract::rejection::PathRejection>,
@@ -330,62 +379,112 @@ async fn document(
     let generation = index.generation;
     let lookup_id = id.clone();
     match blocking(&state, move || search::lookup(&index, &lookup_id)).await? {
-        Some(doc) => Ok(Json(json!({ "id": id, "doc": doc, "applied_lsn": applied, "generation": generation })).into_response()),
+        Some(doc) => Ok(Json(openapi::native::DocumentResponse { id, doc, applied_lsn: applied, generation }).into_response()),
         None => Err(ApiError::not_found("not_found", format!("index `{name}` has no document `{}`", error::shorten(&id)))
             .with("applied_lsn", applied.map(|l| l.to_string()))),
     }
 }
 
 /// `GET /v1/indexes`: the live indexes and their declared fields (for the page and for tools).
+#[utoipa::path(get, path = "/v1/indexes", responses((status = 200, description = "The live indexes", body = openapi::native::IndexList)))]
 async fn list_indexes(State(state): State<AppState>) -> Response {
     let indexes: Vec<Arc<SearchIndex>> = match state.shared.indexes.read() {
         Ok(i) => i.values().cloned().collect(),
         Err(p) => p.into_inner().values().cloned().collect(),
     };
     let doc = state.shared.snapshot();
-    let list: Vec<Value> = indexes
+    let indexes = indexes
         .iter()
         .map(|ix| {
             let label = format!("search:{}", ix.name);
             let pipeline = doc.as_ref().and_then(|d| d.pipelines.iter().find(|p| p.targets.contains_key(&label)).map(|p| p.name.clone()));
-            json!({
-                "name": ix.name,
-                "pipeline": pipeline,
-                "generation": ix.generation,
+            openapi::native::IndexInfo {
+                name: ix.name.clone(),
+                pipeline,
+                generation: ix.generation,
                 // Live documents in the searcher of this moment (deleted ones not counted).
-                "documents": ix.reader.searcher().num_docs(),
-                "applied_lsn": state.shared.index_applied(&ix.name),
-                "id": ix.target.id,
-                "default_search_fields": ix.target.default_search_fields,
-                "fields": ix.target.fields,
-            })
+                documents: ix.reader.searcher().num_docs(),
+                applied_lsn: state.shared.index_applied(&ix.name),
+                id: ix.target.id.clone(),
+                default_search_fields: ix.target.default_search_fields.clone(),
+                fields: ix.target.fields.clone(),
+            }
         })
         .collect();
-    Json(json!({ "indexes": list })).into_response()
+    Json(openapi::native::IndexList { indexes }).into_response()
 }
 
+#[utoipa::path(post, path = "/v1/admin/reindex", request_body = admin::ReindexRequest, responses(
+    (status = 202, description = "The rebuilds started (progress in `/v1/status`)", body = openapi::native::ReindexStarted),
+    (status = 400, description = "Not valid, or refused (names a pipeline that does not exist…)", body = openapi::native::NativeError),
+    (status = 413, description = "The body is over 1 MiB", body = openapi::native::NativeError),
+    (status = 500, description = "The daemon failed to carry it out", body = openapi::native::NativeError),
+    (status = 503, description = "deriver is starting or stopping, or a dependency is down", body = openapi::native::NativeError),
+))]
 async fn admin_reindex(State(state): State<AppState>, body: std::result::Result<Bytes, BytesRejection>) -> ApiResult<Response> {
     admin::reindex(&state.shared, json_body(body)?).await
 }
 
+#[utoipa::path(post, path = "/v1/admin/rollback", request_body = admin::RollbackRequest, responses(
+    (status = 200, description = "The generations now live", body = openapi::native::RolledBack),
+    (status = 400, description = "Not valid, or refused (names a pipeline that does not exist…)", body = openapi::native::NativeError),
+    (status = 413, description = "The body is over 1 MiB", body = openapi::native::NativeError),
+    (status = 500, description = "The daemon failed to carry it out", body = openapi::native::NativeError),
+    (status = 503, description = "deriver is starting or stopping, or a dependency is down", body = openapi::native::NativeError),
+))]
 async fn admin_rollback(State(state): State<AppState>, body: std::result::Result<Bytes, BytesRejection>) -> ApiResult<Response> {
     admin::rollback(&state.shared, json_body(body)?).await
 }
 
+/// Re-read the pipeline files and apply them (what `SIGHUP` does).
+#[utoipa::path(post, path = "/v1/admin/reload", responses(
+    (status = 200, description = "Applied: what was added, changed, removed; the pipelines building in the background", body = openapi::native::Reloaded),
+    (status = 400, description = "A file has errors or a pipeline cannot run; nothing changed (`problems`: one per line, with file:line:col)", body = openapi::native::NativeError),
+    (status = 500, description = "The daemon failed to carry it out", body = openapi::native::NativeError),
+    (status = 503, description = "deriver is starting or stopping, or a reload is in progress", body = openapi::native::NativeError),
+))]
 async fn admin_reload(State(state): State<AppState>) -> ApiResult<Response> {
     admin::reload(&state.shared).await
 }
 
+#[utoipa::path(post, path = "/v1/admin/repair", request_body = admin::RepairRequest, responses(
+    (status = 200, description = "The keys re-derived", body = openapi::native::Repaired),
+    (status = 400, description = "Not valid, or refused (names a pipeline that does not exist…)", body = openapi::native::NativeError),
+    (status = 413, description = "The body is over 1 MiB", body = openapi::native::NativeError),
+    (status = 500, description = "The daemon failed to carry it out", body = openapi::native::NativeError),
+    (status = 503, description = "deriver is starting or stopping, or a dependency is down", body = openapi::native::NativeError),
+))]
 async fn admin_repair(State(state): State<AppState>, body: std::result::Result<Bytes, BytesRejection>) -> ApiResult<Response> {
     admin::repair(&state.shared, json_body(body)?).await
 }
 
+/// Wait until pipelines have applied an LSN.
+#[utoipa::path(post, path = "/v1/wait", request_body = freshness::WaitRequest, responses(
+    (status = 200, description = "Every named pipeline has applied `lsn`", body = openapi::native::WaitResponse),
+    (status = 400, description = "Not valid", body = openapi::native::NativeError),
+    (status = 404, description = "No such pipeline", body = openapi::native::NativeError),
+    (status = 413, description = "The body is over 1 MiB", body = openapi::native::NativeError),
+    (status = 503, description = "deriver is starting", body = openapi::native::NativeError),
+    (status = 504, description = "`lsn` not reached within `timeout_ms`", body = openapi::native::NativeError),
+))]
 async fn wait(State(state): State<AppState>, body: std::result::Result<Bytes, BytesRejection>) -> ApiResult<Response> {
     let req: freshness::WaitRequest = json_body(body)?;
     let applied = freshness::wait(&state.shared, req).await?;
-    Ok(Json(json!({ "applied_lsn": applied })).into_response())
+    Ok(Json(openapi::native::WaitResponse { applied_lsn: applied }).into_response())
 }
 
+/// The change feed of a pipeline: Server-Sent Events, one per applied batch
+/// (`data: {"lsn", "keys", "deleted"}`), resumable from `since` or `Last-Event-ID`.
+#[utoipa::path(get, path = "/v1/pipelines/{pipeline}/changes", params(
+    ("pipeline" = String, Path),
+    ("since" = Option<String>, Query, description = "Resume after this LSN (`X/Y`)"),
+    ("Last-Event-ID" = Option<String>, Header, description = "Resume after this LSN (what an EventSource sends)"),
+), responses(
+    (status = 200, description = "The event stream", content_type = "text/event-stream", body = String),
+    (status = 400, description = "`since` is not an LSN", body = openapi::native::NativeError),
+    (status = 404, description = "No such pipeline", body = openapi::native::NativeError),
+    (status = 503, description = "deriver is starting", body = openapi::native::NativeError),
+))]
 async fn changes(
     State(state): State<AppState>,
     path: std::result::Result<Path<String>, axum::extract::rejection::PathRejection>,
@@ -428,6 +527,7 @@ pub fn router(shared: Arc<Shared>, metrics: PrometheusHandle, token: Option<Stri
     Router::new()
         .route("/", get(page))
         .route("/healthz", get(healthz))
+        .route("/openapi.json", get(openapi::openapi_json))
         .route("/readyz", get(readyz))
         .route("/v1/status", get(status))
         .route("/v1/status/trends", get(trends))

@@ -44,12 +44,14 @@ const MAX_TAG_CHARS: usize = 64;
 /// Tokens of one term beyond this are ignored.
 const MAX_TOKENS_PER_TERM: usize = 32;
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SearchRequest {
     #[serde(default)]
     pub q: Option<String>,
+    /// `{"field", "eq"|"in"|"gt"|"gte"|"lt"|"lte"|"exists": …}`, `{"and"|"or": [...]}`, `{"not": …}`.
     #[serde(default)]
+    #[schema(value_type = Option<Object>)]
     pub filter: Option<Value>,
     #[serde(default)]
     pub sort: Option<Vec<String>>,
@@ -74,14 +76,14 @@ pub struct SearchRequest {
     pub distinct: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FacetRequest {
     #[serde(default)]
     pub size: Option<usize>,
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HighlightRequest {
     /// Stored text fields; default: the fields declared `highlight: true`.
@@ -96,28 +98,35 @@ pub struct HighlightRequest {
     pub max_chars: Option<usize>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SearchResponse {
     pub hits: Vec<Hit>,
     pub total: Total,
+    /// Per facet, per value: the number of matching documents.
+    #[schema(value_type = BTreeMap<String, BTreeMap<String, u64>>)]
     pub facets: Map<String, Value>,
     pub next_cursor: Option<String>,
     pub took_ms: f64,
+    #[schema(value_type = Option<String>)]
     pub applied_lsn: Option<Lsn>,
     pub generation: u64,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Hit {
     pub id: String,
     pub score: f32,
+    #[schema(value_type = Object)]
     pub doc: Value,
+    #[schema(value_type = BTreeMap<String, String>)]
     pub highlights: Map<String, Value>,
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Total {
     pub value: u64,
+    /// `eq`, or `gte` when counting stopped at 10,000.
+    #[schema(value_type = String, pattern = "^(eq|gte)$")]
     pub relation: &'static str,
 }
 

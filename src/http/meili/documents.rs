@@ -153,12 +153,27 @@ async fn run_browse(state: &AppState, uid: &str, b: Browse, headers: &HeaderMap,
     Ok(Json(v).into_response())
 }
 
+/// Browse an index's documents, in id order.
+#[utoipa::path(get, path = "/indexes/{uid}/documents", params(("uid" = String, Path), crate::http::openapi::meili::BrowseQuery, crate::http::openapi::meili::FreshnessHeaders), responses(
+    (status = 200, description = "A page of documents", body = crate::http::openapi::meili::DocumentPage),
+    (status = 400, description = "A parameter is not valid", body = crate::http::openapi::meili::MeiliError),
+    (status = 404, description = "No such index", body = crate::http::openapi::meili::MeiliError),
+    (status = 503, description = "`minLsn` not reached in time", body = crate::http::openapi::meili::MeiliError),
+))]
 async fn list(State(state): State<AppState>, Path(uid): Path<String>, headers: HeaderMap, RawQuery(raw): RawQuery) -> MeiliResult<Response> {
     let mut pairs = query_pairs(raw);
     let min_lsn = pairs.iter().position(|(k, _)| k == "minLsn").map(|i| pairs.remove(i).1);
     run_browse(&state, &uid, Browse::from_query(&pairs)?, &headers, min_lsn.as_deref()).await
 }
 
+/// Browse an index's documents, parameters in the body.
+#[utoipa::path(post, path = "/indexes/{uid}/documents/fetch", params(("uid" = String, Path), crate::http::openapi::meili::FreshnessHeaders), request_body = crate::http::openapi::meili::BrowseRequest, responses(
+    (status = 200, description = "A page of documents", body = crate::http::openapi::meili::DocumentPage),
+    (status = 400, description = "A parameter is not valid", body = crate::http::openapi::meili::MeiliError),
+    (status = 404, description = "No such index", body = crate::http::openapi::meili::MeiliError),
+    (status = 413, description = "The body is over 1 MiB", body = crate::http::openapi::meili::MeiliError),
+    (status = 503, description = "`minLsn` not reached in time", body = crate::http::openapi::meili::MeiliError),
+))]
 async fn fetch(State(state): State<AppState>, Path(uid): Path<String>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> MeiliResult<Response> {
     let mut obj = object_body(body)?;
     let min_lsn = match obj.remove("minLsn") {
@@ -168,6 +183,13 @@ async fn fetch(State(state): State<AppState>, Path(uid): Path<String>, headers: 
     run_browse(&state, &uid, Browse::from_object(&obj)?, &headers, min_lsn.as_deref()).await
 }
 
+/// One document, by id.
+#[utoipa::path(get, path = "/indexes/{uid}/documents/{id}", params(("uid" = String, Path), ("id" = String, Path), crate::http::openapi::meili::DocumentQuery, crate::http::openapi::meili::FreshnessHeaders), responses(
+    (status = 200, description = "The document (its `fields`)", body = Object),
+    (status = 400, description = "A parameter is not valid", body = crate::http::openapi::meili::MeiliError),
+    (status = 404, description = "No such index, or no such document", body = crate::http::openapi::meili::MeiliError),
+    (status = 503, description = "`minLsn` not reached in time", body = crate::http::openapi::meili::MeiliError),
+))]
 async fn one(State(state): State<AppState>, Path((uid, id)): Path<(String, String)>, headers: HeaderMap, RawQuery(raw): RawQuery) -> MeiliResult<Response> {
     let pairs = query_pairs(raw);
     let min_lsn = pairs.iter().find(|(k, _)| k == "minLsn").map(|(_, v)| v.clone());

@@ -35,10 +35,12 @@ pub fn mark_started() {
     started();
 }
 
+#[utoipa::path(get, path = "/health", responses((status = 200, description = "Available", body = crate::http::openapi::meili::Health)))]
 async fn health() -> Json<Value> {
     Json(json!({ "status": "available" }))
 }
 
+#[utoipa::path(get, path = "/version", responses((status = 200, description = "deriver's version", body = crate::http::openapi::meili::Version)))]
 async fn version() -> Json<Value> {
     Json(json!({ "commitSha": "deriver", "commitDate": "unknown", "pkgVersion": env!("CARGO_PKG_VERSION") }))
 }
@@ -69,6 +71,10 @@ fn page_params(raw: Option<String>, default_limit: usize) -> MeiliResult<(usize,
     Ok((get("offset", 0, "invalid_index_offset")?, get("limit", default_limit, "invalid_index_limit")?))
 }
 
+#[utoipa::path(get, path = "/indexes", params(crate::http::openapi::meili::PageQuery), responses(
+    (status = 200, description = "The live indexes", body = crate::http::openapi::meili::MeiliIndexList),
+    (status = 400, description = "`offset` or `limit` is not a positive integer", body = crate::http::openapi::meili::MeiliError),
+))]
 async fn list_indexes(State(state): State<AppState>, RawQuery(raw): RawQuery) -> MeiliResult<Response> {
     let (offset, limit) = page_params(raw, 20)?;
     let all = all_indexes(&state);
@@ -76,6 +82,7 @@ async fn list_indexes(State(state): State<AppState>, RawQuery(raw): RawQuery) ->
     Ok(Json(json!({ "results": results, "offset": offset, "limit": limit, "total": all.len() })).into_response())
 }
 
+#[utoipa::path(get, path = "/indexes/{uid}", params(("uid" = String, Path)), responses((status = 200, description = "The index", body = crate::http::openapi::meili::Index), (status = 404, description = "No such index", body = crate::http::openapi::meili::MeiliError)))]
 async fn get_index(State(state): State<AppState>, Path(uid): Path<String>) -> MeiliResult<Response> {
     Ok(Json(index_object(&*index_of(&state, &uid)?)).into_response())
 }
@@ -107,11 +114,13 @@ pub fn stats(index: &SearchIndex) -> MeiliResult<Value> {
     }))
 }
 
+#[utoipa::path(get, path = "/indexes/{uid}/stats", params(("uid" = String, Path)), responses((status = 200, description = "The index's stats", body = crate::http::openapi::meili::IndexStats), (status = 404, description = "No such index", body = crate::http::openapi::meili::MeiliError)))]
 async fn index_stats(State(state): State<AppState>, Path(uid): Path<String>) -> MeiliResult<Response> {
     let index = index_of(&state, &uid)?;
     Ok(Json(blocking(&state, move || stats(&index)).await?).into_response())
 }
 
+#[utoipa::path(get, path = "/stats", responses((status = 200, description = "Stats of every index", body = crate::http::openapi::meili::Stats)))]
 async fn global_stats(State(state): State<AppState>) -> MeiliResult<Response> {
     let indexes = all_indexes(&state);
     let v = blocking(&state, move || {
@@ -171,19 +180,36 @@ pub fn settings(index: &SearchIndex) -> Value {
     })
 }
 
+#[utoipa::path(get, path = "/indexes/{uid}/settings", params(("uid" = String, Path)), responses((status = 200, description = "The settings", body = crate::http::openapi::meili::Settings), (status = 404, description = "No such index", body = crate::http::openapi::meili::MeiliError)))]
 async fn get_settings(State(state): State<AppState>, Path(uid): Path<String>) -> MeiliResult<Response> {
     Ok(Json(settings(&*index_of(&state, &uid)?)).into_response())
 }
 
 /// `GET /indexes/{uid}/settings/{name}`: one setting (kebab-case name, as Meilisearch's routes).
+#[utoipa::path(get, path = "/indexes/{uid}/settings/{name}", params(("uid" = String, Path), ("name" = String, Path, example = "filterable-attributes")), responses(
+    (status = 200, description = "The setting's value", body = serde_json::Value),
+    (status = 404, description = "No such index, or no such setting", body = crate::http::openapi::meili::MeiliError),
+))]
 async fn get_setting(State(state): State<AppState>, Path((uid, name)): Path<(String, String)>) -> MeiliResult<Response> {
     let all = settings(&*index_of(&state, &uid)?);
-    let camel: String =
-        name.split('-').enumerate().map(|(i, w)| if i == 0 { w.to_string() } else { w[..1.min(w.len())].to_uppercase() + &w[1.min(w.len())..] }).collect();
-    match all.get(&camel) {
+    match all.get(camel_case(&name)) {
         Some(v) => Ok(Json(v.clone()).into_response()),
         None => Err(MeiliError::not_found_route()),
     }
+}
+
+/// `filterable-attributes` → `filterableAttributes` (any text: a name is user input).
+fn camel_case(name: &str) -> String {
+    name.split('-')
+        .enumerate()
+        .map(|(i, w)| {
+            let mut chars = w.chars();
+            match chars.next() {
+                Some(first) if i > 0 => first.to_uppercase().chain(chars).collect(),
+                _ => w.to_string(),
+            }
+        })
+        .collect()
 }
 
 async fn write_settings() -> MeiliError {
@@ -213,12 +239,17 @@ fn key_object(key: &str) -> Value {
     })
 }
 
+#[utoipa::path(get, path = "/keys", responses((status = 200, description = "deriver's one key (none without `http.token`)", body = crate::http::openapi::meili::KeyList)))]
 async fn list_keys(State(state): State<AppState>) -> MeiliResult<Response> {
     let results: Vec<Value> = state.token.iter().map(|k| key_object(k)).collect();
     let total = results.len();
     Ok(Json(json!({ "results": results, "offset": 0, "limit": 20, "total": total })).into_response())
 }
 
+#[utoipa::path(get, path = "/keys/{id}", params(("id" = String, Path, description = "The key, or its uid")), responses(
+    (status = 200, description = "The key", body = crate::http::openapi::meili::Key),
+    (status = 404, description = "No such key", body = crate::http::openapi::meili::MeiliError),
+))]
 async fn get_key(State(state): State<AppState>, Path(id): Path<String>) -> MeiliResult<Response> {
     match &state.token {
         Some(k) if id == *k || id == token::key_uid(k) => Ok(Json(key_object(k)).into_response()),
@@ -240,11 +271,16 @@ async fn write_keys() -> MeiliError {
     )
 }
 
+#[utoipa::path(get, path = "/tasks", params(crate::http::openapi::meili::PageQuery), responses(
+    (status = 200, description = "No tasks: nothing is written through this API", body = crate::http::openapi::meili::TaskList),
+    (status = 400, description = "`limit` is not a positive integer", body = crate::http::openapi::meili::MeiliError),
+))]
 async fn list_tasks(RawQuery(raw): RawQuery) -> MeiliResult<Response> {
     let (_, limit) = page_params(raw, 20)?;
     Ok(Json(json!({ "results": [], "total": 0, "limit": limit, "from": null, "next": null })).into_response())
 }
 
+#[utoipa::path(get, path = "/tasks/{id}", params(("id" = String, Path)), responses((status = 404, description = "There are no tasks", body = crate::http::openapi::meili::MeiliError)))]
 async fn get_task(Path(id): Path<String>) -> MeiliError {
     MeiliError::new(
         axum::http::StatusCode::NOT_FOUND,
@@ -252,6 +288,14 @@ async fn get_task(Path(id): Path<String>) -> MeiliError {
         ErrorType::InvalidRequest,
         format!("Task `{}` not found.", crate::http::error::shorten(&id)),
     )
+}
+
+#[utoipa::path(get, path = "/batches", params(crate::http::openapi::meili::PageQuery), responses(
+    (status = 200, description = "No batches: nothing is written through this API", body = crate::http::openapi::meili::TaskList),
+    (status = 400, description = "`limit` is not a positive integer", body = crate::http::openapi::meili::MeiliError),
+))]
+async fn list_batches(raw: RawQuery) -> MeiliResult<Response> {
+    list_tasks(raw).await
 }
 
 /// A path under an index that this API does not have: the index's 404 first.
@@ -278,7 +322,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/tasks", get(list_tasks).delete(write_other))
         .route("/tasks/cancel", post(write_other))
         .route("/tasks/{id}", get(get_task))
-        .route("/batches", get(list_tasks))
+        .route("/batches", get(list_batches))
         .route("/swap-indexes", post(write_index))
         .route("/dumps", post(write_other))
         .route("/snapshots", post(write_other))
@@ -305,5 +349,13 @@ mod tests {
         assert_eq!(st["numberOfDocuments"], 9);
         assert_eq!(st["fieldDistribution"]["rating"], 9);
         assert!(st["rawDocumentDbSize"].as_u64().unwrap() > 0);
+    }
+
+    #[test]
+    fn setting_names_are_kebab_case_of_any_text() {
+        assert_eq!(camel_case("filterable-attributes"), "filterableAttributes");
+        assert_eq!(camel_case("typo-tolerance"), "typoTolerance");
+        assert_eq!(camel_case("a-é-"), "aÉ", "a name that cuts a character in two must not panic");
+        assert_eq!(camel_case("--"), "");
     }
 }

@@ -68,7 +68,8 @@ pub fn owns(path: &str) -> bool {
     )
 }
 
-fn is_search_route(path: &str) -> bool {
+/// The routes a tenant token may call (also for route patterns).
+pub fn is_search_route(path: &str) -> bool {
     path == "/multi-search" || (path.starts_with("/indexes/") && (path.ends_with("/search") || path.ends_with("/facet-search")))
 }
 
@@ -175,6 +176,14 @@ async fn search_index(state: &AppState, uid: String, params: SearchParams, acces
     Ok(v)
 }
 
+/// Search an index.
+#[utoipa::path(post, path = "/indexes/{uid}/search", params(("uid" = String, Path), crate::http::openapi::meili::FreshnessHeaders), request_body = crate::http::openapi::meili::MeiliSearchRequest, responses(
+    (status = 200, description = "The hits", body = crate::http::openapi::meili::MeiliSearchResponse),
+    (status = 400, description = "A parameter is not valid (its Meilisearch code: `invalid_search_filter`, …)", body = crate::http::openapi::meili::MeiliError),
+    (status = 404, description = "No such index", body = crate::http::openapi::meili::MeiliError),
+    (status = 503, description = "`minLsn` not reached in time (`lsn_not_reached`, `Retry-After`)", body = crate::http::openapi::meili::MeiliError),
+    (status = 413, description = "The body is over 1 MiB", body = crate::http::openapi::meili::MeiliError),
+))]
 async fn search_post(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
@@ -186,6 +195,13 @@ async fn search_post(
     Ok(Json(search_index(&state, uid, params, &access, &headers).await?).into_response())
 }
 
+/// Search an index, parameters in the query string.
+#[utoipa::path(get, path = "/indexes/{uid}/search", params(("uid" = String, Path), crate::http::openapi::meili::SearchQuery, crate::http::openapi::meili::FreshnessHeaders), responses(
+    (status = 200, description = "The hits", body = crate::http::openapi::meili::MeiliSearchResponse),
+    (status = 400, description = "A parameter is not valid (its Meilisearch code: `invalid_search_filter`, …)", body = crate::http::openapi::meili::MeiliError),
+    (status = 404, description = "No such index", body = crate::http::openapi::meili::MeiliError),
+    (status = 503, description = "`minLsn` not reached in time (`lsn_not_reached`, `Retry-After`)", body = crate::http::openapi::meili::MeiliError),
+))]
 async fn search_get(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
@@ -200,6 +216,13 @@ async fn search_get(
 /// `POST /multi-search`: `{"queries": [{"indexUid": …, …}]}` → `{"results": […]}`; with
 /// `federation` (`limit`, `offset`), one merged list of hits ranked by `_rankingScore` times
 /// the query's `federationOptions.weight`.
+#[utoipa::path(post, path = "/multi-search", params(crate::http::openapi::meili::FreshnessHeaders), request_body = crate::http::openapi::meili::MultiSearchRequest, responses(
+    (status = 200, description = "One result per query, or the merged hits with `federation`", body = crate::http::openapi::meili::MultiSearchResponse),
+    (status = 400, description = "A query is not valid (the message names it: `Inside .queries[i]`)", body = crate::http::openapi::meili::MeiliError),
+    (status = 404, description = "A query names an index that does not exist", body = crate::http::openapi::meili::MeiliError),
+    (status = 413, description = "The body is over 1 MiB", body = crate::http::openapi::meili::MeiliError),
+    (status = 503, description = "`minLsn` not reached in time", body = crate::http::openapi::meili::MeiliError),
+))]
 async fn multi_search(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
@@ -296,6 +319,13 @@ async fn multi_search(
 /// `POST /indexes/{uid}/facet-search`: the values of a facet, among the documents matching `q`
 /// and `filter`, that start with `facetQuery` (any word of them; case-insensitive), most
 /// frequent first.
+#[utoipa::path(post, path = "/indexes/{uid}/facet-search", params(("uid" = String, Path), crate::http::openapi::meili::FreshnessHeaders), request_body = crate::http::openapi::meili::FacetSearchRequest, responses(
+    (status = 200, description = "The facet's values that match", body = crate::http::openapi::meili::FacetSearchResponse),
+    (status = 400, description = "A parameter is not valid (its Meilisearch code: `invalid_search_filter`, …)", body = crate::http::openapi::meili::MeiliError),
+    (status = 404, description = "No such index", body = crate::http::openapi::meili::MeiliError),
+    (status = 503, description = "`minLsn` not reached in time (`lsn_not_reached`, `Retry-After`)", body = crate::http::openapi::meili::MeiliError),
+    (status = 413, description = "The body is over 1 MiB", body = crate::http::openapi::meili::MeiliError),
+))]
 async fn facet_search(
     State(state): State<AppState>,
     Extension(access): Extension<Access>,
