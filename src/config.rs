@@ -112,6 +112,10 @@ pub struct RuntimeConfig {
     /// Keys re-derived per SQL round trip.
     #[serde(default = "default_derive_chunk")]
     pub derive_chunk: usize,
+    /// Postgres connections each pipeline derives a batch's chunks on at once (a batch of more
+    /// than one chunk runs that many queries in parallel; 1: one after another).
+    #[serde(default = "default_derive_connections")]
+    pub derive_connections: usize,
     /// When nothing arrives for this long, advance the applied LSN on keepalives.
     #[serde(default = "default_idle_ms")]
     pub idle_ms: u64,
@@ -226,6 +230,9 @@ fn default_batch_ms() -> u64 {
 fn default_derive_chunk() -> usize {
     1000
 }
+fn default_derive_connections() -> usize {
+    2
+}
 fn default_lock_ms() -> u64 {
     1000
 }
@@ -274,6 +281,7 @@ impl Default for RuntimeConfig {
             batch_max_changes: default_batch_changes(),
             batch_max_ms: default_batch_ms(),
             derive_chunk: default_derive_chunk(),
+            derive_connections: default_derive_connections(),
             idle_ms: default_idle_ms(),
             dirty_keys_in_memory: default_dirty_keys(),
             lock_poll_ms: default_lock_ms(),
@@ -291,6 +299,9 @@ impl RuntimeConfig {
     fn check(&self) -> Result<()> {
         if !(self.ready_max_lag_secs.is_finite() && self.ready_max_lag_secs > 0.0 && self.ready_max_lag_secs < 1e9) {
             return Err(Error::config(format!("runtime.ready_max_lag_secs must be a positive number of seconds, not {}", self.ready_max_lag_secs)));
+        }
+        if !(1..=16).contains(&self.derive_connections) {
+            return Err(Error::config(format!("runtime.derive_connections must be between 1 and 16, not {}", self.derive_connections)));
         }
         Ok(())
     }

@@ -153,13 +153,38 @@ impl Worker {
         let mut upserted: Vec<String> = Vec::new();
         let mut deleted: Vec<String> = Vec::new();
         let mut truncated_notice = dirty.truncate;
+        let parallel = self.ctx.cfg.runtime.derive_connections.max(1);
+        if parallel > 1 && dirty.keys.len() > chunk {
+            open_helpers(&mut self.helpers, &self.ctx.cfg, &p.sql.keyed, parallel - 1).await;
+        }
+        let n_key = p.key.len();
         let mut chunks = dirty.keys.chunks(chunk)?;
-        while let Some(part) = chunks.next_chunk()? {
-            let derive_started = Instant::now();
-            let (writes, rejected) = derive_keys(&self.pg, &stmt, p.key.len(), &part).await?;
-            deriving += derive_started.elapsed();
+        // Up to `derive_connections` chunks are derived at once, one per connection, and written
+        // in key order.
+        let mut round: std::collections::VecDeque<(Vec<Write>, Vec<Rejected>)> = Default::default();
+        loop {
+            if round.is_empty() {
+                let mut parts = Vec::new();
+                while parts.len() <= self.helpers.len() {
+                    match chunks.next_chunk()? {
+                        Some(part) => parts.push(part),
+                        None => break,
+                    }
+                }
+                if parts.is_empty() {
+                    break;
+                }
+                let derive_started = Instant::now();
+                let conns = std::iter::once((&self.pg, &stmt)).chain(self.helpers.iter().map(|(c, s, _)| (c, s)));
+                let derived = futures::future::join_all(parts.iter().zip(conns).map(|(part, (c, s))| derive_keys(c, s, n_key, part))).await;
+                deriving += derive_started.elapsed();
+                for d in derived {
+                    round.push_back(d?);
+                }
+            }
+            let (writes, rejected) = round.pop_front().expect("a derived chunk");
             failpoint("after_derive");
-            tracing::trace!(pipeline = %p.def.name, keys = part.len(), writes = writes.len(), "derived");
+            tracing::trace!(pipeline = %p.def.name, writes = writes.len(), "derived");
             if upserted.len() + deleted.len() < NOTICE_KEYS {
                 for w in &writes {
                     match w {
@@ -453,6 +478,29 @@ fn visible_in(xid: u32, xmin: u64, xmax: u64, running: &[u64]) -> bool {
         full -= 1 << 32;
     }
     full < xmin || (full < xmax && !running.contains(&full))
+}
+
+/// Opens (or keeps) `n` more connections with the derivation statement `sql` prepared on each,
+/// for deriving a batch's chunks in parallel. One that cannot be opened is left out: the batch is
+/// derived on fewer.
+async fn open_helpers(helpers: &mut Vec<(Client, tokio_postgres::Statement, String)>, cfg: &crate::config::Config, sql: &str, n: usize) {
+    helpers.retain(|(c, _, s)| !c.is_closed() && s == sql);
+    let Ok(url) = cfg.postgres_url() else { return };
+    while helpers.len() < n {
+        let opened = async {
+            let client = pg::connect(url).await?;
+            let stmt = client.prepare(sql).await?;
+            Ok::<_, Error>((client, stmt))
+        }
+        .await;
+        match opened {
+            Ok((client, stmt)) => helpers.push((client, stmt, sql.to_string())),
+            Err(e) => {
+                warn!(error = %e, "cannot open another derivation connection; deriving on fewer");
+                return;
+            }
+        }
+    }
 }
 
 /// Stages every row of the pipeline's ledgered relations (identity, join values), as

@@ -176,6 +176,9 @@ pub struct Worker {
     pub(super) rewrite_redis: bool,
     /// The pipeline's place in the daemon's order (its meter in `Shared`).
     pub(super) index: usize,
+    /// More connections (with the derivation statement prepared on each) that derive a batch's
+    /// chunks beside `pg` (`runtime.derive_connections` − 1; opened when first needed).
+    pub(super) helpers: Vec<(Client, tokio_postgres::Statement, String)>,
 }
 
 impl Worker {
@@ -198,6 +201,7 @@ impl Worker {
             resume_reindex,
             rewrite_redis: false,
             index: 0,
+            helpers: Vec::new(),
         })
     }
 
@@ -475,6 +479,7 @@ impl Worker {
     }
 
     pub(super) async fn reconnect_pg(&mut self) -> Result<()> {
+        self.helpers.retain(|(c, _, _)| !c.is_closed());
         if !self.pg.is_closed() {
             return Ok(());
         }
