@@ -27,7 +27,7 @@ targets:
       fields:
         title: { type: text, stored: true }
         rate: { type: f64, stored: true, sortable: true }
-  - redis: { key: "film:{film_id}", type: json, provenance: true }
+  - redis: { key: "film:{film_id}", type: json, provenance: true, notify: true }
   - redis: { key: "film:{film_id}:summary", type: hash, fields: [title, rate], provenance: true }
   - redis: { key: "film:{film_id}:plain", type: hash, fields: [title] }
 "#;
@@ -102,13 +102,26 @@ fn records_carry_the_lsn_and_version_that_made_them_and_audits_ignore_them() {
     assert_eq!(hash_view(&w, "film:7:plain"), json!({"title": expected["7"]["title"]}));
     assert_eq!(docs["7"]["title"], expected["7"]["title"]);
 
-    // A streamed change: its records carry its transaction's commit LSN (between the WAL
+    // A streamed change: its records carry the LSN of the batch that wrote them — the one the
+    // change notice of that batch names, which is the transaction's commit LSN (between the WAL
     // positions read just before and just after it); the others keep the snapshot's.
+    let mut notices = env().redis.conn();
+    let mut notices = notices.as_pubsub();
+    notices.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    notices.subscribe(format!("{}:_changes:films", w.prefix())).unwrap();
     let before = w.current_lsn();
     w.sql("UPDATE film SET title = 'PROVENANCE SEVEN' WHERE film_id = 7");
     let after = w.current_lsn();
+    let batch_lsn: Lsn = loop {
+        let notice: Value = serde_json::from_str(&notices.get_message().expect("a change notice").get_payload::<String>().unwrap()).unwrap();
+        if notice["keys"].as_array().is_some_and(|k| k.contains(&json!(format!("{}:film:7", w.view_prefix())))) {
+            break notice["lsn"].as_str().unwrap().parse().unwrap();
+        }
+    };
+    drop(notices);
     w.wait_applied(&["films"], &["films"], after, std::time::Duration::from_secs(60));
     let (lsn, version) = stamp_of(&json_view(&w, "film:7"));
+    assert_eq!(lsn, batch_lsn, "the batch's LSN");
     assert!(before < lsn && lsn <= after, "{before} < {lsn} <= {after}");
     assert_eq!(version, redis_version);
     assert_eq!(json_view(&w, "film:7")["title"], "PROVENANCE SEVEN");
