@@ -143,7 +143,7 @@ impl RedisSide {
             let mut diffs = Vec::new();
             let mut all_absent = true;
             for v in views {
-                let compared = compare::next_mismatch(v, &mut replies, detail)?;
+                let compared = compare::next_mismatch(v, &mut replies, detail, compare::Ignore::Provenance)?;
                 match compared {
                     Some((want, actual, absent)) => {
                         all_absent &= absent;

@@ -103,7 +103,8 @@ impl Search {
         }
     }
 
-    /// The stored document of a key, for diffs.
+    /// The stored document of a key, for diffs (without `_lsn` and `_version`: audits compare
+    /// values only).
     pub(super) fn stored(&self, key: &str) -> Option<serde_json::Map<String, Value>> {
         let schema = self.searcher.schema();
         let field = schema.get_field(KEY_FIELD).ok()?;
@@ -112,7 +113,11 @@ impl Search {
         let top = self.searcher.search(&q, &tantivy::collector::TopDocs::with_limit(1).order_by_score()).ok()?;
         let (_, addr) = top.first()?;
         let doc: tantivy::TantivyDocument = self.searcher.doc(*addr).ok()?;
-        serde_json::from_str(doc.get_first(src)?.as_str()?).ok()
+        let mut stored: serde_json::Map<String, Value> = serde_json::from_str(doc.get_first(src)?.as_str()?).ok()?;
+        for f in crate::pipeline::PROVENANCE_FIELDS {
+            stored.shift_remove(f);
+        }
+        Some(stored)
     }
 
     pub(super) fn expected_stored(&self, r: &Record) -> Option<serde_json::Map<String, Value>> {

@@ -133,6 +133,25 @@ pub struct SearchTarget {
     /// the index, so not of its definition hash either.
     #[serde(skip)]
     pub relevance: crate::pipeline::relevance::Relevance,
+    /// `provenance: true`: each document's `_source` also carries `_lsn` and `_version` (see
+    /// [`PROVENANCE_FIELDS`]). Hashed only when on, so existing definitions keep their hash.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub provenance: bool,
+}
+
+/// The fields a target with `provenance: true` adds to every record it writes: the commit LSN
+/// (`X/Y`) of the batch that wrote it, and the short hash of the definition that derived it.
+/// Output field names cannot start with `_`, so they never clash with a pipeline's own fields.
+pub const LSN_FIELD: &str = "_lsn";
+pub const VERSION_FIELD: &str = "_version";
+pub const PROVENANCE_FIELDS: [&str; 2] = [LSN_FIELD, VERSION_FIELD];
+
+/// How many hex digits of a definition hash `_version` keeps (48 bits).
+pub const VERSION_LEN: usize = 12;
+
+/// `_version` of a definition hash (sha256 hex): its first [`VERSION_LEN`] digits.
+pub fn short_version(definition_hash: &str) -> &str {
+    &definition_hash[..definition_hash.len().min(VERSION_LEN)]
 }
 
 /// The analyzers a `text` field may name: these, or a stemmer language of [`STEMMER_LANGUAGES`].
@@ -239,6 +258,10 @@ pub struct RedisTarget {
     /// zset: the output field holding the score (a number).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub score: Option<String>,
+    /// `provenance: true` (json and hash only): each view also carries `_lsn` and `_version`.
+    /// Hashed only when on, so existing definitions keep their hash.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub provenance: bool,
 }
 
 impl RedisTarget {

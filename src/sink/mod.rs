@@ -5,6 +5,7 @@
 
 pub mod ledger;
 pub mod memory;
+pub mod provenance;
 pub mod redis;
 pub mod tantivy;
 

@@ -147,7 +147,9 @@ pub fn check(file: &Path, text: &str) -> Result<Pipeline, Vec<Diagnostic>> {
         Some(n) => match &n.value {
             Value::Map(entries) if !entries.is_empty() => {
                 for (k, v) in entries {
-                    if !valid_name(&k.name) {
+                    if PROVENANCE_FIELDS.contains(&k.name.as_str()) {
+                        c.err(k.pos, format!("field name `{}` is reserved: a target with `provenance: true` writes it", k.name));
+                    } else if !valid_name(&k.name) {
                         c.err(k.pos, format!("field name `{}` must match [a-z][a-z0-9_]*", k.name));
                     }
                     if let Some(f) = check_field(&mut c, k, v, &children) {
@@ -352,6 +354,39 @@ targets:
         assert!(text[1].starts_with("pipelines/films.yaml:15:11: error: `id` names `nope`"), "{}", text[1]);
         assert!(text[2].contains("unknown redis type `list`"), "{}", text[2]);
         assert!(text[0].contains("\n    |   colour: red\n    |   ^"), "{}", text[0]);
+    }
+
+    #[test]
+    fn provenance_is_for_json_hash_and_search_targets_and_its_fields_are_reserved() {
+        let on = FILMS
+            .replace("      type: json\n", "      type: json\n      provenance: true\n")
+            .replace("      id: film_id\n", "      id: film_id\n      provenance: true\n");
+        let p = check(Path::new("films.yaml"), &on).unwrap_or_else(|d| panic!("{d:?}"));
+        assert!(p.redis[0].provenance && p.search[0].provenance);
+        let off = check(Path::new("films.yaml"), FILMS).unwrap();
+        assert!(!off.redis[0].provenance && !off.search[0].provenance);
+        // Turning it on changes what the targets write (and so their definition hashes); off
+        // (absent or `false`) leaves every hash as it was before the option existed.
+        assert_ne!(p.redis_hash(), off.redis_hash());
+        assert_ne!(p.search_hash(&p.search[0]), off.search_hash(&off.search[0]));
+        let explicit_off = check(Path::new("films.yaml"), &FILMS.replace("      type: json\n", "      type: json\n      provenance: false\n")).unwrap();
+        assert_eq!(explicit_off.redis_hash(), off.redis_hash());
+        assert_eq!(explicit_off.hash, off.hash);
+
+        let set = FILMS.replace(
+            "      key: \"film:{film_id}\"\n      type: json\n",
+            "      key: \"rated:{rate}\"\n      type: set\n      member: film_id\n      provenance: true\n",
+        );
+        let errs = check(Path::new("pipelines/films.yaml"), &set).unwrap_err();
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errs.len(), 1, "{text:#?}");
+        assert!(text[0].starts_with("pipelines/films.yaml:22:7: error: `provenance` applies to json and hash targets only"), "{}", text[0]);
+
+        let clash = FILMS.replace("  title: film.title\n", "  title: film.title\n  _lsn: film.last_update\n");
+        let errs = check(Path::new("pipelines/films.yaml"), &clash).unwrap_err();
+        assert!(errs[0].to_string().starts_with("pipelines/films.yaml:11:3: error: field name `_lsn` is reserved"), "{}", errs[0]);
+        let bad = FILMS.replace("      type: json\n", "      type: json\n      provenance: yes please\n");
+        assert!(check(Path::new("films.yaml"), &bad).is_err());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::pipeline::yaml::{Key, Node, Value};
 use crate::pipeline::{KeyTemplate, RedisTarget, RedisType, SearchField, SearchTarget, SearchType};
 
 pub(super) fn check_search(c: &mut Checker, node: &Node, pipeline: &str, field_names: &HashSet<String>) -> Option<SearchTarget> {
-    let allowed: Vec<&str> = ["index", "id", "fields", "default_search_fields"].into_iter().chain(super::relevance::KEYS).collect();
+    let allowed: Vec<&str> = ["index", "id", "fields", "default_search_fields", "provenance"].into_iter().chain(super::relevance::KEYS).collect();
     let entries = c.map(node, "a search target", &allowed)?;
     let index = match get(entries, "index") {
         None => pipeline.to_string(),
@@ -67,7 +67,8 @@ pub(super) fn check_search(c: &mut Checker, node: &Node, pipeline: &str, field_n
         }
     };
     let relevance = super::relevance::check(c, entries, &fields);
-    Some(SearchTarget { index, id, fields, default_search_fields, relevance })
+    let provenance = get(entries, "provenance").and_then(|n| c.boolean(n, "`provenance`")).unwrap_or(false);
+    Some(SearchTarget { index, id, fields, default_search_fields, relevance, provenance })
 }
 
 fn check_search_field(c: &mut Checker, key: &Key, node: &Node) -> Option<SearchField> {
@@ -154,7 +155,7 @@ fn check_search_field(c: &mut Checker, key: &Key, node: &Node) -> Option<SearchF
 }
 
 pub(super) fn check_redis(c: &mut Checker, node: &Node, field_names: &HashSet<String>) -> Option<RedisTarget> {
-    let entries = c.map(node, "a redis target", &["key", "type", "fields", "notify", "member", "score"])?;
+    let entries = c.map(node, "a redis target", &["key", "type", "fields", "notify", "member", "score", "provenance"])?;
     let key = match get(entries, "key") {
         None => {
             c.err(node.pos, "a redis target needs `key` (a template such as \"film:{film_id}\")");
@@ -213,6 +214,14 @@ pub(super) fn check_redis(c: &mut Checker, node: &Node, field_names: &HashSet<St
             if let Some((k, _)) = entries.iter().find(|(e, _)| e.name == "fields") {
                 c.err(k.pos, "`fields` applies to json and hash targets only");
             }
+            if let Some((k, n)) = entries.iter().find(|(e, _)| e.name == "provenance") {
+                if matches!(n.value, Value::Bool(true)) {
+                    c.err(
+                        k.pos,
+                        "`provenance` applies to json and hash targets only (a set or zset holds members and scores, with no room for `_lsn` and `_version`)",
+                    );
+                }
+            }
         }
         _ => {
             for k in ["member", "score"] {
@@ -235,5 +244,6 @@ pub(super) fn check_redis(c: &mut Checker, node: &Node, field_names: &HashSet<St
         }
     };
     let notify = get(entries, "notify").and_then(|n| c.boolean(n, "`notify`")).unwrap_or(false);
-    Some(RedisTarget { key: key?, ty, fields, notify, member, score })
+    let provenance = get(entries, "provenance").and_then(|n| c.boolean(n, "`provenance`")).unwrap_or(false);
+    Some(RedisTarget { key: key?, ty, fields, notify, member, score, provenance })
 }

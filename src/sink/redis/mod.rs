@@ -25,6 +25,7 @@ mod conn;
 mod keys;
 mod views;
 use crate::pipeline::Pipeline;
+use crate::sink::provenance::Stamp;
 use crate::source::Lsn;
 pub use checkpoint::{durability_delay, read_checkpoint};
 pub use conn::{connect, connect_pinned, RedisConn};
@@ -80,6 +81,8 @@ struct OpenBatch {
     verify: bool,
     /// Records whose views were found already exact (not rewritten).
     verified: u64,
+    /// The provenance the views of targets with `provenance: true` carry (none without such).
+    stamp: Option<Stamp>,
 }
 
 impl RedisSink {
@@ -187,7 +190,7 @@ impl RedisSink {
             let mut same = compare::ledger_matches(ledger.get(i).and_then(|e| e.as_deref()), views);
             for v in views {
                 // Every view's replies are taken, also after a first difference.
-                same &= compare::next_mismatch(v, &mut replies, false)?.is_none();
+                same &= compare::next_mismatch(v, &mut replies, false, compare::Ignore::Lsn)?.is_none();
             }
             held.push(same);
         }
@@ -310,6 +313,12 @@ impl Sink for RedisSink {
             return Ok(false);
         }
         let replace = mode == BatchMode::Replace;
+        // A repair writes at the position its checkpoint holds, if that is later (as search does).
+        let written_at = match (mode, &self.checkpoint) {
+            (BatchMode::Repair, Some(c)) => c.lsn.max(lsn),
+            _ => lsn,
+        };
+        let stamp = self.views.iter().any(|v| v.target.provenance).then(|| Stamp::new(written_at, &self.hash));
         // A rewrite beside the live views, or a replace over views already there (a resync),
         // mostly finds what it would write: it reads first (an initial load does not).
         let mut verify = mode == BatchMode::Rewrite;
@@ -337,6 +346,7 @@ impl Sink for RedisSink {
             deleted: Vec::new(),
             verify,
             verified: 0,
+            stamp,
         });
         Ok(true)
     }
@@ -350,7 +360,7 @@ impl Sink for RedisSink {
         let mut upserts: Vec<(&str, Vec<ViewWrite>)> = Vec::new();
         for w in writes {
             if let Write::Upsert(r) = w {
-                match render_views(&self.prefix, &self.views, r, self.max_value) {
+                match render_views(&self.prefix, &self.views, r, self.max_value, open.stamp.as_ref()) {
                     Ok(views) => upserts.push((r.key.as_str(), views)),
                     Err(reason) => rejected.push(Rejected::by_target(r.key.clone(), reason)),
                 }
@@ -408,10 +418,14 @@ impl Sink for RedisSink {
     }
 
     fn validate(&self, writes: &[Write]) -> Vec<Rejected> {
+        // The largest stamp a batch can carry, for the size limit.
+        let stamp = Stamp::new(Lsn(u64::MAX), &self.hash);
         writes
             .iter()
             .filter_map(|w| match w {
-                Write::Upsert(r) => render_views(&self.prefix, &self.views, r, self.max_value).err().map(|reason| Rejected::by_target(r.key.clone(), reason)),
+                Write::Upsert(r) => {
+                    render_views(&self.prefix, &self.views, r, self.max_value, Some(&stamp)).err().map(|reason| Rejected::by_target(r.key.clone(), reason))
+                }
                 Write::Delete { .. } => None,
             })
             .collect()

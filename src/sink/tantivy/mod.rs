@@ -22,6 +22,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{BatchMode, Checkpoint, Rejected, Sink, Write};
 use crate::error::{Error, Result};
 use crate::pipeline::{Pipeline, SearchTarget};
+use crate::sink::provenance::Stamp;
 use crate::source::Lsn;
 pub use generation::{collect_garbage, current_generation, generations, live_schema_matches, next_generation, read_checkpoint, set_current};
 use generation::{durable_directory, generation_dir, open_for_writing, payload_checkpoint, read_generation};
@@ -52,6 +53,8 @@ pub struct SearchSink {
     tx: mpsc::UnboundedSender<Cmd>,
     queue: QueueBudget,
     open: Option<Lsn>,
+    /// The open batch's provenance, when the target has `provenance: true`.
+    stamp: Option<Stamp>,
     checkpoint: Option<Checkpoint>,
     frozen: bool,
 }
@@ -123,6 +126,7 @@ impl SearchSink {
             tx,
             queue: QueueBudget::new(0),
             open: None,
+            stamp: None,
             checkpoint,
             frozen: true,
         })
@@ -170,6 +174,7 @@ impl SearchSink {
             tx,
             queue: QueueBudget::new(writer_mb.max(16)),
             open: None,
+            stamp: None,
             checkpoint,
             frozen: false,
         })
@@ -223,6 +228,7 @@ impl Sink for SearchSink {
         self.queue.set_bulk(matches!(mode, BatchMode::Replace)).await;
         self.send(Cmd::Begin { clear_all })?;
         self.open = Some(lsn);
+        self.stamp = self.live.target.provenance.then(|| Stamp::new(lsn, &self.hash));
         Ok(true)
     }
 
@@ -242,7 +248,7 @@ impl Sink for SearchSink {
                         rejected.push(Rejected::by_target(r.key.clone(), format!("search id field `{}` is NULL", self.live.target.id)));
                         continue;
                     };
-                    match self.builder.build(&id, &r.value) {
+                    match self.builder.build_stamped(&id, &r.value, self.stamp.as_ref()) {
                         Ok(mut doc) => {
                             doc.add_text(self.live.schema.get_field(KEY_FIELD).expect("_key"), &r.key);
                             doc.add_u64(self.live.schema.get_field(schema::HASH_FIELD).expect("_hash"), super::content_hash(&r.json));

@@ -8,7 +8,8 @@ use tantivy::schema::{
 use tantivy::tokenizer::{Language, LowerCaser, RawTokenizer, RemoveLongFilter, SimpleTokenizer, Stemmer, TextAnalyzer, WhitespaceTokenizer};
 use tantivy::{DateTime, Index, TantivyDocument};
 
-use crate::pipeline::{SearchField, SearchTarget, SearchType};
+use crate::pipeline::{SearchField, SearchTarget, SearchType, LSN_FIELD, VERSION_FIELD};
+use crate::sink::provenance::Stamp;
 
 pub const ID_FIELD: &str = "_id";
 pub const SOURCE_FIELD: &str = "_source";
@@ -130,6 +131,9 @@ pub struct DocBuilder {
     source: Field,
     fields: Vec<(SearchField, Option<Field>)>,
     id_name: String,
+    /// The target has `provenance: true`: a stamped document's `_source` ends with `_lsn` and
+    /// `_version`.
+    provenance: bool,
 }
 
 impl DocBuilder {
@@ -139,6 +143,7 @@ impl DocBuilder {
             source: schema.get_field(SOURCE_FIELD).expect("schema has _source"),
             fields: target.fields.iter().map(|f| (f.clone(), schema.get_field(&f.name).ok())).collect(),
             id_name: target.id.clone(),
+            provenance: target.provenance,
         }
     }
 
@@ -148,6 +153,12 @@ impl DocBuilder {
 
     /// Builds the document for one record. `id` is the text form of the target's id field.
     pub fn build(&self, id: &str, record: &Map<String, Value>) -> Result<TantivyDocument, String> {
+        self.build_stamped(id, record, None)
+    }
+
+    /// Like [`build`](Self::build); with provenance on the target, `_source` also carries the
+    /// batch's `stamp` (`_lsn`, `_version`, last). Not part of the content hash: audits ignore it.
+    pub fn build_stamped(&self, id: &str, record: &Map<String, Value>, stamp: Option<&Stamp>) -> Result<TantivyDocument, String> {
         let mut doc = TantivyDocument::default();
         doc.add_text(self.id, id);
         // `_source`: the id field, then every stored field (null when absent), each once, as a
@@ -187,6 +198,10 @@ impl DocBuilder {
                     _ => doc.add_field_value(handle, &convert(f, item).map_err(|e| format!("field `{}`: {e}", f.name))?),
                 }
             }
+        }
+        if let Some(stamp) = stamp.filter(|_| self.provenance) {
+            put(LSN_FIELD, &Value::String(stamp.lsn.clone()));
+            put(VERSION_FIELD, &Value::String(stamp.version.clone()));
         }
         source.push(b'}');
         doc.add_text(self.source, String::from_utf8(source).expect("serde_json writes UTF-8"));
@@ -284,6 +299,23 @@ pub mod tests {
         };
         assert_eq!(source(r#"{"tags": ["a", null], "title": "Al \"pha\"\n", "id": 7, "n": 5}"#), r#"{"id":7,"title":"Al \"pha\"\n","tags":["a",null]}"#);
         assert_eq!(source(r#"{"n": 5}"#), r#"{"title":null,"tags":null}"#, "absent stored fields are null; an absent id is left out");
+    }
+
+    #[test]
+    fn provenance_ends_the_source_of_a_target_that_has_it() {
+        use tantivy::schema::Value as _;
+        let stamp = Stamp::new("1/2A".parse().unwrap(), "0123456789abcdef");
+        let source = |t: &SearchTarget| {
+            let schema = build_schema(t);
+            let rec: Map<String, Value> = serde_json::from_str(r#"{"id": 7, "title": "Alpha", "tags": ["a"]}"#).unwrap();
+            let doc = DocBuilder::new(&schema, t).build_stamped("7", &rec, Some(&stamp)).unwrap();
+            doc.get_first(schema.get_field(SOURCE_FIELD).unwrap()).and_then(|v| v.as_str().map(str::to_string)).unwrap()
+        };
+        let mut t = target();
+        assert_eq!(source(&t), r#"{"id":7,"title":"Alpha","tags":["a"]}"#, "no provenance: no stamp");
+        t.provenance = true;
+        assert_eq!(source(&t), r#"{"id":7,"title":"Alpha","tags":["a"],"_lsn":"1/2A","_version":"0123456789ab"}"#);
+        assert_eq!(build_schema(&t), build_schema(&target()), "the stamp lives in `_source` only");
     }
 
     #[test]
