@@ -116,6 +116,11 @@ pub struct RuntimeConfig {
     /// than one chunk runs that many queries in parallel; 1: one after another).
     #[serde(default = "default_derive_connections")]
     pub derive_connections: usize,
+    /// While a backlog drains (batches fill up with more already queued), batch limits grow up
+    /// to this many times `batch_max_changes` / `batch_max_ms`: fewer, larger commits. They come
+    /// back as soon as the stream has caught up. 1: fixed limits.
+    #[serde(default = "default_backlog_batch_factor")]
+    pub backlog_batch_factor: usize,
     /// When nothing arrives for this long, advance the applied LSN on keepalives.
     #[serde(default = "default_idle_ms")]
     pub idle_ms: u64,
@@ -233,6 +238,9 @@ fn default_derive_chunk() -> usize {
 fn default_derive_connections() -> usize {
     2
 }
+fn default_backlog_batch_factor() -> usize {
+    8
+}
 fn default_lock_ms() -> u64 {
     1000
 }
@@ -282,6 +290,7 @@ impl Default for RuntimeConfig {
             batch_max_ms: default_batch_ms(),
             derive_chunk: default_derive_chunk(),
             derive_connections: default_derive_connections(),
+            backlog_batch_factor: default_backlog_batch_factor(),
             idle_ms: default_idle_ms(),
             dirty_keys_in_memory: default_dirty_keys(),
             lock_poll_ms: default_lock_ms(),
@@ -299,6 +308,9 @@ impl RuntimeConfig {
     fn check(&self) -> Result<()> {
         if !(self.ready_max_lag_secs.is_finite() && self.ready_max_lag_secs > 0.0 && self.ready_max_lag_secs < 1e9) {
             return Err(Error::config(format!("runtime.ready_max_lag_secs must be a positive number of seconds, not {}", self.ready_max_lag_secs)));
+        }
+        if !(1..=64).contains(&self.backlog_batch_factor) {
+            return Err(Error::config(format!("runtime.backlog_batch_factor must be between 1 and 64, not {}", self.backlog_batch_factor)));
         }
         if !(1..=16).contains(&self.derive_connections) {
             return Err(Error::config(format!("runtime.derive_connections must be between 1 and 16, not {}", self.derive_connections)));

@@ -84,24 +84,51 @@ pub enum FlushReason {
 }
 
 /// When a batch closes. Batches close only at a transaction boundary.
+///
+/// The limits adapt to load: a batch that filled up while more input was already queued (a
+/// backlog draining) doubles the limits of the next ones, up to `backlog_factor` times the
+/// configured ones, so a backlog drains in fewer, larger commits; the first batch that finds
+/// nothing more queued (the stream has caught up) brings them back, so a quiet stream keeps the
+/// lowest latency.
 #[derive(Debug, Clone, Copy)]
 pub struct BatchPolicy {
+    /// The configured limits (`runtime.batch_max_changes`, `runtime.batch_max_ms`).
     pub max_changes: usize,
     pub max_wait: Duration,
+    /// How far the limits may grow while a backlog drains (`runtime.backlog_batch_factor`).
+    pub backlog_factor: usize,
+    /// The current scale of the limits: 1, 2, 4, … up to `backlog_factor`.
+    scale: usize,
 }
 
 impl BatchPolicy {
     pub fn new(max_changes: usize, max_wait: Duration) -> BatchPolicy {
-        BatchPolicy { max_changes: max_changes.max(1), max_wait }
+        BatchPolicy { max_changes: max_changes.max(1), max_wait, backlog_factor: 1, scale: 1 }
+    }
+
+    /// Lets the limits grow up to `factor` times while a backlog drains (1: never).
+    pub fn adapting(self, factor: usize) -> BatchPolicy {
+        BatchPolicy { backlog_factor: factor.max(1), ..self }
+    }
+
+    /// The limits in force now: (changes, wait).
+    pub fn limits(&self) -> (usize, Duration) {
+        (self.max_changes.saturating_mul(self.scale), self.max_wait.saturating_mul(self.scale as u32))
     }
 
     /// At a commit: `changes` in the batch, its `age`, and whether more input is already queued.
-    pub fn at_commit(&self, changes: usize, age: Duration, more_queued: bool) -> Option<FlushReason> {
-        if changes >= self.max_changes {
+    pub fn at_commit(&mut self, changes: usize, age: Duration, more_queued: bool) -> Option<FlushReason> {
+        let (max_changes, max_wait) = self.limits();
+        if changes >= max_changes {
+            if more_queued {
+                // Full with more waiting: a backlog. Larger batches, fewer commits.
+                self.scale = (self.scale * 2).min(self.backlog_factor);
+            }
             Some(FlushReason::Full)
         } else if !more_queued {
+            self.scale = 1;
             Some(FlushReason::Quiet)
-        } else if age >= self.max_wait {
+        } else if age >= max_wait {
             Some(FlushReason::Waited)
         } else {
             None
@@ -111,7 +138,7 @@ impl BatchPolicy {
     /// On the timer, between transactions: a batch that waited long enough goes even while more
     /// input keeps arriving.
     pub fn on_tick(&self, age: Option<Duration>) -> Option<FlushReason> {
-        age.filter(|a| *a >= self.max_wait).map(|_| FlushReason::Waited)
+        age.filter(|a| *a >= self.limits().1).map(|_| FlushReason::Waited)
     }
 }
 
@@ -184,7 +211,7 @@ mod tests {
 
     #[test]
     fn a_batch_flushes_when_full_quiet_or_old() {
-        let p = BatchPolicy::new(100, Duration::from_millis(50));
+        let mut p = BatchPolicy::new(100, Duration::from_millis(50));
         assert_eq!(p.at_commit(100, Duration::ZERO, true), Some(FlushReason::Full));
         assert_eq!(p.at_commit(1, Duration::ZERO, false), Some(FlushReason::Quiet));
         assert_eq!(p.at_commit(1, Duration::from_millis(50), true), Some(FlushReason::Waited));
@@ -193,6 +220,33 @@ mod tests {
         assert_eq!(p.on_tick(Some(Duration::from_millis(10))), None);
         assert_eq!(p.on_tick(Some(Duration::from_millis(60))), Some(FlushReason::Waited));
         assert_eq!(BatchPolicy::new(0, Duration::ZERO).max_changes, 1);
+    }
+
+    #[test]
+    fn limits_grow_while_a_backlog_drains_and_come_back_when_it_is_gone() {
+        let ms = Duration::from_millis;
+        let mut p = BatchPolicy::new(100, ms(50)).adapting(8);
+        assert_eq!(p.limits(), (100, ms(50)));
+        // Full with more queued: a backlog; the next batches may be twice as large, up to 8×.
+        assert_eq!(p.at_commit(100, ms(1), true), Some(FlushReason::Full));
+        assert_eq!(p.limits(), (200, ms(100)));
+        assert_eq!(p.at_commit(150, ms(60), true), None, "neither full nor waited long enough at the larger limits");
+        assert_eq!(p.on_tick(Some(ms(60))), None);
+        assert_eq!(p.on_tick(Some(ms(100))), Some(FlushReason::Waited));
+        for _ in 0..5 {
+            assert_eq!(p.at_commit(100_000, ms(1), true), Some(FlushReason::Full));
+        }
+        assert_eq!(p.limits(), (800, ms(400)), "at most backlog_factor times the configured limits");
+        // Waited batches keep the scale; full ones with nothing queued do not grow it.
+        assert_eq!(p.at_commit(1, ms(400), true), Some(FlushReason::Waited));
+        assert_eq!(p.limits(), (800, ms(400)));
+        // Caught up: the first batch that finds nothing queued brings the limits back.
+        assert_eq!(p.at_commit(3, ms(1), false), Some(FlushReason::Quiet));
+        assert_eq!(p.limits(), (100, ms(50)));
+        // Without adapting, the limits never move.
+        let mut fixed = BatchPolicy::new(100, ms(50));
+        assert_eq!(fixed.at_commit(100, ms(1), true), Some(FlushReason::Full));
+        assert_eq!(fixed.limits(), (100, ms(50)));
     }
 
     #[test]

@@ -253,7 +253,7 @@ impl Worker {
         }
         let mut built_rx = self.built_rx.take().expect("built receiver");
         let rt = &self.ctx.cfg.runtime;
-        let policy = BatchPolicy::new(rt.batch_max_changes, rt.batch_max_wait());
+        let policy = BatchPolicy::new(rt.batch_max_changes, rt.batch_max_wait()).adapting(rt.backlog_batch_factor);
         let mut flush_tick = tokio::time::interval(policy.max_wait.max(Duration::from_millis(5)));
         let mut cp_tick = tokio::time::interval(Duration::from_millis(rt.idle_ms.max(100)));
         flush_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
