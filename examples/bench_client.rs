@@ -10,7 +10,9 @@
 //!   document back through `GET /v1/indexes/<index>/documents/<id>` to check the new title is there.
 //! * `search` — the same keyword queries through `POST /v1/indexes/<index>/search` and through
 //!   Postgres full-text search (`plainto_tsquery('simple', q)`, `ts_rank`, top 10) on a table with a
-//!   tsvector column and a GIN index; client-observed latency of each.
+//!   tsvector column and a GIN index; client-observed latency of each. Before those, in the same
+//!   run, each word through deriver as an exact (quoted), a prefix and a one-typo query, each with
+//!   its own latency summary, failed requests and zero-hit queries.
 //!
 //! Every subcommand prints one JSON object per line on stdout.
 
@@ -277,24 +279,50 @@ async fn search(f: &Flags) {
     // The same words as relevance variants, measured in the same run: exact (quoted: no prefix, no
     // typos, what Postgres FTS does), a prefix (the first half, at least 3 letters, typed as the
     // last word), a typo (two middle letters swapped, a space after it: no prefix; words of 5+).
+    // The swapped pair is the one nearest the middle whose letters differ (so "seeing" does not
+    // come back unchanged); the first letter is kept.
     let variants = |w: &str| -> (String, String, Option<String>) {
         let chars: Vec<char> = w.chars().collect();
         let prefix: String = chars.iter().take(chars.len().div_ceil(2).max(3)).collect();
-        let typo = (chars.len() >= 5).then(|| {
+        let mid = chars.len() / 2;
+        let mut pairs: Vec<usize> = (1..chars.len().saturating_sub(1)).collect();
+        pairs.sort_by_key(|&i| (i + 1).abs_diff(mid));
+        let typo = pairs.into_iter().find(|&i| chars.len() >= 5 && chars[i] != chars[i + 1]).map(|i| {
             let mut c = chars.clone();
-            c.swap(1, 2);
+            c.swap(i, i + 1);
             format!("{} ", c.into_iter().collect::<String>())
         });
         (format!("\"{w}\""), prefix, typo)
     };
+    // A variant's latencies with its failed requests and zero-hit queries: a variant that matched
+    // nothing (or failed) would be cheap for the wrong reason.
+    #[derive(Default)]
+    struct Variant {
+        lat: Vec<f64>,
+        errors: u64,
+        zero_hits: u64,
+    }
+    impl Variant {
+        fn add(&mut self, (ms, ok, hits): (f64, bool, u64)) {
+            self.lat.push(ms);
+            self.errors += u64::from(!ok);
+            self.zero_hits += u64::from(hits == 0);
+        }
+        fn report(self) -> Value {
+            let mut s = summary(self.lat);
+            s["errors"] = json!(self.errors);
+            s["zero_hits"] = json!(self.zero_hits);
+            s
+        }
+    }
     for rep in 1..=reps {
-        let (mut exact_lat, mut prefix_lat, mut typo_lat) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut exact_v, mut prefix_v, mut typo_v) = (Variant::default(), Variant::default(), Variant::default());
         for w in &words {
             let (exact, prefix, typo) = variants(w);
-            exact_lat.push(run_deriver(exact).await.0);
-            prefix_lat.push(run_deriver(prefix).await.0);
+            exact_v.add(run_deriver(exact).await);
+            prefix_v.add(run_deriver(prefix).await);
             if let Some(t) = typo {
-                typo_lat.push(run_deriver(t).await.0);
+                typo_v.add(run_deriver(t).await);
             }
         }
         let (mut d_lat, mut p_lat) = (Vec::new(), Vec::new());
@@ -323,9 +351,9 @@ async fn search(f: &Flags) {
                 "rep": rep,
                 "queries": words.len(),
                 "deriver": summary(d_lat),
-                "deriver_exact": summary(exact_lat),
-                "deriver_prefix": summary(prefix_lat),
-                "deriver_typo": summary(typo_lat),
+                "deriver_exact": exact_v.report(),
+                "deriver_prefix": prefix_v.report(),
+                "deriver_typo": typo_v.report(),
                 "postgres": summary(p_lat),
                 "deriver_errors": d_err,
                 "deriver_zero_hits": d_hits_zero,

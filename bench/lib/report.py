@@ -112,13 +112,25 @@ else:
     ratios.append(("audit / plain bulk derivation", None, None, None, "audit phase not run"))
 reindex_secs = med("reindex", "secs")
 ratio("audit / full reindex", "audit", "audit_secs", reindex_secs, f"audit secs ÷ {fmt(reindex_secs)} s (median reindex secs)")
+# deriver_p99 is the words as typed with deriver's defaults (typos and a prefix on the last word
+# on), which Postgres FTS does not do; the comparison with Postgres uses the exact (quoted) queries
+# of the same words, like for like. As typed against Postgres is listed for reference only.
 pg_p99 = med("search", "postgres_p99")
-r_search = ratio("search p99: Postgres FTS / deriver", "search", "deriver_p99", pg_p99,
-                 f"{fmt(pg_p99)} ms (Postgres p99) ÷ deriver p99", invert=True)
+r_search = ratio("search p99: Postgres FTS / deriver exact", "search", "deriver_exact_p99", pg_p99,
+                 f"{fmt(pg_p99)} ms (Postgres p99) ÷ deriver p99 of the same words exact (quoted: no typos, no prefix), like for like",
+                 invert=True)
+ratio("search p99: Postgres FTS / deriver as typed (reference)", "search", "deriver_p99", pg_p99,
+      f"{fmt(pg_p99)} ms (Postgres p99) ÷ deriver p99 of the words as typed (defaults: typos and prefix on; Postgres does neither)",
+      invert=True)
 exact_p99 = med("search", "deriver_exact_p99")
+exact_p50 = med("search", "deriver_exact_p50")
 for v in ("prefix", "typo"):
     ratio(f"search p99: {v} queries / exact ones", "search", f"deriver_{v}_p99", exact_p99,
           f"deriver p99 of {v} queries ÷ {fmt(exact_p99)} ms (p99 of the same words exact, same run)")
+for v in ("prefix", "typo"):
+    # The medians move less than the tails on a shared machine.
+    ratio(f"search p50: {v} queries / exact ones", "search", f"deriver_{v}_p50", exact_p50,
+          f"deriver p50 of {v} queries ÷ {fmt(exact_p50)} ms (p50 of the same words exact, same run)")
 
 # ------------------------------------------------------------------------------------ ceilings
 # What this machine allows, from figures of the same run: a target a ratio cannot reach here is
@@ -162,8 +174,9 @@ target("full reindex ≥ 0.8 × tantivy bulk", r_reindex, lambda v: v >= 0.8, fm
 rr = stats("reindex", "peak_rss")
 target("reindex peak RSS ≤ 1 GiB", rr and rr["max"], lambda v: v <= 1024, f"{fmt(rr and rr['max'])} MiB (max over reps)")
 sp99 = med("search", "deriver_p99")
-target("search p99 ≤ 20 ms", sp99, lambda v: v <= 20, f"{fmt(sp99)} ms")
-target("search p99 ≥ 30× better than Postgres FTS", r_search, lambda v: v >= 30, f"{fmt(r_search)}×")
+target("search p99 ≤ 20 ms (words as typed: deriver's defaults, typos and prefix on)", sp99, lambda v: v <= 20, f"{fmt(sp99)} ms")
+target("search p99 ≥ 30× better than Postgres FTS (exact queries against Postgres, like for like)", r_search, lambda v: v >= 30,
+       f"{fmt(r_search)}× (deriver exact p99 {fmt(med('search', 'deriver_exact_p99'))} ms)")
 target("audit ≤ 2× plain bulk derivation", r_audit, lambda v: v <= 2.0, f"{fmt(r_audit)}×")
 bi = stats("bigtxn", "insert_peak_rss")
 bd = stats("bigtxn", "delete_peak_rss")
@@ -191,9 +204,17 @@ PHASE_TITLES = {
     "freshness": "Freshness (commit → visible, POST /v1/wait)",
     "reindex": "Full reindex (deriver reindex docs)",
     "audit": "Audit (deriver audit docs vs a plain bulk derivation)",
-    "search": "Search (deriver vs Postgres FTS)",
+    "search": "Search (deriver as typed, exact, prefix, typo; Postgres FTS)",
     "catchup": "Catch-up after a stopped period of churn",
     "bigtxn": "One huge transaction",
+}
+
+# A line under a phase's title for figures whose names alone could mislead.
+PHASE_NOTES = {
+    "search": "`deriver_p50`/`deriver_p99`: the words **as typed**, with deriver's defaults (typo tolerance on, the last "
+              "word a prefix). `deriver_exact_*`: the same words quoted (no typos, no prefix), which is what Postgres FTS "
+              "does: the Postgres comparison uses these. `deriver_prefix_*`: the first half of each word as a prefix; "
+              "`deriver_typo_*`: words of 5+ letters with two letters swapped, a complete word (one typo). All in the same run.",
 }
 
 md = []
@@ -234,6 +255,8 @@ for (phase, _name) in figures:
         seen_phases.append(phase)
 for phase in seen_phases:
     md.append(f"### {PHASE_TITLES.get(phase, phase)}\n")
+    if phase in PHASE_NOTES:
+        md.append(PHASE_NOTES[phase] + "\n")
     md.append("| figure | unit | median | min | max | n |")
     md.append("| --- | --- | ---: | ---: | ---: | ---: |")
     for (p, name), f in figures.items():

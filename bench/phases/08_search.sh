@@ -15,7 +15,7 @@ phase_search() {
     UNION
     (SELECT w FROM (SELECT regexp_split_to_table(lower(body), '[^a-z]+') AS w
                     FROM doc TABLESAMPLE BERNOULLI (0.2) REPEATABLE (11)) b
-     WHERE length(w) BETWEEN 3 AND 20 ORDER BY random() LIMIT 150)" | awk 'NR <= 200' >"$words"
+     WHERE length(w) BETWEEN 3 AND 20 ORDER BY random() LIMIT 150)" | awk 'NF && ++n <= 200' >"$words" # NF: not setseed's empty line
   figure search queries n 1 "$(wc -l <"$words")"
   # Postgres FTS on the same rows: an unlogged copy (no WAL, nothing for deriver to decode).
   t0=$(now_s)
@@ -36,6 +36,10 @@ phase_search() {
     for v in exact prefix typo; do
       figure search "deriver_${v}_p50" ms "$rep" "$(jq -r ".deriver_$v.p50" <<<"$line")"
       figure search "deriver_${v}_p99" ms "$rep" "$(jq -r ".deriver_$v.p99" <<<"$line")"
+      figure search "deriver_${v}_queries" n "$rep" "$(jq -r ".deriver_$v.n" <<<"$line")"
+      # A variant that failed or matched nothing would be fast for the wrong reason.
+      figure search "deriver_${v}_errors" n "$rep" "$(jq -r ".deriver_$v.errors" <<<"$line")"
+      figure search "deriver_${v}_zero_hit_queries" n "$rep" "$(jq -r ".deriver_$v.zero_hits" <<<"$line")"
     done
     figure search postgres_p50 ms "$rep" "$(jq -r .postgres.p50 <<<"$line")"
     figure search postgres_p99 ms "$rep" "$(jq -r .postgres.p99 <<<"$line")"
