@@ -155,6 +155,11 @@ mod tests {
             assert_eq!(total(&short, "title:drma "), 20);
             let exact = films_with(30, "      typo_tolerance: { disable_on_attributes: [description] }\n");
             assert_eq!(total(&exact, "description:dinosuars "), 0);
+            // A word the index holds as typed gets no typos: `12` is a title word, so `11`, `13`,
+            // `2`… (one typo away) do not match it; `31` is not, so its neighbours do.
+            let two = films_with(30, "      typo_tolerance: { min_word_size_for_typos: { one_typo: 2, two_typos: 9 } }\n");
+            assert_eq!(total(&two, "title:12 "), 1);
+            assert!(total(&two, "title:31 ") > 1);
             // An exact match ranks before a typo match.
             let r = run(&idx, json!({ "q": "title:drama OR title:roboto ", "limit": 30 })).unwrap();
             assert!(r.hits[..20].iter().all(|h| h.doc["title"].as_str().unwrap().contains("Drama")), "{:?}", ids(&r));

@@ -443,6 +443,9 @@ fn term_query(term: &query::Term, index: &SearchIndex, expand: Option<&Searcher>
         Some(f) => vec![f.as_str()],
         None => index.target.default_search_fields.iter().map(String::as_str).collect(),
     };
+    // A word the index holds as typed is taken as meant: no typo expansion (the costliest part
+    // of a query, measured in docs/operations.md); words it does not hold get their typos.
+    let typos_allowed = !term.phrase && !held_as_typed(term, &names, index);
     let mut alts: Vec<Box<dyn Query>> = Vec::new();
     for name in names {
         let Some(decl) = field(index, name) else { continue };
@@ -453,7 +456,7 @@ fn term_query(term: &query::Term, index: &SearchIndex, expand: Option<&Searcher>
             }
             continue;
         };
-        if let Some(q) = field_query(decl, handle, term, index, expand) {
+        if let Some(q) = field_query(decl, handle, term, index, expand, typos_allowed) {
             alts.push(if (decl.boost - 1.0).abs() > f32::EPSILON { Box::new(BoostQuery::new(q, decl.boost)) } else { q });
         }
     }
@@ -506,7 +509,28 @@ fn expand_fuzzy(fuzzy: &FuzzyTermQuery, field: Field, searcher: &Searcher) -> Bo
     ))
 }
 
-fn field_query(decl: &SearchField, handle: Field, term: &query::Term, index: &SearchIndex, expand: Option<&Searcher>) -> Option<Box<dyn Query>> {
+/// Whether some text field among `names` holds the word `term` as typed (one token after its
+/// analyzer) in the index's current searcher.
+fn held_as_typed(term: &query::Term, names: &[&str], index: &SearchIndex) -> bool {
+    let searcher = index.reader.searcher();
+    names.iter().any(|name| {
+        let (Some(decl), Ok(handle)) = (field(index, name), index.schema.get_field(name)) else { return false };
+        if decl.ty != SearchType::Text {
+            return false;
+        }
+        let tokens = analyze(index, handle, &term.text);
+        tokens.len() == 1 && searcher.doc_freq(&Term::from_field_text(handle, &tokens[0].1)).is_ok_and(|n| n > 0)
+    })
+}
+
+fn field_query(
+    decl: &SearchField,
+    handle: Field,
+    term: &query::Term,
+    index: &SearchIndex,
+    expand: Option<&Searcher>,
+    typos_allowed: bool,
+) -> Option<Box<dyn Query>> {
     let text = term.text.as_str();
     let relevance = &index.target.relevance;
     let prefix = term.prefix && !term.phrase && relevance.prefix_search == PrefixSearch::LastWord;
@@ -520,8 +544,16 @@ fn field_query(decl: &SearchField, handle: Field, term: &query::Term, index: &Se
                     let term = Term::from_field_text(handle, &tokens[0].1);
                     let exact: Box<dyn Query> = Box::new(TermQuery::new(term.clone(), IndexRecordOption::WithFreqs));
                     // Typos by the length of the word as typed; a phrase or a synonym is exact.
-                    let typos = if phrase { 0 } else { relevance.typo_tolerance.typos(decl, text) };
+                    let by_length = if phrase { 0 } else { relevance.typo_tolerance.typos(decl, text) };
+                    let typos = if typos_allowed { by_length } else { 0 };
                     if typos == 0 && !prefix {
+                        if by_length > 0 {
+                            // Held as typed: no typo matches, but it scores as with them (exact
+                            // plus the typo part's constant), so it still ranks before another
+                            // word's typo matches.
+                            let constant = ConstScoreQuery::new(Box::new(TermQuery::new(term, IndexRecordOption::Basic)), 1.0);
+                            return Some(Box::new(BooleanQuery::new(vec![(Occur::Should, exact), (Occur::Should, Box::new(constant))])));
+                        }
                         return Some(exact);
                     }
                     let fuzzy = if prefix { FuzzyTermQuery::new_prefix(term, typos, true) } else { FuzzyTermQuery::new(term, typos, true) };
