@@ -179,6 +179,11 @@ fn edits_additions_and_removals_go_live_in_the_same_process_while_the_other_pipe
     let names: Vec<&str> = status["pipelines"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
     assert_eq!(names.len(), 2, "{names:?}");
     assert!(names.contains(&"items") && names.contains(&"notes"));
+    // `apply --prune` removes what it left behind.
+    let (code, out, err) = w.run_cli(&["apply", "--prune"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(!w.index_dir().join("categories").exists(), "pruned: {out}");
+    assert!(w.index_dir().join("items").exists() && w.index_dir().join("notes").exists(), "live indexes stay");
 
     stop.store(true, Ordering::SeqCst);
     let (rounds, missing) = gaps.join().unwrap();

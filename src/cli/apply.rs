@@ -42,7 +42,8 @@ pub async fn run(cfg: &Config, prune: bool) -> Result<i32> {
     if !starting.is_empty() {
         code = super::reindex::follow(cfg, &starting).await?;
     }
-    if prune && !report.removed.is_empty() {
+    if prune {
+        // What no file declares any more, this reload's removals included (as `deriver prune --yes`).
         code = code.max(super::prune::run(cfg, false, true, Vec::new()).await?);
     } else if !report.removed.is_empty() {
         println!("the removed pipelines' views and indexes stay; `deriver prune` (or `deriver apply --prune`) removes them");
