@@ -74,6 +74,20 @@ pub fn apply(parsed: ParsedQuery, rel: &Relevance) -> ParsedQuery {
     ParsedQuery { clauses: out }
 }
 
+/// Whether some text field among `names` holds the word `term` as typed (one token after its
+/// analyzer) in the index's current searcher.
+pub(super) fn held_as_typed(term: &super::query::Term, names: &[&str], index: &crate::sink::tantivy::SearchIndex) -> bool {
+    let searcher = index.reader.searcher();
+    names.iter().any(|name| {
+        let (Some(decl), Ok(handle)) = (super::search::field(index, name), index.schema.get_field(name)) else { return false };
+        if decl.ty != crate::pipeline::SearchType::Text {
+            return false;
+        }
+        let tokens = super::search::analyze(index, handle, &term.text);
+        tokens.len() == 1 && searcher.doc_freq(&tantivy::Term::from_field_text(handle, &tokens[0].1)).is_ok_and(|n| n > 0)
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

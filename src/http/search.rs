@@ -151,7 +151,7 @@ struct Highlight {
     max_chars: usize,
 }
 
-fn field<'a>(index: &'a SearchIndex, name: &str) -> Option<&'a SearchField> {
+pub(super) fn field<'a>(index: &'a SearchIndex, name: &str) -> Option<&'a SearchField> {
     index.target.fields.iter().find(|f| f.name == name)
 }
 
@@ -445,7 +445,7 @@ fn term_query(term: &query::Term, index: &SearchIndex, expand: Option<&Searcher>
     };
     // A word the index holds as typed is taken as meant: no typo expansion (the costliest part
     // of a query, measured in docs/operations.md); words it does not hold get their typos.
-    let typos_allowed = !term.phrase && !held_as_typed(term, &names, index);
+    let typos_allowed = !term.phrase && !super::relevance::held_as_typed(term, &names, index);
     let mut alts: Vec<Box<dyn Query>> = Vec::new();
     for name in names {
         let Some(decl) = field(index, name) else { continue };
@@ -467,7 +467,7 @@ fn term_query(term: &query::Term, index: &SearchIndex, expand: Option<&Searcher>
     }
 }
 
-fn analyze(index: &SearchIndex, handle: Field, text: &str) -> Vec<(usize, String)> {
+pub(super) fn analyze(index: &SearchIndex, handle: Field, text: &str) -> Vec<(usize, String)> {
     let Ok(mut analyzer) = index.index.tokenizer_for_field(handle) else { return Vec::new() };
     let mut stream = analyzer.token_stream(text);
     let mut out = Vec::new();
@@ -507,20 +507,6 @@ fn expand_fuzzy(fuzzy: &FuzzyTermQuery, field: Field, searcher: &Searcher) -> Bo
             .map(|t| (Occur::Should, Box::new(TermQuery::new(Term::from_field_text(field, &t), IndexRecordOption::Basic)) as Box<dyn Query>))
             .collect(),
     ))
-}
-
-/// Whether some text field among `names` holds the word `term` as typed (one token after its
-/// analyzer) in the index's current searcher.
-fn held_as_typed(term: &query::Term, names: &[&str], index: &SearchIndex) -> bool {
-    let searcher = index.reader.searcher();
-    names.iter().any(|name| {
-        let (Some(decl), Ok(handle)) = (field(index, name), index.schema.get_field(name)) else { return false };
-        if decl.ty != SearchType::Text {
-            return false;
-        }
-        let tokens = analyze(index, handle, &term.text);
-        tokens.len() == 1 && searcher.doc_freq(&Term::from_field_text(handle, &tokens[0].1)).is_ok_and(|n| n > 0)
-    })
 }
 
 fn field_query(
