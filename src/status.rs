@@ -88,6 +88,26 @@ pub struct ReindexStatus {
 }
 
 impl PipelineStatus {
+    /// The entry of a pipeline in `state`, with nothing applied or counted yet.
+    pub fn new(def: &crate::pipeline::Pipeline, state: &str) -> PipelineStatus {
+        PipelineStatus {
+            name: def.name.clone(),
+            state: state.to_string(),
+            generation: None,
+            definition_hash: def.hash.clone(),
+            applied_lsn: None,
+            targets: Default::default(),
+            lag_bytes: None,
+            dead_letters: 0,
+            dead_letter_list: Vec::new(),
+            description: def.description.clone(),
+            owner: def.owner.clone(),
+            error: None,
+            reindex: None,
+            audit: None,
+        }
+    }
+
     /// `applied_lsn` = the minimum over targets.
     pub fn refresh(&mut self, server_lsn: Option<Lsn>) {
         self.applied_lsn = if self.targets.values().any(Option::is_none) { None } else { self.targets.values().filter_map(|v| *v).min() };

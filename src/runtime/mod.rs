@@ -446,20 +446,12 @@ fn status_entry(p: &PipelineRt, dead: &DeadStore, state: &str, previous: Option<
         }
     }
     PipelineStatus {
-        name: p.def.name.clone(),
-        state: state.to_string(),
         generation: p.generation(),
-        definition_hash: p.def.hash.clone(),
-        applied_lsn: None,
         targets,
-        lag_bytes: None,
         dead_letters: dead_count,
         dead_letter_list: dead_list,
-        description: p.def.description.clone(),
-        owner: p.def.owner.clone(),
-        error: None,
-        reindex: None,
         audit: previous.and_then(|d| d.pipelines.iter().find(|q| q.name == p.def.name)).and_then(|q| q.audit.clone()),
+        ..PipelineStatus::new(&p.def, state)
     }
 }
 

@@ -244,7 +244,7 @@ impl SourceTask {
                     p.definition_hash = def_for_status.hash.clone();
                     p.error = None;
                 }
-                None => doc.pipelines.push(placeholder_status(&def_for_status, state)),
+                None => doc.pipelines.push(super::status::PipelineStatus::new(&def_for_status, state)),
             });
             let (feed, rx) = Feed::new(super::WORKER_QUEUE_BYTES);
             let (admin_tx, admin) = mpsc::channel(16);
@@ -270,7 +270,8 @@ impl SourceTask {
             self.workers.push(Some(handle));
         }
         // 3. Route by the new set; the decoder extracts what the running pipelines need.
-        self.reroute(&mut interest);
+        let reads = self.reroute();
+        interest.retain_reads(&reads);
         let reopen = interest != self.interest;
         self.interest = interest;
         super::orphans::watch(self.cfg.clone(), self.shared.clone(), defs, self.cancel.clone());
@@ -286,8 +287,9 @@ impl SourceTask {
         reopen
     }
 
-    /// The routes of the running workers, and the decoder's columns (their places kept).
-    pub(super) fn reroute(&mut self, interest: &mut crate::source::Interest) {
+    /// Routes the running workers' tables to them; returns what each reads from the WAL
+    /// (table, columns, pipeline), for the decoder's columns.
+    pub(super) fn reroute(&mut self) -> Vec<(crate::source::TableName, Vec<String>, String)> {
         let mut routes: HashMap<crate::source::TableName, Vec<(usize, super::pipeline::Route)>> = HashMap::new();
         let mut reads = Vec::new();
         for (i, w) in self.workers.iter().enumerate() {
@@ -300,27 +302,7 @@ impl SourceTask {
             }
         }
         self.routes = Arc::new(routes);
-        interest.retain_reads(&reads);
-    }
-}
-
-/// A status entry for a pipeline whose worker is starting.
-fn placeholder_status(def: &Pipeline, state: &str) -> super::status::PipelineStatus {
-    super::status::PipelineStatus {
-        name: def.name.clone(),
-        state: state.to_string(),
-        generation: None,
-        definition_hash: def.hash.clone(),
-        applied_lsn: None,
-        targets: Default::default(),
-        lag_bytes: None,
-        dead_letters: 0,
-        dead_letter_list: Vec::new(),
-        description: def.description.clone(),
-        owner: def.owner.clone(),
-        error: None,
-        reindex: None,
-        audit: None,
+        reads
     }
 }
 

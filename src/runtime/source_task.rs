@@ -339,8 +339,8 @@ impl SourceTask {
             warn!(pipeline = %h.name, "the pipeline's worker is not running; it starts again with the next reload or restart");
         }
         self.shared.meter_retire(slot);
-        let mut interest = self.interest.clone();
-        self.reroute(&mut interest);
+        // The decoder keeps its columns (they cost nothing): only the routes change.
+        self.reroute();
     }
 
     /// Acknowledges the slot up to what every worker has made durable.
