@@ -121,6 +121,10 @@ pub struct RuntimeConfig {
     /// back as soon as the stream has caught up. 1: fixed limits.
     #[serde(default = "default_backlog_batch_factor")]
     pub backlog_batch_factor: usize,
+    /// A batch is derived while the one before it commits (its search index commit runs on the
+    /// writer's thread meanwhile); false: derive, commit, then the next batch.
+    #[serde(default = "default_true")]
+    pub overlap_commits: bool,
     /// When nothing arrives for this long, advance the applied LSN on keepalives.
     #[serde(default = "default_idle_ms")]
     pub idle_ms: u64,
@@ -238,6 +242,9 @@ fn default_derive_chunk() -> usize {
 fn default_derive_connections() -> usize {
     2
 }
+fn default_true() -> bool {
+    true
+}
 fn default_backlog_batch_factor() -> usize {
     8
 }
@@ -291,6 +298,7 @@ impl Default for RuntimeConfig {
             derive_chunk: default_derive_chunk(),
             derive_connections: default_derive_connections(),
             backlog_batch_factor: default_backlog_batch_factor(),
+            overlap_commits: true,
             idle_ms: default_idle_ms(),
             dirty_keys_in_memory: default_dirty_keys(),
             lock_poll_ms: default_lock_ms(),

@@ -60,6 +60,37 @@ impl Batch {
         self.started.map(|t| t.elapsed())
     }
 
+    /// Takes back an earlier batch whose commit failed: its keys are re-derived with this one's,
+    /// and the result ends where the later of the two does (a key derived later than its batch
+    /// holds a newer absolute value, which is what a replay would write too).
+    pub fn absorb(&mut self, earlier: Batch) -> Result<()> {
+        let Batch { started, changes, end_lsn, mut dirty, xids } = earlier;
+        let mut keys = dirty.keys.chunks(4096)?;
+        while let Some(part) = keys.next_chunk()? {
+            for k in part {
+                self.dirty.keys.insert(k)?;
+            }
+        }
+        for (mine, theirs) in self.dirty.probes.iter_mut().zip(dirty.probes.iter_mut()) {
+            let mut values = theirs.chunks(4096)?;
+            while let Some(part) = values.next_chunk()? {
+                for v in part {
+                    mine.insert(v)?;
+                }
+            }
+        }
+        self.dirty.truncate |= dirty.truncate;
+        self.dirty.rederive_all |= dirty.rederive_all;
+        self.changes += changes;
+        self.end_lsn = self.end_lsn.max(end_lsn);
+        self.started = match (self.started, started) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.xids.extend(xids);
+        Ok(())
+    }
+
     /// A transaction ended: `xid` joins the visibility wait when it added changes.
     pub fn close_transaction(&mut self, xid: u32, changes_before: usize, end_lsn: Lsn) -> Result<()> {
         if self.changes > changes_before {
@@ -152,12 +183,15 @@ pub struct Position {
     applied: Lsn,
     epoch: u64,
     in_txn: bool,
+    /// The end of the open batch's last transaction.
     pending: Option<Lsn>,
+    /// The end of the batch whose commit runs in the background.
+    committing: Option<Lsn>,
 }
 
 impl Position {
     pub fn new(start: Lsn, epoch: u64) -> Position {
-        Position { applied: start, epoch, in_txn: false, pending: None }
+        Position { applied: start, epoch, in_txn: false, pending: None, committing: None }
     }
 
     /// Everything up to here is in the sinks (or concerned none of them).
@@ -185,10 +219,32 @@ impl Position {
         }
     }
 
+    /// The open batch is written and its commit runs in the background: the next batch opens,
+    /// and nothing moves until that commit is durable.
+    pub fn commit_started(&mut self) {
+        if let Some(p) = self.pending.take() {
+            self.committing = Some(self.committing.map_or(p, |c| c.max(p)));
+        }
+    }
+
+    /// The background commit is durable.
+    pub fn committed(&mut self) {
+        if let Some(c) = self.committing.take() {
+            self.applied = self.applied.max(c);
+        }
+    }
+
+    /// The background commit failed: its transactions are back in the open batch.
+    pub fn commit_failed(&mut self) {
+        if let Some(c) = self.committing.take() {
+            self.pending = Some(self.pending.map_or(c, |p| p.max(c)));
+        }
+    }
+
     /// The source passed `lsn` in `epoch`; `queue_empty` says whether the worker's input queue was
     /// empty when checked *after* reading that position. True when the applied position moved.
     pub fn passed(&mut self, epoch: u64, lsn: Lsn, queue_empty: bool) -> bool {
-        if epoch != self.epoch || self.in_txn || self.pending.is_some() || !queue_empty || lsn <= self.applied {
+        if epoch != self.epoch || self.in_txn || self.pending.is_some() || self.committing.is_some() || !queue_empty || lsn <= self.applied {
             return false;
         }
         self.applied = lsn;
@@ -201,6 +257,7 @@ impl Position {
         self.epoch = epoch;
         self.in_txn = false;
         self.pending = None;
+        self.committing = None;
     }
 }
 

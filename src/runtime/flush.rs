@@ -12,10 +12,12 @@ use super::batch::Batch;
 use super::derive::{derive_keys, KeyTuple};
 use super::dirty::DirtyKeys;
 use super::failpoint::failpoint;
+use super::inflight::{start_commits, InFlight};
 use super::pipeline::{note_rejects, PipelineRt};
 use super::reindex;
 use super::status::{sink_kind, ChangeNotice};
 use super::worker::Worker;
+use super::worker_state::Outcome;
 use crate::error::{Error, Result};
 use crate::pipeline::OnError;
 use crate::sink::{AnySink, BatchMode, Rejected, Sink, Write};
@@ -27,11 +29,14 @@ use crate::telemetry;
 const NOTICE_KEYS: usize = 10_000;
 
 impl Worker {
-    /// Commits the batch (if it holds a complete transaction) and starts a new one. On error the
-    /// batch stays whole for the next attempt. The caller tells the worker's state
+    /// Writes the batch (if it holds a complete transaction) and commits it, and starts a new
+    /// one. `Started`: the commit runs in the background (`runtime/inflight.rs`) and the batch
+    /// moved into it. On error the batch stays whole for the next attempt (with the batch before
+    /// it put back in, if that one's commit failed). The caller tells the worker's state
     /// (`worker_state::Event::Flushed`).
-    pub(super) async fn flush(&mut self, batch: &mut Batch) -> Result<()> {
-        let Some(lsn) = batch.end_lsn else { return Ok(()) };
+    pub(super) async fn flush(&mut self, batch: &mut Batch) -> Result<Outcome> {
+        let Some(lsn) = batch.end_lsn else { return Ok(Outcome::Done) };
+        let mut outcome = Outcome::Done;
         if batch.has_work() {
             let visible_started = Instant::now();
             self.wait_visible(&batch.xids).await?;
@@ -39,18 +44,34 @@ impl Worker {
             if waited > Duration::from_millis(2) {
                 tracing::debug!(pipeline = %self.name(), ms = waited.as_secs_f64() * 1e3, "waited for the batch's transactions to become visible");
             }
-            self.apply(batch, lsn).await?;
+            let started = self.apply(batch, lsn).await?;
             self.settle_dead_letters()?;
             if let Some(age) = batch.age() {
                 metrics::histogram!(crate::telemetry::BATCH_LATENCY).record(age.as_secs_f64());
             }
-            if batch.changes >= 10_000 {
-                super::release_memory();
+            if let Some(mut f) = started {
+                if !self.ctx.cfg.runtime.overlap_commits {
+                    f.wait().await;
+                }
+                if f.ended() {
+                    // Nothing to wait for (no search index, or its commit was that quick).
+                    self.conclude_into(f, batch)?;
+                } else {
+                    f.batch = Some(std::mem::replace(batch, self.new_batch()));
+                    self.inflight = Some(f);
+                    outcome = Outcome::Started;
+                }
+            } else {
+                if batch.changes >= 10_000 {
+                    super::release_memory();
+                }
+                self.update_targets();
             }
-            self.update_targets();
         }
-        *batch = self.new_batch();
-        Ok(())
+        if outcome == Outcome::Done {
+            *batch = self.new_batch();
+        }
+        Ok(outcome)
     }
 
     /// Waits until every transaction in `xids` is visible to new snapshots. Postgres sends a
@@ -80,10 +101,15 @@ impl Worker {
         }
     }
 
-    /// Re-derives the batch's dirty keys and commits them to every sink at `lsn`.
-    async fn apply(&mut self, batch: &mut Batch, lsn: Lsn) -> Result<()> {
+    /// Re-derives the batch's dirty keys, writes them to every sink and starts their commits at
+    /// `lsn` (`Some`: to be seen to their end; `None`: committed already). The commit of the
+    /// batch before it, if still in flight, ends before this one's starts.
+    async fn apply(&mut self, batch: &mut Batch, lsn: Lsn) -> Result<Option<InFlight>> {
         tracing::debug!(pipeline = %self.name(), %lsn, changes = batch.changes, "flushing a batch");
         let chunk = self.ctx.cfg.runtime.derive_chunk.max(1);
+        if batch.dirty.rederive_all {
+            self.settle(batch).await?;
+        }
         let dirty = &mut batch.dirty;
         if dirty.rederive_all {
             for r in &mut self.rebuilds {
@@ -97,7 +123,7 @@ impl Worker {
             self.bulk_derive(&client, lsn).await?;
             client.batch_execute("COMMIT").await?;
             self.ctx.shared.notify_change(ChangeNotice { pipeline: self.p.def.name.clone(), lsn, keys: vec!["*".into()], deleted: Vec::new() });
-            return Ok(());
+            return Ok(None);
         }
         // Changes to lookup, child and link tables: find the source keys they reach.
         for di in 0..self.p.deps.len() {
@@ -140,11 +166,15 @@ impl Worker {
             }
         }
         if active.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         if dirty.keys.is_empty() && !dirty.truncate {
-            // Probes reached no source key: only the ledger (if any) moves.
-            return commit_sinks(&p.def.name, &mut p.sinks, &active, &self.ctx.fence).await;
+            // Probes reached no source key: only the ledger (if any) moves, after the batch
+            // before it.
+            self.settle(batch).await?;
+            let p = &mut self.p;
+            commit_sinks(&p.def.name, &mut p.sinks, &active, &self.ctx.fence).await?;
+            return Ok(None);
         }
         let stmt = p.statement()?;
         let stages = Instant::now();
@@ -224,30 +254,30 @@ impl Worker {
         // Dead letters are durable before the checkpoints pass them: a store that cannot write
         // (a full disk) fails the batch, which is retried unacknowledged.
         self.ctx.dead.lock().expect("dead-letter lock").persist(&p.def.name, &p.failed)?;
-        let started = Instant::now();
-        commit_sinks(&p.def.name, &mut p.sinks, &active, &self.ctx.fence).await?;
-        failpoint("after_sink_commits");
-        let committing = started.elapsed();
-        self.ctx.shared.meter_visible(self.index, lsn);
-        telemetry::record_pipeline(telemetry::DERIVE_SECONDS, &p.def.name, deriving);
-        telemetry::record_pipeline(telemetry::BATCH_SECONDS, &p.def.name, stages.elapsed());
-        telemetry::record_pipeline(telemetry::COMMIT_LATENCY, &p.def.name, committing);
-        tracing::debug!(
-            pipeline = %p.def.name,
-            %lsn,
-            derive_ms = deriving.as_secs_f64() * 1e3,
-            write_ms = started.duration_since(stages).saturating_sub(deriving).as_secs_f64() * 1e3,
-            commit_ms = committing.as_secs_f64() * 1e3,
-            "batch applied"
-        );
         if truncated_notice {
             // Too many keys (or a TRUNCATE) to list: an empty notice with `keys: ["*"]` tells
             // readers to re-read everything.
             upserted = vec!["*".to_string()];
             deleted.clear();
         }
-        self.ctx.shared.notify_change(ChangeNotice { pipeline: p.def.name.clone(), lsn, keys: upserted, deleted });
-        Ok(())
+        let notice = ChangeNotice { pipeline: p.def.name.clone(), lsn, keys: upserted, deleted };
+        if self.inflight.is_some() {
+            // Batch N+1 is derived and written while batch N still commits.
+            failpoint("two_batches_in_flight");
+        }
+        // The batch before this one is durable before this one's commits start.
+        self.settle(batch).await?;
+        let started = Instant::now();
+        let p = &mut self.p;
+        let (waits, ledger) = start_commits(&p.def.name, &mut p.sinks, &active, &self.ctx.fence).await?;
+        tracing::debug!(
+            pipeline = %p.def.name,
+            %lsn,
+            derive_ms = deriving.as_secs_f64() * 1e3,
+            write_ms = started.duration_since(stages).saturating_sub(deriving).as_secs_f64() * 1e3,
+            "batch written; committing"
+        );
+        Ok(Some(InFlight { lsn, batch: None, waits, ledger, notice, stages, started, deriving, large: batch.changes >= 10_000 }))
     }
 
     /// Derives `keys` and writes them to `sink` at `lsn` with `mode` (`sink` = None: the live

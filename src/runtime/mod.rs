@@ -17,6 +17,7 @@ pub mod dirty;
 pub mod error_policy;
 pub mod failpoint;
 mod flush;
+mod inflight;
 pub mod lease;
 pub mod orphans;
 pub mod pipeline;

@@ -179,6 +179,10 @@ pub struct Worker {
     /// More connections (with the derivation statement prepared on each) that derive a batch's
     /// chunks beside `pg` (`runtime.derive_connections` − 1; opened when first needed).
     pub(super) helpers: Vec<(Client, tokio_postgres::Statement, String)>,
+    /// The batch whose commit runs in the background while the next one is derived.
+    pub(super) inflight: Option<super::inflight::InFlight>,
+    /// How commits in flight ended since the loop last looked (for the state machine).
+    pub(super) concluded: Vec<Outcome>,
 }
 
 impl Worker {
@@ -202,6 +206,8 @@ impl Worker {
             rewrite_redis: false,
             index: 0,
             helpers: Vec::new(),
+            inflight: None,
+            concluded: Vec::new(),
         })
     }
 
@@ -290,6 +296,7 @@ impl Worker {
                     self.publish(&w.progress);
                     None
                 }
+                () = super::inflight::landed(&mut self.inflight) => Some(self.landed(&mut l.batch).await?),
                 _ = tokio::time::sleep_until(backoff), if l.st.backoff_due() => Some(Event::BackoffOver),
                 _ = flush_tick.tick() => {
                     let tick = Event::FlushTick { batch: facts(&l.batch) };
@@ -348,11 +355,14 @@ impl Worker {
         while let Some(action) = todo.pop_front() {
             match action {
                 Action::Flush => {
-                    let outcome = self.attempt(&mut l.batch).await?;
-                    if outcome == Outcome::Done {
+                    let mut next = Vec::new();
+                    for event in self.attempt(&mut l.batch).await? {
+                        next.extend(l.st.on(event));
+                    }
+                    if !l.st.backing_off() {
                         l.retry_at = None;
                     }
-                    for a in l.st.on(Event::Flushed(outcome)).into_iter().rev() {
+                    for a in next.into_iter().rev() {
                         todo.push_front(a);
                     }
                 }
@@ -361,6 +371,7 @@ impl Worker {
                 Action::RetryDeadLetters(lsn) => self.retry_dead_letters(lsn).await?,
                 Action::Publish => self.publish(progress),
                 Action::DropBatch => {
+                    self.drop_inflight().await;
                     // Staged join values of transactions that will be replayed go too.
                     if let Some(ledger) = self.p.ledger() {
                         ledger.discard_staged();
@@ -377,35 +388,39 @@ impl Worker {
     }
 
     /// Before a request that needs a batch boundary (stopping, an admin request, a finished
-    /// rebuild): the batch is flushed first; an error here ends the worker, as it did before.
+    /// rebuild): the batch is flushed and every commit seen to its end first; an error here ends
+    /// the worker, as it did before.
     async fn flush_for_request(&mut self, l: &mut Looping, progress: &watch::Sender<Progress>) -> Result<()> {
         self.flush(&mut l.batch).await?;
+        self.settle(&mut l.batch).await?;
+        self.concluded.clear();
+        self.step(l, Event::Committed(Outcome::Done), progress).await?;
         self.step(l, Event::Flushed(Outcome::Done), progress).await
     }
 
-    /// One flush attempt. A retryable failure keeps the batch whole for the next attempt.
-    async fn attempt(&mut self, batch: &mut Batch) -> Result<Outcome> {
-        match self.flush(batch).await {
-            Ok(()) => {
+    /// One flush attempt, and what the state machine is told: how commits in flight ended
+    /// meanwhile, then how this one went. A retryable failure keeps the batch whole for the
+    /// next attempt; when the failure was the previous batch's commit, only that is told.
+    async fn attempt(&mut self, batch: &mut Batch) -> Result<Vec<Event>> {
+        let result = self.flush(batch).await;
+        let concluded = std::mem::take(&mut self.concluded);
+        let mut events: Vec<Event> = concluded.iter().map(|&o| Event::Committed(o)).collect();
+        match result {
+            Ok(outcome) => {
                 if std::mem::take(&mut self.retrying) {
                     self.set_error(None);
                 }
-                Ok(Outcome::Done)
+                events.push(Event::Flushed(outcome));
             }
             Err(e) if super::error_policy::retries(&e) => {
-                for s in &mut self.p.sinks {
-                    s.abort().await;
+                self.note_retry(&e).await;
+                if concluded.last() != Some(&Outcome::Retryable) {
+                    events.push(Event::Flushed(Outcome::Retryable));
                 }
-                warn!(pipeline = %self.name(), error = %e, "applying a batch failed; retrying");
-                self.retrying = true;
-                self.set_error(Some(format!("retrying: {}", e.message)));
-                if let Err(e2) = self.reconnect_pg().await {
-                    warn!(pipeline = %self.name(), error = %e2, "reconnecting to Postgres failed");
-                }
-                Ok(Outcome::Retryable)
             }
-            Err(e) => Err(e),
+            Err(e) => return Err(e),
         }
+        Ok(events)
     }
 
     fn route(&mut self, change: &RowChange, route: Route, batch: &mut Batch) -> Result<()> {

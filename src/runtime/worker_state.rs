@@ -38,6 +38,9 @@ pub struct Passed {
 pub enum Outcome {
     /// The batch is in every sink (or had nothing to write).
     Done,
+    /// The batch is written and its commit runs in the background (the index writer's thread):
+    /// the next batch may be derived meanwhile; [`Event::Committed`] tells how it ended.
+    Started,
     /// A retryable error: the batch stays whole.
     Retryable,
 }
@@ -56,8 +59,12 @@ pub enum Event {
     IdleTick { batch: BatchFacts, passed: Passed },
     /// The back-off of a failed batch is over.
     BackoffOver,
-    /// A flush asked for by [`Action::Flush`] (or done before a request) ended.
+    /// A flush asked for by [`Action::Flush`] (or done before a request) ended. When the commit
+    /// running before it failed, the attempt fails too, and only [`Event::Committed`] is told.
     Flushed(Outcome),
+    /// The commit running in the background ended: `Done` (durable) or `Retryable` (its
+    /// transactions were put back into the open batch).
+    Committed(Outcome),
     /// The stream restarts in `epoch` from the sinks' checkpoints.
     Restart { epoch: u64 },
 }
@@ -86,6 +93,8 @@ pub struct WorkerState {
     pos: Position,
     retry: Retry,
     backing_off: bool,
+    /// A batch's commit runs in the background.
+    committing: bool,
     /// The applied position moved by the source's passed position and is not yet stored in the
     /// sinks (done on a flush tick once nothing is pending).
     idle_pending: bool,
@@ -93,7 +102,7 @@ pub struct WorkerState {
 
 impl WorkerState {
     pub fn new(policy: BatchPolicy, start: Lsn, epoch: u64, retry: Retry) -> WorkerState {
-        WorkerState { policy, pos: Position::new(start, epoch), retry, backing_off: false, idle_pending: false }
+        WorkerState { policy, pos: Position::new(start, epoch), retry, backing_off: false, committing: false, idle_pending: false }
     }
 
     /// Everything up to here is in the sinks (or concerned none of them).
@@ -113,6 +122,17 @@ impl WorkerState {
     /// rebuild, stopping) may flush the batch and run now.
     pub fn between_batches(&self) -> bool {
         !self.pos.in_txn() && !self.backing_off
+    }
+
+    /// Whether a batch's commit runs in the background.
+    pub fn committing(&self) -> bool {
+        self.committing
+    }
+
+    /// Between batches, with no commit running: idle checkpoints and dead-letter retries may
+    /// write to the sinks now.
+    fn settled(&self) -> bool {
+        self.between_batches() && !self.committing
     }
 
     /// Whether the back-off timer counts now (a transaction is taken whole before retrying).
@@ -148,7 +168,7 @@ impl WorkerState {
                 // now (at most once a tick), so a reader waiting for a position after its own
                 // commit is answered without waiting for the idle tick.
                 self.idle_pending |= self.take_passed(&batch, passed);
-                if self.idle_pending && !self.pos.in_txn() && !batch.has_work {
+                if self.idle_pending && !self.pos.in_txn() && !batch.has_work && !self.committing {
                     self.idle_pending = false;
                     vec![Action::CheckpointIdle(self.pos.applied()), Action::Publish]
                 } else {
@@ -157,7 +177,7 @@ impl WorkerState {
             }
             Event::IdleTick { batch, passed } => {
                 let mut actions = Vec::new();
-                if self.between_batches() {
+                if self.settled() {
                     self.take_passed(&batch, passed);
                     actions.push(Action::CheckpointIdle(self.pos.applied()));
                     actions.push(Action::RetryDeadLetters(self.pos.applied()));
@@ -173,23 +193,56 @@ impl WorkerState {
                 }
             }
             Event::Flushed(Outcome::Done) => {
-                self.pos.flushed();
-                self.backing_off = false;
-                if self.retry.waits() > 0 {
-                    // The batch went through after retries: the outage is over.
-                    self.retry.reset();
+                if self.committing {
+                    // Nothing of its own to write, but its position counts only once the batch
+                    // before it is durable.
+                    self.pos.commit_started();
+                } else {
+                    self.pos.flushed();
                 }
+                self.went_through();
+                vec![Action::Publish]
+            }
+            Event::Flushed(Outcome::Started) => {
+                // The outage is over only once the commit is durable (`Committed(Done)`).
+                self.pos.commit_started();
+                self.committing = true;
+                self.backing_off = false;
                 vec![Action::Publish]
             }
             Event::Flushed(Outcome::Retryable) => {
                 self.backing_off = true;
                 vec![Action::BackOff(self.retry.next_delay())]
             }
+            Event::Committed(Outcome::Retryable) => {
+                self.pos.commit_failed();
+                self.committing = false;
+                self.backing_off = true;
+                vec![Action::BackOff(self.retry.next_delay())]
+            }
+            Event::Committed(_) => {
+                self.pos.committed();
+                self.committing = false;
+                if !self.backing_off {
+                    // (A batch derived meanwhile may have failed and be backing off: its wait stays.)
+                    self.went_through();
+                }
+                vec![Action::Publish]
+            }
             Event::Restart { epoch } => {
                 self.pos.restart(epoch);
                 self.backing_off = false;
+                self.committing = false;
                 vec![Action::DropBatch]
             }
+        }
+    }
+
+    /// A batch went through (written, at least): a retried one means the outage is over.
+    fn went_through(&mut self) {
+        self.backing_off = false;
+        if self.retry.waits() > 0 {
+            self.retry.reset();
         }
     }
 
@@ -211,7 +264,7 @@ mod tests {
 
     use super::*;
     use crate::sink::memory::MemorySink;
-    use crate::sink::{BatchMode, Record, Sink, Write};
+    use crate::sink::{BatchMode, Committing, Record, Sink, Write};
 
     fn block<F: std::future::Future>(f: F) -> F::Output {
         futures::executor::block_on(f)
@@ -278,6 +331,8 @@ mod tests {
         backoff: Option<Duration>,
         sink: MemorySink,
         published: usize,
+        /// The batch whose commit runs in the background: its handle and what it held.
+        inflight: Option<(Committing, BTreeSet<u32>, Lsn, usize)>,
     }
 
     impl Rig {
@@ -299,7 +354,15 @@ mod tests {
                 backoff: None,
                 sink: MemorySink::new(),
                 published: 0,
+                inflight: None,
             }
+        }
+
+        /// Commits run in the background, as the search index's do.
+        fn pipelined(max_changes: usize) -> Rig {
+            let mut r = Rig::new(max_changes);
+            r.sink.commit_in_background();
+            r
         }
 
         /// A transaction commits in the source: `writes` (key, new value or deleted) to this
@@ -402,8 +465,11 @@ mod tests {
             while let Some(action) = todo.pop_front() {
                 match action {
                     Action::Flush => {
-                        let outcome = self.flush();
-                        for a in self.st.on(Event::Flushed(outcome)).into_iter().rev() {
+                        let mut next = Vec::new();
+                        for event in self.flush() {
+                            next.extend(self.st.on(event));
+                        }
+                        for a in next.into_iter().rev() {
                             todo.push_front(a);
                         }
                     }
@@ -412,6 +478,13 @@ mod tests {
                     Action::RetryDeadLetters(_) => {}
                     Action::Publish => self.published += 1,
                     Action::DropBatch => {
+                        if let Some((mut c, ..)) = self.inflight.take() {
+                            self.sink.land();
+                            block(c.wait());
+                            if self.sink.finish_commit(c.outcome()).is_ok() {
+                                self.check_commit();
+                            }
+                        }
                         block(self.sink.abort());
                         self.clear_batch();
                         self.backoff = None;
@@ -427,27 +500,85 @@ mod tests {
             self.age = None;
         }
 
-        /// `Worker::flush` + `attempt`: derive the dirty keys now, write, commit at the end LSN.
-        fn flush(&mut self) -> Outcome {
+        /// `Worker::flush` + `attempt`: derive the dirty keys now, write, let the commit in
+        /// flight end, start this batch's commit at the end LSN; what the state machine is told.
+        fn flush(&mut self) -> Vec<Event> {
             assert!(!self.st.in_txn(), "a flush inside a transaction would split it");
-            let Some(lsn) = self.end_lsn else { return Outcome::Done };
+            let Some(lsn) = self.end_lsn else { return vec![Event::Flushed(Outcome::Done)] };
+            let mut events = Vec::new();
             if !self.dirty.is_empty() && block(self.sink.begin(lsn, BatchMode::Incremental { clear_all: false })).unwrap() {
                 block(self.sink.write(&self.src.derive(&self.dirty))).unwrap();
-                if block(self.sink.commit()).is_err() {
-                    block(self.sink.abort());
-                    return Outcome::Retryable;
+                if let Some(ended) = self.settle() {
+                    events.push(ended);
+                    if ended == Event::Committed(Outcome::Retryable) {
+                        block(self.sink.abort());
+                        return events;
+                    }
+                }
+                let started =
+                    block(self.sink.start_commit()).and_then(|mut c| if c.ended() { self.sink.finish_commit(c.outcome()).map(|()| None) } else { Ok(Some(c)) });
+                let c = match started {
+                    Ok(c) => c,
+                    Err(e) => {
+                        assert!(e.is_transient(), "{e}");
+                        block(self.sink.abort());
+                        events.push(Event::Flushed(Outcome::Retryable));
+                        return events;
+                    }
+                };
+                if let Some(c) = c {
+                    self.inflight = Some((c, std::mem::take(&mut self.dirty), lsn, self.changes));
+                    self.clear_batch();
+                    events.push(Event::Flushed(Outcome::Started));
+                    return events;
                 }
                 self.check_commit();
             }
             self.clear_batch();
-            Outcome::Done
+            events.push(Event::Flushed(Outcome::Done));
+            events
+        }
+
+        /// `Worker::settle`: the commit in flight (if any) lands and is seen to its end; a
+        /// failed one puts its batch back into the open one.
+        fn settle(&mut self) -> Option<Event> {
+            let (mut c, dirty, lsn, changes) = self.inflight.take()?;
+            self.sink.land();
+            block(c.wait());
+            match self.sink.finish_commit(c.outcome()) {
+                Ok(()) => {
+                    self.check_commit();
+                    Some(Event::Committed(Outcome::Done))
+                }
+                Err(e) => {
+                    assert!(e.is_transient(), "{e}");
+                    self.dirty.extend(dirty);
+                    self.end_lsn = self.end_lsn.max(Some(lsn));
+                    self.changes += changes;
+                    self.age.get_or_insert(Duration::ZERO);
+                    Some(Event::Committed(Outcome::Retryable))
+                }
+            }
+        }
+
+        /// The index writer finishes the commit in flight and the loop sees it (its `select!` arm).
+        fn land(&mut self) {
+            if self.inflight.is_some() {
+                let ended = self.settle().expect("a commit in flight");
+                if ended == Event::Committed(Outcome::Retryable) {
+                    block(self.sink.abort());
+                }
+                self.step(ended);
+            }
         }
 
         /// `Worker::checkpoint_idle_sinks`.
         fn checkpoint_idle(&mut self, lsn: Lsn) {
             let behind = self.sink.checkpoint.as_ref().is_none_or(|c| c.lsn < lsn);
             if behind && lsn > Lsn::ZERO && block(self.sink.begin(lsn, BatchMode::Incremental { clear_all: false })).unwrap() {
-                if block(self.sink.commit()).is_err() {
+                if let Err(e) = block(self.sink.commit()) {
+                    // Only a told failure; a commit while one is in flight would be a defect.
+                    assert!(e.is_transient(), "{e}");
                     block(self.sink.abort());
                     return;
                 }
@@ -478,14 +609,15 @@ mod tests {
             self.sink.fail_commits(0);
             for _ in 0..10_000 {
                 if !self.deliver() {
+                    self.land();
                     self.backoff_over();
                     self.flush_tick();
-                    if self.end_lsn.is_none() && !self.st.backing_off() {
+                    if self.end_lsn.is_none() && !self.st.backing_off() && self.inflight.is_none() {
                         break;
                     }
                 }
             }
-            assert!(self.queue.is_empty() && self.end_lsn.is_none(), "drained");
+            assert!(self.queue.is_empty() && self.end_lsn.is_none() && self.inflight.is_none(), "drained");
             self.flush_tick();
         }
 
@@ -556,6 +688,46 @@ mod tests {
         r.txn(&[(4, Some(4))], true);
         while r.deliver() {}
         assert_eq!(r.backoff, Some(first_wait));
+        r.drain();
+        r.assert_converged();
+    }
+
+    #[test]
+    fn the_next_batch_is_derived_while_one_commits_and_a_failed_commit_puts_its_batch_back() {
+        let mut r = Rig::pipelined(1);
+        let a = r.txn(&[(1, Some(1))], true);
+        while r.deliver() {}
+        assert!(r.st.committing());
+        assert!(r.sink.commits.is_empty(), "not durable before it lands");
+        assert_eq!(r.st.applied(), Lsn::ZERO, "nothing applied while the commit runs");
+        r.flush_tick();
+        r.idle_tick();
+        assert!(r.sink.commits.is_empty(), "no idle checkpoint while a commit runs");
+        // The next batch is derived and written while the first one commits; its own commit
+        // starts once the first one is durable.
+        let b = r.txn(&[(2, Some(2))], true);
+        while r.deliver() {}
+        assert_eq!(r.commit_lsns(), vec![a]);
+        assert_eq!(r.st.applied(), a);
+        assert!(r.st.committing());
+        r.land();
+        assert_eq!(r.commit_lsns(), vec![a, b]);
+        assert_eq!(r.st.applied(), b);
+        // A commit that fails: its batch goes back into the open one and commits with it.
+        r.sink.fail_commits(1);
+        let c = r.txn(&[(3, Some(3))], true);
+        while r.deliver() {}
+        let d = r.txn(&[(1, Some(11))], true);
+        while r.deliver() {}
+        assert!(r.st.backing_off());
+        assert_eq!(r.commit_lsns(), vec![a, b], "neither c nor d is durable");
+        assert_eq!(r.st.applied(), b);
+        r.backoff_over();
+        r.land();
+        assert_eq!(r.commit_lsns(), vec![a, b, d], "c's keys commit with d, at d");
+        assert_eq!(r.sink.commits[2].writes.keys().cloned().collect::<Vec<_>>(), vec!["1", "3"]);
+        assert!(!r.commit_lsns().contains(&c));
+        assert_eq!(r.st.applied(), d);
         r.drain();
         r.assert_converged();
     }
@@ -648,7 +820,10 @@ mod tests {
     /// One step of the source, the sink or the worker's loop.
     #[derive(Debug, Clone)]
     enum Step {
-        Txn { writes: Vec<(u32, Option<i64>)>, ours: bool },
+        Txn {
+            writes: Vec<(u32, Option<i64>)>,
+            ours: bool,
+        },
         RolledBack,
         Deliver,
         FlushTick,
@@ -656,6 +831,8 @@ mod tests {
         BackoffOver,
         FailCommits(usize),
         Restart,
+        /// The commit in flight (pipelined rigs) ends.
+        Land,
     }
 
     fn step() -> impl Strategy<Value = Step> {
@@ -669,6 +846,7 @@ mod tests {
             2 => Just(Step::BackoffOver),
             1 => (1usize..4).prop_map(Step::FailCommits),
             1 => Just(Step::Restart),
+            3 => Just(Step::Land),
         ]
     }
 
@@ -678,8 +856,8 @@ mod tests {
         /// passes a transaction whose values the sink lacks; once the sink works again and the
         /// queue is drained, the sink holds the source's state.
         #[test]
-        fn the_worker_loop_keeps_its_contracts(steps in proptest::collection::vec(step(), 1..120), max_changes in 1usize..6) {
-            let mut r = Rig::new(max_changes);
+        fn the_worker_loop_keeps_its_contracts(steps in proptest::collection::vec(step(), 1..120), max_changes in 1usize..6, pipelined: bool) {
+            let mut r = if pipelined { Rig::pipelined(max_changes) } else { Rig::new(max_changes) };
             let mut applied = r.st.applied();
             for s in steps {
                 match s {
@@ -695,6 +873,7 @@ mod tests {
                     Step::BackoffOver => r.backoff_over(),
                     Step::FailCommits(n) => r.sink.fail_commits(n),
                     Step::Restart => r.restart(),
+                    Step::Land => r.land(),
                 }
                 prop_assert!(r.st.applied() >= applied, "applied moved back");
                 applied = r.st.applied();

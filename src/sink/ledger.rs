@@ -50,13 +50,48 @@ pub struct Ledger {
     db: Option<Database>,
     hash: String,
     checkpoint: Option<Checkpoint>,
-    /// Changes of the open batch: (relation, identity) → join values (None = row gone).
-    overlay: HashMap<(usize, Vec<String>), Option<Vec<String>>>,
-    /// Rows loaded by a replace (snapshot) for the open batch.
-    loaded: Vec<(usize, Vec<String>, Vec<String>)>,
+    /// What the open batch staged.
+    staged: Staged,
     open: Option<(Lsn, BatchMode)>,
-    /// Relations emptied by a TRUNCATE in the open batch.
+    /// A batch whose data sinks are still committing: its rows are written once they are durable
+    /// ([`Ledger::commit_held`]), while the next batch stages on top of them.
+    held: Option<(Lsn, BatchMode, Staged)>,
+}
+
+/// The rows one batch staged.
+#[derive(Default)]
+struct Staged {
+    /// (relation, identity) → join values (None = row gone).
+    overlay: HashMap<(usize, Vec<String>), Option<Vec<String>>>,
+    /// Rows loaded by a replace (snapshot).
+    loaded: Vec<(usize, Vec<String>, Vec<String>)>,
+    /// Relations emptied by a TRUNCATE.
     cleared: Vec<usize>,
+}
+
+impl Staged {
+    /// What `self` says of a row: Some(values) when it staged or cleared it, None when it did not
+    /// touch it.
+    fn says(&self, rel: usize, identity: &[String]) -> Option<Option<Vec<String>>> {
+        if let Some(v) = self.overlay.get(&(rel, identity.to_vec())) {
+            return Some(v.clone());
+        }
+        self.cleared.contains(&rel).then_some(None)
+    }
+
+    /// `later` staged after `self`: the result of applying both, in order.
+    fn then(mut self, later: Staged) -> Staged {
+        for rel in &later.cleared {
+            self.overlay.retain(|(r, _), _| r != rel);
+            self.loaded.retain(|(r, _, _)| r != rel);
+            if !self.cleared.contains(rel) {
+                self.cleared.push(*rel);
+            }
+        }
+        self.overlay.extend(later.overlay);
+        self.loaded.extend(later.loaded);
+        self
+    }
 }
 
 impl Ledger {
@@ -80,7 +115,7 @@ impl Ledger {
                 Err(e) => return Err(io(e)),
             }
         };
-        Ok(Ledger { path, db: Some(db), hash: hash.to_string(), checkpoint, overlay: HashMap::new(), loaded: Vec::new(), open: None, cleared: Vec::new() })
+        Ok(Ledger { path, db: Some(db), hash: hash.to_string(), checkpoint, staged: Staged::default(), open: None, held: None })
     }
 
     pub fn path(&self) -> &Path {
@@ -89,11 +124,11 @@ impl Ledger {
 
     /// The join values last seen for a row (the open batch first, then the committed state).
     pub fn lookup(&self, rel: usize, identity: &[String]) -> Result<Option<Vec<String>>> {
-        if let Some(v) = self.overlay.get(&(rel, identity.to_vec())) {
-            return Ok(v.clone());
+        if let Some(v) = self.staged.says(rel, identity) {
+            return Ok(v);
         }
-        if self.cleared.contains(&rel) {
-            return Ok(None);
+        if let Some(v) = self.held.as_ref().and_then(|(_, _, h)| h.says(rel, identity)) {
+            return Ok(v);
         }
         let db = self.db.as_ref().ok_or_else(|| Error::transient("the dependency ledger is being re-opened after an I/O error"))?;
         let r = db.begin_read().map_err(storage)?;
@@ -110,37 +145,88 @@ impl Ledger {
 
     /// Records a row's current join values (None: the row is gone) for the next commit.
     pub fn stage(&mut self, rel: usize, identity: Vec<String>, values: Option<Vec<String>>) {
-        self.overlay.insert((rel, identity), values);
+        self.staged.overlay.insert((rel, identity), values);
     }
 
     /// Forgets every row of a relation (TRUNCATE) at the next commit.
     pub fn clear_relation(&mut self, rel: usize) {
-        self.overlay.retain(|(r, _), _| *r != rel);
-        if !self.cleared.contains(&rel) {
-            self.cleared.push(rel);
-        }
+        let staged = std::mem::take(&mut self.staged);
+        self.staged = staged.then(Staged { cleared: vec![rel], ..Staged::default() });
     }
 
     /// Adds rows read by a snapshot (replace batches).
     pub fn load(&mut self, rel: usize, identity: Vec<String>, values: Vec<String>) {
-        self.loaded.push((rel, identity, values));
+        self.staged.loaded.push((rel, identity, values));
     }
 
-    /// Drops what the open batch staged (the stream restarts and will deliver it again).
+    /// Drops what the open batch staged, and a held batch (the stream restarts and will deliver
+    /// them again).
     pub fn discard_staged(&mut self) {
-        self.overlay.clear();
-        self.cleared.clear();
-        self.loaded.clear();
+        self.staged = Staged::default();
+        self.held = None;
+    }
+
+    /// The open batch's data sinks are committing: its rows are held (lookups still see them)
+    /// and written by [`Ledger::commit_held`] once those commits are durable; the next batch
+    /// stages on top. Nothing happens when no batch is open.
+    pub fn hold(&mut self) -> Result<()> {
+        let Some((lsn, mode)) = self.open.take() else { return Ok(()) };
+        if self.held.is_some() {
+            return Err(Error::fatal("the dependency ledger already holds a batch"));
+        }
+        self.held = Some((lsn, mode, std::mem::take(&mut self.staged)));
+        Ok(())
+    }
+
+    /// Writes the held batch (see [`Ledger::hold`]). On error it stays held.
+    pub fn commit_held(&mut self) -> Result<()> {
+        let Some((lsn, mode, staged)) = self.held.take() else { return Ok(()) };
+        let replace = matches!(mode, BatchMode::Replace | BatchMode::Rewrite);
+        let (result, staged) = tokio::task::block_in_place(|| self.write_staged(lsn, replace, staged));
+        if let Err(e) = result {
+            self.held = Some((lsn, mode, staged));
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The data sinks' commit of the held batch failed: its rows go back under what the open
+    /// batch staged since, to be committed with it.
+    pub fn release_held(&mut self) {
+        if let Some((_, _, held)) = self.held.take() {
+            let later = std::mem::take(&mut self.staged);
+            self.staged = held.then(later);
+        }
     }
 
     /// Commits the staged rows with the batch LSN in one write transaction. The staged rows are
     /// kept until the commit succeeded, so a retried batch commits them after a failure.
     fn commit_blocking(&mut self, lsn: Lsn, replace: bool) -> Result<()> {
+        let staged = std::mem::take(&mut self.staged);
+        let (result, staged) = self.write_staged(lsn, replace, staged);
+        if result.is_err() {
+            self.staged = staged;
+        }
+        result
+    }
+
+    /// Writes `staged` with the checkpoint `lsn` in one write transaction; gives `staged` back
+    /// (emptied on success).
+    fn write_staged(&mut self, lsn: Lsn, replace: bool, mut staged: Staged) -> (Result<()>, Staged) {
         if replace {
             // The snapshot already reflects every staged change.
-            self.overlay.clear();
-            self.cleared.clear();
+            staged.overlay.clear();
+            staged.cleared.clear();
         }
+        let result = self.write_rows(lsn, replace, &staged);
+        if result.is_ok() {
+            staged = Staged::default();
+            self.checkpoint = Some(Checkpoint { lsn, definition_hash: Some(self.hash.clone()) });
+        }
+        (result, staged)
+    }
+
+    fn write_rows(&mut self, lsn: Lsn, replace: bool, staged: &Staged) -> Result<()> {
         if self.db.is_none() {
             self.reopen()?;
         }
@@ -152,14 +238,14 @@ impl Ledger {
                 if replace {
                     rows.retain(|_, _| false).map_err(storage)?;
                 }
-                for rel in &self.cleared {
+                for rel in &staged.cleared {
                     let prefix = format!("{rel}{SEP}");
                     rows.retain(|k, _| !k.starts_with(&prefix)).map_err(storage)?;
                 }
-                for (rel, identity, values) in &self.loaded {
+                for (rel, identity, values) in &staged.loaded {
                     rows.insert(row_key(*rel, identity).as_str(), serde_json::to_string(values).map_err(io)?.as_str()).map_err(storage)?;
                 }
-                for ((rel, identity), values) in &self.overlay {
+                for ((rel, identity), values) in &staged.overlay {
                     let k = row_key(*rel, identity);
                     match values {
                         Some(v) => {
@@ -186,10 +272,6 @@ impl Ledger {
             }
             return Err(e);
         }
-        self.loaded.clear();
-        self.overlay.clear();
-        self.cleared.clear();
-        self.checkpoint = Some(Checkpoint { lsn, definition_hash: Some(self.hash.clone()) });
         Ok(())
     }
 
@@ -222,8 +304,8 @@ impl Sink for Ledger {
     async fn begin(&mut self, lsn: Lsn, mode: BatchMode) -> Result<bool> {
         if matches!(mode, BatchMode::Incremental { .. }) && self.checkpoint.as_ref().is_some_and(|c| c.lsn >= lsn) {
             // Already has it: drop what the batch staged.
-            self.overlay.clear();
-            self.cleared.clear();
+            self.staged.overlay.clear();
+            self.staged.cleared.clear();
             return Ok(false);
         }
         let lsn = self.checkpoint.as_ref().map_or(lsn, |c| if mode == BatchMode::Repair { c.lsn.max(lsn) } else { lsn });
@@ -274,5 +356,52 @@ mod tests {
         assert!(l.begin(Lsn(200), BatchMode::Incremental { clear_all: false }).await.unwrap());
         l.commit().await.unwrap();
         assert_eq!(l.lookup(0, &["7".to_string()]).unwrap(), None);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_held_batch_is_seen_by_the_next_one_and_written_only_when_told() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = Ledger::open(dir.path(), "p", "h1").unwrap();
+        let inc = BatchMode::Incremental { clear_all: false };
+        let id = |s: &str| vec![s.to_string()];
+        l.stage(0, id("1"), Some(id("a")));
+        l.stage(1, id("9"), Some(id("x")));
+        assert!(l.begin(Lsn(10), inc).await.unwrap());
+        l.commit().await.unwrap();
+        // Batch 20 is held while its data sinks commit; batch 30 stages on top of it.
+        l.stage(0, id("1"), Some(id("b")));
+        l.stage(0, id("2"), Some(id("c")));
+        assert!(l.begin(Lsn(20), inc).await.unwrap());
+        l.hold().unwrap();
+        assert_eq!(l.lookup(0, &id("1")).unwrap(), Some(id("b")), "the next batch sees the held one");
+        l.stage(0, id("2"), None);
+        l.clear_relation(1);
+        assert_eq!(l.lookup(0, &id("2")).unwrap(), None);
+        assert_eq!(l.lookup(1, &id("9")).unwrap(), None);
+        assert_eq!(l.checkpoint().await.unwrap().unwrap().lsn, Lsn(10), "nothing written before the data is durable");
+        l.commit_held().unwrap();
+        assert_eq!(l.checkpoint().await.unwrap().unwrap().lsn, Lsn(20));
+        // What batch 30 staged is not in the written batch 20.
+        assert_eq!(l.lookup(0, &id("2")).unwrap(), None);
+        l.discard_staged();
+        assert_eq!(l.lookup(0, &id("2")).unwrap(), Some(id("c")), "batch 20 wrote key 2; batch 30's delete was only staged");
+        assert_eq!(l.lookup(1, &id("9")).unwrap(), Some(id("x")));
+        // A held batch whose data sinks failed goes back under the next one's rows.
+        l.stage(0, id("3"), Some(id("d")));
+        l.stage(1, id("8"), Some(id("y")));
+        assert!(l.begin(Lsn(40), inc).await.unwrap());
+        l.hold().unwrap();
+        l.clear_relation(1);
+        l.stage(0, id("1"), Some(id("e")));
+        l.release_held();
+        assert!(l.begin(Lsn(50), inc).await.unwrap());
+        l.commit().await.unwrap();
+        drop(l);
+        let l = Ledger::open(dir.path(), "p", "h1").unwrap();
+        assert_eq!(l.current_checkpoint().unwrap().lsn, Lsn(50));
+        assert_eq!(l.lookup(0, &id("3")).unwrap(), Some(id("d")), "the released batch's rows were committed with the next");
+        assert_eq!(l.lookup(0, &id("1")).unwrap(), Some(id("e")), "the later value wins");
+        assert_eq!(l.lookup(1, &id("8")).unwrap(), None, "the later TRUNCATE removes the released batch's rows");
+        assert_eq!(l.lookup(1, &id("9")).unwrap(), None);
     }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use super::{BatchMode, Checkpoint, Rejected, Sink, Write};
+use super::{BatchMode, Checkpoint, Committing, Rejected, Sink, Write};
 use crate::error::{Error, Result};
 use crate::source::Lsn;
 
@@ -22,6 +22,8 @@ struct Open {
     lsn: Lsn,
     mode: BatchMode,
     writes: BTreeMap<String, Option<String>>,
+    /// Began with no commit's outcome unseen.
+    follows_outcome: bool,
 }
 
 #[derive(Debug, Default)]
@@ -35,6 +37,15 @@ pub struct MemorySink {
     pub failed_commits: usize,
     fail_next: usize,
     open: Option<Open>,
+    /// Commits run "in the background", like the index writer's: `start_commit` returns at
+    /// once and the commit lands when the test calls [`MemorySink::land`].
+    background: bool,
+    /// A background commit that has not landed yet, and where its outcome goes.
+    landing: Option<(Open, tokio::sync::oneshot::Sender<Result<()>>)>,
+    /// A commit was started and its outcome not yet seen (`finish_commit`).
+    committing: bool,
+    /// A background commit failed: batches that began before its outcome was seen are refused.
+    refusing: bool,
 }
 
 impl MemorySink {
@@ -51,40 +62,31 @@ impl MemorySink {
     pub fn is_open(&self) -> bool {
         self.open.is_some()
     }
-}
 
-impl Sink for MemorySink {
-    fn labels(&self) -> Vec<String> {
-        vec!["memory".into()]
+    /// Commits from now on run in the background (see [`MemorySink::land`]).
+    pub fn commit_in_background(&mut self) {
+        self.background = true;
     }
 
-    async fn checkpoint(&mut self) -> Result<Option<Checkpoint>> {
-        Ok(self.checkpoint.clone())
+    /// Whether a background commit waits to land.
+    pub fn landing(&self) -> bool {
+        self.landing.is_some()
     }
 
-    async fn begin(&mut self, lsn: Lsn, mode: BatchMode) -> Result<bool> {
-        let covered = self.checkpoint.as_ref().is_some_and(|c| c.lsn >= lsn);
-        if covered && matches!(mode, BatchMode::Incremental { .. }) {
-            return Ok(false);
+    /// The background commit (if any) ends now: stored, or failed if told to fail.
+    pub fn land(&mut self) {
+        if let Some((open, reply)) = self.landing.take() {
+            let outcome = self.store(open);
+            self.refusing |= outcome.is_err();
+            let _ = reply.send(outcome);
         }
-        self.open = Some(Open { lsn, mode, writes: BTreeMap::new() });
-        Ok(true)
     }
 
-    async fn write(&mut self, writes: &[Write]) -> Result<Vec<Rejected>> {
-        let open = self.open.as_mut().ok_or_else(|| Error::fatal("write without begin"))?;
-        for w in writes {
-            let value = match w {
-                Write::Upsert(r) => Some(r.json.clone()),
-                Write::Delete { .. } => None,
-            };
-            open.writes.insert(w.key().to_string(), value);
+    /// Stores a batch with its checkpoint in one step, or fails it when told to.
+    fn store(&mut self, open: Open) -> Result<()> {
+        if self.refusing && !open.follows_outcome {
+            return Err(Error::transient("a commit before this batch failed"));
         }
-        Ok(Vec::new())
-    }
-
-    async fn commit(&mut self) -> Result<()> {
-        let open = self.open.take().ok_or_else(|| Error::fatal("commit without begin"))?;
         if self.fail_next > 0 {
             self.fail_next -= 1;
             self.failed_commits += 1;
@@ -109,9 +111,73 @@ impl Sink for MemorySink {
         self.commits.push(Commit { lsn, writes: open.writes });
         Ok(())
     }
+}
+
+impl Sink for MemorySink {
+    fn labels(&self) -> Vec<String> {
+        vec!["memory".into()]
+    }
+
+    async fn checkpoint(&mut self) -> Result<Option<Checkpoint>> {
+        Ok(self.checkpoint.clone())
+    }
+
+    async fn begin(&mut self, lsn: Lsn, mode: BatchMode) -> Result<bool> {
+        let covered = self.checkpoint.as_ref().is_some_and(|c| c.lsn >= lsn);
+        if covered && matches!(mode, BatchMode::Incremental { .. }) {
+            return Ok(false);
+        }
+        if !self.committing {
+            self.refusing = false;
+        }
+        self.open = Some(Open { lsn, mode, writes: BTreeMap::new(), follows_outcome: !self.committing });
+        Ok(true)
+    }
+
+    async fn write(&mut self, writes: &[Write]) -> Result<Vec<Rejected>> {
+        let open = self.open.as_mut().ok_or_else(|| Error::fatal("write without begin"))?;
+        for w in writes {
+            let value = match w {
+                Write::Upsert(r) => Some(r.json.clone()),
+                Write::Delete { .. } => None,
+            };
+            open.writes.insert(w.key().to_string(), value);
+        }
+        Ok(Vec::new())
+    }
+
+    async fn commit(&mut self) -> Result<()> {
+        let open = self.open.take().ok_or_else(|| Error::fatal("commit without begin"))?;
+        if self.committing {
+            return Err(Error::fatal("a commit started before the previous one's outcome was seen"));
+        }
+        self.store(open)
+    }
+
+    async fn start_commit(&mut self) -> Result<Committing> {
+        if !self.background {
+            return self.commit().await.map(|()| Committing::ready());
+        }
+        let open = self.open.take().ok_or_else(|| Error::fatal("commit without begin"))?;
+        if self.committing {
+            return Err(Error::fatal("a commit started before the previous one's outcome was seen"));
+        }
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.landing = Some((open, reply));
+        self.committing = true;
+        Ok(Committing::waiting(rx))
+    }
+
+    fn finish_commit(&mut self, outcome: Result<()>) -> Result<()> {
+        self.committing = false;
+        outcome
+    }
 
     async fn abort(&mut self) {
         self.open = None;
+        if !self.committing {
+            self.refusing = false;
+        }
     }
 }
 

@@ -129,8 +129,70 @@ pub trait Sink {
     }
     /// Makes the batch and its LSN durable and visible together.
     async fn commit(&mut self) -> Result<()>;
+    /// Starts the commit of the open batch and returns as soon as the rest of it runs elsewhere
+    /// (the index writer's thread), with a handle that tells when it ended; the sink learns the
+    /// outcome through [`Sink::finish_commit`], and only then moves its checkpoint. Meanwhile a
+    /// next batch may begin and take writes: it is committed after this one, never instead of
+    /// it (a sink refuses to commit a batch that began before it learned of a failed commit).
+    /// Sinks that commit in place do it here and return a handle that is ready.
+    async fn start_commit(&mut self) -> Result<Committing> {
+        self.commit().await.map(|()| Committing::ready())
+    }
+    /// The outcome of the commit [`Sink::start_commit`] started (returned, after recording it).
+    fn finish_commit(&mut self, outcome: Result<()>) -> Result<()> {
+        outcome
+    }
     /// Drops the open batch.
     async fn abort(&mut self);
+}
+
+/// A commit running in the background (see [`Sink::start_commit`]). Waiting is cancel-safe: a
+/// wait dropped half-way (another event came first) loses nothing and can be resumed.
+#[derive(Debug)]
+pub struct Committing {
+    rx: Option<tokio::sync::oneshot::Receiver<Result<()>>>,
+    outcome: Option<Result<()>>,
+}
+
+impl Committing {
+    /// A commit that already ended well.
+    pub fn ready() -> Committing {
+        Committing { rx: None, outcome: Some(Ok(())) }
+    }
+
+    /// A commit whose outcome arrives on `rx` (a dropped sender: the writer stopped).
+    pub fn waiting(rx: tokio::sync::oneshot::Receiver<Result<()>>) -> Committing {
+        Committing { rx: Some(rx), outcome: None }
+    }
+
+    /// Waits until the commit ended.
+    pub async fn wait(&mut self) {
+        if let Some(rx) = self.rx.as_mut() {
+            let outcome = rx.await.unwrap_or_else(|_| Err(crate::error::Error::fatal("the index writer stopped during a commit")));
+            self.outcome = Some(outcome);
+            self.rx = None;
+        }
+    }
+
+    /// Whether it ended (without waiting).
+    pub fn ended(&mut self) -> bool {
+        if let Some(rx) = self.rx.as_mut() {
+            match rx.try_recv() {
+                Ok(outcome) => self.outcome = Some(outcome),
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return false,
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
+                    self.outcome = Some(Err(crate::error::Error::fatal("the index writer stopped during a commit")))
+                }
+            }
+            self.rx = None;
+        }
+        true
+    }
+
+    /// The outcome, once [`Committing::wait`] returned (or [`Committing::ended`] said so).
+    pub fn outcome(self) -> Result<()> {
+        self.outcome.unwrap_or_else(|| Err(crate::error::Error::fatal("a commit's outcome was read before it ended")))
+    }
 }
 
 /// The sinks of one pipeline, dispatched without `dyn`. A handful exist per process, so the size
@@ -199,6 +261,12 @@ impl Sink for AnySink {
     }
     async fn commit(&mut self) -> Result<()> {
         dispatch!(self, s => s.commit().await)
+    }
+    async fn start_commit(&mut self) -> Result<Committing> {
+        dispatch!(self, s => s.start_commit().await)
+    }
+    fn finish_commit(&mut self, outcome: Result<()>) -> Result<()> {
+        dispatch!(self, s => s.finish_commit(outcome))
     }
     async fn abort(&mut self) {
         dispatch!(self, s => s.abort().await)

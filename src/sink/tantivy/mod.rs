@@ -19,7 +19,7 @@ use tantivy::schema::Schema;
 use tantivy::{Index, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{BatchMode, Checkpoint, Rejected, Sink, Write};
+use super::{BatchMode, Checkpoint, Committing, Rejected, Sink, Write};
 use crate::error::{Error, Result};
 use crate::pipeline::{Pipeline, SearchTarget};
 use crate::sink::provenance::Stamp;
@@ -56,6 +56,8 @@ pub struct SearchSink {
     /// The open batch's provenance, when the target has `provenance: true`.
     stamp: Option<Stamp>,
     checkpoint: Option<Checkpoint>,
+    /// The checkpoint of a commit the writer thread is running (its outcome not yet seen).
+    committing: Option<Checkpoint>,
     frozen: bool,
 }
 
@@ -128,6 +130,7 @@ impl SearchSink {
             open: None,
             stamp: None,
             checkpoint,
+            committing: None,
             frozen: true,
         })
     }
@@ -176,6 +179,7 @@ impl SearchSink {
             open: None,
             stamp: None,
             checkpoint,
+            committing: None,
             frozen: false,
         })
     }
@@ -226,7 +230,10 @@ impl Sink for SearchSink {
         let clear_all = matches!(mode, BatchMode::Replace | BatchMode::Rewrite | BatchMode::Incremental { clear_all: true });
         // A full build may queue up to the writer's memory budget (see `queue.rs`).
         self.queue.set_bulk(matches!(mode, BatchMode::Replace)).await;
-        self.send(Cmd::Begin { clear_all })?;
+        // A batch that begins while the previous commit is still running must not be committed
+        // if that one fails: the writer then refuses it until a batch begins after the failure
+        // was seen here.
+        self.send(Cmd::Begin { clear_all, follows_outcome: self.committing.is_none() })?;
         self.open = Some(lsn);
         self.stamp = self.live.target.provenance.then(|| Stamp::new(lsn, &self.hash));
         Ok(true)
@@ -278,13 +285,24 @@ impl Sink for SearchSink {
     }
 
     async fn commit(&mut self) -> Result<()> {
-        let Some(lsn) = self.open.take() else { return Ok(()) };
+        let mut committing = self.start_commit().await?;
+        committing.wait().await;
+        self.finish_commit(committing.outcome())
+    }
+
+    async fn start_commit(&mut self) -> Result<Committing> {
+        let Some(lsn) = self.open.take() else { return Ok(Committing::ready()) };
         let cp = Checkpoint { lsn, definition_hash: Some(self.hash.clone()) };
         let payload = serde_json::json!({ "lsn": cp.lsn, "definition_hash": cp.definition_hash, "pipeline": self.pipeline }).to_string();
         let (reply, rx) = oneshot::channel();
         self.send(Cmd::Commit { payload, reply })?;
-        let committed = rx.await.map_err(|_| Error::fatal("the index writer stopped during a commit"))?;
-        crate::health::observe(&format!("index:{}", self.live.name), committed)?;
+        self.committing = Some(cp);
+        Ok(Committing::waiting(rx))
+    }
+
+    fn finish_commit(&mut self, outcome: Result<()>) -> Result<()> {
+        let Some(cp) = self.committing.take() else { return outcome };
+        crate::health::observe(&format!("index:{}", self.live.name), outcome)?;
         self.checkpoint = Some(cp);
         Ok(())
     }

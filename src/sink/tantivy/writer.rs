@@ -15,6 +15,8 @@ use crate::error::{Error, Result};
 pub(super) enum Cmd {
     Begin {
         clear_all: bool,
+        /// The sink had seen the outcome of every commit it started before this batch began.
+        follows_outcome: bool,
     },
     /// Documents (None: the key's document is deleted), holding their share of the queue budget.
     Docs(Vec<(String, Option<TantivyDocument>)>, Charge),
@@ -133,9 +135,19 @@ pub(super) fn writer_thread(mut writer: IndexWriter<TantivyDocument>, reader: In
     // named itself yet); a rollback makes a new writer with new merge threads, lowered at the
     // commit after it.
     let mut merge_priority_set = false;
+    // A commit failed and the sink has not seen it yet: a batch that began before it did (the
+    // sink derives the next batch while one commits) would commit without the failed one's
+    // changes, so it is refused; a batch begun after the sink saw the failure goes ahead.
+    let mut refusing = false;
     while let Some(cmd) = rx.blocking_recv() {
         match cmd {
-            Cmd::Begin { clear_all } => {
+            Cmd::Begin { follows_outcome, .. } if refusing && !follows_outcome => {}
+            Cmd::Docs(..) if refusing => {}
+            Cmd::Commit { reply, .. } if refusing => {
+                let _ = reply.send(Err(Error::transient("a search index commit before this batch failed; the batch is retried")));
+            }
+            Cmd::Begin { clear_all, .. } => {
+                refusing = false;
                 failed = None;
                 if clear_all {
                     if let Err(e) = writer.delete_all_documents().and_then(|_| spend_first_opstamp(&writer)) {
@@ -186,11 +198,13 @@ pub(super) fn writer_thread(mut writer: IndexWriter<TantivyDocument>, reader: In
                 if result.is_err() {
                     rollback(&mut writer);
                     merge_priority_set = false;
+                    refusing = true;
                 }
                 filter = DeleteFilter::new();
                 let _ = reply.send(result);
             }
             Cmd::Abort { reply } => {
+                refusing = false;
                 rollback(&mut writer);
                 merge_priority_set = false;
                 failed = None;
