@@ -10,7 +10,8 @@ ROOT=$(cd -- "$BENCH/.." && pwd -P)
 CACHE=$BENCH/.cache
 SHARED=${DERIVER_SHARED_DIR:-$ROOT/../shared}
 
-ALL_PHASES=(raw_redis raw_tantivy raw_decode snapshot stream freshness reindex audit search catchup bigtxn)
+# scaling comes last: it runs deriver with 2 and 4 pipelines (it sets the single one back at its end).
+ALL_PHASES=(raw_redis raw_tantivy raw_decode snapshot stream freshness reindex audit search catchup bigtxn scaling)
 
 usage() {
   cat <<EOF
@@ -40,7 +41,9 @@ dictionary packages of the corpus, runuser for postgres). Shared data: ../shared
 (DERIVER_SHARED_DIR).
 
 Windows (seconds, override by environment): BENCH_DECODE_SECS, BENCH_STREAM_SECS,
-BENCH_FRESH_SECS, BENCH_CATCHUP_SECS. deriver's own settings can be tuned with its
+BENCH_FRESH_SECS, BENCH_CATCHUP_SECS, BENCH_SCALING_SECS (the backlog of the scaling phase; default:
+the catch-up window). BENCH_SCALING_REPS: repetitions per pipeline count in the scaling phase
+(default 1, also without --quick). deriver's own settings can be tuned with its
 DERIVER__<SECTION>__<KEY> variables (recorded in the results).
 EOF
 }
@@ -72,6 +75,10 @@ else
   CATCHUP_SECS=${BENCH_CATCHUP_SECS:-60} UPSERT_DOCS=200000 REDIS_N=1000000 CORPUS=full
 fi
 BIGTXN_ROWS=${BENCH_BIGTXN_ROWS:-1000000}
+# The scaling phase drains the same backlog as catch-up, with 1, 2 and 4 pipelines; one repetition
+# per pipeline count by default (the full run is long already).
+SCALING_SECS=${BENCH_SCALING_SECS:-$CATCHUP_SECS}
+SCALING_REPS=${BENCH_SCALING_REPS:-1}
 DB=bench
 
 RUN=$BENCH/results/$(date +%Y%m%d-%H%M%S)$( ((QUICK)) && echo -quick || true)
@@ -151,8 +158,8 @@ machine_facts() {
     if ((${#PATCHES[@]})); then
       printf 'PATCHED\t%s\n' "$(for p in "${PATCHES[@]}"; do printf '%s ' "bench/patches/$(basename "$p")"; done)(not the committed code: a candidate fix applied to the build copy)"
     fi
-    printf 'windows\tdecode %ss, stream %ss, freshness %ss, catch-up %ss; upsert docs %s; 1 txn of %s rows\n' \
-      "$DECODE_SECS" "$STREAM_SECS" "$FRESH_SECS" "$CATCHUP_SECS" "$UPSERT_DOCS" "$BIGTXN_ROWS"
+    printf 'windows\tdecode %ss, stream %ss, freshness %ss, catch-up %ss, scaling %ss × %s rep(s) per pipeline count; upsert docs %s; 1 txn of %s rows\n' \
+      "$DECODE_SECS" "$STREAM_SECS" "$FRESH_SECS" "$CATCHUP_SECS" "$SCALING_SECS" "$SCALING_REPS" "$UPSERT_DOCS" "$BIGTXN_ROWS"
     printf 'deriver_env\t%s\n' "$(env | grep '^DERIVER__' | grep -v -i 'url\|token' | tr '\n' ' ' || true)"
   } >"$f"
 }

@@ -7,16 +7,18 @@ phase_freshness() {
   reps=$(state_get reps)
   ensure_deriver
   applied=$(awk -F'\t' '$1 == "stream" && $2 == "applied_txns_per_s" { print $5 }' "$RUN/figures.tsv" | sort -n | awk '{ a[NR] = $1 } END { if (NR) print a[int((NR + 1) / 2)] }')
+  local basis="half the sustained rate"
   if [[ -z $applied ]]; then
     applied=$(awk -F'\t' '$1 == "raw_decode" && $2 == "churn_max_tps" { print $5 }' "$RUN/figures.tsv" | sort -n | awk 'NR == 1')
     note freshness "no streaming figure: half of pgbench's maximum rate instead"
+    basis="half of pgbench's maximum rate, not of the sustained one: the stream phase did not run"
   fi
   rate=$(awk -v a="${applied:-200}" 'BEGIN { r = int(a / 2); print (r < 1 ? 1 : r) }')
   if [[ -n ${BENCH_FRESH_RATE:-} ]]; then
     rate=$BENCH_FRESH_RATE
     note freshness "churn at $rate txns/s (BENCH_FRESH_RATE) during the probes"
   else
-    note freshness "churn at $rate txns/s (half the sustained rate) during the probes"
+    note freshness "churn at $rate txns/s ($basis) during the probes"
   fi
   figure freshness churn_rate txns/s 1 "$rate"
   for ((rep = 1; rep <= reps; rep++)); do
