@@ -44,7 +44,8 @@ Windows (seconds, override by environment): BENCH_DECODE_SECS, BENCH_STREAM_SECS
 BENCH_FRESH_SECS, BENCH_CATCHUP_SECS, BENCH_SCALING_SECS (the backlog of the scaling phase; default:
 the catch-up window). BENCH_SCALING_REPS: repetitions per pipeline count in the scaling phase
 (default 1, also without --quick). deriver's own settings can be tuned with its
-DERIVER__<SECTION>__<KEY> variables (recorded in the results).
+DERIVER__<SECTION>__<KEY> variables (recorded in the results). BENCH_CATCHUP_BEFORE="VAR=value ..."
+adds, to every catch-up repetition, a drain with those settings first (before/after in one run).
 EOF
 }
 

@@ -473,3 +473,17 @@ batch_figures() {
   figure "$phase" sink_commit_mean ms "$rep" "$(calc "1000 * ($ks1 - $ks0) / ($k1 - $k0)")"
   figure "$phase" wall_share_in_sink_commits % "$rep" "$(calc "100 * ($ks1 - $ks0) / $secs")"
 }
+
+# record_backlog FILE SECS : with deriver stopped, churn at full rate for SECS (pgbench's output to
+# FILE) and count what a test_decoding slot saw: sets BK_CHANGES, BK_TXNS and BK_LAST (the LSN of
+# the window's last commit).
+record_backlog() {
+  local end
+  deriver_stop
+  drop_slot bench_count
+  psqlq "$DB" -c "SELECT pg_create_logical_replication_slot('bench_count', 'test_decoding')" >/dev/null
+  churn "$2" >"$1" 2>&1
+  end=$(current_lsn)
+  read -r BK_CHANGES BK_TXNS BK_LAST <<<"$(count_changes bench_count "$end")"
+  drop_slot bench_count
+}

@@ -13,14 +13,9 @@
 catchup_drain() {
   local label=$1 rep=$2 profiled=$3
   shift 3
-  local end last t0 reached wfile
-  deriver_stop
-  drop_slot bench_count
-  psqlq "$DB" -c "SELECT pg_create_logical_replication_slot('bench_count', 'test_decoding')" >/dev/null
-  churn "$CATCHUP_SECS" >"$RUN/tmp/${label}_pgbench_$rep.txt" 2>&1
-  end=$(current_lsn)
-  read -r CD_CHANGES CD_TXNS last <<<"$(count_changes bench_count "$end")"
-  drop_slot bench_count
+  local last t0 reached wfile
+  record_backlog "$RUN/tmp/${label}_pgbench_$rep.txt" "$CATCHUP_SECS"
+  CD_CHANGES=$BK_CHANGES CD_TXNS=$BK_TXNS last=$BK_LAST
   wfile=$RUN/tmp/watch_${label}_$rep.txt
   t0=$(now_s)
   (for kv in "$@"; do export "${kv?}"; done; deriver_start "deriver-$label")

@@ -72,7 +72,7 @@ scaling_cleanup() {
 scaling_step() { state_set scaling_step "$*"; }
 
 phase_scaling() {
-  local reps rep n i end changes txns last t0 tm t1 reached first ms secs peak anon d0 p0 r0 m0 s0 w0 d1 p1 r1 m1 s1 w1 dir wfile name
+  local reps rep n i changes txns last t0 tm t1 reached first ms secs peak anon d0 p0 r0 m0 s0 w0 d1 p1 r1 m1 s1 w1 dir wfile name
   reps=${SCALING_REPS:-1}
   ensure_deriver
   trap scaling_cleanup EXIT
@@ -94,13 +94,8 @@ phase_scaling() {
     figure scaling "build_secs_$n" s 1 "$(secs_since "$t0")"
     for ((rep = 1; rep <= reps; rep++)); do
       scaling_step "$n pipelines, rep $rep: recording a backlog of $SCALING_SECS s of churn (deriver stopped)"
-      deriver_stop
-      drop_slot bench_count
-      psqlq "$DB" -c "SELECT pg_create_logical_replication_slot('bench_count', 'test_decoding')" >/dev/null
-      churn "$SCALING_SECS" >"$RUN/tmp/scaling_pgbench_${n}_$rep.txt" 2>&1
-      end=$(current_lsn)
-      read -r changes txns last <<<"$(count_changes bench_count "$end")"
-      drop_slot bench_count
+      record_backlog "$RUN/tmp/scaling_pgbench_${n}_$rep.txt" "$SCALING_SECS"
+      changes=$BK_CHANGES txns=$BK_TXNS last=$BK_LAST
       ((changes > 0)) || die "the churn window recorded no changes"
       scaling_step "$n pipelines, rep $rep: draining $changes changes (every pipeline past $last)"
       t0=$(now_s)
