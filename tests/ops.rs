@@ -324,7 +324,7 @@ fn json_logs_are_json_lines_with_pipeline_and_without_secrets() {
         }
     }
     let with = |message: &str| lines.iter().filter(|(_, v)| v["message"].as_str().is_some_and(|m| m.contains(message))).collect::<Vec<_>>();
-    for message in ["batch applied", "record rejected (dead letter)"] {
+    for message in ["batch durable", "record rejected (dead letter)"] {
         let found = with(message);
         assert!(!found.is_empty(), "no `{message}` line");
         for (raw, v) in found {

@@ -142,19 +142,27 @@ impl Worker {
         let InFlight { lsn, batch, waits, ledger, notice, stages, started, deriving, large } = f;
         let name = self.p.def.name.clone();
         let mut first_err: Option<Error> = None;
+        // How long the commits took (not when the worker looked: it may have been deriving).
+        let mut took = std::time::Duration::ZERO;
         for (j, c) in waits {
             let waited = !matches!(self.p.sinks[j], AnySink::Redis(_));
+            let took_here = c.ended_at().map_or_else(|| started.elapsed(), |at| at.saturating_duration_since(started));
+            took = took.max(took_here);
             if let Err(e) = self.p.sinks[j].finish_commit(c.outcome()) {
                 first_err.get_or_insert(e);
             } else if waited {
-                telemetry::record_sink_commit(&name, sink_kind(&self.p.sinks[j]), started.elapsed());
+                telemetry::record_sink_commit(&name, sink_kind(&self.p.sinks[j]), took_here);
             }
         }
         if first_err.is_none() && ledger {
             failpoint("between_sink_commits");
+            let ledger_started = std::time::Instant::now();
             let written = super::check_fence(&self.ctx.fence).and_then(|()| self.p.ledger().map_or(Ok(()), |l| l.commit_held()));
             match written {
-                Ok(()) => telemetry::record_sink_commit(&name, "ledger", started.elapsed()),
+                Ok(()) => {
+                    telemetry::record_sink_commit(&name, "ledger", ledger_started.elapsed());
+                    took += ledger_started.elapsed();
+                }
                 Err(e) => first_err = Some(e),
             }
         }
@@ -170,8 +178,8 @@ impl Worker {
         self.ctx.shared.meter_visible(self.index, lsn);
         telemetry::record_pipeline(telemetry::DERIVE_SECONDS, &name, deriving);
         telemetry::record_pipeline(telemetry::BATCH_SECONDS, &name, stages.elapsed());
-        telemetry::record_pipeline(telemetry::COMMIT_LATENCY, &name, started.elapsed());
-        tracing::debug!(pipeline = %name, %lsn, commit_ms = started.elapsed().as_secs_f64() * 1e3, "batch durable");
+        telemetry::record_pipeline(telemetry::COMMIT_LATENCY, &name, took);
+        tracing::debug!(pipeline = %name, %lsn, commit_ms = took.as_secs_f64() * 1e3, seen_after_ms = started.elapsed().as_secs_f64() * 1e3, "batch durable");
         self.ctx.shared.notify_change(notice);
         if large {
             super::release_memory();

@@ -41,7 +41,7 @@ pub struct MemorySink {
     /// once and the commit lands when the test calls [`MemorySink::land`].
     background: bool,
     /// A background commit that has not landed yet, and where its outcome goes.
-    landing: Option<(Open, tokio::sync::oneshot::Sender<Result<()>>)>,
+    landing: Option<(Open, tokio::sync::oneshot::Sender<super::CommitOutcome>)>,
     /// A commit was started and its outcome not yet seen (`finish_commit`).
     committing: bool,
     /// A background commit failed: batches that began before its outcome was seen are refused.
@@ -78,7 +78,7 @@ impl MemorySink {
         if let Some((open, reply)) = self.landing.take() {
             let outcome = self.store(open);
             self.refusing |= outcome.is_err();
-            let _ = reply.send(outcome);
+            let _ = reply.send((outcome, std::time::Instant::now()));
         }
     }
 

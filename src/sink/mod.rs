@@ -150,43 +150,53 @@ pub trait Sink {
 /// wait dropped half-way (another event came first) loses nothing and can be resumed.
 #[derive(Debug)]
 pub struct Committing {
-    rx: Option<tokio::sync::oneshot::Receiver<Result<()>>>,
+    rx: Option<tokio::sync::oneshot::Receiver<CommitOutcome>>,
     outcome: Option<Result<()>>,
+    ended_at: Option<std::time::Instant>,
 }
+
+/// What a background commit sends back: how it ended, and when.
+pub type CommitOutcome = (Result<()>, std::time::Instant);
 
 impl Committing {
     /// A commit that already ended well.
     pub fn ready() -> Committing {
-        Committing { rx: None, outcome: Some(Ok(())) }
+        Committing { rx: None, outcome: Some(Ok(())), ended_at: Some(std::time::Instant::now()) }
     }
 
     /// A commit whose outcome arrives on `rx` (a dropped sender: the writer stopped).
-    pub fn waiting(rx: tokio::sync::oneshot::Receiver<Result<()>>) -> Committing {
-        Committing { rx: Some(rx), outcome: None }
+    pub fn waiting(rx: tokio::sync::oneshot::Receiver<CommitOutcome>) -> Committing {
+        Committing { rx: Some(rx), outcome: None, ended_at: None }
+    }
+
+    fn stopped() -> CommitOutcome {
+        (Err(crate::error::Error::fatal("the index writer stopped during a commit")), std::time::Instant::now())
     }
 
     /// Waits until the commit ended.
     pub async fn wait(&mut self) {
         if let Some(rx) = self.rx.as_mut() {
-            let outcome = rx.await.unwrap_or_else(|_| Err(crate::error::Error::fatal("the index writer stopped during a commit")));
-            self.outcome = Some(outcome);
-            self.rx = None;
+            let (outcome, at) = rx.await.unwrap_or_else(|_| Committing::stopped());
+            (self.outcome, self.ended_at, self.rx) = (Some(outcome), Some(at), None);
         }
     }
 
     /// Whether it ended (without waiting).
     pub fn ended(&mut self) -> bool {
         if let Some(rx) = self.rx.as_mut() {
-            match rx.try_recv() {
-                Ok(outcome) => self.outcome = Some(outcome),
+            let (outcome, at) = match rx.try_recv() {
+                Ok(ended) => ended,
                 Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return false,
-                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
-                    self.outcome = Some(Err(crate::error::Error::fatal("the index writer stopped during a commit")))
-                }
-            }
-            self.rx = None;
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => Committing::stopped(),
+            };
+            (self.outcome, self.ended_at, self.rx) = (Some(outcome), Some(at), None);
         }
         true
+    }
+
+    /// When it ended (once it did): a commit seen late still reports how long it took.
+    pub fn ended_at(&self) -> Option<std::time::Instant> {
+        self.ended_at
     }
 
     /// The outcome, once [`Committing::wait`] returned (or [`Committing::ended`] said so).

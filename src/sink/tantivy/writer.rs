@@ -22,7 +22,7 @@ pub(super) enum Cmd {
     Docs(Vec<(String, Option<TantivyDocument>)>, Charge),
     Commit {
         payload: String,
-        reply: oneshot::Sender<Result<()>>,
+        reply: oneshot::Sender<crate::sink::CommitOutcome>,
     },
     Abort {
         reply: oneshot::Sender<()>,
@@ -144,7 +144,7 @@ pub(super) fn writer_thread(mut writer: IndexWriter<TantivyDocument>, reader: In
             Cmd::Begin { follows_outcome, .. } if refusing && !follows_outcome => {}
             Cmd::Docs(..) if refusing => {}
             Cmd::Commit { reply, .. } if refusing => {
-                let _ = reply.send(Err(Error::transient("a search index commit before this batch failed; the batch is retried")));
+                let _ = reply.send((Err(Error::transient("a search index commit before this batch failed; the batch is retried")), std::time::Instant::now()));
             }
             Cmd::Begin { clear_all, .. } => {
                 refusing = false;
@@ -201,7 +201,7 @@ pub(super) fn writer_thread(mut writer: IndexWriter<TantivyDocument>, reader: In
                     refusing = true;
                 }
                 filter = DeleteFilter::new();
-                let _ = reply.send(result);
+                let _ = reply.send((result, std::time::Instant::now()));
             }
             Cmd::Abort { reply } => {
                 refusing = false;
