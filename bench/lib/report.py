@@ -184,6 +184,17 @@ if cores and bulk and r_dps and all(v is not None for v in r_cpu):
                          f"{per_doc * 1e6:.0f} µs of CPU per document; {fmt(cores)} cores allow at most "
                          f"{fmt(ceiling)} docs/s = {fmt(ceiling / bulk)} × the tantivy bulk limit ({fmt(bulk)}, tantivy "
                          f"alone). Reaching 0.8 needs ≤ {cores / (0.8 * bulk) * 1e6:.0f} µs per document."))
+c_cpu = [med("catchup", k) for k in ("deriver_cpu_cores", "postgres_cpu_cores", "redis_cpu_cores")]
+c_cps = med("catchup", "changes_per_s")
+if cores and stream_limit and c_cps and all(v is not None for v in c_cpu):
+    per_change = sum(c_cpu) / c_cps  # CPU-seconds per change: deriver, the walsender and derivation queries, Redis
+    if per_change > 0:
+        ceiling = cores / per_change
+        ceilings.append(("backlog drain ratio reachable at the measured CPU cost per change", ceiling / stream_limit,
+                         f"deriver + Postgres + Redis used {fmt(sum(c_cpu))} cores draining {fmt(c_cps)} changes/s = "
+                         f"{per_change * 1e6:.0f} µs of CPU per change (the bench's own clients not counted); {fmt(cores)} cores "
+                         f"allow at most {fmt(ceiling)} changes/s = {fmt(ceiling / stream_limit)} × the {which} limit "
+                         f"({fmt(stream_limit)}, measured alone). Reaching 0.7 needs ≤ {cores / (0.7 * stream_limit) * 1e6:.0f} µs per change."))
 
 # ------------------------------------------------------------------------------------ targets
 targets = []  # (text, status, measured)
