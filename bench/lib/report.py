@@ -173,28 +173,24 @@ if churn_max and stream_limit:
                      f"({which} limit). The live stream cannot apply more than is committed, so its ratio is bounded by this "
                      "whatever deriver does; `live stream applied / offered` says whether deriver kept up. The headline "
                      "backlog drain has no such bound: its backlog is recorded before deriver starts."))
-r_cpu = [med("reindex", k) for k in ("deriver_cpu_cores", "postgres_cpu_cores", "redis_cpu_cores")]
-r_dps = med("reindex", "docs_per_s")
-if cores and bulk and r_dps and all(v is not None for v in r_cpu):
-    per_doc = sum(r_cpu) / r_dps  # CPU-seconds per document, all processes of the pipeline
-    if per_doc > 0:
-        ceiling = cores / per_doc
-        ceilings.append(("reindex ratio reachable at the measured CPU cost per document", ceiling / bulk,
-                         f"deriver + Postgres + Redis used {fmt(sum(r_cpu))} cores at {fmt(r_dps)} docs/s = "
-                         f"{per_doc * 1e6:.0f} µs of CPU per document; {fmt(cores)} cores allow at most "
-                         f"{fmt(ceiling)} docs/s = {fmt(ceiling / bulk)} × the tantivy bulk limit ({fmt(bulk)}, tantivy "
-                         f"alone). Reaching 0.8 needs ≤ {cores / (0.8 * bulk) * 1e6:.0f} µs per document."))
-c_cpu = [med("catchup", k) for k in ("deriver_cpu_cores", "postgres_cpu_cores", "redis_cpu_cores")]
-c_cps = med("catchup", "changes_per_s")
-if cores and stream_limit and c_cps and all(v is not None for v in c_cpu):
-    per_change = sum(c_cpu) / c_cps  # CPU-seconds per change: deriver, the walsender and derivation queries, Redis
-    if per_change > 0:
-        ceiling = cores / per_change
-        ceilings.append(("backlog drain ratio reachable at the measured CPU cost per change", ceiling / stream_limit,
-                         f"deriver + Postgres + Redis used {fmt(sum(c_cpu))} cores draining {fmt(c_cps)} changes/s = "
-                         f"{per_change * 1e6:.0f} µs of CPU per change (the bench's own clients not counted); {fmt(cores)} cores "
-                         f"allow at most {fmt(ceiling)} changes/s = {fmt(ceiling / stream_limit)} × the {which} limit "
-                         f"({fmt(stream_limit)}, measured alone). Reaching 0.7 needs ≤ {cores / (0.7 * stream_limit) * 1e6:.0f} µs per change."))
+def cpu_ceiling(what, phase, rate_name, unit, limit, limit_text, target):
+    """The ratio `phase` could reach on this machine's cores at the CPU it spent per `unit`
+    (deriver + Postgres + Redis; the bench's own clients not counted), whatever the scheduling."""
+    used = [med(phase, k) for k in ("deriver_cpu_cores", "postgres_cpu_cores", "redis_cpu_cores")]
+    rate = med(phase, rate_name)
+    if not (cores and limit and rate) or any(v is None for v in used) or sum(used) <= 0:
+        return
+    per = sum(used) / rate  # CPU-seconds per unit
+    ceiling = cores / per
+    ceilings.append((f"{what} ratio reachable at the measured CPU cost per {unit}", ceiling / limit,
+                     f"deriver + Postgres + Redis used {fmt(sum(used))} cores at {fmt(rate)} {unit}s/s = {per * 1e6:.0f} µs of "
+                     f"CPU per {unit} (the bench's own clients not counted); {fmt(cores)} cores allow at most {fmt(ceiling)} "
+                     f"{unit}s/s = {fmt(ceiling / limit)} × the {limit_text} ({fmt(limit)}, measured alone). Reaching {target} "
+                     f"needs ≤ {cores / (target * limit) * 1e6:.0f} µs per {unit}."))
+
+
+cpu_ceiling("reindex", "reindex", "docs_per_s", "document", bulk, "tantivy bulk limit", 0.8)
+cpu_ceiling("backlog drain", "catchup", "changes_per_s", "change", stream_limit, f"{which} limit", 0.7)
 
 # ------------------------------------------------------------------------------------ targets
 targets = []  # (text, status, measured)
