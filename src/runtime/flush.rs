@@ -15,7 +15,7 @@ use super::failpoint::failpoint;
 use super::inflight::{start_commits, InFlight};
 use super::pipeline::{note_rejects, PipelineRt};
 use super::reindex;
-use super::status::{sink_kind, ChangeNotice};
+use super::status::ChangeNotice;
 use super::worker::Worker;
 use super::worker_state::Outcome;
 use crate::error::{Error, Result};
@@ -23,7 +23,6 @@ use crate::pipeline::OnError;
 use crate::sink::{AnySink, BatchMode, Rejected, Sink, Write};
 use crate::source::postgres as pg;
 use crate::source::Lsn;
-use crate::telemetry;
 
 /// Change notices list at most this many keys; bigger batches say `"*"` (re-read everything).
 const NOTICE_KEYS: usize = 10_000;
@@ -169,12 +168,8 @@ impl Worker {
             return Ok(None);
         }
         if dirty.keys.is_empty() && !dirty.truncate {
-            // Probes reached no source key: only the ledger (if any) moves, after the batch
-            // before it.
-            self.settle(batch).await?;
-            let p = &mut self.p;
-            commit_sinks(&p.def.name, &mut p.sinks, &active, &self.ctx.fence).await?;
-            return Ok(None);
+            // Probes reached no source key: only the checkpoints and the ledger (if any) move.
+            return self.start_batch_commit(batch, lsn, &active, None, Instant::now(), Duration::ZERO).await.map(Some);
         }
         let stmt = p.statement()?;
         let stages = Instant::now();
@@ -265,11 +260,24 @@ impl Worker {
             // Batch N+1 is derived and written while batch N still commits.
             failpoint("two_batches_in_flight");
         }
-        // The batch before this one is durable before this one's commits start.
+        self.start_batch_commit(batch, lsn, &active, Some(notice), stages, deriving).await.map(Some)
+    }
+
+    /// Starts the commits of the batch written to the sinks `active`, once the batch before it
+    /// is durable (`inflight::start_commits`).
+    async fn start_batch_commit(
+        &mut self,
+        batch: &mut Batch,
+        lsn: Lsn,
+        active: &[usize],
+        notice: Option<ChangeNotice>,
+        stages: Instant,
+        deriving: Duration,
+    ) -> Result<InFlight> {
         self.settle(batch).await?;
         let started = Instant::now();
         let p = &mut self.p;
-        let (waits, ledger) = start_commits(&p.def.name, &mut p.sinks, &active, &self.ctx.fence).await?;
+        let (waits, ledger) = start_commits(&p.def.name, &mut p.sinks, active, &self.ctx.fence).await?;
         tracing::debug!(
             pipeline = %p.def.name,
             %lsn,
@@ -277,7 +285,7 @@ impl Worker {
             write_ms = started.duration_since(stages).saturating_sub(deriving).as_secs_f64() * 1e3,
             "batch written; committing"
         );
-        Ok(Some(InFlight { lsn, batch: None, waits, ledger, notice, stages, started, deriving, large: batch.changes >= 10_000 }))
+        Ok(InFlight { lsn, batch: None, waits, ledger, notice, stages, started, deriving, large: batch.changes >= 10_000 })
     }
 
     /// Derives `keys` and writes them to `sink` at `lsn` with `mode` (`sink` = None: the live
@@ -440,55 +448,6 @@ impl Worker {
         self.p.failed.extend(again);
         self.settle_dead_letters()
     }
-}
-
-/// Commits a batch to the sinks `active` (indexes into `sinks`). The data sinks commit
-/// concurrently (each carries its own checkpoint, so their order does not matter); the dependency
-/// ledger commits only after all of them, since a ledger ahead of the data would forget join
-/// values the data still needs.
-pub(super) async fn commit_sinks(pipeline: &str, sinks: &mut [AnySink], active: &[usize], fence: &tokio_util::sync::CancellationToken) -> Result<()> {
-    use futures::stream::{FuturesUnordered, StreamExt};
-    super::check_fence(fence)?;
-    let mut ledger: Option<&mut AnySink> = None;
-    let mut data = FuturesUnordered::new();
-    for (j, s) in sinks.iter_mut().enumerate() {
-        if !active.contains(&j) {
-            continue;
-        }
-        if matches!(s, AnySink::Ledger(_)) {
-            ledger = Some(s);
-        } else {
-            data.push(async move {
-                let (kind, started) = (sink_kind(s), Instant::now());
-                let r = s.commit().await;
-                telemetry::record_sink_commit(pipeline, kind, started.elapsed());
-                r
-            });
-        }
-    }
-    let mut done = 0;
-    let mut first_err = None;
-    while let Some(r) = data.next().await {
-        done += 1;
-        if let Err(e) = r {
-            first_err.get_or_insert(e);
-        } else if done == 1 && first_err.is_none() {
-            failpoint("between_sink_commits");
-        }
-    }
-    if let Some(e) = first_err {
-        return Err(e);
-    }
-    if let Some(l) = ledger {
-        if done > 0 {
-            failpoint("between_sink_commits");
-        }
-        super::check_fence(fence)?;
-        let started = Instant::now();
-        l.commit().await?;
-        telemetry::record_sink_commit(pipeline, "ledger", started.elapsed());
-    }
-    Ok(())
 }
 
 /// `xmin:xmax:xip,…` of `pg_current_snapshot()` (64-bit transaction ids).

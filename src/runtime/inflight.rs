@@ -39,7 +39,8 @@ pub(super) struct InFlight {
     pub waits: Vec<(usize, Committing)>,
     /// The ledger holds the batch's rows until the data is durable.
     pub ledger: bool,
-    pub notice: ChangeNotice,
+    /// What readers of the change feed are told once it is visible (`None`: nothing changed).
+    pub notice: Option<ChangeNotice>,
     /// When the batch's stages began and when its commits started (for the metrics).
     pub stages: Instant,
     pub started: Instant,
@@ -180,7 +181,9 @@ impl Worker {
         telemetry::record_pipeline(telemetry::BATCH_SECONDS, &name, stages.elapsed());
         telemetry::record_pipeline(telemetry::COMMIT_LATENCY, &name, took);
         tracing::debug!(pipeline = %name, %lsn, commit_ms = took.as_secs_f64() * 1e3, seen_after_ms = started.elapsed().as_secs_f64() * 1e3, "batch durable");
-        self.ctx.shared.notify_change(notice);
+        if let Some(notice) = notice {
+            self.ctx.shared.notify_change(notice);
+        }
         if large {
             super::release_memory();
         }
